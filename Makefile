@@ -1,0 +1,34 @@
+# Two commands for a new user: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# Snakemake runs steps as `python -m workflow_scripts...`: the venv must come first on PATH.
+RUN := PATH="$(BIN):$$PATH"
+CORES ?= all
+
+.PHONY: setup demo test test-fast dry-run clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+demo: setup
+	$(RUN) snakemake --cores $(CORES)
+
+test: setup
+	$(RUN) python -m pytest -q
+
+test-fast: setup
+	$(RUN) python -m pytest -q -m "not slow"
+
+dry-run: setup
+	$(RUN) snakemake -n --quiet rules
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,20 @@
+# oofline: a Kaggle-style NLP/LLM competition as a graph of file targets.
+# Read top to bottom: config, shared functions, then one rule file per stage.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/predictions.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

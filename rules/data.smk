@@ -1,0 +1,66 @@
+# Data: demo files (when configured), validated clean data, label layout, targets, folds.
+
+
+if "demo" in config:
+
+    rule prepare_demo:
+        output:
+            train=config["data"]["train"],
+            test=config["data"]["test"],
+            sample_submission=config["data"]["sample_submission"],
+        params:
+            dataset=config["demo"]["dataset"],
+            n_train=config["demo"]["n_train"],
+            n_test=config["demo"]["n_test"],
+            seed=config["demo"]["seed"],
+        log:
+            out("logs/prepare_demo.log"),
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "{PY}.prepare_demo --dataset {params.dataset} --n-train {params.n_train} --n-test {params.n_test}"
+            " --seed {params.seed} --train-out {output.train:q} --test-out {output.test:q}"
+            " --sample-submission-out {output.sample_submission:q} > {log:q} 2>&1"
+
+
+rule prepare_data:
+    input:
+        train=config["data"]["train"],
+        test=config["data"]["test"],
+    output:
+        train=out("data/train.parquet"),
+        test=out("data/test.parquet"),
+        labels=out("labels.json"),
+        targets=out("targets.parquet"),
+    params:
+        task=lambda wildcards: task_json(),
+    log:
+        out("logs/prepare_data.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.data --train {input.train:q} --test {input.test:q} --task {params.task:q}"
+        " --train-out {output.train:q} --test-out {output.test:q} --labels-out {output.labels:q}"
+        " --targets-out {output.targets:q} > {log:q} 2>&1"
+
+
+rule folds:
+    input:
+        train=rules.prepare_data.output.train,
+        targets=rules.prepare_data.output.targets,
+        labels=rules.prepare_data.output.labels,
+    output:
+        out("folds.parquet"),
+    params:
+        scheme=config["folds"]["scheme"],
+        n_folds=config["folds"]["n_folds"],
+        seed=config["folds"]["seed"],
+        group=fold_group_column(),
+    log:
+        out("logs/folds.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.folds --train {input.train:q} --targets {input.targets:q} --labels {input.labels:q}"
+        " --scheme {params.scheme} --n-folds {params.n_folds} --seed {params.seed} --group-column {params.group:q}"
+        " --out {output:q} > {log:q} 2>&1"

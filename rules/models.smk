@@ -1,0 +1,104 @@
+# Models: materialised bases, per-fold (and full-data) fine-tunes, adapters merged into their base.
+
+
+rule prepare_model:
+    input:
+        corpus=rules.prepare_data.output.train,
+    output:
+        directory(out("models/{model}/base")),
+    params:
+        source=lambda wildcards: MODELS[wildcards.model]["source"],
+        seed=lambda wildcards: MODELS[wildcards.model]["seed"],
+    log:
+        out("logs/prepare_model/{model}.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{PY}.prepare_model --source {params.source:q} --out {output:q} --seed {params.seed}"
+        " --corpus {input.corpus:q} > {log:q} 2>&1"
+
+
+rule train_adapter:
+    input:
+        unpack(train_inputs),
+    output:
+        directory(out("models/{model}/{split}/adapter")),
+    wildcard_constraints:
+        model=names_pattern(LORA_MODELS),
+    params:
+        **train_params,
+    threads: model_threads
+    retries: 2
+    resources:
+        gpu=model_resource("gpu", 0),
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu_model=model_resource("gpu_model"),
+        slurm_partition=model_resource("slurm_partition"),
+        slurm_account=model_resource("slurm_account"),
+        cpus_per_gpu=model_resource("cpus_per_gpu"),
+        attempt=lambda wildcards, attempt: attempt,
+    log:
+        out("logs/train/{model}/{split}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        config.get("container", {}).get("train")
+    shell:
+        TRAIN_COMMAND
+
+
+rule train_full_model:
+    input:
+        unpack(train_inputs),
+    output:
+        directory(out("models/{model}/{split}/model")),
+    wildcard_constraints:
+        model=names_pattern(FULL_MODELS),
+    params:
+        **train_params,
+    threads: model_threads
+    retries: 2
+    resources:
+        gpu=model_resource("gpu", 0),
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        gpu_model=model_resource("gpu_model"),
+        slurm_partition=model_resource("slurm_partition"),
+        slurm_account=model_resource("slurm_account"),
+        cpus_per_gpu=model_resource("cpus_per_gpu"),
+        attempt=lambda wildcards, attempt: attempt,
+    log:
+        out("logs/train/{model}/{split}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        config.get("container", {}).get("train")
+    shell:
+        TRAIN_COMMAND
+
+
+rule merge_adapter:
+    input:
+        adapter=out("models/{model}/{split}/adapter"),
+        base=base_model,
+        labels=out("labels.json"),
+    output:
+        directory(out("models/{model}/{split}/merged")),
+    params:
+        base=base_model_path,
+        model_config=model_json,
+    resources:
+        gpu=model_resource("gpu", 0),
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+    log:
+        out("logs/merge/{model}/{split}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        config.get("container", {}).get("train")
+    shell:
+        "{PY}.merge --adapter {input.adapter:q} --base {params.base:q} --labels {input.labels:q}"
+        " --model-config {params.model_config:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,56 @@
+# Predictions: each fold model on its held-out rows and the test set; OOF files, test means, CV scores.
+
+
+rule predict_fold:
+    input:
+        model=trained_dir,
+        base=base_model,
+        train=out("data/train.parquet"),
+        test=out("data/test.parquet"),
+        folds=out("folds.parquet"),
+        labels=out("labels.json"),
+    output:
+        valid=out("predictions/{model}/{split}/valid.parquet"),
+        test=out("predictions/{model}/{split}/test.parquet"),
+    params:
+        fold=lambda wildcards: "full" if wildcards.split == "full" else wildcards.split[len("fold"):],
+        base=base_model_path,
+        model_config=model_json,
+    threads: model_threads
+    resources:
+        gpu=model_resource("gpu", 0),
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+    log:
+        out("logs/predict/{model}/{split}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        config.get("container", {}).get("train")
+    shell:
+        "{PY}.predict --train {input.train:q} --test {input.test:q} --folds {input.folds:q}"
+        " --labels {input.labels:q} --fold {params.fold} --model-dir {input.model:q} --base {params.base:q}"
+        " --model-config {params.model_config:q} --valid-out {output.valid:q} --test-out {output.test:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+rule oof:
+    input:
+        unpack(fold_predictions),
+        folds=out("folds.parquet"),
+        targets=out("targets.parquet"),
+        labels=out("labels.json"),
+    output:
+        oof=out("oof/{model}.parquet"),
+        test=out("test/{model}.parquet"),
+        scores=out("scores/{model}.json"),
+    params:
+        metric=config.get("task", {}).get("metric", "accuracy"),
+    log:
+        out("logs/oof/{model}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.oof --valid {input.valid:q} --test {input.test:q} --folds {input.folds:q}"
+        " --targets {input.targets:q} --labels {input.labels:q} --metric {params.metric:q} --name {wildcards.model}"
+        " --oof-out {output.oof:q} --test-out {output.test:q} --scores-out {output.scores:q} > {log:q} 2>&1"

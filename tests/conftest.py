@@ -1,0 +1,50 @@
+"""Shared fixtures: one thread for torch (CI has 2 cores), tiny real models and real demo data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread_torch():
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def movies_demo():
+    """(train, test, sample_submission) frames of the real movies demo, small."""
+    from workflow_scripts.prepare_demo import build_demo
+
+    return build_demo("movies", n_train=120, n_test=30, seed=0)
+
+
+@pytest.fixture(scope="session")
+def debates_demo():
+    from workflow_scripts.prepare_demo import build_demo
+
+    return build_demo("debates", n_train=120, n_test=30, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, movies_demo) -> Path:
+    """A tiny random Llama with a tokenizer trained on the demo text (seconds to build)."""
+    from workflow_scripts.prepare_model import materialise
+
+    root = tmp_path_factory.mktemp("tiny_llama")
+    corpus = root / "corpus.parquet"
+    movies_demo[0].select("text").write_parquet(corpus)
+    return materialise("tiny:llama", root / "base", seed=0, corpus=corpus)

@@ -1,0 +1,71 @@
+"""Data validation: every bad input names the file and column before training starts."""
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from workflow_scripts.data import prepare_frames, render_texts, template_columns
+from workflow_scripts.errors import OoflineError
+
+TASK = {"type": "multiclass", "id_column": "id", "text_template": "Review: {text}", "label_column": "category"}
+
+
+def test_template_renders_columns_in_order():
+    frame = pl.DataFrame({"q": ["2+2?"], "a": ["4"], "e": [None]})
+    texts = render_texts(frame, "Q: {q} A: {a} E: {e}", "train.csv")
+    assert texts.to_list() == ["Q: 2+2? A: 4 E: "]
+    assert template_columns("{q}{a}{q}") == ["q", "a"]
+
+
+def test_clean_frames_targets_and_spec(movies_demo):
+    train, test, _ = movies_demo
+    clean_train, clean_test, spec, targets = prepare_frames(train, test, TASK)
+    assert clean_train["text"][0].startswith("Review: ")
+    assert spec.probability_columns == sorted(train["category"].unique().to_list())
+    assert targets.select(spec.probability_columns).sum_horizontal().to_list() == [1.0] * train.height
+    assert clean_test.height == test.height and "movie_name" in clean_train.columns
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda f: f.drop("text"), "column(s) ['text'] used by task.text_template"),
+    (lambda f: f.drop("id"), "id column 'id'"),
+    (lambda f: f.with_columns(pl.lit("m1").alias("id")), "duplicate ids"),
+    (lambda f: f.with_columns(pl.lit("  ").alias("text")).with_columns(pl.lit("").alias("text")), "empty text"),
+    (lambda f: f.with_columns(pl.when(pl.col("id") == f["id"][3]).then(None).otherwise(pl.col("category")).alias("category")),
+     "missing labels"),
+])
+def test_bad_training_data_names_the_problem(movies_demo, mutate, expected):
+    train, test, _ = movies_demo
+    with pytest.raises(OoflineError, match="train.csv") as error:
+        prepare_frames(mutate(train), test, TASK, train_source="train.csv")
+    assert expected in str(error.value)
+
+
+def test_empty_text_template_result_is_rejected(movies_demo):
+    train, test, _ = movies_demo
+    with pytest.raises(OoflineError, match="empty text"):
+        prepare_frames(train.with_columns(pl.lit("").alias("text")), test, {**TASK, "text_template": "{text}"})
+
+
+def test_labelled_test_with_unseen_class_is_rejected(movies_demo):
+    train, test, _ = movies_demo
+    labelled_test = test.with_columns(pl.lit("mystery").alias("category"))
+    with pytest.raises(OoflineError, match="never seen in training"):
+        prepare_frames(train, labelled_test, TASK, test_source="test.csv")
+
+
+def test_multihead_layout(debates_demo):
+    train, test, _ = debates_demo
+    task = {"type": "multihead", "text_template": "{text}", "heads": [
+        {"name": "is_democrat", "type": "binary"}, {"name": "debate", "type": "multiclass"}]}
+    _, _, spec, targets = prepare_frames(train, test, task)
+    assert spec.probability_columns[0] == "is_democrat"
+    assert spec.probability_columns[1:] == [f"debate={d}" for d in sorted(train["debate"].unique().to_list())]
+    assert targets.select(spec.probability_columns[1:]).sum_horizontal().to_list() == [1.0] * train.height
+
+
+def test_binary_label_with_other_values_is_rejected(debates_demo):
+    train, test, _ = debates_demo
+    task = {"type": "multilabel", "text_template": "{text}", "label_columns": ["is_democrat"]}
+    with pytest.raises(OoflineError, match="must hold only 0 and 1"):
+        prepare_frames(train.with_columns(pl.lit(2).alias("is_democrat")), test, task)

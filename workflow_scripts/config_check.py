@@ -1,0 +1,118 @@
+"""Validate the workflow config before any job runs: one line per problem, naming the key.
+
+Snakemake's own `validate` dumps the whole schema on failure; users need the key and what was
+expected, so we run jsonschema ourselves and phrase each error as `config: <key path>: <problem>`.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from workflow_scripts.errors import OoflineError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+PACKAGED_SOURCES = ("packaged:minilm", "packaged:smollm2", "tiny:llama")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+MODEL_DEFAULTS = {
+    "quantization": "none", "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear",
+    "scheduler": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0, "label_smoothing": 0.0,
+    "epochs": 1, "batch_size": 16, "grad_accum": 1, "max_length": 256, "seed": 42,
+    "train_full": False, "merge": True, "trust_remote_code": False,
+    "resources": {"gpu": 0, "mem_mb": 4000, "runtime": 60},
+}
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key_path(error) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def _describe(error) -> str:
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown key(s) {extra}; allowed: {allowed}"
+    if error.validator == "enum":
+        return f"{error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "pattern":
+        return f"{error.instance!r} has characters that are not allowed (expected pattern {error.validator_value})"
+    return error.message
+
+
+def _fill_defaults(schema: dict[str, Any], instance: dict[str, Any]) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if "default" in sub and key not in instance:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(sub, instance[key])
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else copy.deepcopy(value)
+    return merged
+
+
+def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str, Any]:
+    """Return the normalised config (defaults filled, model defaults merged) or raise one OoflineError
+    listing every problem, one per line."""
+    config = copy.deepcopy(config)
+    schema = load_schema()
+    models = config.get("models") or {}
+    defaults = deep_merge(MODEL_DEFAULTS, config.get("model_defaults") or {})
+    if isinstance(models, dict):
+        config["models"] = {name: deep_merge(defaults, entry) if isinstance(entry, dict) else entry
+                            for name, entry in models.items()}
+    validator = Draft202012Validator(schema)
+    problems = [f"config: {_key_path(e)}: {_describe(e)}" for e in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))]
+    if problems:
+        raise OoflineError("invalid config\n" + "\n".join(problems))
+    _fill_defaults(schema, config)
+    problems = semantic_problems(config, Path(base_dir))
+    if problems:
+        raise OoflineError("invalid config\n" + "\n".join(problems))
+    return config
+
+
+def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
+    """Cross-key checks the schema cannot express."""
+    problems = []
+    task = config.get("task")
+    if task:
+        needed = {"multiclass": "label_column", "multilabel": "label_columns", "multihead": "heads"}[task["type"]]
+        if needed not in task:
+            problems.append(f"config: task.{needed}: required for task.type {task['type']}")
+        if config.get("folds", {}).get("scheme") in ("group", "stratified_group") and not (
+                config["folds"].get("group_column") or task.get("group_column")):
+            problems.append("config: folds.group_column: required for a group fold scheme")
+    if config.get("models") and not task:
+        problems.append("config: task: required when models are configured")
+    if task and not config.get("data"):
+        problems.append("config: data.train: required (the competition's training file)")
+    for name, model in (config.get("models") or {}).items():
+        source = model["source"]
+        if source in PACKAGED_SOURCES or HUB_ID.match(source):
+            pass
+        elif source.startswith(("packaged:", "tiny:")):
+            problems.append(f"config: models.{name}.source: unknown {source!r} (expected one of {', '.join(PACKAGED_SOURCES)}, a folder or org/name)")
+        else:
+            path = (base_dir / source) if not Path(source).is_absolute() else Path(source)
+            if not (path / "config.json").exists():
+                problems.append(f"config: models.{name}.source: {source!r} is not a model folder (no config.json there) "
+                                "nor a hub id like org/name")
+        if model["kind"] == "encoder_full" and model.get("quantization") not in (None, "none"):
+            problems.append(f"config: models.{name}.quantization: {model['quantization']} needs a LoRA kind (full fine-tunes train every weight)")
+        n_folds = config.get("folds", {}).get("n_folds", 5)
+        bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
+        if bad_folds:
+            problems.append(f"config: models.{name}.folds: {bad_folds} not below folds.n_folds={n_folds}")
+    return problems

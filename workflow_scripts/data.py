@@ -1,0 +1,129 @@
+"""Load and validate competition files; render model text from columns with the config's template.
+
+Every check runs before training starts and names the file and column at fault.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import string
+from typing import Any, Sequence
+
+import polars as pl
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import read_table, write_parquet
+from workflow_scripts.labels import LabelSpec, build_label_spec
+
+
+def template_columns(template: str) -> list[str]:
+    """The column names a text template refers to, in order of first use."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise OoflineError(f"task.text_template is not a valid template ({error}): {template!r}") from error
+    if not fields:
+        raise OoflineError("task.text_template names no column (expected e.g. '{text}')")
+    if any(field == "" or field.isdigit() for field in fields):
+        raise OoflineError("task.text_template: use named columns like '{text}', not '{}' or '{0}'")
+    return list(dict.fromkeys(fields))
+
+
+def render_texts(frame: pl.DataFrame, template: str, source: str) -> pl.Series:
+    """Build one model input string per row; nulls render as empty strings."""
+    columns = template_columns(template)
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise OoflineError(f"{source}: column(s) {missing} used by task.text_template are missing (have {frame.columns})")
+    literal_parts, expressions = [], []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        literal_parts.append(pl.lit(literal))
+        if field is not None:
+            literal_parts.append(pl.col(field).cast(pl.String).fill_null(""))
+    expressions = pl.concat_str(literal_parts)
+    return frame.select(expressions.alias("text"))["text"]
+
+
+def validate_ids(frame: pl.DataFrame, id_column: str, source: str) -> pl.Series:
+    if id_column not in frame.columns:
+        raise OoflineError(f"{source}: id column {id_column!r} (task.id_column) is missing (have {frame.columns})")
+    ids = frame[id_column].cast(pl.String)
+    if ids.null_count():
+        raise OoflineError(f"{source}: column {id_column!r} has {ids.null_count()} empty ids")
+    duplicated = ids.filter(ids.is_duplicated()).unique().sort().to_list()
+    if duplicated:
+        raise OoflineError(f"{source}: column {id_column!r} has duplicate ids, e.g. {duplicated[:5]}")
+    return ids
+
+
+def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[str, Any],
+                   train_source: str = "train", test_source: str = "test"):
+    """Validate raw competition frames and return (train, test, spec, targets).
+
+    train: `id`, `text` and the label columns; test: `id`, `text`; targets: `id` + one float column per
+    probability column of `spec` (one-hot / 0-1), the hard labels every scorer compares against.
+    """
+    id_column = task.get("id_column", "id")
+    template = task.get("text_template", "{text}")
+    spec = build_label_spec(task, train) if task["type"] != "generative" else None
+
+    def clean(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+        """`id`, the rendered `text`, then every other column as given (labels, groups, raw text)."""
+        ids = validate_ids(frame, id_column, source)
+        texts = render_texts(frame, template, source)
+        # a row is empty when every column the template uses is blank, whatever fixed words it adds
+        blank = pl.all_horizontal(
+            pl.col(c).cast(pl.String).fill_null("").str.strip_chars().str.len_chars() == 0
+            for c in template_columns(template))
+        empty = ids.filter(frame.select(blank).to_series()).to_list()
+        if empty:
+            raise OoflineError(f"{source}: {len(empty)} rows have empty text in the columns of task.text_template "
+                               f"{template_columns(template)}, e.g. ids {empty[:5]}")
+        others = [c for c in frame.columns if c not in (id_column, "id", "text")]
+        return pl.DataFrame({"id": ids, "text": texts}).hstack(frame.select(others))
+
+    label_columns = [head.source_column for head in spec.heads] if spec else []
+    clean_train = clean(train, train_source)
+    targets = None
+    if spec is not None:
+        matrix = spec.targets(clean_train, train_source)
+        targets = pl.DataFrame({"id": clean_train["id"]}).hstack(
+            pl.DataFrame(matrix, schema=spec.probability_columns))
+    clean_test = None
+    if test is not None:
+        clean_test = clean(test, test_source)
+        present = [c for c in label_columns if c in test.columns]
+        if spec is not None and present:
+            # a labelled test file must not hold classes the models can never predict
+            spec.targets(test.select(present), test_source)
+        overlap = set(clean_test["id"].to_list()) & set(clean_train["id"].to_list())
+        if overlap:
+            raise OoflineError(f"{test_source}: {len(overlap)} ids also appear in {train_source}, e.g. {sorted(overlap)[:5]}")
+    return clean_train, clean_test, spec, targets
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Validate competition files and write clean train/test data.")
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--test")
+    parser.add_argument("--task", required=True, help="the config's task section as JSON")
+    parser.add_argument("--train-out", required=True)
+    parser.add_argument("--test-out")
+    parser.add_argument("--labels-out", required=True)
+    parser.add_argument("--targets-out", required=True)
+    args = parser.parse_args(argv)
+    task = json.loads(args.task)
+    train = read_table(args.train)
+    test = read_table(args.test) if args.test else None
+    clean_train, clean_test, spec, targets = prepare_frames(train, test, task, args.train, args.test or "test")
+    write_parquet(clean_train, args.train_out)
+    if args.test_out and clean_test is not None:
+        write_parquet(clean_test, args.test_out)
+    spec.save(args.labels_out)
+    write_parquet(targets, args.targets_out)
+    print(f"train: {clean_train.height} rows, {len(spec.probability_columns)} probability columns; "
+          f"test: {0 if clean_test is None else clean_test.height} rows", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,149 @@
+"""The label layout of a task: which probability columns a model outputs and how heads group them.
+
+Every prediction file (OOF, test, ensemble) has `id` (and `fold` for OOF) plus one float column per
+entry of `LabelSpec.probability_columns`, in that order:
+- multiclass: one column per class, named by the class;
+- multilabel: one column per label (probability that the label is on);
+- multihead: a binary head is one column named by the head; a multiclass head is one column per
+  class named `{head}={class}`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from workflow_scripts.errors import OoflineError
+
+RESERVED_COLUMNS = {"id", "fold"}
+
+
+@dataclass(frozen=True)
+class Head:
+    """One output head: `binary` (one column) or `multiclass` (softmax over `classes`)."""
+
+    name: str
+    type: str  # "binary" | "multiclass"
+    source_column: str  # column in the training data holding this head's label
+    classes: tuple[str, ...] = ()  # multiclass only, sorted
+
+    def columns(self, task: str) -> list[str]:
+        if self.type == "binary":
+            return [self.name]
+        if task == "multiclass":
+            return list(self.classes)
+        return [f"{self.name}={label}" for label in self.classes]
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    task: str  # multiclass | multilabel | multihead
+    heads: tuple[Head, ...] = field(default_factory=tuple)
+
+    @property
+    def probability_columns(self) -> list[str]:
+        return [column for head in self.heads for column in head.columns(self.task)]
+
+    def head_slices(self) -> list[tuple[Head, slice]]:
+        """Each head with the slice of probability columns it owns."""
+        slices, start = [], 0
+        for head in self.heads:
+            width = len(head.columns(self.task))
+            slices.append((head, slice(start, start + width)))
+            start += width
+        return slices
+
+    @property
+    def binary_columns(self) -> list[str]:
+        return [head.name for head in self.heads if head.type == "binary"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "heads": [
+                {"name": h.name, "type": h.type, "source_column": h.source_column, "classes": list(h.classes)}
+                for h in self.heads
+            ],
+            "probability_columns": self.probability_columns,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "LabelSpec":
+        heads = tuple(
+            Head(h["name"], h["type"], h["source_column"], tuple(h.get("classes", ()))) for h in payload["heads"]
+        )
+        return cls(payload["task"], heads)
+
+    def save(self, path: str | Path) -> None:
+        from workflow_scripts.io import write_json
+
+        write_json(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LabelSpec":
+        path = Path(path)
+        if not path.exists():
+            raise OoflineError(f"label spec not found: {path}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def targets(self, frame: pl.DataFrame, source: str = "training data") -> np.ndarray:
+        """Hard targets as (n_rows, n_columns) float32: one-hot per multiclass head, 0/1 per binary head."""
+        blocks = []
+        for head, _ in self.head_slices():
+            if head.source_column not in frame.columns:
+                raise OoflineError(f"{source}: label column {head.source_column!r} is missing")
+            values = frame[head.source_column]
+            if values.null_count():
+                raise OoflineError(f"{source}: column {head.source_column!r} has {values.null_count()} missing labels")
+            if head.type == "binary":
+                numeric = values.cast(pl.Float32, strict=False)
+                if numeric.null_count() or not numeric.is_in([0.0, 1.0]).all():
+                    raise OoflineError(f"{source}: binary column {head.source_column!r} must hold only 0 and 1")
+                blocks.append(numeric.to_numpy().reshape(-1, 1))
+            else:
+                as_text = values.cast(pl.String)
+                index = {label: i for i, label in enumerate(head.classes)}
+                unknown = sorted(set(as_text.unique().to_list()) - index.keys())
+                if unknown:
+                    raise OoflineError(
+                        f"{source}: column {head.source_column!r} has labels never seen in training: {unknown[:5]}"
+                    )
+                one_hot = np.zeros((frame.height, len(head.classes)), dtype=np.float32)
+                one_hot[np.arange(frame.height), [index[v] for v in as_text.to_list()]] = 1.0
+                blocks.append(one_hot)
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def build_label_spec(task_config: dict[str, Any], train: pl.DataFrame) -> LabelSpec:
+    """Derive the label layout from the task config and the training labels (classes sorted as strings)."""
+    task = task_config["type"]
+
+    def classes_of(column: str) -> tuple[str, ...]:
+        if column not in train.columns:
+            raise OoflineError(f"training data: label column {column!r} (from config task) is missing")
+        return tuple(sorted(train[column].drop_nulls().cast(pl.String).unique().to_list()))
+
+    if task == "multiclass":
+        column = task_config["label_column"]
+        heads = (Head(column, "multiclass", column, classes_of(column)),)
+    elif task == "multilabel":
+        heads = tuple(Head(column, "binary", column) for column in task_config["label_columns"])
+    elif task == "multihead":
+        heads = tuple(
+            Head(h["name"], h["type"], h.get("column", h["name"]),
+                 classes_of(h.get("column", h["name"])) if h["type"] == "multiclass" else ())
+            for h in task_config["heads"]
+        )
+    else:
+        raise OoflineError(f"task.type {task!r} has no label columns (expected multiclass, multilabel or multihead)")
+    spec = LabelSpec(task, heads)
+    clash = RESERVED_COLUMNS & set(spec.probability_columns)
+    if clash:
+        raise OoflineError(f"label names {sorted(clash)} clash with reserved prediction columns id/fold")
+    if len(set(spec.probability_columns)) != len(spec.probability_columns):
+        raise OoflineError("task: two heads or classes produce the same probability column name")
+    return spec

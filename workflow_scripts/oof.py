@@ -1,0 +1,84 @@
+"""Gather per-fold predictions into OOF and fold-averaged test files, and score them per fold and overall."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import read_table, write_json, write_parquet
+from workflow_scripts.labels import LabelSpec
+from workflow_scripts.metrics import task_scores
+
+
+def gather_oof(fold_predictions: list[pl.DataFrame], folds: pl.DataFrame) -> pl.DataFrame:
+    """One row per training id in the folds file's order; every id must be predicted exactly once."""
+    oof = pl.concat(fold_predictions)
+    duplicated = oof.filter(pl.col("id").is_duplicated())["id"].unique().to_list()
+    if duplicated:
+        raise OoflineError(f"ids predicted by more than one fold, e.g. {duplicated[:5]}")
+    ordered = folds.select("id").join(oof.drop("fold"), on="id", how="left", maintain_order="left")
+    missing = ordered.filter(pl.any_horizontal(pl.all().exclude("id").is_null()))["id"].to_list()
+    if missing:
+        raise OoflineError(f"{len(missing)} training ids have no out-of-fold prediction, e.g. {missing[:5]}")
+    return folds.select("id", "fold").hstack(ordered.drop("id"))
+
+
+def average_test(test_predictions: list[pl.DataFrame], columns: list[str]) -> pl.DataFrame:
+    ids = test_predictions[0]["id"]
+    for frame in test_predictions[1:]:
+        if not frame["id"].equals(ids):
+            raise OoflineError("fold test predictions list different ids")
+    mean = np.mean([frame.select(columns).to_numpy() for frame in test_predictions], axis=0).astype(np.float32)
+    return pl.DataFrame({"id": ids}).hstack(pl.DataFrame(mean, schema=columns))
+
+
+def score_oof(oof: pl.DataFrame, targets: pl.DataFrame, spec: LabelSpec, metric: str) -> dict:
+    """The task metric per fold and overall (plus the extras metrics.task_scores gives)."""
+    aligned = oof.select("id", "fold").join(targets, on="id", how="left", maintain_order="left")
+    columns = spec.probability_columns
+    probs, truth = oof.select(columns).to_numpy(), aligned.select(columns).to_numpy()
+    result = {"metric": metric, "overall": task_scores(spec, probs, truth, metric), "folds": {}}
+    fold_values = oof["fold"].to_numpy()
+    for fold in sorted(set(fold_values.tolist())):
+        rows = fold_values == fold
+        result["folds"][str(fold)] = task_scores(spec, probs[rows], truth[rows], metric)
+    per_fold = [result["folds"][f]["score"] for f in result["folds"]]
+    result["score"] = result["overall"]["score"]
+    result["fold_mean"], result["fold_std"] = float(np.mean(per_fold)), float(np.std(per_fold))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--valid", nargs="+", required=True, help="per-fold held-out prediction parquets")
+    parser.add_argument("--test", nargs="+", required=True, help="per-fold test prediction parquets")
+    parser.add_argument("--folds", required=True)
+    parser.add_argument("--targets", required=True)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--metric", required=True)
+    parser.add_argument("--oof-out", required=True)
+    parser.add_argument("--test-out", required=True)
+    parser.add_argument("--scores-out", required=True)
+    parser.add_argument("--name", default="")
+    args = parser.parse_args(argv)
+    spec = LabelSpec.load(args.labels)
+    folds = read_table(args.folds)
+    valid_frames = [read_table(path) for path in args.valid]
+    trained_folds = sorted({int(f) for frame in valid_frames for f in frame["fold"].unique().to_list()})
+    # a model trained on a subset of folds still gets an OOF file over the rows those folds hold out
+    folds = folds.filter(pl.col("fold").is_in(trained_folds))
+    oof = gather_oof(valid_frames, folds)
+    test = average_test([read_table(path) for path in args.test], spec.probability_columns)
+    scores = score_oof(oof, read_table(args.targets), spec, args.metric)
+    scores["model"] = args.name
+    write_parquet(oof, args.oof_out)
+    write_parquet(test, args.test_out)
+    write_json(scores, args.scores_out)
+    print(f"{args.name} CV {args.metric}: {scores['score']:.5f} (folds {', '.join(f'{scores['folds'][f]['score']:.5f}' for f in scores['folds'])})", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

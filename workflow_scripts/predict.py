@@ -1,0 +1,114 @@
+"""Predict class probabilities with one trained fold model: its held-out rows and the test set.
+
+Rows are sorted by length into batches (little padding), then returned in their original order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import read_table, write_parquet
+from workflow_scripts.labels import LabelSpec
+
+
+def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, max_length: int,
+                          batch_size: int, sort_by_length: bool = True, pad_to: int | None = None,
+                          label: str = "predict") -> np.ndarray:
+    """Probabilities (n_rows, n_columns) float32 in the input order."""
+    import torch
+
+    from workflow_scripts.batching import pad_batch, sorted_batches
+    from workflow_scripts.losses import head_probabilities
+
+    token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in token_ids])
+    if sort_by_length:
+        batches = sorted_batches(lengths, batch_size)
+    else:
+        batches = [np.arange(i, min(i + batch_size, len(texts))) for i in range(0, len(texts), batch_size)]
+    probabilities = np.zeros((len(texts), len(spec.probability_columns)), dtype=np.float32)
+    model.eval()
+    started = time.time()
+    with torch.inference_mode():
+        for number, rows in enumerate(batches, start=1):
+            inputs = pad_batch(token_ids, rows, tokenizer.pad_token_id, pad_to=pad_to)
+            logits = model(**inputs).logits
+            probabilities[rows] = head_probabilities(logits, spec).cpu().numpy()
+            if number % 20 == 0 or number == len(batches):
+                done = sum(len(b) for b in batches[:number])
+                print(f"{label}: batch {number}/{len(batches)} {done / max(1e-9, time.time() - started):.1f} rows/s",
+                      flush=True)
+    return probabilities
+
+
+def load_trained(model_dir: str, base: str, model_config: dict[str, Any], num_labels: int):
+    """A trained fold model and its tokenizer: base + adapter for LoRA kinds, the saved model otherwise."""
+    from pathlib import Path
+
+    from workflow_scripts import modeling
+
+    trust = bool(model_config.get("trust_remote_code", False))
+    tokenizer = modeling.load_tokenizer(model_dir, trust_remote_code=trust)
+    if (Path(model_dir) / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = modeling.load_base_classifier(base, num_labels, model_config.get("quantization", "none"), trust)
+        return PeftModel.from_pretrained(model, model_dir), tokenizer
+    return modeling.load_base_classifier(model_dir, num_labels, "none", trust), tokenizer
+
+
+def prediction_frame(ids: list[str], probabilities: np.ndarray, spec: LabelSpec, fold: int | None) -> pl.DataFrame:
+    frame = pl.DataFrame({"id": ids})
+    if fold is not None:
+        frame = frame.with_columns(pl.lit(fold, dtype=pl.Int64).alias("fold"))
+    return frame.hstack(pl.DataFrame(probabilities, schema=spec.probability_columns))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--test", required=True)
+    parser.add_argument("--folds", required=True)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--fold", required=True, help="fold number, or 'full' (test only)")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--model-config", required=True)
+    parser.add_argument("--valid-out", required=True)
+    parser.add_argument("--test-out", required=True)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_config: dict[str, Any] = json.loads(args.model_config)
+    spec = LabelSpec.load(args.labels)
+    train, test, folds = read_table(args.train), read_table(args.test), read_table(args.folds)
+    model, tokenizer = load_trained(args.model_dir, args.base, model_config, len(spec.probability_columns))
+    max_length = int(model_config.get("max_length", 256))
+    batch_size = int(model_config.get("predict_batch_size", model_config.get("batch_size", 16) * 2))
+    if args.fold == "full":
+        valid = train.head(0)
+        fold = None
+    else:
+        fold = int(args.fold)
+        valid_ids = set(folds.filter(pl.col("fold") == fold)["id"].to_list())
+        if not valid_ids:
+            raise OoflineError(f"{args.folds}: fold {fold} has no rows")
+        valid = train.filter(pl.col("id").is_in(list(valid_ids)))
+    valid_probs = predict_probabilities(model, tokenizer, valid["text"].to_list(), spec, max_length, batch_size,
+                                        label="held-out") if valid.height else np.zeros((0, len(spec.probability_columns)), np.float32)
+    write_parquet(prediction_frame(valid["id"].to_list(), valid_probs, spec, fold), args.valid_out)
+    test_probs = predict_probabilities(model, tokenizer, test["text"].to_list(), spec, max_length, batch_size, label="test")
+    write_parquet(prediction_frame(test["id"].to_list(), test_probs, spec, None), args.test_out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

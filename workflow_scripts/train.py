@@ -1,0 +1,302 @@
+"""Fine-tune one model on one fold (or on all rows): LoRA / QLoRA adapters or full fine-tunes.
+
+Work in progress (checkpoints) lives in --work-dir; --out is written only when training finished, so a
+killed run resumes from its last checkpoint on rerun and never leaves a half-written output.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import atomic_path, read_table
+from workflow_scripts.labels import LabelSpec
+
+LORA_KINDS = ("decoder_lora", "encoder_lora")
+OFFICIAL = "official"
+
+
+def effective_batching(model_config: dict[str, Any], attempt: int) -> tuple[int, int]:
+    """Micro-batch and gradient accumulation for a retry: halve the micro-batch, double accumulation."""
+    from workflow_scripts.oom import retry_plan
+
+    plan = retry_plan(attempt, int(model_config["batch_size"]), int(model_config.get("grad_accum", 1)), 1)
+    return plan.micro_batch_size, plan.grad_accum_steps
+
+
+def training_rows(folds: pl.DataFrame, fold: str) -> set[str]:
+    if fold == "full":
+        return set(folds["id"].to_list())
+    if not fold.isdigit() or int(fold) not in set(folds["fold"].to_list()):
+        raise OoflineError(f"fold {fold!r} is not in the folds file (have {sorted(set(folds['fold'].to_list()))})")
+    return set(folds.filter(pl.col("fold") != int(fold))["id"].to_list())
+
+
+def stage_plan(model_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Stages from config; without `stages`, one stage of `epochs` on the official rows."""
+    stages = model_config.get("stages") or [{"epochs": model_config["epochs"], "data": [OFFICIAL]}]
+    return [{"epochs": int(s["epochs"]), "data": list(s.get("data", [OFFICIAL])), "lr": s.get("lr")} for s in stages]
+
+
+def config_fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Checkpointer:
+    """Save and restore trainable weights, optimizer state, RNG and position as safetensors + json."""
+
+    def __init__(self, work_dir: Path, fingerprint: str):
+        self.directory = work_dir / "checkpoint"
+        self.fingerprint = fingerprint
+
+    def load(self, model, optimizer) -> dict[str, Any] | None:
+        import torch
+        from safetensors.torch import load_file
+
+        state_path = self.directory / "state.json"
+        if not state_path.exists():
+            return None
+        state = json.loads(state_path.read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            print("checkpoint is from a different configuration: starting fresh", flush=True)
+            shutil.rmtree(self.directory, ignore_errors=True)
+            return None
+        weights = load_file(str(self.directory / "trainable.safetensors"))
+        parameters = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                parameters[name].copy_(tensor)
+        optimizer_tensors = load_file(str(self.directory / "optimizer.safetensors"))
+        optimizer_state = {"state": {}, "param_groups": state["param_groups"]}
+        for key, tensor in optimizer_tensors.items():
+            index, field = key.split(".", 1)
+            optimizer_state["state"].setdefault(int(index), {})[field] = tensor
+        optimizer.load_state_dict(optimizer_state)
+        torch.set_rng_state(load_file(str(self.directory / "rng.safetensors"))["torch"])
+        return state
+
+    def save(self, model, optimizer, position: dict[str, Any]) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        with atomic_path(self.directory) as tmp:
+            tmp.mkdir()
+            trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(trainable, str(tmp / "trainable.safetensors"))
+            optimizer_state = optimizer.state_dict()
+            tensors = {
+                f"{index}.{field}": value.contiguous().cpu() if torch.is_tensor(value) else torch.tensor(value)
+                for index, fields in optimizer_state["state"].items() for field, value in fields.items()
+            }
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+            state = dict(position, fingerprint=self.fingerprint, param_groups=optimizer_state["param_groups"])
+            (tmp / "state.json").write_text(json.dumps(state, sort_keys=True))
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, scheduler: str) -> float:
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if scheduler == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if scheduler == "linear":
+        return max(0.0, 1 - progress)
+    return 1.0
+
+
+def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_ids: set[str],
+                model_config: dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
+                extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
+                checkpoint_every: int = 50, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train and save a model; returns a summary. targets: (n_rows, n_columns) aligned with `train`.
+
+    extra_sets: name -> frame with `id`, `text` and the probability columns as (soft) targets, used by
+    stages that list the name in their `data`.
+    """
+    import torch
+
+    from workflow_scripts import modeling
+    from workflow_scripts.batching import length_grouped_batches, pad_batch
+    from workflow_scripts.losses import combined_loss
+
+    extra_sets = extra_sets or {}
+    seed = int(model_config.get("seed", 42))
+    torch.manual_seed(seed)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    micro_batch, grad_accum = effective_batching(model_config, attempt)
+    max_length = int(model_config.get("max_length", 256))
+    trust = bool(model_config.get("trust_remote_code", False))
+
+    tokenizer = modeling.load_tokenizer(base_path, trust_remote_code=trust)
+    official_mask = train["id"].is_in(list(row_ids)).to_numpy()
+    datasets: dict[str, tuple[list[str], np.ndarray]] = {
+        OFFICIAL: (train.filter(pl.Series(official_mask))["text"].to_list(), targets[official_mask])
+    }
+    for name, frame in extra_sets.items():
+        missing = [c for c in ["text", *spec.probability_columns] if c not in frame.columns]
+        if missing:
+            raise OoflineError(f"extra training data {name!r}: columns {missing} are missing")
+        datasets[name] = (frame["text"].to_list(), frame.select(spec.probability_columns).to_numpy().astype(np.float32))
+    stages = stage_plan(model_config)
+    for stage in stages:
+        unknown = [d for d in stage["data"] if d not in datasets]
+        if unknown:
+            raise OoflineError(f"stage data {unknown} are not provided (have {sorted(datasets)})")
+
+    encoded = {name: tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+               for name, (texts, _) in datasets.items()}
+
+    def stage_rows(stage):
+        token_ids = [ids for name in stage["data"] for ids in encoded[name]]
+        stage_targets = np.concatenate([datasets[name][1] for name in stage["data"]])
+        return token_ids, stage_targets
+
+    steps_per_stage = []
+    for stage in stages:
+        n_rows = sum(len(encoded[name]) for name in stage["data"])
+        steps_per_stage.append(stage["epochs"] * math.ceil(math.ceil(n_rows / micro_batch) / grad_accum))
+    total_steps = sum(steps_per_stage)
+    warmup_steps = int(float(model_config.get("warmup_ratio", 0.0)) * total_steps)
+
+    model = modeling.load_classifier(
+        base_path, num_labels=len(spec.probability_columns), kind=model_config["kind"],
+        quantization=model_config.get("quantization", "none"), lora=lora_settings(model_config),
+        trust_remote_code=trust, seed=seed,
+    )
+    model.train()
+    from workflow_scripts.oom import maybe_inject_oom
+
+    maybe_inject_oom(attempt)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    base_lr = float(model_config["lr"])
+    optimizer = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=float(model_config.get("weight_decay", 0.0)))
+    fingerprint = config_fingerprint({"config": model_config, "rows": sorted(row_ids), "attempt": attempt,
+                                      "extra": {k: v.height for k, v in extra_sets.items()}})
+    checkpointer = Checkpointer(work_dir, fingerprint)
+    resumed = checkpointer.load(model, optimizer)
+    position = resumed or {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
+    if resumed:
+        print(f"resuming from checkpoint at stage {position['stage']} epoch {position['epoch']} "
+              f"batch {position['batch']} (step {position['step']})", flush=True)
+    label_smoothing = float(model_config.get("label_smoothing", 0.0))
+    scheduler_name = model_config.get("scheduler", "linear")
+    log_every = max(1, int(model_config.get("log_every", 10)))
+    pad_id = tokenizer.pad_token_id
+    step = position["step"]
+    started, seen, losses = time.time(), 0, []
+    for stage_index in range(position["stage"], len(stages)):
+        stage = stages[stage_index]
+        token_ids, stage_targets = stage_rows(stage)
+        lengths = np.array([len(ids) for ids in token_ids])
+        target_tensor = torch.from_numpy(stage_targets)
+        stage_lr = float(stage["lr"]) if stage.get("lr") else base_lr
+        first_epoch = position["epoch"] if stage_index == position["stage"] else 0
+        for epoch in range(first_epoch, stage["epochs"]):
+            batches = length_grouped_batches(lengths, micro_batch, seed * 1000 + stage_index * 100 + epoch)
+            first_batch = position["batch"] if (stage_index, epoch) == (position["stage"], position["epoch"]) else 0
+            optimizer.zero_grad(set_to_none=True)
+            for batch_index in range(first_batch, len(batches)):
+                rows = batches[batch_index]
+                inputs = pad_batch(token_ids, rows, pad_id)
+                logits = model(**inputs).logits
+                loss = combined_loss(logits, target_tensor[rows], spec, label_smoothing)
+                (loss / grad_accum).backward()
+                losses.append(float(loss))
+                seen += len(rows)
+                last_in_epoch = batch_index == len(batches) - 1
+                if (batch_index + 1) % grad_accum == 0 or last_in_epoch:
+                    for group in optimizer.param_groups:
+                        group["lr"] = stage_lr * lr_factor(step, total_steps, warmup_steps, scheduler_name)
+                    torch.nn.utils.clip_grad_norm_(trainable, float(model_config.get("max_grad_norm", 1.0)))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    if step % log_every == 0 or step == total_steps:
+                        rate = seen / max(1e-9, time.time() - started)
+                        print(f"stage {stage_index + 1}/{len(stages)} epoch {epoch + 1}/{stage['epochs']} "
+                              f"step {step}/{total_steps} loss {np.mean(losses[-log_every * grad_accum:]):.4f} "
+                              f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} samples/s", flush=True)
+                    next_position = {"stage": stage_index, "epoch": epoch, "batch": batch_index + 1, "step": step}
+                    if last_in_epoch:
+                        next_position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": step}
+                    if step % checkpoint_every == 0 or last_in_epoch:
+                        checkpointer.save(model, optimizer, next_position)
+                    if stop_after_steps is not None and step >= stop_after_steps:
+                        return {"stopped_at_step": step}
+        position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": step}
+    summary = {
+        "steps": step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
+        "train_rows": {name: len(encoded[name]) for name in encoded},
+        "final_loss": float(np.mean(losses[-10:])) if losses else None,
+        "seconds": round(time.time() - started, 1),
+    }
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps({"model_config": model_config, "summary": summary,
+                                                         "labels": spec.to_dict()}, indent=2, sort_keys=True))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return summary
+
+
+def lora_settings(model_config: dict[str, Any]) -> dict[str, Any] | None:
+    if model_config["kind"] not in LORA_KINDS:
+        return None
+    return {"r": int(model_config.get("r", 8)), "alpha": int(model_config.get("alpha", 16)),
+            "dropout": float(model_config.get("dropout", 0.05)),
+            "target_modules": model_config.get("target_modules", "all-linear")}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train", required=True, help="clean training data parquet (id, text, ...)")
+    parser.add_argument("--targets", required=True, help="targets parquet (id + probability columns)")
+    parser.add_argument("--folds", required=True)
+    parser.add_argument("--labels", required=True)
+    parser.add_argument("--fold", required=True, help="fold number, or 'full' for all rows")
+    parser.add_argument("--model-config", required=True, help="the model's config entry as JSON")
+    parser.add_argument("--base", required=True, help="base model folder or hub id")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                        help="extra (soft-labelled) training data for stages that name it")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--attempt", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_config = json.loads(args.model_config)
+    spec = LabelSpec.load(args.labels)
+    train = read_table(args.train)
+    targets_frame = read_table(args.targets)
+    if targets_frame["id"].to_list() != train["id"].to_list():
+        raise OoflineError(f"{args.targets}: ids do not match {args.train} (rebuild both from the same data)")
+    folds = read_table(args.folds)
+    extra_sets = {}
+    for item in args.extra:
+        name, _, path = item.partition("=")
+        extra_sets[name] = read_table(path)
+    summary = train_model(train, targets_frame.select(spec.probability_columns).to_numpy().astype(np.float32), spec,
+                          training_rows(folds, args.fold), model_config, args.base, args.out, args.work_dir,
+                          extra_sets, attempt=args.attempt)
+    print(f"finished: {json.dumps(summary, sort_keys=True)}", flush=True)
+
+
+if __name__ == "__main__":
+    from workflow_scripts.oom import run_cli_with_oom
+
+    raise SystemExit(run_cli_with_oom(main))
