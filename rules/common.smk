@@ -1,15 +1,19 @@
 # Shared by every rule file: config validation, wildcard constraints, input and resource functions.
 import json
+import os
 import re
 import sys
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
+# jobs run `python -m workflow_scripts...` from the working directory, which may be elsewhere (-d)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
 
 try:
-    config.update(check_config(config, base_dir=workflow.basedir))
+    config.update(check_config(config, base_dir=Path.cwd()))
 except OoflineError as error:
     raise WorkflowError(str(error)) from None
 

@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_parquet(oof, args.oof_out)
     write_parquet(test, args.test_out)
     write_json(scores, args.scores_out)
-    print(f"{args.name} CV {args.metric}: {scores['score']:.5f} (folds {', '.join(f'{scores['folds'][f]['score']:.5f}' for f in scores['folds'])})", flush=True)
+    per_fold = ", ".join(f"{fold_scores['score']:.5f}" for fold_scores in scores["folds"].values())
+    print(f"{args.name} CV {args.metric}: {scores['score']:.5f} (folds {per_fold})", flush=True)
 
 
 if __name__ == "__main__":

@@ -213,7 +213,7 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
                 logits = model(**inputs).logits
                 loss = combined_loss(logits, target_tensor[rows], spec, label_smoothing)
                 (loss / grad_accum).backward()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 seen += len(rows)
                 last_in_epoch = batch_index == len(batches) - 1
                 if (batch_index + 1) % grad_accum == 0 or last_in_epoch:

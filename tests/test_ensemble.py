@@ -1,0 +1,168 @@
+"""Ensembles against plain numpy references, the nested weight search, and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy.stats import rankdata
+
+from workflow_scripts import ensemble as ens
+from workflow_scripts import metrics
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.labels import Head, LabelSpec
+
+torch.set_num_threads(1)
+CLASSES = tuple("abcdef")
+SPEC = LabelSpec("multiclass", (Head("label", "multiclass", "label", CLASSES),))
+
+
+def make_members(n=300, n_members=3, seed=0, noise=(0.5, 1.0, 3.0)):
+    """Members of different quality: logits = signal on the true class + noise of growing size."""
+    rng = np.random.default_rng(seed)
+    true_index = rng.integers(0, len(CLASSES), n)
+    targets = np.eye(len(CLASSES), dtype=np.float32)[true_index]
+    ids = [f"q{i}" for i in range(n)]
+    folds = np.arange(n) % 4
+    frames = {}
+    for m in range(n_members):
+        logits = 1.5 * targets + rng.normal(0, noise[m % len(noise)], size=targets.shape)
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        frames[f"m{m}"] = pl.DataFrame({"id": ids, "fold": folds}).hstack(
+            pl.DataFrame(probs.astype(np.float32), schema=list(CLASSES)))
+    return frames, targets, true_index
+
+
+def probs_of(frame):
+    return frame.select(list(CLASSES)).to_numpy()
+
+
+def test_weighted_mean_matches_numpy_and_weights_are_normalised():
+    frames, targets, _ = make_members()
+    oof, _, weights, score = ens.build_ensemble(SPEC, ["m0", "m1", "m2"], frames, None, targets, "map@3", "mean",
+                                                [1.0, 1.2, 0.8])
+    expected = (1.0 * probs_of(frames["m0"]) + 1.2 * probs_of(frames["m1"]) + 0.8 * probs_of(frames["m2"])) / 3.0
+    np.testing.assert_allclose(probs_of(oof), expected, rtol=1e-6)
+    assert weights["weights"] == pytest.approx({"m0": 1 / 3, "m1": 0.4, "m2": 0.8 / 3})
+    assert score["score"] == pytest.approx(metrics.map_at_k_from_probabilities(expected, targets.argmax(1), 3))
+    assert score["in_sample_score"] == score["out_of_sample_score"]  # fixed weights are not fitted
+    assert set(score["folds"]) == {"0", "1", "2", "3"}
+
+
+def test_rank_mean_matches_scipy_ranks():
+    frames, targets, _ = make_members()
+    oof, _, _, _ = ens.build_ensemble(SPEC, ["m0", "m1"], frames, None, targets, "map@3", "rank", [2.0, 1.0])
+    ranks = [(rankdata(probs_of(frames[m]), axis=0) - 1) / (len(targets) - 1) for m in ("m0", "m1")]
+    np.testing.assert_allclose(probs_of(oof), (2 * ranks[0] + ranks[1]) / 3, rtol=1e-5, atol=1e-6)
+    assert probs_of(oof).min() >= 0 and probs_of(oof).max() <= 1
+
+
+def test_member_top_k_keeps_only_each_members_top_classes():
+    frames, targets, _ = make_members()
+    oof, _, _, _ = ens.build_ensemble(SPEC, ["m0"], frames, None, targets, "map@3", "mean", member_top_k=2)
+    out = probs_of(oof)
+    assert ((out > 0).sum(axis=1) == 2).all()
+    top2 = np.sort(probs_of(frames["m0"]), axis=1)[:, -2:]
+    np.testing.assert_allclose(np.sort(out, axis=1)[:, -2:], top2, rtol=1e-6)
+
+
+def test_search_finds_good_weights_and_reports_nested_score():
+    frames, targets, _ = make_members(n=600, noise=(0.6, 4.0, 4.0))
+    names = ["m0", "m1", "m2"]
+    oof, _, weights, score = ens.build_ensemble(SPEC, names, frames, None, targets, "map@3", "search")
+    # the search should beat equal weights in-sample and lean on the accurate member
+    equal = ens.blend_arrays([probs_of(frames[n]) for n in names], np.ones(3))
+    assert score["in_sample_score"] >= metrics.map_at_k_from_probabilities(equal, targets.argmax(1), 3)
+    assert weights["weights"]["m0"] == max(weights["weights"].values())
+    nested = score["nested"]
+    assert set(nested["folds"]) == {"0", "1", "2", "3"}
+    assert score["out_of_sample_score"] == nested["score"] == score["score"]
+    # recompute one fold's held-out score by hand from its weights
+    fold_weights = np.array(nested["weights"]["1"])
+    rows = np.arange(len(targets)) % 4 == 1
+    blend = ens.blend_arrays([probs_of(frames[n])[rows] for n in names], fold_weights)
+    assert nested["folds"]["1"] == pytest.approx(metrics.map_at_k_from_probabilities(blend, targets.argmax(1)[rows], 3))
+
+
+def test_compact_rank_objective_equals_dense_map_on_random_weights():
+    frames, targets, true_index = make_members(n=400)
+    members = [probs_of(frames[m]).astype(np.float32) for m in ("m0", "m1", "m2")]
+    rows = np.arange(400) % 3 != 0
+    make = ens._rank_objective_factory(3, members, true_index)
+    assert make is not None
+    parts, score_fn = make(rows)
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        w = rng.random(3)
+        diff = sum(np.float32(wi) * p for wi, p in zip(w, parts))
+        dense = sum(wi * m[rows] for wi, m in zip(w, members))
+        assert score_fn(diff, w.sum()) == pytest.approx(metrics.map_at_k_from_probabilities(dense, true_index[rows], 3))
+
+
+def test_search_on_multilabel_macro_f1_improves_over_equal_weights():
+    rng = np.random.default_rng(3)
+    spec = LabelSpec("multilabel", tuple(Head(f"l{i}", "binary", f"l{i}") for i in range(3)))
+    n = 240
+    targets = (rng.random((n, 3)) < 0.3).astype(np.float32)
+    good = np.clip(targets * 0.6 + rng.random((n, 3)) * 0.5, 0, 1)
+    bad = rng.random((n, 3))
+    frames = {name: pl.DataFrame({"id": np.arange(n), "fold": np.arange(n) % 3}).hstack(
+        pl.DataFrame(p.astype(np.float32), schema=spec.probability_columns)) for name, p in (("good", good), ("bad", bad))}
+    _, _, weights, score = ens.build_ensemble(spec, ["good", "bad"], frames, None, targets, "macro_f1", "search")
+    equal = metrics.task_scores(spec, (good + bad) / 2, targets, "macro_f1")["score"]
+    assert score["in_sample_score"] >= equal
+    assert weights["weights"]["good"] > weights["weights"]["bad"]
+
+
+def test_check_ensemble_config_errors_name_the_problem():
+    with pytest.raises(OoflineError, match=r"ensembles\.blend.*'ghost'"):
+        ens.check_ensemble_config("blend", {"members": {"m0": 1.0, "ghost": 1.0}}, ["m0", "m1"])
+    with pytest.raises(OoflineError, match="'m1' is negative"):
+        ens.check_ensemble_config("blend", {"members": {"m0": 1.0, "m1": -0.5}}, ["m0", "m1"])
+    with pytest.raises(OoflineError, match="all weights are zero"):
+        ens.check_ensemble_config("blend", {"members": {"m0": 0, "m1": 0.0}}, ["m0", "m1"])
+    with pytest.raises(OoflineError, match="method"):
+        ens.check_ensemble_config("blend", {"members": ["m0"], "method": "median"}, ["m0"])
+    ok = ens.check_ensemble_config("blend", {"members": ["m0", "m1"], "method": "search"}, ["m0", "m1"])
+    assert ok["weights"] == [1.0, 1.0] and ok["method"] == "search"
+
+
+def test_members_with_different_ids_are_rejected():
+    frames, targets, _ = make_members()
+    frames["m1"] = frames["m1"].with_columns(pl.when(pl.col("id") == "q5").then(pl.lit("zz")).otherwise(pl.col("id")).alias("id"))
+    with pytest.raises(OoflineError, match="'m1'.*different ids"):
+        ens.build_ensemble(SPEC, ["m0", "m1"], frames, None, targets, "map@3")
+
+
+def test_cli_writes_four_outputs_deterministically(tmp_path, capsys):
+    frames, targets, true_index = make_members(n=200)
+    paths = []
+    for name, frame in frames.items():
+        # members stored in different row orders: the blend aligns them on id
+        frame.sample(fraction=1.0, shuffle=True, seed=len(paths)).write_parquet(tmp_path / f"{name}.oof.parquet")
+        frame.drop("fold").write_parquet(tmp_path / f"{name}.test.parquet")
+        paths.append(name)
+    pl.DataFrame({"id": [f"q{i}" for i in range(200)]}).hstack(
+        pl.DataFrame(targets, schema=list(CLASSES))).write_parquet(tmp_path / "targets.parquet")
+    SPEC.save(tmp_path / "labels.json")
+    out = tmp_path / "ens"
+    argv = ["--names", *paths, "--oof", *[str(tmp_path / f"{n}.oof.parquet") for n in paths],
+            "--test", *[str(tmp_path / f"{n}.test.parquet") for n in paths], "--method", "search",
+            "--labels", str(tmp_path / "labels.json"), "--targets", str(tmp_path / "targets.parquet"),
+            "--metric", "map@3", "--name", "demo", "--oof-out", str(out / "oof.parquet"),
+            "--test-out", str(out / "test.parquet"), "--weights-out", str(out / "weights.json"),
+            "--score-out", str(out / "score.json")]
+    assert run_cli(ens.main, argv) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(first) == {"oof.parquet", "test.parquet", "weights.json", "score.json"}
+    score = json.loads(first["score.json"])
+    assert score["ensemble"] == "demo" and "nested" in score
+    assert run_cli(ens.main, argv) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    bad = argv.copy()
+    bad[bad.index("--method") + 1: bad.index("--method") + 1] = []
+    bad += ["--weights", "1", "-1", "1"]
+    assert run_cli(ens.main, bad) == 2
+    assert "'m1' is negative" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""The leaderboard gathers model, fold, ensemble and submission scores with LB scores beside them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from workflow_scripts import leaderboard as lb
+from workflow_scripts import metrics
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import write_json
+from workflow_scripts.labels import Head, LabelSpec
+
+torch.set_num_threads(1)
+SPEC = LabelSpec("multiclass", (Head("label", "multiclass", "label", ("a", "b", "c")),))
+
+
+def write_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    targets = np.eye(3)[rng.integers(0, 3, 90)]
+    folds = np.arange(90) % 3
+    paths = {}
+    for model in ("deberta", "qwen"):
+        scores = metrics.fold_scores(SPEC, rng.random((90, 3)), targets, folds, "map@3")
+        scores["model"] = model
+        write_json(scores, tmp_path / "scores" / f"{model}.json")
+        paths[model] = tmp_path / "scores" / f"{model}.json"
+    write_json({"ensemble": "blend", "metric": "map@3", "score": 0.81, "in_sample_score": 0.83, "fold_mean": 0.8,
+                "fold_std": 0.01}, tmp_path / "ensembles" / "blend" / "score.json")
+    manifest = {"hashed": {"submission": "sub1", "oof_scores": {
+        "results/ensembles/blend/score.json": {"metric": "map@3", "score": 0.81, "in_sample_score": 0.83}}},
+        "manifest_sha256": "x"}
+    write_json(manifest, tmp_path / "submissions" / "sub1" / "manifest.json")
+    (tmp_path / "lb_scores.yaml").write_text("sub1: {public: 0.79, private: 0.80}\nold_sub: {public: 0.7}\n")
+    return paths
+
+
+def test_rows_per_model_fold_ensemble_and_submission_with_lb(tmp_path):
+    paths = write_inputs(tmp_path)
+    board = lb.build_leaderboard(
+        [paths["deberta"], paths["qwen"]], [tmp_path / "ensembles" / "blend" / "score.json"],
+        [tmp_path / "submissions" / "sub1" / "manifest.json"], lb.load_lb_scores(tmp_path / "lb_scores.yaml"))
+    counts = dict(board.group_by("kind").len().iter_rows())
+    assert counts == {"model": 2, "fold": 6, "ensemble": 1, "submission": 2}
+    deberta = json.loads(paths["deberta"].read_text())
+    model = board.filter((pl.col("kind") == "model") & (pl.col("name") == "deberta")).row(0, named=True)
+    assert model["cv"] == pytest.approx(deberta["score"]) and model["cv_fold_std"] == pytest.approx(deberta["fold_std"])
+    fold1 = board.filter((pl.col("kind") == "fold") & (pl.col("name") == "deberta") & (pl.col("fold") == "1"))
+    assert fold1["cv"][0] == pytest.approx(deberta["folds"]["1"]["score"])
+    sub1 = board.filter(pl.col("name") == "sub1").row(0, named=True)
+    assert (sub1["cv"], sub1["cv_in_sample"], sub1["lb_public"], sub1["lb_private"]) == (0.81, 0.83, 0.79, 0.80)
+    old = board.filter(pl.col("name") == "old_sub").row(0, named=True)
+    assert old["lb_public"] == 0.7 and old["cv"] is None
+
+
+def test_cli_writes_csv_and_markdown(tmp_path):
+    paths = write_inputs(tmp_path)
+    argv = ["--model-scores", str(paths["deberta"]), str(paths["qwen"]),
+            "--ensemble-scores", str(tmp_path / "ensembles" / "blend" / "score.json"),
+            "--manifests", str(tmp_path / "submissions" / "sub1" / "manifest.json"),
+            "--lb-scores", str(tmp_path / "lb_scores.yaml"),
+            "--out-csv", str(tmp_path / "leaderboard.csv"), "--out-md", str(tmp_path / "leaderboard.md")]
+    assert run_cli(lb.main, argv) == 0
+    csv = pl.read_csv(tmp_path / "leaderboard.csv")
+    assert csv.height == 11 and {"cv", "lb_public", "lb_private"} <= set(csv.columns)
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert "## Submissions" in markdown and "| sub1 |" in markdown and "0.79000" in markdown
+    # no LB file yet: the table still builds, LB columns stay empty
+    argv[argv.index("--lb-scores") + 1] = str(tmp_path / "missing.yaml")
+    assert run_cli(lb.main, argv) == 0
+
+
+def test_bad_lb_scores_name_the_entry(tmp_path):
+    (tmp_path / "lb.yaml").write_text("sub1: {public: 0.7, privat: 0.8}\n")
+    with pytest.raises(OoflineError, match=r"'sub1'.*privat"):
+        lb.load_lb_scores(tmp_path / "lb.yaml")
+    (tmp_path / "lb.yaml").write_text("sub1: {public: high}\n")
+    with pytest.raises(OoflineError, match="sub1.public"):
+        lb.load_lb_scores(tmp_path / "lb.yaml")

@@ -1,0 +1,162 @@
+"""CV next to LB: one table with a row per model, per model fold, per ensemble and per submission.
+
+Reads per-model score JSONs (results/scores/{model}.json), ensemble score JSONs, submission manifests and a
+user-edited lb_scores.yaml (submission name -> {public: score, private: score}); writes leaderboard.csv/.md.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import atomic_path, read_json
+
+KINDS = ("model", "fold", "ensemble", "submission")
+SCHEMA = {
+    "kind": pl.String, "name": pl.String, "fold": pl.String, "metric": pl.String, "cv": pl.Float64,
+    "cv_fold_mean": pl.Float64, "cv_fold_std": pl.Float64, "cv_in_sample": pl.Float64,
+    "cv_thresholded": pl.Float64, "cv_thresholded_nested": pl.Float64, "lb_public": pl.Float64, "lb_private": pl.Float64, "source": pl.String,
+}
+
+
+def load_lb_scores(path: str | Path | None) -> dict[str, dict[str, float | None]]:
+    """lb_scores.yaml: {submission name: {public: float, private: float}}; a missing file means no LB yet."""
+    if not path or not Path(path).exists():
+        return {}
+    import yaml
+
+    try:
+        payload = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        raise OoflineError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(payload, dict):
+        raise OoflineError(f"{path}: expected a mapping submission name -> {{public: score, private: score}}")
+    scores = {}
+    for name, entry in payload.items():
+        if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+            entry = {"public": entry}
+        if not isinstance(entry, dict):
+            raise OoflineError(f"{path}: entry {name!r} must be a mapping with public/private scores")
+        unknown = sorted(set(entry) - {"public", "private"})
+        if unknown:
+            raise OoflineError(f"{path}: entry {name!r} has unknown keys {unknown} (expected public, private)")
+        for key, value in entry.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise OoflineError(f"{path}: {name}.{key} must be a number, got {value!r}")
+        scores[str(name)] = {"public": entry.get("public"), "private": entry.get("private")}
+    return scores
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _row(**values: Any) -> dict:
+    row = {key: None for key in SCHEMA}
+    row.update(values)
+    return row
+
+
+def model_rows(path: str | Path) -> list[dict]:
+    payload = read_json(path)
+    name = payload.get("model") or Path(path).stem
+    if "score" not in payload:
+        raise OoflineError(f"{path}: model score file has no 'score' key")
+    rows = [_row(kind="model", name=name, metric=payload.get("metric"), cv=_number(payload["score"]),
+                 cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
+                 source=Path(path).as_posix())]
+    for fold, scores in sorted(payload.get("folds", {}).items(), key=lambda item: int(item[0])):
+        rows.append(_row(kind="fold", name=name, fold=str(fold), metric=payload.get("metric"),
+                         cv=_number(scores.get("score")), source=Path(path).as_posix()))
+    return rows
+
+
+def ensemble_rows(path: str | Path) -> list[dict]:
+    payload = read_json(path)
+    name = payload.get("ensemble") or Path(path).parent.name
+    return [_row(kind="ensemble", name=name, metric=payload.get("metric"), cv=_number(payload.get("score")),
+                 cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
+                 cv_in_sample=_number(payload.get("in_sample_score")), source=Path(path).as_posix())]
+
+
+def submission_row(path: str | Path) -> dict:
+    manifest = read_json(path)
+    hashed = manifest.get("hashed", {})
+    name = hashed.get("submission") or Path(path).parent.name
+    cv = thresholded = thresholded_nested = in_sample = metric = None
+    for scores in hashed.get("oof_scores", {}).values():
+        metric = metric or scores.get("metric")
+        if cv is None and "score" in scores:
+            cv, in_sample = _number(scores["score"]), _number(scores.get("in_sample_score"))
+        if "oof_score_after" in scores:
+            thresholded = _number(scores["oof_score_after"])
+            thresholded_nested = _number(scores.get("oof_score_after_nested"))
+    return _row(kind="submission", name=name, metric=metric, cv=cv, cv_in_sample=in_sample,
+                cv_thresholded=thresholded, cv_thresholded_nested=thresholded_nested, source=Path(path).as_posix())
+
+
+def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: Sequence[str | Path] = (),
+                      manifests: Sequence[str | Path] = (), lb_scores: dict | None = None) -> pl.DataFrame:
+    """The leaderboard frame (columns as SCHEMA), rows ordered by kind then name then fold."""
+    rows = [row for path in model_scores for row in model_rows(path)]
+    rows += [row for path in ensemble_scores for row in ensemble_rows(path)]
+    rows += [submission_row(path) for path in manifests]
+    lb_scores = lb_scores or {}
+    submitted = {row["name"] for row in rows if row["kind"] == "submission"}
+    for name in lb_scores:
+        if name not in submitted:  # an LB score for a submission built elsewhere still belongs in the table
+            rows.append(_row(kind="submission", name=name, source="lb_scores"))
+    for row in rows:
+        if row["kind"] == "submission" and row["name"] in lb_scores:
+            row["lb_public"] = _number(lb_scores[row["name"]].get("public"))
+            row["lb_private"] = _number(lb_scores[row["name"]].get("private"))
+    rows.sort(key=lambda r: (KINDS.index(r["kind"]), r["name"], int(r["fold"]) if r["fold"] else -1))
+    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.5f}" if isinstance(value, float) else str(value)
+
+
+def to_markdown(board: pl.DataFrame) -> str:
+    """One markdown table per kind, with only the columns that kind fills."""
+    titles = {"model": "Models", "fold": "Folds", "ensemble": "Ensembles", "submission": "Submissions"}
+    parts = ["# Leaderboard: CV vs LB", ""]
+    for kind in KINDS:
+        rows = board.filter(pl.col("kind") == kind).drop("kind", "source")
+        if rows.height == 0:
+            continue
+        columns = [c for c in rows.columns if c == "name" or rows[c].null_count() < rows.height]
+        parts += [f"## {titles[kind]}", "", "| " + " | ".join(columns) + " |",
+                  "|" + "|".join("---" for _ in columns) + "|"]
+        for record in rows.select(columns).iter_rows():
+            parts.append("| " + " | ".join(_cell(v) for v in record) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-scores", nargs="*", default=[], help="results/scores/{model}.json files")
+    parser.add_argument("--ensemble-scores", nargs="*", default=[], help="results/ensembles/{name}/score.json files")
+    parser.add_argument("--manifests", nargs="*", default=[], help="results/submissions/{name}/manifest.json files")
+    parser.add_argument("--lb-scores", default=None, help="lb_scores.yaml (optional; missing file = no LB yet)")
+    parser.add_argument("--out-csv", required=True)
+    parser.add_argument("--out-md", required=True)
+    args = parser.parse_args(argv)
+    board = build_leaderboard(args.model_scores, args.ensemble_scores, args.manifests, load_lb_scores(args.lb_scores))
+    with atomic_path(args.out_csv) as tmp:
+        board.write_csv(tmp, line_terminator="\n", float_precision=6)
+    with atomic_path(args.out_md) as tmp:
+        tmp.write_text(to_markdown(board) + "\n")
+    print(f"leaderboard: {board.height} rows -> {args.out_csv}, {args.out_md}", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
