@@ -20,6 +20,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 
 demo: setup
 	$(RUN) snakemake --cores $(CORES)
+	$(RUN) snakemake --cores $(CORES) --configfile demo/debates.yaml
 
 test: setup
 	$(RUN) python -m pytest -q

@@ -5,13 +5,17 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo config, unless --configfile names another (a recipe, demo/debates.yaml, a frozen record).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/predictions.smk"
+include: "rules/submissions.smk"
 
 
 rule all:

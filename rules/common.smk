@@ -38,6 +38,10 @@ def names_pattern(names):
 
 wildcard_constraints:
     model=names_pattern(MODELS),
+    ensemble=names_pattern(config.get("ensembles") or {}),
+    source=names_pattern(list(MODELS) + list(config.get("ensembles") or {})),
+    submission=names_pattern(config.get("submissions") or {}),
+    record=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     split=r"fold\d+|full",
     fold=r"\d+",
 
@@ -51,6 +55,22 @@ def task_json():
 
 def model_json(wildcards):
     return json.dumps(MODELS[wildcards.model], sort_keys=True)
+
+
+def demo_submission_columns():
+    """The label columns the demo's sample submission holds: the ones the task predicts."""
+    task = config.get("task") or {}
+    if task.get("type") == "multiclass":
+        return [task["label_column"]] if not task.get("label_template") else template_label_sources(task)
+    if task.get("type") == "multilabel":
+        return task["label_columns"]
+    return [head.get("column", head["name"]) for head in task.get("heads", [])]
+
+
+def template_label_sources(task):
+    from workflow_scripts.data import template_columns
+
+    return template_columns(task["label_template"])
 
 
 def fold_group_column():
@@ -110,7 +130,7 @@ def final_targets():
     targets = []
     for name in MODELS:
         targets += model_targets(name)
-    return targets
+    return targets + submission_targets()
 
 
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
@@ -167,9 +187,168 @@ train_params = dict(
     work_dir=lambda wildcards: out(f"work/{wildcards.model}/{wildcards.split}"),
 )
 
+# GPU steps go through the allocator: each job gets its own free GPUs (CUDA_VISIBLE_DEVICES); under
+# Slurm it leaves the scheduler's assignment alone.
+ON_GPUS = "{PY}.gpu_devices --gpus {resources.gpu} -- python -m workflow_scripts"
+
 TRAIN_COMMAND = (
-    "{PY}.train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
+    ON_GPUS + ".train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
     " --labels {input.labels:q} --fold {params.fold} --model-config {params.model_config:q}"
     " --base {params.base:q} {params.extra} --out {output:q} --work-dir {params.work_dir:q}"
     " --attempt {resources.attempt} --threads {threads} > {log:q} 2>&1"
 )
+
+
+# ---- ensembles, thresholds, submissions: a "source" is a model or an ensemble ----
+
+ENSEMBLES = config.get("ensembles") or {}
+THRESHOLDS = config.get("thresholds") or {}
+SUBMISSIONS = config.get("submissions") or {}
+REGISTER = config.get("register") or {}
+REGISTRY_DIR = config.get("registry_dir", "submissions")
+
+
+def registered_records():
+    """Frozen submission records in the registry folder (each rebuilt and checked by verify)."""
+    folder = Path(REGISTRY_DIR)
+    names = {path.stem for path in folder.glob("*.yaml")} if folder.is_dir() else set()
+    return sorted(names | set(REGISTER))
+
+
+def ensemble_members(name):
+    members = ENSEMBLES[name]["members"]
+    return list(members) if isinstance(members, (list, dict)) else []
+
+
+def ensemble_weights(name):
+    members = ENSEMBLES[name]["members"]
+    return [float(members[m]) for m in members] if isinstance(members, dict) else [1.0] * len(members)
+
+
+def source_files(name):
+    """OOF, test and score files of a model or an ensemble."""
+    if name in MODELS:
+        return {"oof": out(f"oof/{name}.parquet"), "test": out(f"test/{name}.parquet"), "score": out(f"scores/{name}.json")}
+    return {key: out(f"ensembles/{name}/{file}") for key, file in
+            (("oof", "oof.parquet"), ("test", "test.parquet"), ("score", "score.json"))}
+
+
+def source_models(name):
+    """The models a source is built from (recursively through nested ensembles)."""
+    if name in MODELS:
+        return [name]
+    return sorted({model for member in ensemble_members(name) for model in source_models(member)})
+
+
+def ensemble_inputs(wildcards):
+    members = ensemble_members(wildcards.ensemble)
+    return {
+        "oof": [source_files(m)["oof"] for m in members],
+        "test": [source_files(m)["test"] for m in members],
+        "labels": out("labels.json"),
+        "targets": out("targets.parquet"),
+    }
+
+
+def threshold_inputs(wildcards):
+    return {"oof": source_files(wildcards.source)["oof"], "labels": out("labels.json"), "targets": out("targets.parquet")}
+
+
+def threshold_options(wildcards):
+    import shlex
+
+    settings = THRESHOLDS[wildcards.source]
+    options = [f"--method {shlex.quote(settings.get('method', 'hybrid'))}", f"--weight {float(settings.get('weight', 0.5))}"]
+    for key, flag in (("target_rates", "--target-rates"), ("probe_f1", "--probe-f1")):
+        if settings.get(key):
+            options.append(f"{flag} {shlex.quote(json.dumps(settings[key], sort_keys=True))}")
+    return " ".join(options)
+
+
+def model_artifacts(name):
+    subdir = "adapter" if name in LORA_MODELS else "model"
+    return [out(f"models/{name}/fold{k}/{subdir}") for k in model_folds(name)]
+
+
+def submission_inputs(wildcards):
+    settings = SUBMISSIONS[wildcards.submission]
+    source = settings["source"]
+    inputs = {
+        "test": source_files(source)["test"],
+        "score": source_files(source)["score"],
+        "labels": out("labels.json"),
+        "data": [config["data"][key] for key in ("train", "test", "sample_submission") if config["data"].get(key)],
+        "artifacts": [out("folds.parquet"), source_files(source)["oof"]]
+        + [path for model in source_models(source) for path in model_artifacts(model) + [source_files(model)["oof"]]],
+    }
+    if settings.get("thresholds"):
+        inputs["thresholds"] = out(f"thresholds/{source}.json")
+    return inputs
+
+
+def submission_config_slice(name):
+    """The part of the config that determines a submission (hashed into its manifest)."""
+    source = SUBMISSIONS[name]["source"]
+    models = source_models(source)
+    ensembles = [source] if source in ENSEMBLES else []
+    while True:  # nested ensembles
+        nested = [m for e in ensembles for m in ensemble_members(e) if m in ENSEMBLES and m not in ensembles]
+        if not nested:
+            break
+        ensembles += nested
+    return {
+        "submission": SUBMISSIONS[name],
+        "task": config.get("task"),
+        "data": config.get("data"),
+        "demo": config.get("demo"),
+        "folds": config.get("folds"),
+        "models": {m: MODELS[m] for m in models},
+        "ensembles": {e: ENSEMBLES[e] for e in ensembles},
+        "thresholds": {source: THRESHOLDS[source]} if SUBMISSIONS[name].get("thresholds") else {},
+    }
+
+
+def submission_options(wildcards, input):
+    import shlex
+
+    name = wildcards.submission
+    settings = SUBMISSIONS[name]
+    options = [f"--format {shlex.quote(settings.get('format', 'argmax'))}",
+               f"--id-column {shlex.quote(settings.get('id_column', config['task'].get('id_column', 'id')))}",
+               f"--top-k {int(settings.get('top_k', 3))}"]
+    if settings.get("prediction_columns"):
+        options.append("--prediction-columns " + " ".join(shlex.quote(c) for c in settings["prediction_columns"]))
+    if settings.get("separator"):
+        options.append(f"--separator {shlex.quote(settings['separator'])}")
+    if settings.get("thresholds"):
+        options.append(f"--thresholds {shlex.quote(input.thresholds)}")
+    if config["data"].get("sample_submission"):
+        options.append(f"--sample-submission {shlex.quote(config['data']['sample_submission'])}")
+    models = source_models(settings["source"])
+    options.append("--base-models " + " ".join(shlex.quote(f"{m}={MODELS[m]['source']}") for m in models))
+    if config.get("container", {}).get("train"):
+        options.append(f"--container {shlex.quote(config['container']['train'])}")
+    options.append(f"--config-slice {shlex.quote(json.dumps(submission_config_slice(name), sort_keys=True))}")
+    return " ".join(options)
+
+
+def leaderboard_inputs(wildcards):
+    inputs = {
+        "models": [out(f"scores/{m}.json") for m in MODELS],
+        "ensembles": [out(f"ensembles/{e}/score.json") for e in ENSEMBLES],
+        "manifests": [out(f"submissions/{s}/manifest.json") for s in SUBMISSIONS],
+    }
+    if Path(config.get("lb_scores", "lb_scores.yaml")).exists():
+        inputs["lb"] = config.get("lb_scores", "lb_scores.yaml")
+    return inputs
+
+
+def submission_targets():
+    targets = [out(f"ensembles/{e}/score.json") for e in ENSEMBLES]
+    targets += [out(f"thresholds/{t}.json") for t in THRESHOLDS]
+    targets += [out(f"submissions/{s}/submission.csv") for s in SUBMISSIONS]
+    targets += [f"{REGISTRY_DIR}/{r}.yaml" for r in REGISTER]
+    targets += [out(f"verify/{r}.ok") for r in registered_records()]
+    if MODELS:
+        targets.append(out("leaderboard.csv"))
+    return targets

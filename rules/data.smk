@@ -13,6 +13,7 @@ if "demo" in config:
             n_train=config["demo"]["n_train"],
             n_test=config["demo"]["n_test"],
             seed=config["demo"]["seed"],
+            columns=demo_submission_columns(),
         log:
             out("logs/prepare_demo.log"),
         conda:
@@ -20,7 +21,8 @@ if "demo" in config:
         shell:
             "{PY}.prepare_demo --dataset {params.dataset} --n-train {params.n_train} --n-test {params.n_test}"
             " --seed {params.seed} --train-out {output.train:q} --test-out {output.test:q}"
-            " --sample-submission-out {output.sample_submission:q} > {log:q} 2>&1"
+            " --sample-submission-out {output.sample_submission:q} --submission-columns {params.columns:q}"
+            " > {log:q} 2>&1"
 
 
 rule prepare_data:

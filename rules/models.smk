@@ -28,7 +28,8 @@ rule train_adapter:
     params:
         **train_params,
     threads: model_threads
-    retries: 2
+    # on Slurm the retry is a new job (so it gets the larger mem_mb), not a retry inside the job
+    retries: 0 if workflow.remote_exec else 2
     resources:
         gpu=model_resource("gpu", 0),
         mem_mb=model_resource("mem_mb"),
@@ -58,7 +59,8 @@ rule train_full_model:
     params:
         **train_params,
     threads: model_threads
-    retries: 2
+    # on Slurm the retry is a new job (so it gets the larger mem_mb), not a retry inside the job
+    retries: 0 if workflow.remote_exec else 2
     resources:
         gpu=model_resource("gpu", 0),
         mem_mb=model_resource("mem_mb"),
@@ -99,6 +101,6 @@ rule merge_adapter:
     container:
         config.get("container", {}).get("train")
     shell:
-        "{PY}.merge --adapter {input.adapter:q} --base {params.base:q} --labels {input.labels:q}"
+        ON_GPUS + ".merge --adapter {input.adapter:q} --base {params.base:q} --labels {input.labels:q}"
         " --model-config {params.model_config:q}"
         " --out {output:q} > {log:q} 2>&1"

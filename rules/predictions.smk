@@ -28,7 +28,7 @@ rule predict_fold:
     container:
         config.get("container", {}).get("train")
     shell:
-        "{PY}.predict --train {input.train:q} --test {input.test:q} --folds {input.folds:q}"
+        ON_GPUS + ".predict --train {input.train:q} --test {input.test:q} --folds {input.folds:q}"
         " --labels {input.labels:q} --fold {params.fold} --model-dir {input.model:q} --base {params.base:q}"
         " --model-config {params.model_config:q} --valid-out {output.valid:q} --test-out {output.test:q}"
         " --threads {threads} > {log:q} 2>&1"

@@ -23,6 +23,10 @@ TINY_CONFIG = {
         "qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8, "lr": 2e-3},
         "full": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3},
     },
+    "ensembles": {"pair": {"members": {"qlora": 1.0, "full": 1.2}, "method": "mean"}},
+    "submissions": {"pair_top3": {"source": "pair", "format": "top_k", "top_k": 3, "prediction_columns": ["category"]}},
+    "register": {"record-a": "pair_top3"},
+    "registry_dir": "records",
 }
 
 
@@ -76,6 +80,46 @@ def test_run_builds_every_target(finished_run):
         assert (results / "models" / "qlora" / f"fold{fold}" / "merged" / "model.safetensors").exists()
         assert (results / "models" / "full" / f"fold{fold}" / "model" / "model.safetensors").exists()
     assert not (results / "work").exists() or not any((results / "work").rglob("*.safetensors"))
+    ensemble = pl.read_parquet(results / "ensembles" / "pair" / "oof.parquet")
+    expected = (pl.read_parquet(results / "oof" / "qlora.parquet")["fresh"] * 1.0
+                + pl.read_parquet(results / "oof" / "full.parquet")["fresh"] * 1.2) / 2.2
+    assert (ensemble["fresh"] - expected).abs().max() < 1e-6
+
+
+@pytest.mark.slow
+def test_submission_matches_sample_and_record_verifies(finished_run):
+    results = finished_run / "results"
+    submission = pl.read_csv(results / "submissions" / "pair_top3" / "submission.csv")
+    sample = pl.read_csv(results / "demo" / "sample_submission.csv")
+    assert submission.columns == sample.columns and submission["id"].to_list() == sample["id"].to_list()
+    assert all(sorted(row.split()) == ["fresh", "plot", "rotten"] for row in submission["category"])
+    manifest = yaml.safe_load((results / "submissions" / "pair_top3" / "manifest.json").read_text())
+    assert "results/demo/train.csv" in manifest["hashed"]["inputs"]
+    assert any(path.startswith("results/models/qlora/fold0/adapter") for path in manifest["hashed"]["artifacts"])
+    record = yaml.safe_load((finished_run / "records" / "record-a.yaml").read_text())
+    assert record["submission"] == "pair_top3" and record["manifest"] == manifest
+    assert "byte-identical" in (results / "verify" / "record-a.ok").read_text()
+    leaderboard = pl.read_csv(results / "leaderboard.csv")
+    assert {"qlora", "full", "pair", "pair_top3"} <= set(leaderboard["name"].to_list())
+
+
+@pytest.mark.slow
+def test_a_tampered_record_fails_verification_listing_the_file(finished_run):
+    record_path = finished_run / "records" / "record-a.yaml"
+    record = yaml.safe_load(record_path.read_text())
+    outputs = record["manifest"]["hashed"]["outputs"]
+    tampered_file = sorted(outputs)[0]
+    outputs[tampered_file] = "0" * 64
+    bad_record = finished_run / "records" / "record-bad.yaml"
+    bad_record.write_text(yaml.safe_dump(record))
+    try:
+        result = snakemake(finished_run, "results/verify/record-bad.ok")
+    finally:
+        bad_record.unlink()
+    log = (finished_run / "results" / "logs" / "verify" / "record-bad.log").read_text()
+    assert result.returncode != 0
+    assert f"{tampered_file} (outputs: sha256 differs)" in log
+    assert not (finished_run / "results" / "verify" / "record-bad.ok").exists()
 
 
 @pytest.mark.slow
@@ -95,6 +139,9 @@ def test_changing_one_learning_rate_reruns_exactly_that_model(finished_run):
     finally:
         (finished_run / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
     rules = {rule for rule, _ in jobs}
-    assert rules == {"train_adapter", "merge_adapter", "predict_fold", "oof", "all"}, jobs
-    assert all("model=qlora" in wildcards for rule, wildcards in jobs if rule != "all")
+    # the frozen record and its verification stay as they are: they describe a past submission
+    assert rules == {"train_adapter", "merge_adapter", "predict_fold", "oof", "ensemble", "submission",
+                     "leaderboard", "all"}, jobs
+    assert all("model=qlora" in wildcards for rule, wildcards in jobs
+               if rule in {"train_adapter", "merge_adapter", "predict_fold", "oof"})
     assert len([1 for rule, _ in jobs if rule == "train_adapter"]) == 2

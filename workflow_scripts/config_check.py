@@ -115,4 +115,48 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
         if bad_folds:
             problems.append(f"config: models.{name}.folds: {bad_folds} not below folds.n_folds={n_folds}")
+    problems += output_problems(config)
+    return problems
+
+
+def output_problems(config: dict[str, Any]) -> list[str]:
+    """Ensembles, thresholds, submissions and records must name things that exist."""
+    from workflow_scripts.ensemble import check_ensemble_config
+    from workflow_scripts.submission import FORMATS
+
+    problems = []
+    models = list(config.get("models") or {})
+    ensembles = config.get("ensembles") or {}
+    sources = models + list(ensembles)
+    for name, entry in ensembles.items():
+        try:
+            # members may be models or other ensembles
+            check_ensemble_config(name, entry, sources)
+        except OoflineError as error:
+            problems.append(f"config: {error}")
+    task_type = (config.get("task") or {}).get("type")
+    for name, entry in (config.get("thresholds") or {}).items():
+        if name not in sources:
+            problems.append(f"config: thresholds.{name}: no model or ensemble is called {name!r} (have {sources})")
+        if task_type == "multiclass":
+            problems.append(f"config: thresholds.{name}: a multiclass task has no binary columns to threshold (argmax is used)")
+        unknown = sorted(set(entry or {}) - {"method", "weight", "target_rates", "probe_f1"})
+        if unknown:
+            problems.append(f"config: thresholds.{name}: unknown key(s) {unknown} (expected method, weight, target_rates, probe_f1)")
+        elif (entry or {}).get("method", "hybrid") not in ("grid", "class_balance", "hybrid"):
+            problems.append(f"config: thresholds.{name}.method: {entry['method']!r} is not one of grid, class_balance, hybrid")
+    for name, entry in (config.get("submissions") or {}).items():
+        entry = entry or {}
+        unknown = sorted(set(entry) - {"source", "format", "top_k", "id_column", "prediction_columns", "separator", "thresholds"})
+        if unknown:
+            problems.append(f"config: submissions.{name}: unknown key(s) {unknown}")
+        if entry.get("source") not in sources:
+            problems.append(f"config: submissions.{name}.source: {entry.get('source')!r} is not a model or ensemble (have {sources})")
+        if entry.get("format", "argmax") not in FORMATS:
+            problems.append(f"config: submissions.{name}.format: {entry.get('format')!r} is not one of {list(FORMATS)}")
+        if entry.get("thresholds") and entry.get("source") not in (config.get("thresholds") or {}):
+            problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
+    for record, submission in (config.get("register") or {}).items():
+        if submission not in (config.get("submissions") or {}):
+            problems.append(f"config: register.{record}: no submission is called {submission!r}")
     return problems

@@ -44,6 +44,17 @@ def render_texts(frame: pl.DataFrame, template: str, source: str) -> pl.Series:
     return frame.select(expressions.alias("text"))["text"]
 
 
+def with_label_from_template(frame: pl.DataFrame, task: dict[str, Any], source: str) -> pl.DataFrame:
+    """Build the label column from other columns (MAP: `{Category}:{Misconception}`); blanks render as NA."""
+    columns = template_columns(task["label_template"])
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise OoflineError(f"{source}: column(s) {missing} used by task.label_template are missing")
+    filled = frame.with_columns(
+        pl.col(c).cast(pl.String).fill_null("NA").replace("", "NA").alias(c) for c in columns)
+    return frame.with_columns(render_texts(filled, task["label_template"], source).alias(task["label_column"]))
+
+
 def validate_ids(frame: pl.DataFrame, id_column: str, source: str) -> pl.Series:
     if id_column not in frame.columns:
         raise OoflineError(f"{source}: id column {id_column!r} (task.id_column) is missing (have {frame.columns})")
@@ -65,6 +76,8 @@ def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[st
     """
     id_column = task.get("id_column", "id")
     template = task.get("text_template", "{text}")
+    if task.get("label_template"):
+        train = with_label_from_template(train, task, train_source)
     spec = build_label_spec(task, train) if task["type"] != "generative" else None
 
     def clean(frame: pl.DataFrame, source: str) -> pl.DataFrame:

