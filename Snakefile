@@ -11,11 +11,15 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/predictions.smk"
 include: "rules/submissions.smk"
+include: "rules/report.smk"
 
 
 rule all:

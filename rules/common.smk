@@ -126,11 +126,20 @@ def model_targets(name):
     return targets
 
 
+def plot_targets():
+    if not MODELS:
+        return []
+    targets = [out("plots/cv_folds.png"), out("plots/cv_lb.png"), out("plots/leaderboard.html")]
+    if ENSEMBLES:
+        targets.append(out("plots/ensembles.png"))
+    return targets + [out(f"plots/thresholds/{source}.png") for source in THRESHOLDS]
+
+
 def final_targets():
     targets = []
     for name in MODELS:
         targets += model_targets(name)
-    return targets + submission_targets()
+    return targets + submission_targets() + plot_targets()
 
 
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
