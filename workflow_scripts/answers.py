@@ -1,0 +1,179 @@
+"""Sample chain-of-thought answers (task type `generative`): problems x samples for one model and one prompt.
+
+Output `results/answers/{model}/{prompt}.parquet`: `id`, `sample` (0..samples-1), `prompt`, `text` (the completion),
+`answer` (string, null when none was found), `confidence`, `n_tokens`.
+- Answer extraction: with --answer-regex, the first capture group (or the whole match) of its last match; by
+  default the number inside the last `\\boxed{...}`, else the last number in the text. Integer-valued numbers are
+  written as plain integers ('1,000' and '1000.0' -> '1000').
+- Confidence: the mean probability the model itself gave (at temperature 1, before top-p) to the tokens that spell
+  the answer; null when there is no answer.
+Sampling is seeded per batch with (seed, batch index): the same seed and batch size give the same file.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Sequence
+
+import polars as pl
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.generate import (Completion, load_causal_lm, load_vllm, render_prompt, sample_completions,
+                                       sample_completions_vllm, vllm_available)
+from workflow_scripts.io import read_table, write_parquet
+from workflow_scripts.voting import canonical_answer
+
+PROMPTS = {
+    "cot_boxed": "Solve the following problem step by step. Put the final integer answer inside \\boxed{{}}.\n\n"
+                 "Problem: {problem}",
+    "cot_final": "Solve the following problem. Think step by step, then finish with a line "
+                 "'The answer is N.' where N is an integer.\n\nProblem: {problem}",
+    "direct": "Answer the following problem with a single integer and nothing else.\n\nProblem: {problem}\nAnswer:",
+}
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def extract_answer(text: str, pattern: str | None = None) -> tuple[str | None, tuple[int, int] | None]:
+    """(canonical answer, (start, end) character span of it in `text`), or (None, None)."""
+    if pattern:
+        matches = list(re.finditer(pattern, text))
+        if not matches:
+            return None, None
+        last = matches[-1]
+        group = 1 if last.re.groups else 0
+        return canonical_answer(last.group(group)), last.span(group)
+    boxed = list(BOXED.finditer(text))
+    if boxed:
+        inner = boxed[-1]
+        number = list(NUMBER.finditer(inner.group(1)))
+        if number:
+            start = inner.start(1) + number[-1].start()
+            return canonical_answer(number[-1].group()), (start, start + len(number[-1].group()))
+        if inner.group(1).strip():
+            return canonical_answer(inner.group(1)), inner.span(1)
+    numbers = list(NUMBER.finditer(text))
+    if numbers:
+        return canonical_answer(numbers[-1].group().rstrip(",")), numbers[-1].span()
+    return None, None
+
+
+def answer_confidence(tokenizer, completion: Completion, span: tuple[int, int]) -> float:
+    """Mean model probability of the generated tokens overlapping the character span [start, end) of the text."""
+    ids, probs = completion.token_ids, completion.token_probs
+    if not probs:
+        raise OoflineError("answers: the sampler returned no token probabilities (needed for confidence)")
+    cache: dict[int, int] = {}
+
+    def end_of(i: int) -> int:  # characters decoded after tokens 0..i (monotone up to byte-merging quirks)
+        if i not in cache:
+            cache[i] = len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True))
+        return cache[i]
+
+    def first_token_ending_after(position: int) -> int:
+        lo, hi = 0, len(ids) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if end_of(mid) > position:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    start, end = span
+    first = first_token_ending_after(start)
+    last = max(first, first_token_ending_after(end - 1))
+    chosen = probs[first : last + 1]
+    return float(sum(chosen) / len(chosen)) if chosen else float(sum(probs) / len(probs))
+
+
+def answer_rows(problems: pl.DataFrame, completions: Sequence[Completion], samples: int, prompt_name: str,
+                tokenizer, pattern: str | None) -> pl.DataFrame:
+    """The answers table for completions ordered sample-major (all problems for sample 0, then sample 1, ...)."""
+    ids = problems["id"].to_list()
+    rows = {"id": [], "sample": [], "prompt": [], "text": [], "answer": [], "confidence": [], "n_tokens": []}
+    for k, completion in enumerate(completions):
+        answer, span = extract_answer(completion.text, pattern)
+        rows["id"].append(ids[k % len(ids)])
+        rows["sample"].append(k // len(ids))
+        rows["prompt"].append(prompt_name)
+        rows["text"].append(completion.text)
+        rows["answer"].append(answer)
+        rows["confidence"].append(answer_confidence(tokenizer, completion, span) if answer is not None else None)
+        rows["n_tokens"].append(len(completion.token_ids))
+    frame = pl.DataFrame(rows, schema={"id": problems.schema["id"], "sample": pl.Int64, "prompt": pl.String,
+                                       "text": pl.String, "answer": pl.String, "confidence": pl.Float64,
+                                       "n_tokens": pl.Int64})
+    return frame.sort(["id", "sample"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Sample answers from a causal LM: problems x samples for one prompt.")
+    parser.add_argument("--model", required=True, help="local model folder")
+    parser.add_argument("--problems", required=True, help="problems file (id + --problem-column)")
+    parser.add_argument("--problem-column", default="problem")
+    parser.add_argument("--prompt-name", required=True, help="built-in prompt (%s) or a name for --template" % ", ".join(PROMPTS))
+    parser.add_argument("--template", default=None, help="custom prompt with '{problem}' (overrides the built-in)")
+    parser.add_argument("--system", default=None)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--answer-regex", default=None, help="regex; its first group (or match) is the answer")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N problems (demo on a CPU)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+
+    template = args.template or PROMPTS.get(args.prompt_name)
+    if template is None:
+        raise OoflineError(f"answers: prompt {args.prompt_name!r} is not built in ({', '.join(PROMPTS)}); pass --template")
+    if "{problem}" not in template:
+        raise OoflineError("answers: the prompt template must contain '{problem}'")
+    if args.answer_regex:
+        try:
+            re.compile(args.answer_regex)
+        except re.error as error:
+            raise OoflineError(f"answers: answer_regex {args.answer_regex!r} is not a valid regex: {error}") from error
+    if args.samples < 1:
+        raise OoflineError(f"answers: samples must be >= 1; got {args.samples}")
+    problems = read_table(args.problems)
+    missing = [c for c in ("id", args.problem_column) if c not in problems.columns]
+    if missing:
+        raise OoflineError(f"{args.problems}: missing column(s) {missing} (has {problems.columns})")
+    if args.limit:
+        problems = problems.head(args.limit)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    user_prompts = [template.replace("{problem}", str(p)).replace("{{}}", "{}") for p in problems[args.problem_column]]
+    settings = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                    seed=args.seed, label=f"answers[{args.prompt_name}]")
+    if vllm_available():
+        from transformers import AutoTokenizer
+
+        from workflow_scripts.modeling import resolve_model_path
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model)[0])
+        prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
+        completions = sample_completions_vllm(load_vllm(args.model), prompts, **settings)
+    else:
+        model, tokenizer = load_causal_lm(args.model)
+        prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
+        completions = sample_completions(model, tokenizer, prompts, batch_size=args.batch_size, **settings)
+    frame = answer_rows(problems, completions, args.samples, args.prompt_name, tokenizer, args.answer_regex)
+    write_parquet(frame, args.output)
+    answered = frame["answer"].is_not_null().sum()
+    message = f"answers[{args.prompt_name}]: {answered}/{frame.height} samples have an answer"
+    if "answer" in problems.columns:
+        gold = dict(zip(problems["id"].to_list(), [canonical_answer(a) for a in problems["answer"].to_list()]))
+        correct = sum(1 for i, a in frame.select("id", "answer").iter_rows() if a is not None and a == gold.get(i))
+        message += f", {correct} correct"
+    print(message, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
