@@ -19,6 +19,7 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/predictions.smk"
 include: "rules/submissions.smk"
+include: "rules/generated.smk"
 include: "rules/report.smk"
 
 

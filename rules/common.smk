@@ -42,6 +42,13 @@ wildcard_constraints:
     source=names_pattern(list(MODELS) + list(config.get("ensembles") or {})),
     submission=names_pattern(config.get("submissions") or {}),
     record=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    seed=r"\d+",
+    generator=names_pattern(config.get("generators") or {}),
+    lm=names_pattern(config.get("language_models") or {}),
+    teacher=names_pattern(MODELS),
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_.-]*-seed\d+",
+    vote=names_pattern(config.get("votes") or {}),
+    prompt=r"[A-Za-z0-9_.-]+",
     split=r"fold\d+|full",
     fold=r"\d+",
 
@@ -73,11 +80,13 @@ def template_label_sources(task):
     return template_columns(task["label_template"])
 
 
-def fold_group_column():
-    """The group column for group schemes; empty (no groups) otherwise."""
+def fold_group_option():
+    """`--group-column X` for group schemes; nothing otherwise."""
+    import shlex
+
     if config["folds"]["scheme"] not in ("group", "stratified_group"):
         return ""
-    return config["folds"].get("group_column") or config["task"].get("group_column")
+    return "--group-column " + shlex.quote(config["folds"].get("group_column") or config["task"].get("group_column"))
 
 
 def model_folds(name):
@@ -139,7 +148,7 @@ def final_targets():
     targets = []
     for name in MODELS:
         targets += model_targets(name)
-    return targets + submission_targets() + plot_targets()
+    return targets + submission_targets() + plot_targets() + generated_targets()
 
 
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
@@ -165,9 +174,11 @@ def model_threads(wildcards):
 
 
 def train_inputs(wildcards):
+    corrected_by = MODELS[wildcards.model].get("corrected_by")
     inputs = {
-        "train": out("data/train.parquet"),
-        "targets": out("targets.parquet"),
+        # a model may train on another model's corrected labels (label correction round)
+        "train": out(f"label_correction/{corrected_by}.parquet") if corrected_by else out("data/train.parquet"),
+        "targets": out(f"label_correction/{corrected_by}.targets.parquet") if corrected_by else out("targets.parquet"),
         "folds": out("folds.parquet"),
         "labels": out("labels.json"),
         "base": base_model(wildcards),
@@ -360,4 +371,82 @@ def submission_targets():
     targets += [out(f"verify/{r}.ok") for r in registered_records()]
     if MODELS:
         targets.append(out("leaderboard.csv"))
+    return targets
+
+
+# ---- data that models make: generators, soft labels, label correction, answers and votes ----
+
+LANGUAGE_MODELS = config.get("language_models") or {}
+GENERATORS = config.get("generators") or {}
+SOFT_LABELS = config.get("soft_labels") or {}
+LABEL_CORRECTION = config.get("label_correction") or {}
+ANSWERS = config.get("answers") or {}
+VOTES = config.get("votes") or {}
+
+
+def generated_datasets():
+    """Every generated data set: {name: file}, named `{generator}-seed{seed}`."""
+    return {f"{g}-seed{s}": out(f"generated/{g}/seed{s}.parquet")
+            for g, settings in GENERATORS.items() for s in settings.get("seeds", [0])}
+
+
+def dataset_file(name):
+    datasets = generated_datasets()
+    if name in datasets:
+        return datasets[name]
+    raise WorkflowError(f"unknown data set {name!r} (generated data sets: {sorted(datasets)})")
+
+
+def generator_resource(key, default=None):
+    def resource(wildcards, attempt=1):
+        return GENERATORS[wildcards.generator].get("resources", {}).get(key, default)
+
+    return resource
+
+
+def generator_options(wildcards):
+    import shlex
+
+    settings = GENERATORS[wildcards.generator]
+    options = ["--fields " + " ".join(shlex.quote(f) for f in settings["fields"])]
+    if settings.get("label_fields"):
+        options.append("--label-fields " + " ".join(shlex.quote(f) for f in settings["label_fields"]))
+    options.append(f"--template {shlex.quote(settings['template'])}")
+    if settings.get("system"):
+        options.append(f"--system {shlex.quote(settings['system'])}")
+    text_template = (config.get("task") or {}).get("text_template")
+    if text_template:
+        options.append(f"--text-template {shlex.quote(text_template)}")
+    for key in ("format", "n_rows", "examples_per_prompt", "word_budget", "temperature", "top_p",
+                "max_new_tokens", "batch_size", "max_attempts"):
+        if key in settings:
+            flag = "--" + key.replace("_", "-")
+            options.append(f"{flag} {shlex.quote(str(settings[key]))}")
+    return " ".join(options)
+
+
+def answer_problems_file():
+    return ANSWERS.get("problems") or out("data/math_problems.parquet")
+
+
+def answer_options(wildcards):
+    import shlex
+
+    prompt = (ANSWERS.get("prompts") or {}).get(wildcards.prompt)
+    options = []
+    if prompt:
+        options.append(f"--template {shlex.quote(prompt)}")
+    for key in ("samples", "temperature", "top_p", "max_new_tokens", "batch_size", "answer_regex", "limit",
+                "problem_column", "system", "seed"):
+        if key in ANSWERS:
+            options.append(f"--{key.replace('_', '-')} {shlex.quote(str(ANSWERS[key]))}")
+    return " ".join(options)
+
+
+def generated_targets():
+    targets = [out(f"generated/{g}/seed{s}.parquet") for g, settings in GENERATORS.items() for s in settings.get("seeds", [0])]
+    for teacher, settings in SOFT_LABELS.items():
+        targets += [out(f"soft_labels/{teacher}/{d}.parquet") for d in settings.get("datasets", generated_datasets())]
+    targets += [out(f"label_correction/{m}.parquet") for m in LABEL_CORRECTION]
+    targets += [out(f"votes/{v}/score.json") for v in VOTES]
     return targets

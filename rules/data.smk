@@ -57,12 +57,12 @@ rule folds:
         scheme=config["folds"]["scheme"],
         n_folds=config["folds"]["n_folds"],
         seed=config["folds"]["seed"],
-        group=fold_group_column(),
+        group=fold_group_option(),
     log:
         out("logs/folds.log"),
     conda:
         "../envs/cpu.yaml"
     shell:
         "{PY}.folds --train {input.train:q} --targets {input.targets:q} --labels {input.labels:q}"
-        " --scheme {params.scheme} --n-folds {params.n_folds} --seed {params.seed} --group-column {params.group:q}"
+        " --scheme {params.scheme} --n-folds {params.n_folds} --seed {params.seed} {params.group}"
         " --out {output:q} > {log:q} 2>&1"

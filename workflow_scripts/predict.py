@@ -72,15 +72,15 @@ def prediction_frame(ids: list[str], probabilities: np.ndarray, spec: LabelSpec,
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--train", required=True)
-    parser.add_argument("--test", required=True)
-    parser.add_argument("--folds", required=True)
+    parser.add_argument("--train", help="clean training data (needed with --valid-out)")
+    parser.add_argument("--test", required=True, help="rows to predict: the test set or any file with id and text")
+    parser.add_argument("--folds", help="folds file (needed with --valid-out)")
     parser.add_argument("--labels", required=True)
     parser.add_argument("--fold", required=True, help="fold number, or 'full' (test only)")
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--base", required=True)
     parser.add_argument("--model-config", required=True)
-    parser.add_argument("--valid-out", required=True)
+    parser.add_argument("--valid-out", help="held-out fold predictions (omit to predict --test only)")
     parser.add_argument("--test-out", required=True)
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
@@ -90,22 +90,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     model_config: dict[str, Any] = json.loads(args.model_config)
     spec = LabelSpec.load(args.labels)
-    train, test, folds = read_table(args.train), read_table(args.test), read_table(args.folds)
+    test = read_table(args.test)
+    for column in ("id", "text"):
+        if column not in test.columns:
+            raise OoflineError(f"{args.test}: column {column!r} is missing (rows to predict need id and text)")
     model, tokenizer = load_trained(args.model_dir, args.base, model_config, len(spec.probability_columns))
     max_length = int(model_config.get("max_length", 256))
     batch_size = int(model_config.get("predict_batch_size", model_config.get("batch_size", 16) * 2))
-    if args.fold == "full":
-        valid = train.head(0)
-        fold = None
+    if args.fold == "full" or not args.valid_out:
+        valid, fold = None, None
     else:
+        if not (args.train and args.folds):
+            raise OoflineError("--valid-out needs --train and --folds")
+        train, folds = read_table(args.train), read_table(args.folds)
         fold = int(args.fold)
         valid_ids = set(folds.filter(pl.col("fold") == fold)["id"].to_list())
         if not valid_ids:
             raise OoflineError(f"{args.folds}: fold {fold} has no rows")
         valid = train.filter(pl.col("id").is_in(list(valid_ids)))
-    valid_probs = predict_probabilities(model, tokenizer, valid["text"].to_list(), spec, max_length, batch_size,
-                                        label="held-out") if valid.height else np.zeros((0, len(spec.probability_columns)), np.float32)
-    write_parquet(prediction_frame(valid["id"].to_list(), valid_probs, spec, fold), args.valid_out)
+    if valid is not None:
+        valid_probs = predict_probabilities(model, tokenizer, valid["text"].to_list(), spec, max_length, batch_size,
+                                            label="held-out")
+        write_parquet(prediction_frame(valid["id"].to_list(), valid_probs, spec, fold), args.valid_out)
+    elif args.valid_out:  # the full-data model has no held-out rows
+        write_parquet(prediction_frame([], np.zeros((0, len(spec.probability_columns)), np.float32), spec, None),
+                      args.valid_out)
     test_probs = predict_probabilities(model, tokenizer, test["text"].to_list(), spec, max_length, batch_size, label="test")
     write_parquet(prediction_frame(test["id"].to_list(), test_probs, spec, None), args.test_out)
 

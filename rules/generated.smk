@@ -1,0 +1,190 @@
+# Data that models make: few-shot synthetic rows, teacher soft labels, corrected labels, answers and votes.
+
+
+rule prepare_language_model:
+    input:
+        corpus=out("data/train.parquet") if "task" in config else [],
+    output:
+        directory(out("lms/{lm}/base")),
+    params:
+        source=lambda wildcards: LANGUAGE_MODELS[wildcards.lm]["source"],
+        corpus=lambda wildcards, input: f"--corpus {input.corpus}" if input.corpus else "",
+    log:
+        out("logs/prepare_lm/{lm}.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{PY}.prepare_model --source {params.source:q} --out {output:q} {params.corpus} > {log:q} 2>&1"
+
+
+rule generate_rows:
+    input:
+        model=lambda wildcards: out(f"lms/{GENERATORS[wildcards.generator]['model']}/base"),
+        train=config.get("data", {}).get("train", []),
+    output:
+        rows=temp(out("generated/{generator}/raw/seed{seed}.parquet")),
+        report=out("generated/{generator}/raw/seed{seed}.json"),
+    params:
+        options=generator_options,
+    threads: lambda wildcards: GENERATORS[wildcards.generator].get("resources", {}).get("threads", 2)
+    resources:
+        gpu=generator_resource("gpu", 0),
+        mem_mb=generator_resource("mem_mb", 8000),
+        runtime=generator_resource("runtime", 60),
+    log:
+        out("logs/generate/{generator}/seed{seed}.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        ON_GPUS + ".generate --model {input.model:q} --train {input.train:q} --generator {wildcards.generator}"
+        " --seed {wildcards.seed} {params.options} --threads {threads}"
+        " --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
+
+
+rule deduplicate_rows:
+    input:
+        rows=out("generated/{generator}/raw/seed{seed}.parquet"),
+        train=config.get("data", {}).get("train", []),
+    output:
+        rows=out("generated/{generator}/seed{seed}.parquet"),
+        report=out("generated/{generator}/seed{seed}.dedup.json"),
+    params:
+        columns=lambda wildcards: GENERATORS[wildcards.generator].get("dedup_columns", ["text"]),
+        threshold=lambda wildcards: GENERATORS[wildcards.generator].get("near_duplicate_threshold", 0.8),
+    log:
+        out("logs/dedup/{generator}/seed{seed}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.dedup --generated {input.rows:q} --reference {input.train:q} --text-columns {params.columns:q}"
+        " --threshold {params.threshold} --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
+
+
+rule teacher_predictions:
+    input:
+        model=trained_dir,
+        base=base_model,
+        rows=lambda wildcards: dataset_file(wildcards.dataset),
+        labels=out("labels.json"),
+    output:
+        temp(out("predictions/{model}/{split}/on-{dataset}.parquet")),
+    params:
+        fold=lambda wildcards: wildcards.split[len("fold"):],
+        base=base_model_path,
+        model_config=model_json,
+    threads: model_threads
+    resources:
+        gpu=model_resource("gpu", 0),
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+    log:
+        out("logs/predict/{model}/{split}-on-{dataset}.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        ON_GPUS + ".predict --test {input.rows:q} --labels {input.labels:q} --fold {params.fold}"
+        " --model-dir {input.model:q} --base {params.base:q} --model-config {params.model_config:q}"
+        " --test-out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule soft_labels:
+    input:
+        rows=lambda wildcards: dataset_file(wildcards.dataset),
+        teacher=lambda wildcards: [
+            out(f"predictions/{wildcards.teacher}/fold{k}/on-{wildcards.dataset}.parquet")
+            for k in model_folds(wildcards.teacher)
+        ],
+        labels=out("labels.json"),
+    output:
+        rows=out("soft_labels/{teacher}/{dataset}.parquet"),
+        summary=out("soft_labels/{teacher}/{dataset}.json"),
+    params:
+        temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
+    log:
+        out("logs/soft_labels/{teacher}/{dataset}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
+        " --text-columns text --temperature {params.temperature} --output {output.rows:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"
+
+
+rule label_correction:
+    input:
+        train=out("data/train.parquet"),
+        oof=out("oof/{model}.parquet"),
+        labels=out("labels.json"),
+        targets=out("targets.parquet"),
+    output:
+        train=out("label_correction/{model}.parquet"),
+        targets=out("label_correction/{model}.targets.parquet"),
+        report=out("label_correction/{model}.changes.csv"),
+        summary=out("label_correction/{model}.json"),
+    params:
+        top_percent=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("top_percent", 5),
+        action=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("action", "relabel"),
+    log:
+        out("logs/label_correction/{model}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.label_correction --train {input.train:q} --oof {input.oof:q} --label-spec {input.labels:q}"
+        " --targets {input.targets:q} --top-percent {params.top_percent} --action {params.action:q}"
+        " --output {output.train:q} --targets-output {output.targets:q} --report {output.report:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"
+
+
+rule math_problems:
+    output:
+        out("data/math_problems.parquet"),
+    params:
+        n=lambda wildcards: ANSWERS.get("n_problems", 40),
+        seed=lambda wildcards: ANSWERS.get("seed", 0),
+    log:
+        out("logs/math_problems.log"),
+    shell:
+        "{PY}.math_demo --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
+
+
+rule answers:
+    input:
+        model=lambda wildcards: out(f"lms/{wildcards.lm}/base"),
+        problems=answer_problems_file(),
+    output:
+        out("answers/{lm}/{prompt}.parquet"),
+    params:
+        options=answer_options,
+    threads: 2
+    resources:
+        gpu=lambda wildcards: ANSWERS.get("resources", {}).get("gpu", 0),
+        mem_mb=lambda wildcards: ANSWERS.get("resources", {}).get("mem_mb", 8000),
+        runtime=lambda wildcards: ANSWERS.get("resources", {}).get("runtime", 60),
+    log:
+        out("logs/answers/{lm}/{prompt}.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        ON_GPUS + ".answers --model {input.model:q} --problems {input.problems:q} --prompt-name {wildcards.prompt}"
+        " {params.options} --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+rule votes:
+    input:
+        answers=lambda wildcards: [out(f"answers/{a}.parquet") for a in VOTES[wildcards.vote]["answers"]],
+        dev=answer_problems_file(),
+    output:
+        votes=out("votes/{vote}/votes.parquet"),
+        score=out("votes/{vote}/score.json"),
+    params:
+        strategies=lambda wildcards: " ".join(
+            ["--strategies"] + VOTES[wildcards.vote]["strategies"] if VOTES[wildcards.vote].get("strategies") else []
+        ),
+        fallback=lambda wildcards: VOTES[wildcards.vote].get("fallback", "majority"),
+    log:
+        out("logs/votes/{vote}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.voting --answers {input.answers:q} --dev {input.dev:q} {params.strategies}"
+        " --fallback {params.fallback:q} --votes {output.votes:q} --score {output.score:q} > {log:q} 2>&1"
