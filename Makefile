@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RUN := PATH="$(BIN):$$PATH"
 CORES ?= all
 
-.PHONY: setup demo test test-fast dry-run clean
+.PHONY: setup demo demo-generated report test test-fast dry-run clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,13 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 demo: setup
 	$(RUN) snakemake --cores $(CORES)
 	$(RUN) snakemake --cores $(CORES) --configfile demo/debates.yaml
+
+# Generation with SmolLM2 on the CPU takes about 10 minutes: a second demo target.
+demo-generated: setup
+	$(RUN) snakemake --cores $(CORES) --configfile demo/generated.yaml
+
+report: setup
+	$(RUN) snakemake --report report.html
 
 test: setup
 	$(RUN) python -m pytest -q

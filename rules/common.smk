@@ -426,6 +426,7 @@ def generator_options(wildcards):
 
 
 def answer_problems_file():
+    """The problems to answer: a configured file, or the built-in arithmetic set."""
     return ANSWERS.get("problems") or out("data/math_problems.parquet")
 
 

@@ -25,44 +25,46 @@ if "demo" in config:
             " > {log:q} 2>&1"
 
 
-rule prepare_data:
-    input:
-        train=config["data"]["train"],
-        test=config["data"]["test"],
-    output:
-        train=out("data/train.parquet"),
-        test=out("data/test.parquet"),
-        labels=out("labels.json"),
-        targets=out("targets.parquet"),
-    params:
-        task=lambda wildcards: task_json(),
-    log:
-        out("logs/prepare_data.log"),
-    conda:
-        "../envs/cpu.yaml"
-    shell:
-        "{PY}.data --train {input.train:q} --test {input.test:q} --task {params.task:q}"
-        " --train-out {output.train:q} --test-out {output.test:q} --labels-out {output.labels:q}"
-        " --targets-out {output.targets:q} > {log:q} 2>&1"
+if "task" in config:
+
+    rule prepare_data:
+        input:
+            train=config["data"]["train"],
+            test=config["data"]["test"],
+        output:
+            train=out("data/train.parquet"),
+            test=out("data/test.parquet"),
+            labels=out("labels.json"),
+            targets=out("targets.parquet"),
+        params:
+            task=lambda wildcards: task_json(),
+        log:
+            out("logs/prepare_data.log"),
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "{PY}.data --train {input.train:q} --test {input.test:q} --task {params.task:q}"
+            " --train-out {output.train:q} --test-out {output.test:q} --labels-out {output.labels:q}"
+            " --targets-out {output.targets:q} > {log:q} 2>&1"
 
 
-rule folds:
-    input:
-        train=rules.prepare_data.output.train,
-        targets=rules.prepare_data.output.targets,
-        labels=rules.prepare_data.output.labels,
-    output:
-        out("folds.parquet"),
-    params:
-        scheme=config["folds"]["scheme"],
-        n_folds=config["folds"]["n_folds"],
-        seed=config["folds"]["seed"],
-        group=fold_group_option(),
-    log:
-        out("logs/folds.log"),
-    conda:
-        "../envs/cpu.yaml"
-    shell:
-        "{PY}.folds --train {input.train:q} --targets {input.targets:q} --labels {input.labels:q}"
-        " --scheme {params.scheme} --n-folds {params.n_folds} --seed {params.seed} {params.group}"
-        " --out {output:q} > {log:q} 2>&1"
+    rule folds:
+        input:
+            train=rules.prepare_data.output.train,
+            targets=rules.prepare_data.output.targets,
+            labels=rules.prepare_data.output.labels,
+        output:
+            out("folds.parquet"),
+        params:
+            scheme=config["folds"]["scheme"],
+            n_folds=config["folds"]["n_folds"],
+            seed=config["folds"]["seed"],
+            group=fold_group_option(),
+        log:
+            out("logs/folds.log"),
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "{PY}.folds --train {input.train:q} --targets {input.targets:q} --labels {input.labels:q}"
+            " --scheme {params.scheme} --n-folds {params.n_folds} --seed {params.seed} {params.group}"
+            " --out {output:q} > {log:q} 2>&1"

@@ -137,7 +137,7 @@ rule label_correction:
 
 rule math_problems:
     output:
-        out("data/math_problems.parquet"),
+        answer_problems_file() if answer_problems_file().endswith("math_problems.parquet") else out("data/math_problems.parquet"),
     params:
         n=lambda wildcards: ANSWERS.get("n_problems", 40),
         seed=lambda wildcards: ANSWERS.get("seed", 0),

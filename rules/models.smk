@@ -3,7 +3,7 @@
 
 rule prepare_model:
     input:
-        corpus=rules.prepare_data.output.train,
+        corpus=out("data/train.parquet"),
     output:
         directory(out("models/{model}/base")),
     params:
