@@ -20,6 +20,7 @@ include: "rules/models.smk"
 include: "rules/predictions.smk"
 include: "rules/submissions.smk"
 include: "rules/generated.smk"
+include: "rules/retrieval.smk"
 include: "rules/report.smk"
 
 

@@ -49,6 +49,11 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.-]*-seed\d+",
     vote=names_pattern(config.get("votes") or {}),
     prompt=r"[A-Za-z0-9_.-]+",
+    pipeline=names_pattern(config.get("retrieval") or {}),
+    iter=r"\d+",
+    purpose=r"(reranker_)?",
+    role=r"embedder|reranker",
+    base=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     split=r"fold\d+|full",
     fold=r"\d+",
 
@@ -148,7 +153,7 @@ def final_targets():
     targets = []
     for name in MODELS:
         targets += model_targets(name)
-    return targets + submission_targets() + plot_targets() + generated_targets()
+    return targets + submission_targets() + plot_targets() + generated_targets() + retrieval_targets()
 
 
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
@@ -450,4 +455,151 @@ def generated_targets():
         targets += [out(f"soft_labels/{teacher}/{d}.parquet") for d in settings.get("datasets", generated_datasets())]
     targets += [out(f"label_correction/{m}.parquet") for m in LABEL_CORRECTION]
     targets += [out(f"votes/{v}/score.json") for v in VOTES]
+    return targets
+
+
+# ---- retrieval pipelines ----
+
+RETRIEVAL = config.get("retrieval") or {}
+MINING_KEYS = ("range_for_sampling", "negative_number", "seed", "prompt", "query_chunk", "passage_chunk")
+
+
+def cli_flags(settings, keys=None):
+    """`--key value` for each setting (lists repeat values, booleans become true/false), shell-quoted."""
+    import shlex
+
+    flags = []
+    for key, value in settings.items():
+        if keys is not None and key not in keys:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"{flag} {'true' if value else 'false'}")
+        elif isinstance(value, list):
+            flags.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+        elif value is not None:
+            flags.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(flags)
+
+
+def iteration(wildcards):
+    return RETRIEVAL[wildcards.pipeline]["iterations"][int(wildcards.iter)]
+
+
+def last_iteration(pipeline):
+    return len(RETRIEVAL[pipeline]["iterations"]) - 1
+
+
+def model_reference(pipeline, reference):
+    """A base model name -> its materialised folder; `iterJ` -> iteration J's fine-tuned embedder folder."""
+    match = re.fullmatch(r"iter(\d+)", str(reference))
+    if match:
+        return out(f"retrieval/{pipeline}/iter{match.group(1)}/embedder"), "/merged"
+    return out(f"retrieval/{pipeline}/base/{reference}"), ""
+
+
+def retrieval_data_inputs(wildcards):
+    files = RETRIEVAL[wildcards.pipeline].get("files") or {}
+    return {key: path for key, path in files.items()}
+
+
+def retrieval_data_options(wildcards, input):
+    import shlex
+
+    settings = RETRIEVAL[wildcards.pipeline]
+    if settings.get("files"):
+        return "--source files " + " ".join(
+            f"--{key.replace('_', '-')} {shlex.quote(input[key])}" for key in settings["files"])
+    return "--source demo " + cli_flags(settings.get("demo", {}), ("n_passages", "n_queries", "n_test_queries", "seed"))
+
+
+def retrieval_resource(key, default=None):
+    def resource(wildcards, attempt=1):
+        return RETRIEVAL[wildcards.pipeline].get("resources", {}).get(key, default)
+
+    return resource
+
+
+def mining_source(wildcards):
+    """(embedder folder, suffix, mining settings) for this iteration's mining of the given purpose."""
+    settings = iteration(wildcards)
+    if wildcards.purpose == "reranker_":
+        # the reranker's data is mined again with this iteration's fine-tuned embedder (seed 002)
+        folder, suffix = model_reference(wildcards.pipeline, f"iter{wildcards.iter}")
+        return folder, suffix, settings["reranker"]["mine"]
+    folder, suffix = model_reference(wildcards.pipeline, settings["mine"]["embedder"])
+    return folder, suffix, settings["mine"]
+
+
+def mining_inputs(wildcards):
+    folder, _, _ = mining_source(wildcards)
+    return {
+        "queries": out(f"retrieval/{wildcards.pipeline}/data/queries.parquet"),
+        "corpus": out(f"retrieval/{wildcards.pipeline}/data/corpus.parquet"),
+        "folds": out(f"retrieval/{wildcards.pipeline}/folds.parquet"),
+        "embedder": folder,
+    }
+
+
+def mining_options(wildcards, input):
+    _, suffix, settings = mining_source(wildcards)
+    pipeline = RETRIEVAL[wildcards.pipeline]
+    options = [cli_flags(pipeline.get("embedder_inference", {})), cli_flags(settings, MINING_KEYS)]
+    if pipeline.get("valid_fold") is not None:
+        options.append(f"--valid-fold {int(pipeline['valid_fold'])}")
+    # the mining CLI reads the model from the merged/ folder of a fine-tune
+    return " ".join(options) + (f" --embedder {input.embedder}{suffix}" if suffix else "")
+
+
+def teacher_reranker(wildcards):
+    teacher = iteration(wildcards).get("teacher")
+    if not teacher:
+        raise WorkflowError(f"retrieval.{wildcards.pipeline}.iterations[{wildcards.iter}] names no teacher")
+    return out(f"retrieval/{wildcards.pipeline}/{teacher}/reranker")
+
+
+def reranker_inference_options(pipeline):
+    return cli_flags(RETRIEVAL[pipeline].get("reranker_inference", {}))
+
+
+def training_data(pipeline, index, role):
+    settings = RETRIEVAL[pipeline]["iterations"][index]
+    purpose = "reranker_" if role == "reranker" and settings["reranker"].get("mine") else ""
+    kind = "scored" if settings.get("teacher") else "mined"
+    return out(f"retrieval/{pipeline}/iter{index}/{purpose}{kind}.jsonl")
+
+
+def finetune_inputs(wildcards):
+    settings = iteration(wildcards)[wildcards.role]
+    base, _ = model_reference(wildcards.pipeline, settings["base"])
+    return {"base": base, "data": training_data(wildcards.pipeline, int(wildcards.iter), wildcards.role)}
+
+
+def finetune_options(wildcards):
+    settings = {k: v for k, v in iteration(wildcards)[wildcards.role].items() if k not in ("base", "mine")}
+    return cli_flags(settings)
+
+
+def evaluation_options(wildcards):
+    pipeline = RETRIEVAL[wildcards.pipeline]
+    return " ".join([
+        f"--valid-folds {int(pipeline.get('valid_fold', 0))}",
+        f"--k {int(pipeline.get('k', 25))} --top-n {int(pipeline.get('top_n', 50))}",
+        cli_flags(pipeline.get("embedder_inference", {})),
+        cli_flags(pipeline.get("reranker_inference", {})),
+    ])
+
+
+def retrieval_artifacts(wildcards):
+    pipeline = wildcards.pipeline
+    return [out(f"retrieval/{pipeline}/folds.parquet")] + [
+        out(f"retrieval/{pipeline}/iter{i}/{role}") for i in range(last_iteration(pipeline) + 1)
+        for role in ("embedder", "reranker")]
+
+
+def retrieval_targets():
+    targets = []
+    for pipeline, settings in RETRIEVAL.items():
+        targets += [out(f"retrieval/{pipeline}/iter{i}/score.json") for i in range(len(settings["iterations"]))]
+        targets.append(out(f"submissions/{pipeline}/submission.csv"))
     return targets

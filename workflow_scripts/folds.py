@@ -64,9 +64,9 @@ def assign_folds(ids: Sequence[str], targets: np.ndarray, spec: LabelSpec, schem
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--train", required=True, help="clean training data (id, text, labels)")
-    parser.add_argument("--targets", required=True)
-    parser.add_argument("--labels", required=True, help="label spec json")
+    parser.add_argument("--train", required=True, help="clean training data (id, text, labels) or retrieval queries")
+    parser.add_argument("--targets", help="targets parquet (classification)")
+    parser.add_argument("--labels", help="label spec json (classification; without it only random/group schemes)")
     parser.add_argument("--scheme", required=True)
     parser.add_argument("--n-folds", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
@@ -74,8 +74,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     train = read_table(args.train)
-    spec = LabelSpec.load(args.labels)
-    targets = read_table(args.targets).select(spec.probability_columns).to_numpy()
+    if args.labels:
+        spec = LabelSpec.load(args.labels)
+        targets = read_table(args.targets).select(spec.probability_columns).to_numpy()
+    else:  # retrieval queries have no class labels to stratify on
+        if args.scheme not in ("random", "group"):
+            raise OoflineError(f"folds.scheme {args.scheme!r} needs class labels; use random or group for queries")
+        spec, targets = LabelSpec("multilabel", ()), np.zeros((train.height, 0), dtype=np.float32)
     groups = None
     if args.group_column:  # empty means no groups
         if args.group_column not in train.columns:

@@ -1,0 +1,165 @@
+# Retrieval (Eedi-style): per iteration, mine hard negatives, fine-tune an embedder, mine again for the
+# reranker, fine-tune the reranker, score mined data with a teacher reranker for the next iteration's
+# distillation, and evaluate MAP@k / Recall@k on held-out queries.
+
+
+rule retrieval_data:
+    input:
+        unpack(retrieval_data_inputs),
+    output:
+        queries=out("retrieval/{pipeline}/data/queries.parquet"),
+        corpus=out("retrieval/{pipeline}/data/corpus.parquet"),
+        test_queries=out("retrieval/{pipeline}/data/test_queries.parquet"),
+    params:
+        options=retrieval_data_options,
+    log:
+        out("logs/retrieval/{pipeline}/data.log"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "{PY}.retrieval_data {params.options} --out-queries {output.queries:q} --out-corpus {output.corpus:q}"
+        " --out-test-queries {output.test_queries:q} > {log:q} 2>&1"
+
+
+rule retrieval_folds:
+    input:
+        out("retrieval/{pipeline}/data/queries.parquet"),
+    output:
+        out("retrieval/{pipeline}/folds.parquet"),
+    params:
+        n_folds=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("n_folds", 5),
+        seed=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("seed", 42),
+    log:
+        out("logs/retrieval/{pipeline}/folds.log"),
+    shell:
+        "{PY}.folds --train {input:q} --scheme random --n-folds {params.n_folds} --seed {params.seed}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule retrieval_base_model:
+    output:
+        directory(out("retrieval/{pipeline}/base/{base}")),
+    params:
+        source=lambda wildcards: RETRIEVAL[wildcards.pipeline]["models"][wildcards.base],
+    log:
+        out("logs/retrieval/{pipeline}/base/{base}.log"),
+    shell:
+        "{PY}.prepare_model --source {params.source:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule mine_negatives:
+    input:
+        unpack(mining_inputs),
+    output:
+        out("retrieval/{pipeline}/iter{iter}/{purpose}mined.jsonl"),
+    params:
+        options=mining_options,
+    threads: 2
+    resources:
+        gpu=retrieval_resource("gpu", 0),
+        mem_mb=retrieval_resource("mem_mb", 8000),
+        runtime=retrieval_resource("runtime", 60),
+    log:
+        out("logs/retrieval/{pipeline}/iter{iter}/{purpose}mine.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        ON_GPUS + ".mining --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
+        " --embedder {input.embedder:q} {params.options} --output {output:q} > {log:q} 2>&1"
+
+
+rule teacher_scores:
+    input:
+        mined=out("retrieval/{pipeline}/iter{iter}/{purpose}mined.jsonl"),
+        reranker=teacher_reranker,
+    output:
+        out("retrieval/{pipeline}/iter{iter}/{purpose}scored.jsonl"),
+    params:
+        options=lambda wildcards: reranker_inference_options(wildcards.pipeline),
+    threads: 2
+    resources:
+        gpu=retrieval_resource("gpu", 0),
+        mem_mb=retrieval_resource("mem_mb", 8000),
+        runtime=retrieval_resource("runtime", 60),
+    log:
+        out("logs/retrieval/{pipeline}/iter{iter}/{purpose}teacher.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        ON_GPUS + ".teacher_scores --input {input.mined:q} --output {output:q}"
+        " --reranker {input.reranker:q}/merged {params.options} > {log:q} 2>&1"
+
+
+rule finetune_retriever:
+    input:
+        unpack(finetune_inputs),
+    output:
+        directory(out("retrieval/{pipeline}/iter{iter}/{role}")),
+    params:
+        options=finetune_options,
+    threads: 2
+    resources:
+        gpu=retrieval_resource("gpu", 0),
+        mem_mb=retrieval_resource("mem_mb", 8000),
+        runtime=retrieval_resource("runtime", 60),
+    log:
+        out("logs/retrieval/{pipeline}/iter{iter}/{role}.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        ON_GPUS + ".retrieval_finetune --kind {wildcards.role} --base-model {input.base:q}"
+        " --train-data {input.data:q} {params.options} --output-dir {output:q} > {log:q} 2>&1"
+
+
+rule evaluate_retrieval:
+    input:
+        queries=out("retrieval/{pipeline}/data/queries.parquet"),
+        corpus=out("retrieval/{pipeline}/data/corpus.parquet"),
+        test_queries=out("retrieval/{pipeline}/data/test_queries.parquet"),
+        folds=out("retrieval/{pipeline}/folds.parquet"),
+        embedder=out("retrieval/{pipeline}/iter{iter}/embedder"),
+        reranker=out("retrieval/{pipeline}/iter{iter}/reranker"),
+    output:
+        oof=out("retrieval/{pipeline}/iter{iter}/oof.parquet"),
+        score=out("retrieval/{pipeline}/iter{iter}/score.json"),
+        test=out("retrieval/{pipeline}/iter{iter}/test.parquet"),
+    params:
+        options=evaluation_options,
+    threads: 2
+    resources:
+        gpu=retrieval_resource("gpu", 0),
+        mem_mb=retrieval_resource("mem_mb", 8000),
+        runtime=retrieval_resource("runtime", 60),
+    log:
+        out("logs/retrieval/{pipeline}/iter{iter}/evaluate.log"),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        ON_GPUS + ".retrieval_eval --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
+        " --embedders {input.embedder:q}/merged --rerankers {input.reranker:q}/merged {params.options}"
+        " --test-queries {input.test_queries:q} --oof-out {output.oof:q} --score-out {output.score:q}"
+        " --test-out {output.test:q} > {log:q} 2>&1"
+
+
+rule retrieval_submission:
+    input:
+        test=lambda wildcards: out(f"retrieval/{wildcards.pipeline}/iter{last_iteration(wildcards.pipeline)}/test.parquet"),
+        score=lambda wildcards: out(f"retrieval/{wildcards.pipeline}/iter{last_iteration(wildcards.pipeline)}/score.json"),
+        data=lambda wildcards: [out(f"retrieval/{wildcards.pipeline}/data/{n}.parquet") for n in ("queries", "corpus", "test_queries")],
+        artifacts=retrieval_artifacts,
+    output:
+        csv=out("submissions/{pipeline}/submission.csv"),
+        manifest=out("submissions/{pipeline}/manifest.json"),
+    wildcard_constraints:
+        pipeline=names_pattern(config.get("retrieval") or {}),
+    params:
+        config_slice=lambda wildcards: json.dumps({"retrieval": RETRIEVAL[wildcards.pipeline]}, sort_keys=True),
+        id_column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("id_column", "id"),
+        column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("prediction_column", "ranked_ids"),
+    log:
+        out("logs/retrieval/{pipeline}/submission.log"),
+    shell:
+        "{PY}.retrieval_submission --name {wildcards.pipeline} --test {input.test:q} --id-column {params.id_column:q}"
+        " --prediction-column {params.column:q} --config-slice {params.config_slice:q} --inputs {input.data:q}"
+        " --artifacts {input.artifacts:q} --scores {input.score:q} --out {output.csv:q}"
+        " --manifest-out {output.manifest:q} > {log:q} 2>&1"
