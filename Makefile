@@ -21,13 +21,15 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 demo: setup
 	$(RUN) snakemake --cores $(CORES)
 	$(RUN) snakemake --cores $(CORES) --configfile demo/debates.yaml
+	$(RUN) snakemake --report results/report.html
+	$(RUN) snakemake --report results/debates/report.html --configfile demo/debates.yaml
 
 # Generation with SmolLM2 on the CPU takes about 10 minutes: a second demo target.
 demo-generated: setup
 	$(RUN) snakemake --cores $(CORES) --configfile demo/generated.yaml
 
 report: setup
-	$(RUN) snakemake --report report.html
+	$(RUN) snakemake --report results/report.html
 
 test: setup
 	$(RUN) python -m pytest -q

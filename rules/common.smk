@@ -498,16 +498,22 @@ def model_reference(pipeline, reference):
     return out(f"retrieval/{pipeline}/base/{reference}"), ""
 
 
+def retrieval_uses_demo(pipeline):
+    """A `demo` section wins over `files`, so a demo overlay can swap in the demo task."""
+    return bool(RETRIEVAL[pipeline].get("demo")) or not RETRIEVAL[pipeline].get("files")
+
+
 def retrieval_data_inputs(wildcards):
-    files = RETRIEVAL[wildcards.pipeline].get("files") or {}
-    return {key: path for key, path in files.items()}
+    if retrieval_uses_demo(wildcards.pipeline):
+        return {}
+    return dict(RETRIEVAL[wildcards.pipeline]["files"])
 
 
 def retrieval_data_options(wildcards, input):
     import shlex
 
     settings = RETRIEVAL[wildcards.pipeline]
-    if settings.get("files"):
+    if not retrieval_uses_demo(wildcards.pipeline):
         return "--source files " + " ".join(
             f"--{key.replace('_', '-')} {shlex.quote(input[key])}" for key in settings["files"])
     return "--source demo " + cli_flags(settings.get("demo", {}), ("n_passages", "n_queries", "n_test_queries", "seed"))

@@ -1,0 +1,82 @@
+"""A real Snakemake run of two retrieval iterations (tiny sizes, packaged MiniLM); changing iteration 1's
+reranker reruns only that reranker and what depends on it."""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_workflow import planned_jobs, snakemake  # noqa: E402
+
+FINETUNE = {"base": "minilm", "model_class": "encoder-only-base", "epochs": 1, "batch_size": 4,
+            "train_group_size": 3, "query_max_len": 32, "passage_max_len": 64}
+RERANK = {"base": "minilm", "model_class": "encoder-only-base", "epochs": 1, "learning_rate": 1e-4, "batch_size": 2,
+          "train_group_size": 3, "max_len": 96}
+CONFIG = {
+    "retrieval": {"plots": {
+        "demo": {"n_passages": 12, "n_queries": 24, "n_test_queries": 4, "seed": 0},
+        "n_folds": 3, "valid_fold": 0, "k": 5, "top_n": 4,
+        "models": {"minilm": "packaged:minilm"},
+        "embedder_inference": {"embedder_class": "encoder-only-base", "pooling_method": "mean",
+                               "query_max_length": 32, "passage_max_length": 64},
+        "reranker_inference": {"reranker_class": "encoder-only-base", "rerank_max_length": 96},
+        "iterations": [
+            {"mine": {"embedder": "minilm", "range_for_sampling": "2-8", "negative_number": 2, "seed": 0},
+             "embedder": FINETUNE, "reranker": {**RERANK, "mine": {"range_for_sampling": "2-6", "negative_number": 2}}},
+            {"mine": {"embedder": "iter0", "range_for_sampling": "2-8", "negative_number": 2, "seed": 1},
+             "teacher": "iter0",
+             "embedder": {**FINETUNE, "knowledge_distillation": True},
+             "reranker": {**RERANK, "knowledge_distillation": True}},
+        ],
+    }},
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("retrieval")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_two_iterations_build_scores_and_a_submission(finished_run):
+    root = finished_run / "results" / "retrieval" / "plots"
+    queries = pl.read_parquet(root / "data" / "queries.parquet")
+    folds = pl.read_parquet(root / "folds.parquet")
+    held_out = set(folds.filter(pl.col("fold") == 0)["id"].to_list())
+    mined = [json.loads(line) for line in (root / "iter0" / "mined.jsonl").read_text().splitlines()]
+    assert mined and not held_out & {row["id"] for row in mined}  # held-out queries never train
+    positives = dict(zip(queries["id"].to_list(), queries["positive_ids"].to_list()))
+    for row in mined:
+        assert not set(row["neg_ids"]) & set(positives[row["id"]])
+    scored = [json.loads(line) for line in (root / "iter1" / "scored.jsonl").read_text().splitlines()]
+    assert all(len(row["neg_scores"]) == len(row["neg"]) for row in scored)
+    for iteration in (0, 1):
+        score = json.loads((root / f"iter{iteration}" / "score.json").read_text())
+        assert 0 <= score["overall"]["embedder"]["map@5"] <= 1
+        assert (root / f"iter{iteration}" / "embedder" / "merged").is_dir()
+    submission = pl.read_csv(finished_run / "results" / "submissions" / "plots" / "submission.csv")
+    assert submission.height == 4 and all(len(row.split()) == 5 for row in submission["ranked_ids"])
+
+
+@pytest.mark.slow
+def test_changing_iteration_one_reranker_reruns_only_it(finished_run):
+    config = copy.deepcopy(CONFIG)
+    config["retrieval"]["plots"]["iterations"][1]["reranker"]["learning_rate"] = 5e-5
+    (finished_run / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        jobs = planned_jobs(snakemake(finished_run, "-n"))
+    finally:
+        (finished_run / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    assert {rule for rule, _ in jobs} == {"finetune_retriever", "evaluate_retrieval", "retrieval_submission", "all"}, jobs
+    finetunes = [w for rule, w in jobs if rule == "finetune_retriever"]
+    assert finetunes == ["pipeline=plots, iter=1, role=reranker"]
