@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import polars as pl
-from scipy.stats import rankdata
 
 from workflow_scripts import metrics
 from workflow_scripts.errors import OoflineError, run_cli
@@ -127,6 +126,9 @@ def column_ranks(probs: np.ndarray) -> np.ndarray:
     n = probs.shape[0]
     if n <= 1:
         return np.full(probs.shape, 0.5, dtype=np.float32)
+    # imported here: config validation imports this module on every snakemake start, scipy.stats costs ~1 s
+    from scipy.stats import rankdata
+
     return ((rankdata(probs, axis=0, method="average") - 1.0) / (n - 1.0)).astype(np.float32)
 
 

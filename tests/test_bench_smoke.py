@@ -1,0 +1,52 @@
+"""Tiny runs of the issue-2 benchmarks (bench/dag.py, train_padding.py, predict_sorting.py), so they keep working."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def minilm_dir(tmp_path_factory) -> str:
+    from workflow_scripts.prepare_model import materialise
+
+    return str(materialise("packaged:minilm", tmp_path_factory.mktemp("minilm") / "base"))
+
+
+@pytest.mark.slow
+def test_train_padding_times_every_variant_on_the_same_number_of_samples(minilm_dir):
+    lines = []
+    result = load_bench("train_padding").run(rows=24, batches=2, batch_size=4, max_length=64, repeats=1,
+                                             model_dir=minilm_dir, log=lines.append)
+    assert set(result["medians"]) == {"pad_to_max", "random_dynamic", "grouped_dynamic"}
+    assert all(rate > 0 for rate in result["medians"].values())
+    tokens = result["epoch_tokens"]  # per epoch, padding included: grouping pads least, padding to 64 most
+    assert tokens["grouped_dynamic"] <= tokens["random_dynamic"] < tokens["pad_to_max"] == 24 * 64
+    assert sum("samples/s" in line for line in lines) == 3
+
+
+@pytest.mark.slow
+def test_predict_sorting_gives_identical_predictions_in_the_original_order(minilm_dir):
+    result = load_bench("predict_sorting").run(rows=20, batch_size=8, max_length=64, repeats=1,
+                                               model_dir=minilm_dir, log=lambda line: None)
+    assert result["max_abs_difference"] <= 1e-5
+    assert set(result["medians"]) == {"unsorted_pad_to_max", "unsorted_dynamic", "sorted_dynamic"}
+
+
+@pytest.mark.slow
+def test_dag_dry_run_counts_the_jobs_of_the_generated_config(tmp_path):
+    result = load_bench("dag").run(n_models=2, n_folds=2, repeats=1, min_jobs=0, noop=False, root=tmp_path,
+                                   log=lambda line: None)
+    # at least: per model and fold one training, one merge and one prediction job
+    assert result["dry_run_jobs"] >= 2 * 2 * 3
+    assert result["dry_run_s"] > 0 and result["dry_run_cpu_s"] > 0
