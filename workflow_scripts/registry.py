@@ -59,8 +59,9 @@ def rebuild(record: dict, snakefile: str | Path, scratch: Path, cores: int) -> d
     (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
     output_dir = config.get("output_dir", "results")
     manifest_path = f"{output_dir}/submissions/{record['submission']}/manifest.json"
-    command = [sys.executable, "-m", "snakemake", "-s", str(Path(snakefile).resolve()), "--directory", str(scratch),
-               "--cores", str(cores), "--configfile", str(scratch / "config.yaml"), manifest_path]
+    # the target goes before --configfile, which would otherwise read it as a second config file
+    command = [sys.executable, "-m", "snakemake", manifest_path, "-s", str(Path(snakefile).resolve()),
+               "--directory", str(scratch), "--cores", str(cores), "--configfile", str(scratch / "config.yaml")]
     print("rebuilding: " + " ".join(command), flush=True)
     result = subprocess.run(command, text=True, stdout=sys.stdout, stderr=subprocess.STDOUT)
     if result.returncode != 0:
