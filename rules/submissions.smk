@@ -75,6 +75,9 @@ rule register_submission:
         manifest=lambda wildcards: ancient(out(f"submissions/{REGISTER[wildcards.record]}/manifest.json")),
     output:
         f"{REGISTRY_DIR}/{{record}}.yaml",
+    wildcard_constraints:
+        # records frozen earlier (or by hand) that config no longer lists are inputs, never rebuilt
+        record=names_pattern(REGISTER),
     params:
         submission=lambda wildcards: REGISTER[wildcards.record],
         config=lambda wildcards: json.dumps(config, sort_keys=True, default=str),

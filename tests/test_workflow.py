@@ -141,7 +141,7 @@ def test_changing_one_learning_rate_reruns_exactly_that_model(finished_run):
     rules = {rule for rule, _ in jobs}
     # the frozen record and its verification stay as they are: they describe a past submission
     assert rules == {"train_adapter", "merge_adapter", "predict_fold", "oof", "ensemble", "submission",
-                     "leaderboard", "all"}, jobs
+                     "leaderboard", "leaderboard_html", "plot_cv_folds", "plot_ensembles", "plot_cv_lb", "all"}, jobs
     assert all("model=qlora" in wildcards for rule, wildcards in jobs
                if rule in {"train_adapter", "merge_adapter", "predict_fold", "oof"})
     assert len([1 for rule, _ in jobs if rule == "train_adapter"]) == 2

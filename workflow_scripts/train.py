@@ -240,15 +240,29 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         "steps": step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
         "train_rows": {name: len(encoded[name]) for name in encoded},
         "final_loss": float(np.mean(losses[-10:])) if losses else None,
-        "seconds": round(time.time() - started, 1),
     }
+    # wall time goes to the log only: training.json is hashed into manifests and must rebuild identically
+    print(f"trained in {time.time() - started:.1f} s", flush=True)
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        normalise_adapter_config(tmp / "adapter_config.json")
         (tmp / "training.json").write_text(json.dumps({"model_config": model_config, "summary": summary,
                                                          "labels": spec.to_dict()}, indent=2, sort_keys=True))
     shutil.rmtree(work_dir, ignore_errors=True)
     return summary
+
+
+def normalise_adapter_config(path: Path) -> None:
+    """peft writes `target_modules` from a set, so its order changes with the process's hash seed;
+    sort it (and the keys) so a rebuilt adapter is byte-identical."""
+    if not path.exists():
+        return
+    adapter_config = json.loads(path.read_text())
+    for key, value in adapter_config.items():
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            adapter_config[key] = sorted(value)
+    path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
 
 def lora_settings(model_config: dict[str, Any]) -> dict[str, Any] | None:
