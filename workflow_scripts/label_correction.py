@@ -18,28 +18,9 @@ import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_table, write_json, write_parquet
-from workflow_scripts.labels import LabelSpec
+from workflow_scripts.labels import LabelSpec, aligned_probabilities
 
 EPS = 1e-7
-
-
-def _matrix(frame: pl.DataFrame, spec: LabelSpec, ids: pl.Series, source: str) -> np.ndarray:
-    """The probability columns of `frame`, aligned to `ids`, as (n_rows, n_columns) float64."""
-    columns = spec.probability_columns
-    missing = [c for c in ["id", *columns] if c not in frame.columns]
-    if missing:
-        raise OoflineError(f"{source}: missing column(s) {missing[:5]} (expected id and the label spec's probability columns)")
-    if frame["id"].is_duplicated().any():
-        raise OoflineError(f"{source}: column 'id' has duplicates, e.g. {frame.filter(pl.col('id').is_duplicated())['id'][0]!r}")
-    aligned = pl.DataFrame({"id": ids}).join(frame.select(["id", *columns]).with_columns(pl.col("id").cast(ids.dtype)), on="id", how="left")
-    absent = aligned.filter(pl.any_horizontal(pl.col(columns).is_null()))
-    if absent.height:
-        raise OoflineError(f"{source}: no prediction for {absent.height} training id(s), e.g. {absent['id'][0]!r}")
-    values = aligned.select(columns).to_numpy().astype(np.float64)
-    bad = ~np.isfinite(values).all(axis=0) | (np.nan_to_num(values) < 0).any(axis=0) | (np.nan_to_num(values) > 1).any(axis=0)
-    if bad.any():
-        raise OoflineError(f"{source}: probability column {columns[int(np.argmax(bad))]!r} must be within [0, 1]")
-    return values
 
 
 def row_losses(probabilities: np.ndarray, targets: np.ndarray, spec: LabelSpec) -> np.ndarray:
@@ -96,8 +77,8 @@ def correct_labels(
     if targets is None:
         target_matrix = spec.targets(train).astype(np.float64)
     else:
-        target_matrix = _matrix(targets, spec, ids, "targets")
-    probabilities = _matrix(oof, spec, ids, "oof predictions")
+        target_matrix = aligned_probabilities(targets, spec, ids, "targets")
+    probabilities = aligned_probabilities(oof, spec, ids, "oof predictions")
     losses = row_losses(probabilities, target_matrix, spec)
     selected = select_top(losses, ids.to_list(), top_percent)
     rank = {int(i): r + 1 for r, i in enumerate(sorted(selected, key=lambda i: (-losses[i], ids[int(i)])))}

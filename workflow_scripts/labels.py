@@ -147,3 +147,26 @@ def build_label_spec(task_config: dict[str, Any], train: pl.DataFrame) -> LabelS
     if len(set(spec.probability_columns)) != len(spec.probability_columns):
         raise OoflineError("task: two heads or classes produce the same probability column name")
     return spec
+
+
+def aligned_probabilities(frame: pl.DataFrame, spec: LabelSpec, ids: pl.Series, source: str) -> np.ndarray:
+    """A prediction frame's probability columns in the order of `ids`: (len(ids), n_columns) float64.
+
+    Every id needs exactly one row and every value must lie in [0, 1]; errors name `source` and the column.
+    """
+    columns = spec.probability_columns
+    missing = [c for c in ["id", *columns] if c not in frame.columns]
+    if missing:
+        raise OoflineError(f"{source}: missing column(s) {missing[:5]} (expected id and the label spec's probability columns)")
+    if frame["id"].is_duplicated().any():
+        raise OoflineError(f"{source}: column 'id' has duplicates, e.g. {frame.filter(pl.col('id').is_duplicated())['id'][0]!r}")
+    aligned = pl.DataFrame({"id": ids}).join(
+        frame.select(["id", *columns]).with_columns(pl.col("id").cast(ids.dtype)), on="id", how="left")
+    absent = aligned.filter(pl.any_horizontal(pl.col(columns).is_null()))
+    if absent.height:
+        raise OoflineError(f"{source}: no prediction for {absent.height} id(s), e.g. {absent['id'][0]!r}")
+    values = aligned.select(columns).to_numpy().astype(np.float64)
+    bad = ~np.isfinite(values).all(axis=0) | (np.nan_to_num(values) < 0).any(axis=0) | (np.nan_to_num(values) > 1).any(axis=0)
+    if bad.any():
+        raise OoflineError(f"{source}: probability column {columns[int(np.argmax(bad))]!r} must be within [0, 1]")
+    return values

@@ -21,7 +21,7 @@ import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_table
-from workflow_scripts.retrieval_data import load_task
+from workflow_scripts.retrieval_data import load_task, with_query_folds
 from workflow_scripts.retrieval_models import EMBEDDER_CLASSES, EmbedderSettings, encode_queries_and_corpus
 
 
@@ -222,15 +222,7 @@ def training_queries(queries: pl.DataFrame, folds_path: str | None, valid_fold: 
         return queries
     if folds_path is None:
         raise OoflineError("--valid-fold needs --folds")
-    folds = read_table(folds_path)
-    for column in ("id", "fold"):
-        if column not in folds.columns:
-            raise OoflineError(f"{folds_path}: column {column!r} is missing (expected id, fold)")
-    folds = folds.select(pl.col("id").cast(pl.String), pl.col("fold").cast(pl.Int64))
-    missing = queries.join(folds, on="id", how="anti")["id"].to_list()
-    if missing:
-        raise OoflineError(f"{folds_path}: column 'id' lacks queries {missing[:5]} (folds must cover every query)")
-    return queries.join(folds, on="id", how="left").filter(pl.col("fold") != valid_fold).drop("fold")
+    return with_query_folds(queries, folds_path).filter(pl.col("fold") != valid_fold).drop("fold")
 
 
 def add_embedder_arguments(parser: argparse.ArgumentParser, with_model: bool = True) -> None:

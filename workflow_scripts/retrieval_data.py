@@ -143,6 +143,20 @@ def load_task(queries_path: str | Path, corpus_path: str | Path) -> tuple[pl.Dat
     return queries, corpus
 
 
+
+def with_query_folds(queries: pl.DataFrame, folds_path: str) -> pl.DataFrame:
+    """The queries with their `fold` (Int64) from a folds file that must cover every query."""
+    folds = read_table(folds_path)
+    for column in ("id", "fold"):
+        if column not in folds.columns:
+            raise OoflineError(f"{folds_path}: column {column!r} is missing (expected id, fold)")
+    folds = folds.select(pl.col("id").cast(pl.String), pl.col("fold").cast(pl.Int64))
+    missing = queries.join(folds, on="id", how="anti")["id"].to_list()
+    if missing:
+        raise OoflineError(f"{folds_path}: column 'id' lacks queries {missing[:5]} (folds must cover every query)")
+    return queries.join(folds, on="id", how="left")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write validated retrieval task files (demo or user-supplied).")
     parser.add_argument("--source", choices=["demo", "files"], required=True)

@@ -16,7 +16,7 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import read_table, write_json, write_parquet
 from workflow_scripts.metrics import map_at_k, recall_at_k
 from workflow_scripts.mining import add_embedder_arguments, embedder_settings, top_k_inner_product
-from workflow_scripts.retrieval_data import load_task, validate_queries
+from workflow_scripts.retrieval_data import load_task, validate_queries, with_query_folds
 from workflow_scripts.retrieval_models import (
     RerankerSettings, add_reranker_arguments, encode_queries_and_corpus, load_reranker, rerank_scores, reranker_settings,
 )
@@ -82,18 +82,6 @@ def evaluate_fold(
     )
 
 
-def _fold_assignments(queries: pl.DataFrame, folds_path: str) -> pl.DataFrame:
-    folds = read_table(folds_path)
-    for column in ("id", "fold"):
-        if column not in folds.columns:
-            raise OoflineError(f"{folds_path}: column {column!r} is missing (expected id, fold)")
-    folds = folds.select(pl.col("id").cast(pl.String), pl.col("fold").cast(pl.Int64))
-    missing = queries.join(folds, on="id", how="anti")["id"].to_list()
-    if missing:
-        raise OoflineError(f"{folds_path}: column 'id' lacks queries {missing[:5]} (folds must cover every query)")
-    return queries.join(folds, on="id", how="left")
-
-
 def _reranker_for(path: str | None, args: argparse.Namespace) -> ScorePairs | None:
     if not path:
         return None
@@ -126,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (args.test_queries is None) != (args.test_out is None):
         raise OoflineError("--test-queries and --test-out go together")
     queries, corpus = load_task(args.queries, args.corpus)
-    queries = _fold_assignments(queries, args.folds)
+    queries = with_query_folds(queries, args.folds)
     depth = max(args.k, args.top_n)
     parts = []
     for position, fold in enumerate(args.valid_folds):

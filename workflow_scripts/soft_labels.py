@@ -18,7 +18,7 @@ import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import read_table, write_json, write_parquet
-from workflow_scripts.labels import LabelSpec
+from workflow_scripts.labels import LabelSpec, aligned_probabilities
 
 EPS = 1e-7
 
@@ -54,21 +54,7 @@ def teacher_probabilities(
     columns = spec.probability_columns
     total = np.zeros((len(ids), len(columns)))
     for frame, weight, name in zip(teachers, weights, names):
-        missing = [c for c in ["id", *columns] if c not in frame.columns]
-        if missing:
-            raise OoflineError(f"{name}: missing column(s) {missing[:5]} (expected id and the label spec's probability columns)")
-        if frame["id"].is_duplicated().any():
-            raise OoflineError(f"{name}: column 'id' has duplicate ids")
-        aligned = pl.DataFrame({"id": ids}).join(
-            frame.select(["id", *columns]).with_columns(pl.col("id").cast(ids.dtype)), on="id", how="left"
-        )
-        absent = aligned.filter(pl.any_horizontal(pl.col(columns).is_null()))
-        if absent.height:
-            raise OoflineError(f"{name}: no prediction for {absent.height} dataset id(s), e.g. {absent['id'][0]!r}")
-        values = aligned.select(columns).to_numpy().astype(np.float64)
-        bad = ~np.isfinite(values).all(axis=0) | (np.nan_to_num(values) < 0).any(axis=0) | (np.nan_to_num(values) > 1).any(axis=0)
-        if bad.any():
-            raise OoflineError(f"{name}: probability column {columns[int(np.argmax(bad))]!r} must be within [0, 1]")
+        values = aligned_probabilities(frame, spec, ids, name)
         for head, cols in spec.head_slices():
             if head.type == "multiclass" and not np.allclose(values[:, cols].sum(axis=1), 1.0, atol=1e-3):
                 raise OoflineError(f"{name}: the columns of multiclass head {head.name!r} must sum to 1 per row")
