@@ -69,3 +69,11 @@ def test_binary_label_with_other_values_is_rejected(debates_demo):
     task = {"type": "multilabel", "text_template": "{text}", "label_columns": ["is_democrat"]}
     with pytest.raises(OoflineError, match="must hold only 0 and 1"):
         prepare_frames(train.with_columns(pl.lit(2).alias("is_democrat")), test, task)
+
+
+def test_constant_binary_label_is_rejected(debates_demo):
+    train, test, _ = debates_demo
+    task = {"type": "multilabel", "text_template": "{text}", "label_columns": ["is_democrat", "is_question"]}
+    assert train["is_democrat"].sum() > 0  # the demo builds real positives
+    with pytest.raises(OoflineError, match="binary column 'is_democrat' is always 0"):
+        prepare_frames(train.with_columns(pl.lit(0).alias("is_democrat")), test, task)

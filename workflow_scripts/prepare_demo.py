@@ -61,7 +61,7 @@ def debates_frame(data_dir: Path) -> pl.DataFrame:
         .filter(pl.col("text").str.split(" ").list.len().is_between(4, 120))
         .with_columns(
             pl.when(pl.col("speaker").is_in(speakers)).then(pl.col("speaker")).otherwise(pl.lit("MODERATOR")).alias("speaker"),
-            (pl.col("party") == "Democrat").cast(pl.Int8).alias("is_democrat"),
+            (pl.col("party") == "Democratic").cast(pl.Int8).alias("is_democrat"),
             (pl.col("party") == "Republican").cast(pl.Int8).alias("is_republican"),
             pl.col("text").str.contains("?", literal=True).cast(pl.Int8).alias("is_question"),
         )
