@@ -100,6 +100,11 @@ def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[st
     targets = None
     if spec is not None:
         matrix = spec.targets(clean_train, train_source)
+        for head, columns in spec.head_slices():
+            # a label that never varies in the whole training file is a data bug, not a rare class
+            if head.type == "binary" and clean_train.height > 1 and len(set(matrix[:, columns].ravel().tolist())) == 1:
+                raise OoflineError(f"{train_source}: binary column {head.source_column!r} is always "
+                                   f"{matrix[0, columns][0]:g}: there is nothing to learn (check how the label was built)")
         targets = pl.DataFrame({"id": clean_train["id"]}).hstack(
             pl.DataFrame(matrix, schema=spec.probability_columns))
     clean_test = None

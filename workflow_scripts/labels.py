@@ -103,9 +103,6 @@ class LabelSpec:
                 numeric = values.cast(pl.Float32, strict=False)
                 if numeric.null_count() or not numeric.is_in([0.0, 1.0]).all():
                     raise OoflineError(f"{source}: binary column {head.source_column!r} must hold only 0 and 1")
-                if frame.height > 1 and numeric.n_unique() == 1:
-                    raise OoflineError(f"{source}: binary column {head.source_column!r} is always {numeric[0]:g}: "
-                                       "there is nothing to learn (check how the label was built)")
                 blocks.append(numeric.to_numpy().reshape(-1, 1))
             else:
                 as_text = values.cast(pl.String)
