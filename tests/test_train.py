@@ -34,18 +34,42 @@ def test_qlora_4bit_trains_and_resumes_identically(tmp_path, prepared, tiny_llam
     uninterrupted = tmp_path / "uninterrupted"
     summary = train_model(train, targets, spec, rows, QLORA, str(tiny_llama_dir), uninterrupted, tmp_path / "work_a")
     assert summary["steps"] == 16 and np.isfinite(summary["final_loss"])
-    # a run killed after step 5 (last checkpoint at step 4) resumes and ends with the same adapter
+    # a run killed after step 13 (last checkpoint at step 12) resumes and ends with the same adapter and
+    # the same training.json (its final loss averages the last 10 steps, some from before the kill)
     interrupted = tmp_path / "interrupted"
     stopped = train_model(train, targets, spec, rows, QLORA, str(tiny_llama_dir), interrupted, tmp_path / "work_b",
-                          checkpoint_every=4, stop_after_steps=5)
-    assert stopped == {"stopped_at_step": 5} and not interrupted.exists()
+                          checkpoint_every=4, stop_after_steps=13)
+    assert stopped == {"stopped_at_step": 13} and not interrupted.exists()
     train_model(train, targets, spec, rows, QLORA, str(tiny_llama_dir), interrupted, tmp_path / "work_b",
                 checkpoint_every=4)
     first, second = adapter_weights(uninterrupted), adapter_weights(interrupted)
     assert first.keys() == second.keys() and any("lora" in key for key in first)
     for key in first:
         np.testing.assert_array_equal(first[key], second[key])
+    assert (uninterrupted / "training.json").read_bytes() == (interrupted / "training.json").read_bytes()
     assert not (tmp_path / "work_b").exists()  # work in progress is cleaned once the output exists
+
+
+@pytest.mark.slow
+def test_a_retry_with_a_smaller_micro_batch_resumes_the_same_checkpoint(tmp_path, prepared, tiny_llama_dir, capsys):
+    """Attempt 2 (after an OOM, a preemption or a scancel) halves the micro-batch; an optimizer step
+    still takes the same rows, so it resumes attempt 1's checkpoint and ends where attempt 1 would have."""
+    train, _, spec, targets = prepared
+    rows = set(train["id"].to_list())
+    config = {**QLORA, "dropout": 0.0}  # dropout masks depend on the micro-batch's shape
+    reference = tmp_path / "reference"
+    train_model(train, targets, spec, rows, config, str(tiny_llama_dir), reference, tmp_path / "work_a")
+    retried = tmp_path / "retried"
+    train_model(train, targets, spec, rows, config, str(tiny_llama_dir), retried, tmp_path / "work_b",
+                checkpoint_every=4, stop_after_steps=9)
+    capsys.readouterr()
+    summary = train_model(train, targets, spec, rows, config, str(tiny_llama_dir), retried, tmp_path / "work_b",
+                          attempt=2, checkpoint_every=4)
+    assert "resuming from checkpoint at stage 0 epoch 1 batch 0 (step 8)" in capsys.readouterr().out
+    assert (summary["steps"], summary["micro_batch"], summary["grad_accum"]) == (16, 4, 2)
+    first, second = adapter_weights(reference), adapter_weights(retried)
+    for key in first:
+        np.testing.assert_allclose(first[key], second[key], rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,21 +19,60 @@ from workflow_scripts.errors import OoflineError
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `target` only if the block finishes.
 
-    Works for files and directories, so an output exists only when its step finished.
+    Works for files and directories, so an output exists only when its step finished. The temporary
+    folder `.{name}.{host}.{pid}.{random}` names its owner, so one left by a killed process is removed
+    by the next atomic write of the same target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(target)}{socket.gethostname()}.{os.getpid()}.",
+                                    dir=target.parent))
     tmp_path = tmp_dir / target.name
     try:
         yield tmp_path
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+        if target.exists() and (target.is_dir() or tmp_path.is_dir()):
+            # move the old version aside in one rename (never a half-deleted target); it goes with tmp_dir
+            os.replace(target, tmp_dir / f"{target.name}.old")
         os.replace(tmp_path, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def remove_stale_temporaries(target: str | Path) -> list[Path]:
+    """Delete temporary siblings of `target` whose owning process (on this host) is gone; returns them.
+
+    A folder whose owner is alive, runs on another host, or cannot be read from its name is kept.
+    """
+    target = Path(target)
+    prefix, host = _temporary_prefix(target), socket.gethostname()
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for sibling in target.parent.iterdir():
+        if not sibling.name.startswith(prefix) or sibling.is_symlink() or not sibling.is_dir():
+            continue
+        # the random part of mkdtemp has no dots, the host may: split from the right
+        owner = sibling.name[len(prefix):].rsplit(".", 2)
+        if len(owner) != 3 or owner[0] != host or not owner[1].isdigit() or _process_alive(int(owner[1])):
+            continue
+        shutil.rmtree(sibling, ignore_errors=True)
+        removed.append(sibling)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_json(payload: Any, path: str | Path) -> None:

@@ -82,7 +82,11 @@ class Checkpointer:
             index, field = key.split(".", 1)
             optimizer_state["state"].setdefault(int(index), {})[field] = tensor
         optimizer.load_state_dict(optimizer_state)
-        torch.set_rng_state(load_file(str(self.directory / "rng.safetensors"))["torch"])
+        rng = load_file(str(self.directory / "rng.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        cuda_states = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
         return state
 
     def save(self, model, optimizer, position: dict[str, Any]) -> None:
@@ -99,7 +103,10 @@ class Checkpointer:
                 for index, fields in optimizer_state["state"].items() for field, value in fields.items()
             }
             save_file(tensors, str(tmp / "optimizer.safetensors"))
-            save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
+                rng.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
+            save_file(rng, str(tmp / "rng.safetensors"))
             state = dict(position, fingerprint=self.fingerprint, param_groups=optimizer_state["param_groups"])
             (tmp / "state.json").write_text(json.dumps(state, sort_keys=True))
 
@@ -163,10 +170,14 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         stage_targets = np.concatenate([datasets[name][1] for name in stage["data"]])
         return token_ids, stage_targets
 
+    # An optimizer step takes one batch of batch_size * grad_accum rows (as configured), cut into micro-batches
+    # of the attempt's size: the data order and the checkpoint position do not depend on the micro-batch,
+    # so a retry with a smaller one (after an OOM, a preemption, a scancel) resumes the same checkpoint.
+    rows_per_step = int(model_config["batch_size"]) * int(model_config.get("grad_accum", 1))
     steps_per_stage = []
     for stage in stages:
         n_rows = sum(len(encoded[name]) for name in stage["data"])
-        steps_per_stage.append(stage["epochs"] * math.ceil(math.ceil(n_rows / micro_batch) / grad_accum))
+        steps_per_stage.append(stage["epochs"] * math.ceil(n_rows / rows_per_step))
     total_steps = sum(steps_per_stage)
     warmup_steps = int(float(model_config.get("warmup_ratio", 0.0)) * total_steps)
 
@@ -182,11 +193,13 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     trainable = [p for p in model.parameters() if p.requires_grad]
     base_lr = float(model_config["lr"])
     optimizer = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=float(model_config.get("weight_decay", 0.0)))
-    fingerprint = config_fingerprint({"config": model_config, "rows": sorted(row_ids), "attempt": attempt,
+    fingerprint = config_fingerprint({"config": model_config, "rows": sorted(row_ids),
                                       "extra": {k: v.height for k, v in extra_sets.items()}})
     checkpointer = Checkpointer(work_dir, fingerprint)
     resumed = checkpointer.load(model, optimizer)
     position = resumed or {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
+    # the loss tail is part of the checkpoint: training.json's final_loss must not depend on a resume
+    losses = list(position.get("recent_losses", []))
     if resumed:
         print(f"resuming from checkpoint at stage {position['stage']} epoch {position['epoch']} "
               f"batch {position['batch']} (step {position['step']})", flush=True)
@@ -195,7 +208,8 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     log_every = max(1, int(model_config.get("log_every", 10)))
     pad_id = tokenizer.pad_token_id
     step = position["step"]
-    started, seen, losses = time.time(), 0, []
+    started, seen = time.time(), 0
+    loss_tail = max(10, log_every * grad_accum)
     for stage_index in range(position["stage"], len(stages)):
         stage = stages[stage_index]
         token_ids, stage_targets = stage_rows(stage)
@@ -204,37 +218,39 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         stage_lr = float(stage["lr"]) if stage.get("lr") else base_lr
         first_epoch = position["epoch"] if stage_index == position["stage"] else 0
         for epoch in range(first_epoch, stage["epochs"]):
-            batches = length_grouped_batches(lengths, micro_batch, seed * 1000 + stage_index * 100 + epoch)
+            batches = length_grouped_batches(lengths, rows_per_step, seed * 1000 + stage_index * 100 + epoch)
             first_batch = position["batch"] if (stage_index, epoch) == (position["stage"], position["epoch"]) else 0
-            optimizer.zero_grad(set_to_none=True)
             for batch_index in range(first_batch, len(batches)):
-                rows = batches[batch_index]
-                inputs = pad_batch(token_ids, rows, pad_id)
-                logits = model(**inputs).logits
-                loss = combined_loss(logits, target_tensor[rows], spec, label_smoothing)
-                (loss / grad_accum).backward()
-                losses.append(float(loss.detach()))
-                seen += len(rows)
+                step_rows = batches[batch_index]
+                optimizer.zero_grad(set_to_none=True)
+                for start in range(0, len(step_rows), micro_batch):
+                    rows = step_rows[start:start + micro_batch]
+                    inputs = pad_batch(token_ids, rows, pad_id)
+                    logits = model(**inputs).logits
+                    loss = combined_loss(logits, target_tensor[rows], spec, label_smoothing)
+                    # weighted by its share of the step's rows: the gradient is the whole batch's mean
+                    (loss * (len(rows) / len(step_rows))).backward()
+                    losses.append(float(loss.detach()))
+                    seen += len(rows)
+                for group in optimizer.param_groups:
+                    group["lr"] = stage_lr * lr_factor(step, total_steps, warmup_steps, scheduler_name)
+                torch.nn.utils.clip_grad_norm_(trainable, float(model_config.get("max_grad_norm", 1.0)))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % log_every == 0 or step == total_steps:
+                    rate = seen / max(1e-9, time.time() - started)
+                    print(f"stage {stage_index + 1}/{len(stages)} epoch {epoch + 1}/{stage['epochs']} "
+                          f"step {step}/{total_steps} loss {np.mean(losses[-log_every * grad_accum:]):.4f} "
+                          f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} samples/s", flush=True)
                 last_in_epoch = batch_index == len(batches) - 1
-                if (batch_index + 1) % grad_accum == 0 or last_in_epoch:
-                    for group in optimizer.param_groups:
-                        group["lr"] = stage_lr * lr_factor(step, total_steps, warmup_steps, scheduler_name)
-                    torch.nn.utils.clip_grad_norm_(trainable, float(model_config.get("max_grad_norm", 1.0)))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    if step % log_every == 0 or step == total_steps:
-                        rate = seen / max(1e-9, time.time() - started)
-                        print(f"stage {stage_index + 1}/{len(stages)} epoch {epoch + 1}/{stage['epochs']} "
-                              f"step {step}/{total_steps} loss {np.mean(losses[-log_every * grad_accum:]):.4f} "
-                              f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} samples/s", flush=True)
-                    next_position = {"stage": stage_index, "epoch": epoch, "batch": batch_index + 1, "step": step}
-                    if last_in_epoch:
-                        next_position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": step}
-                    if step % checkpoint_every == 0 or last_in_epoch:
-                        checkpointer.save(model, optimizer, next_position)
-                    if stop_after_steps is not None and step >= stop_after_steps:
-                        return {"stopped_at_step": step}
+                next_position = {"stage": stage_index, "epoch": epoch, "batch": batch_index + 1, "step": step}
+                if last_in_epoch:
+                    next_position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": step}
+                if step % checkpoint_every == 0 or last_in_epoch:
+                    checkpointer.save(model, optimizer, dict(next_position, recent_losses=losses[-loss_tail:]))
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    return {"stopped_at_step": step}
         position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": step}
     summary = {
         "steps": step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
@@ -306,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra_sets[name] = read_table(path)
     summary = train_model(train, targets_frame.select(spec.probability_columns).to_numpy().astype(np.float32), spec,
                           training_rows(folds, args.fold), model_config, args.base, args.out, args.work_dir,
-                          extra_sets, attempt=args.attempt)
+                          extra_sets, attempt=args.attempt,
+                          checkpoint_every=int(model_config.get("checkpoint_every", 50)))
     print(f"finished: {json.dumps(summary, sort_keys=True)}", flush=True)
 
 
