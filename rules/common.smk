@@ -24,6 +24,9 @@ LORA_MODELS = [name for name, model in MODELS.items() if model["kind"] in LORA_K
 FULL_MODELS = [name for name, model in MODELS.items() if model["kind"] not in LORA_KINDS]
 LOCAL_SOURCES = ("packaged:minilm", "packaged:smollm2", "tiny:llama")
 PY = "python -m workflow_scripts"
+# Step-group images (config `container: {train, cpu}`): used under --sdm apptainer, ignored otherwise.
+TRAIN_CONTAINER = (config.get("container") or {}).get("train")
+CPU_CONTAINER = (config.get("container") or {}).get("cpu")
 
 
 def out(path):
@@ -159,16 +162,28 @@ def final_targets():
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
 
 
-def model_resource(key, default=None):
-    def resource(wildcards, attempt=1):
-        value = MODELS[wildcards.model]["resources"].get(key, default)
-        if key == "mem_mb" and value is not None:
-            from workflow_scripts.oom import mem_mb_for_attempt
+def step_resources(settings_of, mem_mb=None, runtime=None):
+    """Resources of a step that may use GPUs, from its `resources:` config (settings_of(wildcards)):
+    gpu (default 0), mem_mb (grown per retry attempt), runtime and the Slurm plugin's keys, so every
+    GPU step lands on the configured partition with its GPU request, not only training."""
 
-            return mem_mb_for_attempt(int(value), attempt)
-        return value
+    def lookup(key, default):
+        def resource(wildcards, attempt=1):
+            value = settings_of(wildcards).get(key, default)
+            if key == "mem_mb" and value is not None:
+                from workflow_scripts.oom import mem_mb_for_attempt
 
-    return resource
+                return mem_mb_for_attempt(int(value), attempt)
+            return value
+
+        return resource
+
+    defaults = {"gpu": 0, "mem_mb": mem_mb, "runtime": runtime, "gpu_model": None, "gres": None,
+                "slurm_partition": None, "slurm_account": None, "cpus_per_gpu": None}
+    return {key: lookup(key, default) for key, default in defaults.items()}
+
+
+MODEL_STEP_RESOURCES = step_resources(lambda wildcards: MODELS[wildcards.model]["resources"])
 
 
 def model_threads(wildcards):
@@ -231,6 +246,14 @@ THRESHOLDS = config.get("thresholds") or {}
 SUBMISSIONS = config.get("submissions") or {}
 REGISTER = config.get("register") or {}
 REGISTRY_DIR = config.get("registry_dir", "submissions")
+
+
+def verify_threads(wildcards):
+    """A verify rebuild runs its own Snakemake with all local cores; on a cluster (no --cores) with 4."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 4
 
 
 def registered_records():
@@ -386,6 +409,7 @@ GENERATORS = config.get("generators") or {}
 SOFT_LABELS = config.get("soft_labels") or {}
 LABEL_CORRECTION = config.get("label_correction") or {}
 ANSWERS = config.get("answers") or {}
+ANSWER_STEP_RESOURCES = step_resources(lambda wildcards: ANSWERS.get("resources", {}), mem_mb=8000, runtime=60)
 VOTES = config.get("votes") or {}
 
 
@@ -402,11 +426,9 @@ def dataset_file(name):
     raise WorkflowError(f"unknown data set {name!r} (generated data sets: {sorted(datasets)})")
 
 
-def generator_resource(key, default=None):
-    def resource(wildcards, attempt=1):
-        return GENERATORS[wildcards.generator].get("resources", {}).get(key, default)
-
-    return resource
+GENERATOR_STEP_RESOURCES = step_resources(
+    lambda wildcards: GENERATORS[wildcards.generator].get("resources", {}), mem_mb=8000, runtime=60
+)
 
 
 def generator_options(wildcards):
@@ -519,11 +541,9 @@ def retrieval_data_options(wildcards, input):
     return "--source demo " + cli_flags(settings.get("demo", {}), ("n_passages", "n_queries", "n_test_queries", "seed"))
 
 
-def retrieval_resource(key, default=None):
-    def resource(wildcards, attempt=1):
-        return RETRIEVAL[wildcards.pipeline].get("resources", {}).get(key, default)
-
-    return resource
+RETRIEVAL_STEP_RESOURCES = step_resources(
+    lambda wildcards: RETRIEVAL[wildcards.pipeline].get("resources", {}), mem_mb=8000, runtime=60
+)
 
 
 def mining_source(wildcards):

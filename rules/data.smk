@@ -42,6 +42,8 @@ if "task" in config:
             out("logs/prepare_data.log"),
         conda:
             "../envs/cpu.yaml"
+        container:
+            CPU_CONTAINER
         shell:
             "{PY}.data --train {input.train:q} --test {input.test:q} --task {params.task:q}"
             " --train-out {output.train:q} --test-out {output.test:q} --labels-out {output.labels:q}"
@@ -64,6 +66,8 @@ if "task" in config:
             out("logs/folds.log"),
         conda:
             "../envs/cpu.yaml"
+        container:
+            CPU_CONTAINER
         shell:
             "{PY}.folds --train {input.train:q} --targets {input.targets:q} --labels {input.labels:q}"
             " --scheme {params.scheme} --n-folds {params.n_folds} --seed {params.seed} {params.group}"

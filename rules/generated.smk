@@ -13,6 +13,8 @@ rule prepare_language_model:
         out("logs/prepare_lm/{lm}.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         "{PY}.prepare_model --source {params.source:q} --out {output:q} {params.corpus} > {log:q} 2>&1"
 
@@ -28,13 +30,13 @@ rule generate_rows:
         options=generator_options,
     threads: lambda wildcards: GENERATORS[wildcards.generator].get("resources", {}).get("threads", 2)
     resources:
-        gpu=generator_resource("gpu", 0),
-        mem_mb=generator_resource("mem_mb", 8000),
-        runtime=generator_resource("runtime", 60),
+        **GENERATOR_STEP_RESOURCES,
     log:
         out("logs/generate/{generator}/seed{seed}.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".generate --model {input.model:q} --train {input.train:q} --generator {wildcards.generator}"
         " --seed {wildcards.seed} {params.options} --threads {threads}"
@@ -55,6 +57,8 @@ rule deduplicate_rows:
         out("logs/dedup/{generator}/seed{seed}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.dedup --generated {input.rows:q} --reference {input.train:q} --text-columns {params.columns:q}"
         " --threshold {params.threshold} --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
@@ -74,13 +78,13 @@ rule teacher_predictions:
         model_config=model_json,
     threads: model_threads
     resources:
-        gpu=model_resource("gpu", 0),
-        mem_mb=model_resource("mem_mb"),
-        runtime=model_resource("runtime"),
+        **MODEL_STEP_RESOURCES,
     log:
         out("logs/predict/{model}/{split}-on-{dataset}.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".predict --test {input.rows:q} --labels {input.labels:q} --fold {params.fold}"
         " --model-dir {input.model:q} --base {params.base:q} --model-config {params.model_config:q}"
@@ -104,6 +108,8 @@ rule soft_labels:
         out("logs/soft_labels/{teacher}/{dataset}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
         " --text-columns text --temperature {params.temperature} --output {output.rows:q}"
@@ -128,6 +134,8 @@ rule label_correction:
         out("logs/label_correction/{model}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.label_correction --train {input.train:q} --oof {input.oof:q} --label-spec {input.labels:q}"
         " --targets {input.targets:q} --top-percent {params.top_percent} --action {params.action:q}"
@@ -157,13 +165,13 @@ rule answers:
         options=answer_options,
     threads: 2
     resources:
-        gpu=lambda wildcards: ANSWERS.get("resources", {}).get("gpu", 0),
-        mem_mb=lambda wildcards: ANSWERS.get("resources", {}).get("mem_mb", 8000),
-        runtime=lambda wildcards: ANSWERS.get("resources", {}).get("runtime", 60),
+        **ANSWER_STEP_RESOURCES,
     log:
         out("logs/answers/{lm}/{prompt}.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".answers --model {input.model:q} --problems {input.problems:q} --prompt-name {wildcards.prompt}"
         " {params.options} --threads {threads} --output {output:q} > {log:q} 2>&1"
@@ -185,6 +193,8 @@ rule votes:
         out("logs/votes/{vote}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.voting --answers {input.answers:q} --dev {input.dev:q} {params.strategies}"
         " --fallback {params.fallback:q} --votes {output.votes:q} --score {output.score:q} > {log:q} 2>&1"

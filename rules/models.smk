@@ -13,6 +13,8 @@ rule prepare_model:
         out("logs/prepare_model/{model}.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         "{PY}.prepare_model --source {params.source:q} --out {output:q} --seed {params.seed}"
         " --corpus {input.corpus:q} > {log:q} 2>&1"
@@ -31,20 +33,14 @@ rule train_adapter:
     # on Slurm the retry is a new job (so it gets the larger mem_mb), not a retry inside the job
     retries: 0 if workflow.remote_exec else 2
     resources:
-        gpu=model_resource("gpu", 0),
-        mem_mb=model_resource("mem_mb"),
-        runtime=model_resource("runtime"),
-        gpu_model=model_resource("gpu_model"),
-        slurm_partition=model_resource("slurm_partition"),
-        slurm_account=model_resource("slurm_account"),
-        cpus_per_gpu=model_resource("cpus_per_gpu"),
+        **MODEL_STEP_RESOURCES,
         attempt=lambda wildcards, attempt: attempt,
     log:
         out("logs/train/{model}/{split}.log"),
     conda:
         "../envs/train.yaml"
     container:
-        config.get("container", {}).get("train")
+        TRAIN_CONTAINER
     shell:
         TRAIN_COMMAND
 
@@ -62,20 +58,14 @@ rule train_full_model:
     # on Slurm the retry is a new job (so it gets the larger mem_mb), not a retry inside the job
     retries: 0 if workflow.remote_exec else 2
     resources:
-        gpu=model_resource("gpu", 0),
-        mem_mb=model_resource("mem_mb"),
-        runtime=model_resource("runtime"),
-        gpu_model=model_resource("gpu_model"),
-        slurm_partition=model_resource("slurm_partition"),
-        slurm_account=model_resource("slurm_account"),
-        cpus_per_gpu=model_resource("cpus_per_gpu"),
+        **MODEL_STEP_RESOURCES,
         attempt=lambda wildcards, attempt: attempt,
     log:
         out("logs/train/{model}/{split}.log"),
     conda:
         "../envs/train.yaml"
     container:
-        config.get("container", {}).get("train")
+        TRAIN_CONTAINER
     shell:
         TRAIN_COMMAND
 
@@ -91,15 +81,13 @@ rule merge_adapter:
         base=base_model_path,
         model_config=model_json,
     resources:
-        gpu=model_resource("gpu", 0),
-        mem_mb=model_resource("mem_mb"),
-        runtime=model_resource("runtime"),
+        **MODEL_STEP_RESOURCES,
     log:
         out("logs/merge/{model}/{split}.log"),
     conda:
         "../envs/train.yaml"
     container:
-        config.get("container", {}).get("train")
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".merge --adapter {input.adapter:q} --base {params.base:q} --labels {input.labels:q}"
         " --model-config {params.model_config:q}"

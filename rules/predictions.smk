@@ -18,15 +18,13 @@ rule predict_fold:
         model_config=model_json,
     threads: model_threads
     resources:
-        gpu=model_resource("gpu", 0),
-        mem_mb=model_resource("mem_mb"),
-        runtime=model_resource("runtime"),
+        **MODEL_STEP_RESOURCES,
     log:
         out("logs/predict/{model}/{split}.log"),
     conda:
         "../envs/train.yaml"
     container:
-        config.get("container", {}).get("train")
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".predict --train {input.train:q} --test {input.test:q} --folds {input.folds:q}"
         " --labels {input.labels:q} --fold {params.fold} --model-dir {input.model:q} --base {params.base:q}"
@@ -50,6 +48,8 @@ rule oof:
         out("logs/oof/{model}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.oof --valid {input.valid:q} --test {input.test:q} --folds {input.folds:q}"
         " --targets {input.targets:q} --labels {input.labels:q} --metric {params.metric:q} --name {wildcards.model}"

@@ -11,6 +11,8 @@ rule plot_cv_folds:
         out("logs/plots/cv_folds.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.plots cv-folds --scores {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -25,6 +27,8 @@ rule plot_ensembles:
         out("logs/plots/ensembles.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.plots ensembles --scores {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -40,6 +44,8 @@ rule plot_thresholds:
         out("logs/plots/thresholds/{source}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.plots thresholds --curves {input.curves:q} --thresholds {input.thresholds:q} --out {output:q}"
         " > {log:q} 2>&1"
@@ -55,6 +61,8 @@ rule plot_cv_lb:
         out("logs/plots/cv_lb.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.plots cv-lb --leaderboard {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -69,5 +77,7 @@ rule leaderboard_html:
         out("logs/plots/leaderboard_html.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.plots leaderboard-html --leaderboard {input:q} --out {output:q} > {log:q} 2>&1"

@@ -16,6 +16,8 @@ rule retrieval_data:
         out("logs/retrieval/{pipeline}/data.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.retrieval_data {params.options} --out-queries {output.queries:q} --out-corpus {output.corpus:q}"
         " --out-test-queries {output.test_queries:q} > {log:q} 2>&1"
@@ -56,13 +58,13 @@ rule mine_negatives:
         options=mining_options,
     threads: 2
     resources:
-        gpu=retrieval_resource("gpu", 0),
-        mem_mb=retrieval_resource("mem_mb", 8000),
-        runtime=retrieval_resource("runtime", 60),
+        **RETRIEVAL_STEP_RESOURCES,
     log:
         out("logs/retrieval/{pipeline}/iter{iter}/{purpose}mine.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".mining --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
         " --embedder {input.embedder:q} {params.options} --output {output:q} > {log:q} 2>&1"
@@ -78,13 +80,13 @@ rule teacher_scores:
         options=lambda wildcards: reranker_inference_options(wildcards.pipeline),
     threads: 2
     resources:
-        gpu=retrieval_resource("gpu", 0),
-        mem_mb=retrieval_resource("mem_mb", 8000),
-        runtime=retrieval_resource("runtime", 60),
+        **RETRIEVAL_STEP_RESOURCES,
     log:
         out("logs/retrieval/{pipeline}/iter{iter}/{purpose}teacher.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".teacher_scores --input {input.mined:q} --output {output:q}"
         " --reranker {input.reranker:q}/merged {params.options} > {log:q} 2>&1"
@@ -99,13 +101,13 @@ rule finetune_retriever:
         options=finetune_options,
     threads: 2
     resources:
-        gpu=retrieval_resource("gpu", 0),
-        mem_mb=retrieval_resource("mem_mb", 8000),
-        runtime=retrieval_resource("runtime", 60),
+        **RETRIEVAL_STEP_RESOURCES,
     log:
         out("logs/retrieval/{pipeline}/iter{iter}/{role}.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".retrieval_finetune --kind {wildcards.role} --base-model {input.base:q}"
         " --train-data {input.data:q} {params.options} --output-dir {output:q} > {log:q} 2>&1"
@@ -127,13 +129,13 @@ rule evaluate_retrieval:
         options=evaluation_options,
     threads: 2
     resources:
-        gpu=retrieval_resource("gpu", 0),
-        mem_mb=retrieval_resource("mem_mb", 8000),
-        runtime=retrieval_resource("runtime", 60),
+        **RETRIEVAL_STEP_RESOURCES,
     log:
         out("logs/retrieval/{pipeline}/iter{iter}/evaluate.log"),
     conda:
         "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         ON_GPUS + ".retrieval_eval --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
         " --embedders {input.embedder:q}/merged --rerankers {input.reranker:q}/merged {params.options}"

@@ -24,6 +24,8 @@ rule ensemble:
         out("logs/ensembles/{ensemble}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.ensemble --name {wildcards.ensemble} --names {params.names:q} --oof {input.oof:q} --test {input.test:q}"
         " --weights {params.weights} --method {params.method:q} --blend {params.blend:q} {params.top_k}"
@@ -45,6 +47,8 @@ rule thresholds:
         out("logs/thresholds/{source}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.thresholds --oof {input.oof:q} --labels {input.labels:q} --targets {input.targets:q}"
         " {params.options} --metric {params.metric:q} --out {output.thresholds:q} --curves-out {output.curves:q}"
@@ -63,6 +67,8 @@ rule submission:
         out("logs/submissions/{submission}.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.submission --name {wildcards.submission} --test {input.test:q} --labels {input.labels:q} {params.options}"
         " --inputs {input.data:q} --artifacts {input.artifacts:q} --scores {input.score:q}"
@@ -96,7 +102,7 @@ rule verify_submission:
     params:
         scratch=lambda wildcards: out(f"verify/{wildcards.record}.scratch"),
         snakefile=workflow.main_snakefile,
-    threads: workflow.cores
+    threads: verify_threads
     log:
         out("logs/verify/{record}.log"),
     shell:
@@ -116,6 +122,8 @@ rule leaderboard:
         out("logs/leaderboard.log"),
     conda:
         "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.leaderboard --model-scores {input.models:q} --ensemble-scores {input.ensembles:q}"
         " --manifests {input.manifests:q} {params.lb} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"

@@ -38,6 +38,9 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
     (lambda c: c["models"]["minilm"].update(source="/no/such/model"), "models.minilm.source: '/no/such/model' is not a model folder"),
     (lambda c: c["models"]["minilm"].update(quantization="4bit"), "models.minilm.quantization: 4bit needs a LoRA kind"),
     (lambda c: c["models"].update({"bad; rm -rf ~": c["models"]["minilm"]}), "config: models: 'bad; rm -rf ~'"),
+    (lambda c: c["models"]["minilm"].update(resources={"gpu": 1, "gres": "gpu:h100:1"}),
+     "config: models.minilm.resources.gres: set either gres or gpu/gpu_model, not both"),
+    (lambda c: c["models"]["minilm"].update(resources={"gres": "'gpu:1'"}), "config: models.minilm.resources.gres:"),
 ])
 def test_bad_config_names_the_key(demo_config, edit, expected):
     config = copy.deepcopy(demo_config)
@@ -45,6 +48,30 @@ def test_bad_config_names_the_key(demo_config, edit, expected):
     with pytest.raises(OoflineError) as error:
         check_config(config, REPO)
     assert expected in str(error.value)
+
+
+def test_a_models_slurm_resources_reach_its_train_merge_and_predict_jobs(demo_config, tmp_path):
+    demo_config["models"] = {"qlora": {**demo_config["models"]["tiny_llama_qlora"],
+                                       "resources": {"gres": "gpu:h100:2", "slurm_partition": "gpu", "cpus_per_gpu": 4}}}
+    for section in ("ensembles", "submissions", "register", "retrieval", "thresholds"):
+        demo_config.pop(section, None)
+    assert check_config(demo_config, REPO)["models"]["qlora"]["resources"]["gres"] == "gpu:h100:2"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(demo_config))
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "1",
+                              "--configfile", "config.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert dry_run.returncode == 0, dry_run.stderr[-2000:]
+    resources_by_rule: dict[str, set[str]] = {}
+    rule = None
+    for line in dry_run.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            resources_by_rule.setdefault(rule, set()).add(line.strip())
+    for gpu_rule in ("train_adapter", "merge_adapter", "predict_fold"):
+        for resources in resources_by_rule[gpu_rule]:
+            assert "gres=gpu:h100:2" in resources and "slurm_partition=gpu" in resources and "cpus_per_gpu=4" in resources
+    for cpu_rule in ("folds", "oof"):
+        assert all("gres" not in r and "slurm_partition" not in r for r in resources_by_rule[cpu_rule])
 
 
 def test_every_problem_is_reported_at_once(demo_config):

@@ -115,8 +115,20 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
         if bad_folds:
             problems.append(f"config: models.{name}.folds: {bad_folds} not below folds.n_folds={n_folds}")
+    problems += resource_problems(config)
     problems += output_problems(config)
     return problems
+
+
+def resource_problems(config: dict[str, Any]) -> list[str]:
+    """`gres` and `gpu`/`gpu_model` both set would make the Slurm plugin request GPUs twice."""
+    blocks = [(f"{section}.{name}", entry.get("resources") or {})
+              for section in ("models", "generators", "retrieval")
+              for name, entry in (config.get(section) or {}).items() if isinstance(entry, dict)]
+    blocks.append(("answers", (config.get("answers") or {}).get("resources") or {}))
+    return [f"config: {where}.resources.gres: set either gres or gpu/gpu_model, not both "
+            "(Slurm would get --gres and --gpus)"
+            for where, resources in blocks if resources.get("gres") and (resources.get("gpu") or resources.get("gpu_model"))]
 
 
 def output_problems(config: dict[str, Any]) -> list[str]:
