@@ -12,10 +12,11 @@
 #   --sif         also build containers/oofline-<group>.sif from containers/<group>.def (needs apptainer)
 #   --tag TAG     image tag (default: latest); the image is oofline-<group>:<TAG>
 #   --ca-cert F   trust this extra CA inside the image (a TLS-intercepting proxy between you and
-#                 PyPI); default $OOFLINE_CA_CERT
+#                 PyPI); default $OOFLINE_CA_CERT, else the CAs this machine added locally
+#                 (/usr/local/share/ca-certificates/*.crt), which a stock Debian image lacks
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 GROUP="${1:-}"
 case "$GROUP" in cpu|train) shift ;; -h|--help) usage 0 ;; *) usage 1 >&2 ;; esac
@@ -70,7 +71,11 @@ fi
 CONTEXT="$(mktemp -d /tmp/oofline-context.XXXXXX)"
 trap 'rm -rf "$CONTEXT"; stop_dockerd' EXIT
 tar -C "$REPO" --exclude=__pycache__ -c workflow_scripts | tar -C "$CONTEXT" -x
-if [ -n "$CA_CERT" ]; then cp "$CA_CERT" "$CONTEXT/extra-ca.crt"; else : > "$CONTEXT/extra-ca.crt"; fi
+if [ -n "$CA_CERT" ]; then
+  cp "$CA_CERT" "$CONTEXT/extra-ca.crt"
+else
+  cat /usr/local/share/ca-certificates/*.crt > "$CONTEXT/extra-ca.crt" 2>/dev/null || : > "$CONTEXT/extra-ca.crt"
+fi
 
 args=(build --network host -f "$REPO/containers/Dockerfile.$GROUP" -t "$IMAGE")
 if [ -n "$BASE" ]; then args+=(--build-arg "BASE_IMAGE=$BASE"); fi

@@ -130,24 +130,89 @@ def cpu_image():
         subprocess.run(["bash", str(CONTAINERS / "dockerd.sh"), "stop"], check=False, timeout=120)
 
 
+# Snakemake runs a rule with a container as `apptainer exec [options] IMAGE bash -c CMD`. There is no
+# apptainer here, so this stand-in runs CMD with Docker in the image the .sif stands for (cpu.sif ->
+# oofline-cpu:latest) and on the host for train.sif, and logs which image each command asked for.
+APPTAINER_STAND_IN = """#!/bin/bash
+case "$1" in --version|version) echo "apptainer version 1.3.4"; exit 0 ;; esac
+shift
+image=""
+while [ $# -gt 0 ]; do case "$1" in *.sif) image="$(basename "$1")"; shift; break ;; *) shift ;; esac; done
+echo "$image $*" >> "$STAND_IN_LOG"
+if [ "$image" = cpu.sif ]; then
+  exec docker run --rm --network none -v "$PWD:$PWD" -v "$OOFLINE_REPO:$OOFLINE_REPO:ro" -w "$PWD" \\
+    -e PYTHONPATH="$OOFLINE_REPO" -e OMP_NUM_THREADS=1 oofline-cpu:latest "$@"
+fi
+exec "$@"
+"""
+
+CONTAINER_WORKFLOW = {
+    "demo": {"dataset": "movies", "n_train": 90, "n_test": 20, "seed": 0},
+    "data": {"train": "results/demo/train.csv", "test": "results/demo/test.csv",
+             "sample_submission": "results/demo/sample_submission.csv"},
+    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "map@3"},
+    "folds": {"scheme": "stratified_group", "group_column": "movie_name", "n_folds": 2, "seed": 1},
+    "model_defaults": {"max_length": 32, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
+    "models": {
+        "qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8, "lr": 2e-3},
+        "full": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3},
+    },
+    "ensembles": {"pair": {"members": {"qlora": 1.0, "full": 1.2}, "method": "mean"}},
+    "submissions": {"pair_top3": {"source": "pair", "format": "top_k", "top_k": 3, "prediction_columns": ["category"]}},
+}
+# differ by design: manifests record the packages of the environment that wrote them; logs hold paths
+NOT_COMPARED = ("manifest.json", ".log")
+
+
+def run_demo_subset(work: Path, containers: dict[str, str] | None, env: dict[str, str]) -> subprocess.CompletedProcess:
+    import yaml
+
+    work.mkdir()
+    config = dict(CONTAINER_WORKFLOW, **({"container": containers} if containers else {}))
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile")]
+    if containers:
+        command += ["--sdm", "apptainer"]
+    return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+
+
 @pytest.mark.slow
 @pytest.mark.container
-def test_cpu_image_writes_the_same_parquet_bytes_as_the_host(cpu_image, tmp_path):
-    script = (
-        "import sys, polars as pl\n"
-        "from workflow_scripts.io import write_parquet\n"
-        "frame = pl.DataFrame({'id': list(range(50)), 'fold': [i % 5 for i in range(50)],\n"
-        "                      'prob': [i / 49 for i in range(50)]})\n"
-        "write_parquet(frame, sys.argv[1])\n"
-    )
-    (tmp_path / "step.py").write_text(script)
-    host_out = tmp_path / "host.parquet"
-    subprocess.run([sys.executable, str(tmp_path / "step.py"), str(host_out)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
-    subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", "-v", f"{REPO}:/repo:ro", "-v", f"{tmp_path}:/out",
-         "-e", "PYTHONPATH=/repo", "-w", "/repo", "oofline-cpu:latest", "python", "/out/step.py", "/out/container.parquet"],
-        check=True, timeout=300, env=cpu_image,
-    )
-    assert (tmp_path / "container.parquet").read_bytes() == host_out.read_bytes()
-    assert pl.read_parquet(host_out)["fold"].n_unique() == 5
+def test_cpu_steps_run_in_the_cpu_image_through_snakemake_and_write_the_hosts_bytes(cpu_image, tmp_path):
+    """The classification graph runs twice on demo data: on the host, then with `container:` set and
+    `--sdm apptainer`, where every CPU step (data, folds, OOF, ensemble, submission, leaderboard, plots)
+    runs inside the real cpu image. Every output must be byte-identical."""
+    stand_in = tmp_path / "bin" / "apptainer"
+    stand_in.parent.mkdir()
+    stand_in.write_text(APPTAINER_STAND_IN)
+    stand_in.chmod(0o755)
+    (tmp_path / "cpu.sif").touch()
+    (tmp_path / "train.sif").touch()
+    log = tmp_path / "stand_in.log"
+    env = {**cpu_image, "STAND_IN_LOG": str(log), "OOFLINE_REPO": str(REPO), "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([str(stand_in.parent), str(Path(sys.executable).parent), cpu_image["PATH"]])}
+
+    host = run_demo_subset(tmp_path / "host", None, env)
+    assert host.returncode == 0, host.stderr[-3000:]
+    contained = run_demo_subset(tmp_path / "contained", {"cpu": str(tmp_path / "cpu.sif"),
+                                                         "train": str(tmp_path / "train.sif")}, env)
+    assert contained.returncode == 0, contained.stderr[-3000:]
+
+    images_by_step: dict[str, set[str]] = {}
+    for line in log.read_text().splitlines():
+        image, command = line.split(" ", 1)
+        step = re.search(r"python -m workflow_scripts\.(?:gpu_devices .*? -- python -m workflow_scripts\.)?(\w+)", command)
+        images_by_step.setdefault(step.group(1), set()).add(image)
+    assert {step for step, images in images_by_step.items() if images == {"cpu.sif"}} >= {
+        "data", "folds", "oof", "ensemble", "submission", "leaderboard", "plots"}
+    assert images_by_step["train"] == images_by_step["predict"] == {"train.sif"}
+    assert "prepare_demo" not in images_by_step  # needs scattertext, which the image does not carry
+
+    compared = 0
+    for host_file in sorted((tmp_path / "host" / "results").rglob("*")):
+        if not host_file.is_file() or host_file.name.endswith(NOT_COMPARED):
+            continue
+        relative = host_file.relative_to(tmp_path / "host")
+        assert (tmp_path / "contained" / relative).read_bytes() == host_file.read_bytes(), relative
+        compared += 1
+    assert compared >= 20
