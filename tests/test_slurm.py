@@ -1,5 +1,6 @@
-"""A real one-node Slurm cluster (.ci/slurm/up.sh): jobs go through sbatch, GPU rules ask for a GPU,
-an OOM is retried with more memory, and a scancelled training job is retried to completion."""
+"""A real one-node Slurm cluster (.ci/slurm/up.sh): a subset of the demo runs through the real workflow
+with every job submitted by sbatch and GPU rules asking for a GPU; a scancelled training job is retried and
+resumes from its checkpoint; an OOM (in a small fixture workflow) is retried with more memory."""
 from __future__ import annotations
 
 import json
@@ -101,32 +102,90 @@ def test_jobs_run_through_slurm_gpu_rule_requests_a_gpu_and_oom_retry_gets_more_
     assert "exit status 75" in logs[0].read_text()
 
 
-def test_scancelled_training_job_is_retried_and_leaves_no_partial_output(cluster, tmp_path):
-    work = tmp_path / "wf"
-    shutil.copytree(FIXTURE, work)
-    shutil.copytree(REPO / "profiles", work / "profiles")
-    proc = run_workflow(work, {}, ["train_sleep=8"], background=True)
+# A subset of the demo through the real workflow: the movies data, one QLoRA model on the GPU partition,
+# its OOF/test predictions and a submission. Training is long enough (2 epochs, a checkpoint every 2
+# steps) that the test can scancel fold 0 after a checkpoint and see the retry resume from it.
+DEMO_SUBSET = {
+    "demo": {"dataset": "movies", "n_train": 120, "n_test": 20, "seed": 0},
+    "data": {"train": "results/demo/train.csv", "test": "results/demo/test.csv",
+             "sample_submission": "results/demo/sample_submission.csv"},
+    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "map@3"},
+    "folds": {"scheme": "stratified_group", "group_column": "movie_name", "n_folds": 2, "seed": 1},
+    "model_defaults": {"max_length": 48, "epochs": 2, "batch_size": 4, "checkpoint_every": 2,
+                       "resources": {"threads": 1}},
+    "models": {
+        "qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8,
+                  "lr": 2e-3,
+                  "resources": {"gpu": 1, "cpus_per_gpu": 1, "slurm_partition": "gpu", "mem_mb": 2000,
+                                "runtime": 15}},
+    },
+    "submissions": {"qlora_top3": {"source": "qlora", "format": "top_k", "top_k": 3,
+                                   "prediction_columns": ["category"]}},
+}
+
+
+def slurm_jobs_by_rule(work: Path) -> dict[str, list[str]]:
+    """{rule: Slurm job ids} from the plugin's per-job logs (.snakemake/slurm_logs/rule_<name>/...)."""
+    jobs: dict[str, list[str]] = {}
+    for log in (work / ".snakemake" / "slurm_logs").rglob("*.log"):
+        rule = next(part for part in log.relative_to(work).parts if part.startswith("rule_"))
+        jobs.setdefault(rule.removeprefix("rule_"), []).append(log.stem)
+    return jobs
+
+
+def test_demo_subset_runs_through_slurm_and_a_scancelled_training_job_resumes(cluster, tmp_path):
+    import yaml
+
+    work = tmp_path / "demo"
+    work.mkdir()
+    (work / "config.yaml").write_text(yaml.safe_dump(DEMO_SUBSET))
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_CONF")}
+    env.update(OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+           "--workflow-profile", str(REPO / "profiles" / "slurm"),
+           "--slurm-status-command", "squeue", "--slurm-keep-successful-logs",
+           "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
+           "--latency-wait", "5", "results/submissions/qlora_top3/submission.csv"]
+    with open(work / "snakemake.out", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    checkpoint = work / "results" / "work" / "qlora" / "fold0" / "checkpoint"
+    cancelled = None
     try:
-        cancelled = None
-        deadline = time.time() + 180
+        deadline = time.time() + 400
         while cancelled is None and time.time() < deadline and proc.poll() is None:
-            queue = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], capture_output=True, text=True).stdout
-            for line in queue.splitlines():
-                job_id, comment, state = line.strip().split("|")
-                if comment == "rule_train_wildcards_tiny" and state == "RUNNING":
-                    time.sleep(2)  # let it write its in-progress file
-                    subprocess.run(["scancel", job_id], check=True)
-                    cancelled = job_id
-            time.sleep(0.5)
-        assert cancelled is not None, "the training job never started running"
-        proc.wait(timeout=300)
+            if checkpoint.exists():
+                queue = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], capture_output=True, text=True).stdout
+                for line in queue.splitlines():
+                    job_id, comment, state = line.strip().split("|")
+                    if comment.startswith("rule_train_adapter") and "fold0" in comment and state == "RUNNING":
+                        subprocess.run(["scancel", job_id], check=True)
+                        cancelled = job_id
+            time.sleep(0.2)
+        assert cancelled is not None, "fold 0's training job was never seen running after its first checkpoint"
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
     output = (work / "snakemake.out").read_text()
     assert proc.returncode == 0, output[-4000:]
     assert job_info(cancelled)["JobState"] == "CANCELLED"
-    trained = json.loads((work / "results" / "train" / "tiny.json").read_text())
-    assert trained["attempt"] == 2 and trained["slurm_job_id"] != cancelled
-    # the declared output is the finished one; nothing half-written is left as an output
-    assert [p.name for p in (work / "results" / "train").iterdir() if not p.name.startswith(".")] == ["tiny.json"]
+
+    submission = work / "results" / "submissions" / "qlora_top3" / "submission.csv"
+    assert submission.exists() and (submission.parent / "manifest.json").exists()
+    assert "resuming from checkpoint" in (work / "results" / "logs" / "train" / "qlora" / "fold0.log").read_text()
+    adapter = work / "results" / "models" / "qlora" / "fold0"
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter"], "no half-written or temporary outputs"
+
+    # every job of the workflow went through Slurm: GPU rules on the gpu partition with a GPU, the rest on
+    # the cpu partition without one
+    jobs = slurm_jobs_by_rule(work)
+    gpu_rules = {"train_adapter", "merge_adapter", "predict_fold"}
+    assert {"train_adapter", "predict_fold", "folds", "oof", "submission"} <= set(jobs), sorted(jobs)
+    assert len(jobs["train_adapter"]) == 3  # two folds, plus fold 0's retry after the scancel
+    for rule, job_ids in jobs.items():
+        for job_id in job_ids:
+            info = job_info(job_id)
+            if rule in gpu_rules:
+                assert (info["Partition"], info.get("TresPerJob")) == ("gpu", "gres:gpu:1"), (rule, info)
+            else:
+                assert info["Partition"] == "cpu" and "gpu" not in info.get("TresPerJob", ""), (rule, info)
