@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from movies_workflow import TWO_MODELS_AND_A_SUBMISSION
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS = REPO / "containers"
@@ -146,20 +147,6 @@ fi
 exec "$@"
 """
 
-CONTAINER_WORKFLOW = {
-    "demo": {"dataset": "movies", "n_train": 90, "n_test": 20, "seed": 0},
-    "data": {"train": "results/demo/train.csv", "test": "results/demo/test.csv",
-             "sample_submission": "results/demo/sample_submission.csv"},
-    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "map@3"},
-    "folds": {"scheme": "stratified_group", "group_column": "movie_name", "n_folds": 2, "seed": 1},
-    "model_defaults": {"max_length": 32, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
-    "models": {
-        "qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8, "lr": 2e-3},
-        "full": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3},
-    },
-    "ensembles": {"pair": {"members": {"qlora": 1.0, "full": 1.2}, "method": "mean"}},
-    "submissions": {"pair_top3": {"source": "pair", "format": "top_k", "top_k": 3, "prediction_columns": ["category"]}},
-}
 # differ by design: manifests record the packages of the environment that wrote them; logs hold paths
 NOT_COMPARED = ("manifest.json", ".log")
 
@@ -168,7 +155,7 @@ def run_demo_subset(work: Path, containers: dict[str, str] | None, env: dict[str
     import yaml
 
     work.mkdir()
-    config = dict(CONTAINER_WORKFLOW, **({"container": containers} if containers else {}))
+    config = dict(TWO_MODELS_AND_A_SUBMISSION, **({"container": containers} if containers else {}))
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile")]
     if containers:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from movies_workflow import movies_config
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = "results/models/qlora/fold0/adapter"
@@ -22,16 +23,11 @@ WORK = "results/work/qlora/fold0"  # the training step's checkpoints (not a decl
 LOG = "results/logs/train/qlora/fold0.log"
 
 # 45 training rows, batch 8: 6 steps an epoch, 240 steps, a checkpoint every 10 (about 5 s of training)
-CONFIG = {
-    "demo": {"dataset": "movies", "n_train": 90, "n_test": 20, "seed": 0},
-    "data": {"train": "results/demo/train.csv", "test": "results/demo/test.csv",
-             "sample_submission": "results/demo/sample_submission.csv"},
-    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "map@3"},
-    "folds": {"scheme": "stratified_group", "group_column": "movie_name", "n_folds": 2, "seed": 1},
-    "model_defaults": {"max_length": 32, "batch_size": 8, "resources": {"threads": 1}},
-    "models": {"qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8,
-                         "lr": 2e-3, "epochs": 40, "checkpoint_every": 10, "log_every": 1}},
-}
+CONFIG = movies_config(
+    model_defaults={"max_length": 32, "batch_size": 8, "resources": {"threads": 1}},
+    models={"qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8,
+                      "lr": 2e-3, "epochs": 40, "checkpoint_every": 10, "log_every": 1}},
+)
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from movies_workflow import movies_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "slurm_workflow"
@@ -105,23 +106,15 @@ def test_jobs_run_through_slurm_gpu_rule_requests_a_gpu_and_oom_retry_gets_more_
 # A subset of the demo through the real workflow: the movies data, one QLoRA model on the GPU partition,
 # its OOF/test predictions and a submission. Training is long enough (2 epochs, a checkpoint every 2
 # steps) that the test can scancel fold 0 after a checkpoint and see the retry resume from it.
-DEMO_SUBSET = {
-    "demo": {"dataset": "movies", "n_train": 120, "n_test": 20, "seed": 0},
-    "data": {"train": "results/demo/train.csv", "test": "results/demo/test.csv",
-             "sample_submission": "results/demo/sample_submission.csv"},
-    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "map@3"},
-    "folds": {"scheme": "stratified_group", "group_column": "movie_name", "n_folds": 2, "seed": 1},
-    "model_defaults": {"max_length": 48, "epochs": 2, "batch_size": 4, "checkpoint_every": 2,
-                       "resources": {"threads": 1}},
-    "models": {
-        "qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8,
-                  "lr": 2e-3,
-                  "resources": {"gpu": 1, "cpus_per_gpu": 1, "slurm_partition": "gpu", "mem_mb": 2000,
-                                "runtime": 15}},
-    },
-    "submissions": {"qlora_top3": {"source": "qlora", "format": "top_k", "top_k": 3,
-                                   "prediction_columns": ["category"]}},
-}
+DEMO_SUBSET = movies_config(
+    n_train=120,
+    model_defaults={"max_length": 48, "epochs": 2, "batch_size": 4, "checkpoint_every": 2,
+                    "resources": {"threads": 1}},
+    models={"qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8,
+                      "lr": 2e-3, "resources": {"gpu": 1, "cpus_per_gpu": 1, "slurm_partition": "gpu",
+                                                "mem_mb": 2000, "runtime": 15}}},
+    submissions={"qlora_top3": {"source": "qlora", "format": "top_k", "top_k": 3, "prediction_columns": ["category"]}},
+)
 
 
 def slurm_jobs_by_rule(work: Path) -> dict[str, list[str]]:

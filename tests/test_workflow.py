@@ -9,25 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from movies_workflow import TWO_MODELS_AND_A_SUBMISSION
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY_CONFIG = {
-    "demo": {"dataset": "movies", "n_train": 90, "n_test": 20, "seed": 0},
-    "data": {"train": "results/demo/train.csv", "test": "results/demo/test.csv",
-             "sample_submission": "results/demo/sample_submission.csv"},
-    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "map@3"},
-    "folds": {"scheme": "stratified_group", "group_column": "movie_name", "n_folds": 2, "seed": 1},
-    "model_defaults": {"max_length": 32, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
-    "models": {
-        "qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8, "lr": 2e-3},
-        "full": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3},
-    },
-    "ensembles": {"pair": {"members": {"qlora": 1.0, "full": 1.2}, "method": "mean"}},
-    "submissions": {"pair_top3": {"source": "pair", "format": "top_k", "top_k": 3, "prediction_columns": ["category"]}},
-    "register": {"record-a": "pair_top3"},
-    "registry_dir": "records",
-}
+TINY_CONFIG = dict(TWO_MODELS_AND_A_SUBMISSION, register={"record-a": "pair_top3"}, registry_dir="records")
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
