@@ -9,6 +9,7 @@ sys.path.insert(0, workflow.basedir)
 # jobs run `python -m workflow_scripts...` from the working directory, which may be elsewhere (-d)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
+from workflow_scripts.code_version import code_digest  # rules pass it as a param: editing a step reruns it
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
 

@@ -9,6 +9,7 @@ if "demo" in config:
             test=config["data"]["test"],
             sample_submission=config["data"]["sample_submission"],
         params:
+            code=code_digest("prepare_demo"),
             dataset=config["demo"]["dataset"],
             n_train=config["demo"]["n_train"],
             n_test=config["demo"]["n_test"],
@@ -37,6 +38,7 @@ if "task" in config:
             labels=out("labels.json"),
             targets=out("targets.parquet"),
         params:
+            code=code_digest("data"),
             task=lambda wildcards: task_json(),
         log:
             out("logs/prepare_data.log"),
@@ -58,6 +60,7 @@ if "task" in config:
         output:
             out("folds.parquet"),
         params:
+            code=code_digest("folds"),
             scheme=config["folds"]["scheme"],
             n_folds=config["folds"]["n_folds"],
             seed=config["folds"]["seed"],

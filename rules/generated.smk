@@ -7,6 +7,7 @@ rule prepare_language_model:
     output:
         directory(out("lms/{lm}/base")),
     params:
+        code=code_digest("prepare_model"),
         source=lambda wildcards: LANGUAGE_MODELS[wildcards.lm]["source"],
         corpus=lambda wildcards, input: f"--corpus {input.corpus}" if input.corpus else "",
     log:
@@ -27,6 +28,7 @@ rule generate_rows:
         rows=temp(out("generated/{generator}/raw/seed{seed}.parquet")),
         report=out("generated/{generator}/raw/seed{seed}.json"),
     params:
+        code=code_digest("generate"),
         options=generator_options,
     threads: lambda wildcards: GENERATORS[wildcards.generator].get("resources", {}).get("threads", 2)
     resources:
@@ -51,6 +53,7 @@ rule deduplicate_rows:
         rows=out("generated/{generator}/seed{seed}.parquet"),
         report=out("generated/{generator}/seed{seed}.dedup.json"),
     params:
+        code=code_digest("dedup"),
         columns=lambda wildcards: GENERATORS[wildcards.generator].get("dedup_columns", ["text"]),
         threshold=lambda wildcards: GENERATORS[wildcards.generator].get("near_duplicate_threshold", 0.8),
     log:
@@ -73,6 +76,7 @@ rule teacher_predictions:
     output:
         temp(out("predictions/{model}/{split}/on-{dataset}.parquet")),
     params:
+        code=code_digest("predict"),
         fold=lambda wildcards: wildcards.split[len("fold"):],
         base=base_model_path,
         model_config=model_json,
@@ -103,6 +107,7 @@ rule soft_labels:
         rows=out("soft_labels/{teacher}/{dataset}.parquet"),
         summary=out("soft_labels/{teacher}/{dataset}.json"),
     params:
+        code=code_digest("soft_labels"),
         temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
     log:
         out("logs/soft_labels/{teacher}/{dataset}.log"),
@@ -128,6 +133,7 @@ rule label_correction:
         report=out("label_correction/{model}.changes.csv"),
         summary=out("label_correction/{model}.json"),
     params:
+        code=code_digest("label_correction"),
         top_percent=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("top_percent", 5),
         action=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("action", "relabel"),
     log:
@@ -147,6 +153,7 @@ rule math_problems:
     output:
         answer_problems_file() if answer_problems_file().endswith("math_problems.parquet") else out("data/math_problems.parquet"),
     params:
+        code=code_digest("math_demo"),
         n=lambda wildcards: ANSWERS.get("n_problems", 40),
         seed=lambda wildcards: ANSWERS.get("seed", 0),
     log:
@@ -162,6 +169,7 @@ rule answers:
     output:
         out("answers/{lm}/{prompt}.parquet"),
     params:
+        code=code_digest("answers"),
         options=answer_options,
     threads: 2
     resources:
@@ -185,6 +193,7 @@ rule votes:
         votes=out("votes/{vote}/votes.parquet"),
         score=out("votes/{vote}/score.json"),
     params:
+        code=code_digest("voting"),
         strategies=lambda wildcards: " ".join(
             ["--strategies"] + VOTES[wildcards.vote]["strategies"] if VOTES[wildcards.vote].get("strategies") else []
         ),

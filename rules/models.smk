@@ -7,6 +7,7 @@ rule prepare_model:
     output:
         directory(out("models/{model}/base")),
     params:
+        code=code_digest("prepare_model"),
         source=lambda wildcards: MODELS[wildcards.model]["source"],
         seed=lambda wildcards: MODELS[wildcards.model]["seed"],
     log:
@@ -28,6 +29,7 @@ rule train_adapter:
     wildcard_constraints:
         model=names_pattern(LORA_MODELS),
     params:
+        code=code_digest("train"),
         **train_params,
     threads: model_threads
     # on Slurm the retry is a new job (so it gets the larger mem_mb), not a retry inside the job
@@ -53,6 +55,7 @@ rule train_full_model:
     wildcard_constraints:
         model=names_pattern(FULL_MODELS),
     params:
+        code=code_digest("train"),
         **train_params,
     threads: model_threads
     # on Slurm the retry is a new job (so it gets the larger mem_mb), not a retry inside the job
@@ -78,6 +81,7 @@ rule merge_adapter:
     output:
         directory(out("models/{model}/{split}/merged")),
     params:
+        code=code_digest("merge"),
         base=base_model_path,
         model_config=model_json,
     resources:

@@ -13,6 +13,7 @@ rule predict_fold:
         valid=out("predictions/{model}/{split}/valid.parquet"),
         test=out("predictions/{model}/{split}/test.parquet"),
     params:
+        code=code_digest("predict"),
         fold=lambda wildcards: "full" if wildcards.split == "full" else wildcards.split[len("fold"):],
         base=base_model_path,
         model_config=model_json,
@@ -43,6 +44,7 @@ rule oof:
         test=out("test/{model}.parquet"),
         scores=out("scores/{model}.json"),
     params:
+        code=code_digest("oof"),
         metric=config.get("task", {}).get("metric", "accuracy"),
     log:
         out("logs/oof/{model}.log"),

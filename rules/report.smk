@@ -7,6 +7,8 @@ rule plot_cv_folds:
     output:
         report(out("plots/cv_folds.png"), caption="../report/cv_folds.rst", category="1. Models",
                labels={"figure": "CV per fold"}),
+    params:
+        code=code_digest("plots"),
     log:
         out("logs/plots/cv_folds.log"),
     conda:
@@ -23,6 +25,8 @@ rule plot_ensembles:
     output:
         report(out("plots/ensembles.png"), caption="../report/ensembles.rst", category="2. Ensembles",
                labels={"figure": "in-sample vs out-of-sample"}),
+    params:
+        code=code_digest("plots"),
     log:
         out("logs/plots/ensembles.log"),
     conda:
@@ -40,6 +44,8 @@ rule plot_thresholds:
     output:
         report(out("plots/thresholds/{source}.png"), caption="../report/thresholds.rst",
                category="3. Thresholds", labels={"source": "{source}", "figure": "F1 vs threshold"}),
+    params:
+        code=code_digest("plots"),
     log:
         out("logs/plots/thresholds/{source}.log"),
     conda:
@@ -57,6 +63,8 @@ rule plot_cv_lb:
     output:
         report(out("plots/cv_lb.png"), caption="../report/cv_lb.rst", category="4. Leaderboard",
                labels={"figure": "CV vs LB"}),
+    params:
+        code=code_digest("plots"),
     log:
         out("logs/plots/cv_lb.log"),
     conda:
@@ -73,6 +81,8 @@ rule leaderboard_html:
     output:
         report(out("plots/leaderboard.html"), caption="../report/leaderboard.rst", category="4. Leaderboard",
                labels={"figure": "table"}),
+    params:
+        code=code_digest("plots"),
     log:
         out("logs/plots/leaderboard_html.log"),
     conda:

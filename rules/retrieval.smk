@@ -11,6 +11,7 @@ rule retrieval_data:
         corpus=out("retrieval/{pipeline}/data/corpus.parquet"),
         test_queries=out("retrieval/{pipeline}/data/test_queries.parquet"),
     params:
+        code=code_digest("retrieval_data"),
         options=retrieval_data_options,
     log:
         out("logs/retrieval/{pipeline}/data.log"),
@@ -29,6 +30,7 @@ rule retrieval_folds:
     output:
         out("retrieval/{pipeline}/folds.parquet"),
     params:
+        code=code_digest("folds"),
         n_folds=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("n_folds", 5),
         seed=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("seed", 42),
     log:
@@ -42,6 +44,7 @@ rule retrieval_base_model:
     output:
         directory(out("retrieval/{pipeline}/base/{base}")),
     params:
+        code=code_digest("prepare_model"),
         source=lambda wildcards: RETRIEVAL[wildcards.pipeline]["models"][wildcards.base],
     log:
         out("logs/retrieval/{pipeline}/base/{base}.log"),
@@ -55,6 +58,7 @@ rule mine_negatives:
     output:
         out("retrieval/{pipeline}/iter{iter}/{purpose}mined.jsonl"),
     params:
+        code=code_digest("mining"),
         options=mining_options,
     threads: 2
     resources:
@@ -77,6 +81,7 @@ rule teacher_scores:
     output:
         out("retrieval/{pipeline}/iter{iter}/{purpose}scored.jsonl"),
     params:
+        code=code_digest("teacher_scores"),
         options=lambda wildcards: reranker_inference_options(wildcards.pipeline),
     threads: 2
     resources:
@@ -98,6 +103,7 @@ rule finetune_retriever:
     output:
         directory(out("retrieval/{pipeline}/iter{iter}/{role}")),
     params:
+        code=code_digest("retrieval_finetune"),
         options=finetune_options,
     threads: 2
     resources:
@@ -126,6 +132,7 @@ rule evaluate_retrieval:
         score=out("retrieval/{pipeline}/iter{iter}/score.json"),
         test=out("retrieval/{pipeline}/iter{iter}/test.parquet"),
     params:
+        code=code_digest("retrieval_eval"),
         options=evaluation_options,
     threads: 2
     resources:
@@ -155,6 +162,7 @@ rule retrieval_submission:
     wildcard_constraints:
         pipeline=names_pattern(config.get("retrieval") or {}),
     params:
+        code=code_digest("retrieval_submission"),
         config_slice=lambda wildcards: json.dumps({"retrieval": RETRIEVAL[wildcards.pipeline]}, sort_keys=True),
         id_column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("id_column", "id"),
         column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("prediction_column", "ranked_ids"),

@@ -10,6 +10,7 @@ rule ensemble:
         weights=out("ensembles/{ensemble}/weights.json"),
         score=out("ensembles/{ensemble}/score.json"),
     params:
+        code=code_digest("ensemble"),
         names=lambda wildcards: ensemble_members(wildcards.ensemble),
         weights=lambda wildcards: ensemble_weights(wildcards.ensemble),
         method=lambda wildcards: ENSEMBLES[wildcards.ensemble].get("method", "mean"),
@@ -41,6 +42,7 @@ rule thresholds:
         thresholds=out("thresholds/{source}.json"),
         curves=out("thresholds/{source}.curves.parquet"),
     params:
+        code=code_digest("thresholds"),
         options=threshold_options,
         metric=config.get("task", {}).get("metric", "macro_f1"),
     log:
@@ -62,6 +64,7 @@ rule submission:
         csv=out("submissions/{submission}/submission.csv"),
         manifest=out("submissions/{submission}/manifest.json"),
     params:
+        code=code_digest("submission"),
         options=submission_options,
     log:
         out("logs/submissions/{submission}.log"),
@@ -84,6 +87,7 @@ rule register_submission:
     wildcard_constraints:
         # records frozen earlier (or by hand) that config no longer lists are inputs, never rebuilt
         record=names_pattern(REGISTER),
+    # no `code` param, unlike every other rule: a frozen record is never rewritten by a code change
     params:
         submission=lambda wildcards: REGISTER[wildcards.record],
         config=lambda wildcards: json.dumps(config, sort_keys=True, default=str),
@@ -100,6 +104,7 @@ rule verify_submission:
     output:
         out("verify/{record}.ok"),
     params:
+        code=code_digest("registry"),
         scratch=lambda wildcards: out(f"verify/{wildcards.record}.scratch"),
         snakefile=workflow.main_snakefile,
     threads: verify_threads
@@ -117,6 +122,7 @@ rule leaderboard:
         csv=out("leaderboard.csv"),
         md=out("leaderboard.md"),
     params:
+        code=code_digest("leaderboard"),
         lb=lambda wildcards, input: f"--lb-scores {input.lb}" if "lb" in input.keys() else "",
     log:
         out("logs/leaderboard.log"),
