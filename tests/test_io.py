@@ -84,3 +84,33 @@ def test_only_temporaries_of_dead_processes_on_this_host_are_removed(tmp_path):
         live.wait()
     assert removed == [siblings["dead"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for k, p in siblings.items() if k != "dead")
+
+
+def test_a_durable_write_flushes_every_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def recording_fsync(descriptor):
+        synced.append((Path(os.readlink(f"/proc/self/fd/{descriptor}")), len(renamed)))
+        real_fsync(descriptor)
+
+    def recording_replace(source, destination):
+        renamed.append(Path(destination))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    target = tmp_path / "checkpoint"
+    with atomic_path(target, durable=True) as tmp:
+        (tmp / "sub").mkdir(parents=True)
+        (tmp / "weights.safetensors").write_bytes(b"w" * 10)
+        (tmp / "sub" / "state.json").write_text("{}")
+    before_rename = {path.name for path, renames in synced if renames == 0}
+    assert before_rename == {"checkpoint", "sub", "weights.safetensors", "state.json"}
+    assert (tmp_path, 1) in synced  # the parent folder, after the rename
+    assert renamed == [target] and (target / "sub" / "state.json").read_text() == "{}"
+
+    synced.clear()
+    with atomic_path(tmp_path / "plain.json") as tmp:
+        tmp.write_text("{}")
+    assert synced == []  # only durable writes pay for fsync

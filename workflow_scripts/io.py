@@ -16,12 +16,14 @@ from workflow_scripts.errors import OoflineError
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `target` only if the block finishes.
 
     Works for files and directories, so an output exists only when its step finished. The temporary
     folder `.{name}.{host}.{pid}.{random}` names its owner, so one left by a killed process is removed
-    by the next atomic write of the same target.
+    by the next atomic write of the same target. durable: flush every written file to disk before the
+    rename and the rename itself after it, so a power loss (not only a kill) never leaves a renamed but
+    empty file (checkpoints, trained models).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,12 +33,32 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = tmp_dir / target.name
     try:
         yield tmp_path
+        if durable:
+            sync_tree(tmp_path)
         if target.exists() and (target.is_dir() or tmp_path.is_dir()):
             # move the old version aside in one rename (never a half-deleted target); it goes with tmp_dir
             os.replace(target, tmp_dir / f"{target.name}.old")
         os.replace(tmp_path, target)
+        if durable:
+            _sync(target.parent)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def sync_tree(path: Path) -> None:
+    """fsync a file, or every file and folder under a folder (the folder itself included)."""
+    if path.is_dir():
+        for child in path.rglob("*"):
+            _sync(child)
+    _sync(path)
+
+
+def _sync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _temporary_prefix(target: Path) -> str:
