@@ -117,3 +117,31 @@ def test_snakemake_retries_an_oom_with_the_next_attempts_plan(tmp_path):
     assert (trained["attempt"], trained["micro_batch_size"], trained["grad_accum_steps"], trained["mem_mb"]) == (
         2, 4, 2, 750)
     assert trained["cuda_visible_devices"] == "0"
+
+
+@pytest.mark.slow
+def test_real_training_retries_an_oom_with_half_the_micro_batch(tmp_path):
+    """The real train rule: attempt 1 runs out of memory (injected) and exits 75; Snakemake retries it, and
+    attempt 2 trains with half the micro-batch and twice the accumulation, then clears its OOM record."""
+    import yaml
+    from movies_workflow import movies_config
+
+    config = movies_config(
+        model_defaults={"max_length": 32, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
+        models={"qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4,
+                          "alpha": 8, "lr": 2e-3}},
+    )
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    env.update(OOFLINE_INJECT_OOM="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "1",
+         "results/models/qlora/fold0/adapter"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "returned non-zero exit status 75" in result.stderr
+    summary = json.loads((tmp_path / "results" / "models" / "qlora" / "fold0" / "adapter" / "training.json")
+                         .read_text())["summary"]
+    assert (summary["attempt"], summary["micro_batch"], summary["grad_accum"]) == (2, 4, 2)
+    assert not (tmp_path / "results" / "work" / "qlora" / "fold0").exists()

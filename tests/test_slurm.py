@@ -165,7 +165,10 @@ def test_demo_subset_runs_through_slurm_and_a_scancelled_training_job_resumes(cl
 
     submission = work / "results" / "submissions" / "qlora_top3" / "submission.csv"
     assert submission.exists() and (submission.parent / "manifest.json").exists()
-    assert "resuming from checkpoint" in (work / "results" / "logs" / "train" / "qlora" / "fold0.log").read_text()
+    retry_log = (work / "results" / "logs" / "train" / "qlora" / "fold0.log").read_text()
+    assert "resuming from checkpoint" in retry_log
+    # a cancelled job did not run out of memory: its retry keeps the micro-batch (4 rows, no accumulation)
+    assert re.search(r'"attempt": 2, .*"grad_accum": 1, "micro_batch": 4', retry_log), retry_log[-2000:]
     adapter = work / "results" / "models" / "qlora" / "fold0"
     assert sorted(p.name for p in adapter.iterdir()) == ["adapter"], "no half-written or temporary outputs"
 

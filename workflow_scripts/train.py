@@ -19,19 +19,42 @@ import numpy as np
 import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.io import atomic_path, read_table
+from workflow_scripts.io import atomic_path, read_table, write_json
 from workflow_scripts.labels import LabelSpec
 
 LORA_KINDS = ("decoder_lora", "encoder_lora")
 OFFICIAL = "official"
 
 
-def effective_batching(model_config: dict[str, Any], attempt: int) -> tuple[int, int]:
-    """Micro-batch and gradient accumulation for a retry: halve the micro-batch, double accumulation."""
+def effective_batching(model_config: dict[str, Any], out_of_memory_retries: int) -> tuple[int, int]:
+    """Micro-batch and gradient accumulation after that many out-of-memory failures: each halves the
+    micro-batch and doubles accumulation."""
     from workflow_scripts.oom import retry_plan
 
-    plan = retry_plan(attempt, int(model_config["batch_size"]), int(model_config.get("grad_accum", 1)), 1)
+    plan = retry_plan(1 + out_of_memory_retries, int(model_config["batch_size"]),
+                      int(model_config.get("grad_accum", 1)), 1)
     return plan.micro_batch_size, plan.grad_accum_steps
+
+
+# The attempts that ran out of memory, kept beside the checkpoint until training finishes: each one halves
+# the micro-batch of every later attempt (in this or a later Snakemake run); a retry after anything else
+# (scancel, preemption, a host OOM-kill, which mem_mb growth answers) keeps the micro-batch.
+OOM_RECORD = "out_of_memory.json"
+
+
+def recorded_out_of_memory(work_dir: str | Path, key: str) -> list[int]:
+    """Attempts recorded as out of memory for this configuration (`key`); none for another one."""
+    path = Path(work_dir) / OOM_RECORD
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    return list(record["attempts"]) if record.get("key") == key else []
+
+
+def record_out_of_memory(work_dir: str | Path, key: str, attempt: int) -> None:
+    attempts = [*recorded_out_of_memory(work_dir, key), attempt]
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    write_json({"key": key, "attempts": attempts}, Path(work_dir) / OOM_RECORD)
 
 
 def training_rows(folds: pl.DataFrame, fold: str) -> set[str]:
@@ -93,7 +116,7 @@ class Checkpointer:
         import torch
         from safetensors.torch import save_file
 
-        with atomic_path(self.directory) as tmp:
+        with atomic_path(self.directory, durable=True) as tmp:
             tmp.mkdir()
             trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
             save_file(trainable, str(tmp / "trainable.safetensors"))
@@ -125,8 +148,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, scheduler: str) ->
 def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_ids: set[str],
                 model_config: dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
                 extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
-                checkpoint_every: int = 50, stop_after_steps: int | None = None) -> dict[str, Any]:
+                checkpoint_every: int = 50, stop_after_steps: int | None = None,
+                out_of_memory_retries: int | None = None) -> dict[str, Any]:
     """Train and save a model; returns a summary. targets: (n_rows, n_columns) aligned with `train`.
+
+    out_of_memory_retries: earlier attempts that ran out of memory (default attempt - 1); each halves
+    the micro-batch.
 
     extra_sets: name -> frame with `id`, `text` and the probability columns as (soft) targets, used by
     stages that list the name in their `data`.
@@ -142,7 +169,9 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     torch.manual_seed(seed)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    micro_batch, grad_accum = effective_batching(model_config, attempt)
+    if out_of_memory_retries is None:
+        out_of_memory_retries = attempt - 1
+    micro_batch, grad_accum = effective_batching(model_config, out_of_memory_retries)
     max_length = int(model_config.get("max_length", 256))
     trust = bool(model_config.get("trust_remote_code", False))
 
@@ -259,7 +288,7 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     }
     # wall time goes to the log only: training.json is hashed into manifests and must rebuild identically
     print(f"trained in {time.time() - started:.1f} s", flush=True)
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, durable=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         normalise_adapter_config(tmp / "adapter_config.json")
@@ -320,10 +349,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     for item in args.extra:
         name, _, path = item.partition("=")
         extra_sets[name] = read_table(path)
-    summary = train_model(train, targets_frame.select(spec.probability_columns).to_numpy().astype(np.float32), spec,
-                          training_rows(folds, args.fold), model_config, args.base, args.out, args.work_dir,
-                          extra_sets, attempt=args.attempt,
-                          checkpoint_every=int(model_config.get("checkpoint_every", 50)))
+    from workflow_scripts.oom import is_out_of_memory
+
+    oom_key = config_fingerprint({"config": model_config, "fold": args.fold})
+    try:
+        summary = train_model(
+            train, targets_frame.select(spec.probability_columns).to_numpy().astype(np.float32), spec,
+            training_rows(folds, args.fold), model_config, args.base, args.out, args.work_dir, extra_sets,
+            attempt=args.attempt, checkpoint_every=int(model_config.get("checkpoint_every", 50)),
+            out_of_memory_retries=len(recorded_out_of_memory(args.work_dir, oom_key)),
+        )
+    except BaseException as error:  # noqa: BLE001 - recorded for the retry, then re-raised
+        if is_out_of_memory(error):
+            record_out_of_memory(args.work_dir, oom_key, args.attempt)
+        raise
     print(f"finished: {json.dumps(summary, sort_keys=True)}", flush=True)
 
 
