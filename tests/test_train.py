@@ -64,7 +64,7 @@ def test_a_retry_with_a_smaller_micro_batch_resumes_the_same_checkpoint(tmp_path
                 checkpoint_every=4, stop_after_steps=9)
     capsys.readouterr()
     summary = train_model(train, targets, spec, rows, config, str(tiny_llama_dir), retried, tmp_path / "work_b",
-                          attempt=2, checkpoint_every=4)
+                          attempt=2, out_of_memory_retries=1, checkpoint_every=4)
     assert "resuming from checkpoint at stage 0 epoch 1 batch 0 (step 8)" in capsys.readouterr().out
     assert (summary["steps"], summary["micro_batch"], summary["grad_accum"]) == (16, 4, 2)
     first, second = adapter_weights(reference), adapter_weights(retried)

@@ -149,11 +149,11 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
                 model_config: dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
                 extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
                 checkpoint_every: int = 50, stop_after_steps: int | None = None,
-                out_of_memory_retries: int | None = None) -> dict[str, Any]:
+                out_of_memory_retries: int = 0) -> dict[str, Any]:
     """Train and save a model; returns a summary. targets: (n_rows, n_columns) aligned with `train`.
 
-    out_of_memory_retries: earlier attempts that ran out of memory (default attempt - 1); each halves
-    the micro-batch.
+    out_of_memory_retries: earlier attempts that ran out of memory; each halves the micro-batch
+    (`attempt` itself only goes into the summary and the OOM injection used by tests).
 
     extra_sets: name -> frame with `id`, `text` and the probability columns as (soft) targets, used by
     stages that list the name in their `data`.
@@ -169,8 +169,6 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     torch.manual_seed(seed)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    if out_of_memory_retries is None:
-        out_of_memory_retries = attempt - 1
     micro_batch, grad_accum = effective_batching(model_config, out_of_memory_retries)
     max_length = int(model_config.get("max_length", 256))
     trust = bool(model_config.get("trust_remote_code", False))
