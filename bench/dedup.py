@@ -7,7 +7,7 @@ import random
 import sys
 import time
 
-from workflow_scripts.dedup import deduplicate, jaccard, shingles, text_hash
+from workflow_scripts.generated.dedup import deduplicate, jaccard, shingles, text_hash
 
 # a 3,000-word vocabulary with a Zipf-like draw, so unrelated texts share few 5-shingles (as real narratives do)
 _rng = random.Random(1)

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_scripts import gpu_devices  # noqa: E402
+from workflow_scripts.execution import gpu_devices  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str], runs: int) -> float:
@@ -37,7 +37,7 @@ def main() -> None:
         env.update(PYTHONPATH=str(REPO), OOFLINE_GPU_DEVICES="0,1,2,3", OOFLINE_GPU_LOCK_DIR=lock_dir)
         step = [sys.executable, "-c", "import os; os.environ.get('CUDA_VISIBLE_DEVICES')"]
         direct = timed(step, env, args.runs)
-        wrapped = timed([sys.executable, "-m", "workflow_scripts.gpu_devices", "--gpus", "1", "--", *step],
+        wrapped = timed([sys.executable, "-m", "workflow_scripts.execution.gpu_devices", "--gpus", "1", "--", *step],
                         env, args.runs)
         # in-process: lock + unlock one of 4 devices, against opening and closing the same file
         n = 2000

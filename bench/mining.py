@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow_scripts.mining import mine_hard_negatives, top_k_inner_product, training_rows, write_jsonl  # noqa: E402
+from workflow_scripts.retrieval.mining import mine_hard_negatives, top_k_inner_product, training_rows, write_jsonl  # noqa: E402
 
 
 def hn_mine_baseline(query_vecs, passage_vecs, positives, lo, hi, negative_number, seed):

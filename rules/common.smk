@@ -9,7 +9,7 @@ sys.path.insert(0, workflow.basedir)
 # jobs run `python -m workflow_scripts...` from the working directory, which may be elsewhere (-d)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
-from workflow_scripts.code_version import code_digest  # rules pass it as a param: editing a step reruns it
+from workflow_scripts.execution.code_version import code_digest  # rules pass it as a param: editing a step reruns it
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
 
@@ -172,7 +172,7 @@ def step_resources(settings_of, mem_mb=None, runtime=None):
         def resource(wildcards, attempt=1):
             value = settings_of(wildcards).get(key, default)
             if key == "mem_mb" and value is not None:
-                from workflow_scripts.oom import mem_mb_for_attempt
+                from workflow_scripts.execution.oom import mem_mb_for_attempt
 
                 return mem_mb_for_attempt(int(value), attempt)
             return value
@@ -230,7 +230,7 @@ train_params = dict(
 
 # GPU steps go through the allocator: each job gets its own free GPUs (CUDA_VISIBLE_DEVICES); under
 # Slurm it leaves the scheduler's assignment alone.
-ON_GPUS = "{PY}.gpu_devices --gpus {resources.gpu} -- python -m workflow_scripts"
+ON_GPUS = "{PY}.execution.gpu_devices --gpus {resources.gpu} -- python -m workflow_scripts"
 
 TRAIN_COMMAND = (
     ON_GPUS + ".train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"

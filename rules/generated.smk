@@ -28,7 +28,7 @@ rule generate_rows:
         rows=temp(out("generated/{generator}/raw/seed{seed}.parquet")),
         report=out("generated/{generator}/raw/seed{seed}.json"),
     params:
-        code=code_digest("generate"),
+        code=code_digest("generated.generate"),
         options=generator_options,
     threads: lambda wildcards: GENERATORS[wildcards.generator].get("resources", {}).get("threads", 2)
     resources:
@@ -40,7 +40,7 @@ rule generate_rows:
     container:
         TRAIN_CONTAINER
     shell:
-        ON_GPUS + ".generate --model {input.model:q} --train {input.train:q} --generator {wildcards.generator}"
+        ON_GPUS + ".generated.generate --model {input.model:q} --train {input.train:q} --generator {wildcards.generator}"
         " --seed {wildcards.seed} {params.options} --threads {threads}"
         " --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
 
@@ -53,7 +53,7 @@ rule deduplicate_rows:
         rows=out("generated/{generator}/seed{seed}.parquet"),
         report=out("generated/{generator}/seed{seed}.dedup.json"),
     params:
-        code=code_digest("dedup"),
+        code=code_digest("generated.dedup"),
         columns=lambda wildcards: GENERATORS[wildcards.generator].get("dedup_columns", ["text"]),
         threshold=lambda wildcards: GENERATORS[wildcards.generator].get("near_duplicate_threshold", 0.8),
     log:
@@ -63,7 +63,7 @@ rule deduplicate_rows:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.dedup --generated {input.rows:q} --reference {input.train:q} --text-columns {params.columns:q}"
+        "{PY}.generated.dedup --generated {input.rows:q} --reference {input.train:q} --text-columns {params.columns:q}"
         " --threshold {params.threshold} --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
 
 
@@ -107,7 +107,7 @@ rule soft_labels:
         rows=out("soft_labels/{teacher}/{dataset}.parquet"),
         summary=out("soft_labels/{teacher}/{dataset}.json"),
     params:
-        code=code_digest("soft_labels"),
+        code=code_digest("generated.soft_labels"),
         temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
     log:
         out("logs/soft_labels/{teacher}/{dataset}.log"),
@@ -116,7 +116,7 @@ rule soft_labels:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
+        "{PY}.generated.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
         " --text-columns text --temperature {params.temperature} --output {output.rows:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"
 
@@ -133,7 +133,7 @@ rule label_correction:
         report=out("label_correction/{model}.changes.csv"),
         summary=out("label_correction/{model}.json"),
     params:
-        code=code_digest("label_correction"),
+        code=code_digest("generated.label_correction"),
         top_percent=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("top_percent", 5),
         action=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("action", "relabel"),
     log:
@@ -143,7 +143,7 @@ rule label_correction:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.label_correction --train {input.train:q} --oof {input.oof:q} --label-spec {input.labels:q}"
+        "{PY}.generated.label_correction --train {input.train:q} --oof {input.oof:q} --label-spec {input.labels:q}"
         " --targets {input.targets:q} --top-percent {params.top_percent} --action {params.action:q}"
         " --output {output.train:q} --targets-output {output.targets:q} --report {output.report:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"
@@ -153,13 +153,13 @@ rule math_problems:
     output:
         answer_problems_file() if answer_problems_file().endswith("math_problems.parquet") else out("data/math_problems.parquet"),
     params:
-        code=code_digest("math_demo"),
+        code=code_digest("generated.math_demo"),
         n=lambda wildcards: ANSWERS.get("n_problems", 40),
         seed=lambda wildcards: ANSWERS.get("seed", 0),
     log:
         out("logs/math_problems.log"),
     shell:
-        "{PY}.math_demo --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
+        "{PY}.generated.math_demo --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
 
 
 rule answers:
@@ -169,7 +169,7 @@ rule answers:
     output:
         out("answers/{lm}/{prompt}.parquet"),
     params:
-        code=code_digest("answers"),
+        code=code_digest("generated.answers"),
         options=answer_options,
     threads: 2
     resources:
@@ -181,7 +181,7 @@ rule answers:
     container:
         TRAIN_CONTAINER
     shell:
-        ON_GPUS + ".answers --model {input.model:q} --problems {input.problems:q} --prompt-name {wildcards.prompt}"
+        ON_GPUS + ".generated.answers --model {input.model:q} --problems {input.problems:q} --prompt-name {wildcards.prompt}"
         " {params.options} --threads {threads} --output {output:q} > {log:q} 2>&1"
 
 
@@ -193,7 +193,7 @@ rule votes:
         votes=out("votes/{vote}/votes.parquet"),
         score=out("votes/{vote}/score.json"),
     params:
-        code=code_digest("voting"),
+        code=code_digest("generated.voting"),
         strategies=lambda wildcards: " ".join(
             ["--strategies"] + VOTES[wildcards.vote]["strategies"] if VOTES[wildcards.vote].get("strategies") else []
         ),
@@ -205,5 +205,5 @@ rule votes:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.voting --answers {input.answers:q} --dev {input.dev:q} {params.strategies}"
+        "{PY}.generated.voting --answers {input.answers:q} --dev {input.dev:q} {params.strategies}"
         " --fallback {params.fallback:q} --votes {output.votes:q} --score {output.score:q} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ rule retrieval_data:
         corpus=out("retrieval/{pipeline}/data/corpus.parquet"),
         test_queries=out("retrieval/{pipeline}/data/test_queries.parquet"),
     params:
-        code=code_digest("retrieval_data"),
+        code=code_digest("retrieval.data"),
         options=retrieval_data_options,
     log:
         out("logs/retrieval/{pipeline}/data.log"),
@@ -20,7 +20,7 @@ rule retrieval_data:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.retrieval_data {params.options} --out-queries {output.queries:q} --out-corpus {output.corpus:q}"
+        "{PY}.retrieval.data {params.options} --out-queries {output.queries:q} --out-corpus {output.corpus:q}"
         " --out-test-queries {output.test_queries:q} > {log:q} 2>&1"
 
 
@@ -58,7 +58,7 @@ rule mine_negatives:
     output:
         out("retrieval/{pipeline}/iter{iter}/{purpose}mined.jsonl"),
     params:
-        code=code_digest("mining"),
+        code=code_digest("retrieval.mining"),
         options=mining_options,
     threads: 2
     resources:
@@ -70,7 +70,7 @@ rule mine_negatives:
     container:
         TRAIN_CONTAINER
     shell:
-        ON_GPUS + ".mining --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
+        ON_GPUS + ".retrieval.mining --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
         " --embedder {input.embedder:q} {params.options} --output {output:q} > {log:q} 2>&1"
 
 
@@ -81,7 +81,7 @@ rule teacher_scores:
     output:
         out("retrieval/{pipeline}/iter{iter}/{purpose}scored.jsonl"),
     params:
-        code=code_digest("teacher_scores"),
+        code=code_digest("retrieval.teacher_scores"),
         options=lambda wildcards: reranker_inference_options(wildcards.pipeline),
     threads: 2
     resources:
@@ -93,7 +93,7 @@ rule teacher_scores:
     container:
         TRAIN_CONTAINER
     shell:
-        ON_GPUS + ".teacher_scores --input {input.mined:q} --output {output:q}"
+        ON_GPUS + ".retrieval.teacher_scores --input {input.mined:q} --output {output:q}"
         " --reranker {input.reranker:q}/merged {params.options} > {log:q} 2>&1"
 
 
@@ -103,7 +103,7 @@ rule finetune_retriever:
     output:
         directory(out("retrieval/{pipeline}/iter{iter}/{role}")),
     params:
-        code=code_digest("retrieval_finetune"),
+        code=code_digest("retrieval.finetune"),
         options=finetune_options,
     threads: 2
     resources:
@@ -115,7 +115,7 @@ rule finetune_retriever:
     container:
         TRAIN_CONTAINER
     shell:
-        ON_GPUS + ".retrieval_finetune --kind {wildcards.role} --base-model {input.base:q}"
+        ON_GPUS + ".retrieval.finetune --kind {wildcards.role} --base-model {input.base:q}"
         " --train-data {input.data:q} {params.options} --output-dir {output:q} > {log:q} 2>&1"
 
 
@@ -132,7 +132,7 @@ rule evaluate_retrieval:
         score=out("retrieval/{pipeline}/iter{iter}/score.json"),
         test=out("retrieval/{pipeline}/iter{iter}/test.parquet"),
     params:
-        code=code_digest("retrieval_eval"),
+        code=code_digest("retrieval.eval"),
         options=evaluation_options,
     threads: 2
     resources:
@@ -144,7 +144,7 @@ rule evaluate_retrieval:
     container:
         TRAIN_CONTAINER
     shell:
-        ON_GPUS + ".retrieval_eval --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
+        ON_GPUS + ".retrieval.eval --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
         " --embedders {input.embedder:q}/merged --rerankers {input.reranker:q}/merged {params.options}"
         " --test-queries {input.test_queries:q} --oof-out {output.oof:q} --score-out {output.score:q}"
         " --test-out {output.test:q} > {log:q} 2>&1"
@@ -162,14 +162,14 @@ rule retrieval_submission:
     wildcard_constraints:
         pipeline=names_pattern(config.get("retrieval") or {}),
     params:
-        code=code_digest("retrieval_submission"),
+        code=code_digest("retrieval.submission"),
         config_slice=lambda wildcards: json.dumps({"retrieval": RETRIEVAL[wildcards.pipeline]}, sort_keys=True),
         id_column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("id_column", "id"),
         column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("prediction_column", "ranked_ids"),
     log:
         out("logs/retrieval/{pipeline}/submission.log"),
     shell:
-        "{PY}.retrieval_submission --name {wildcards.pipeline} --test {input.test:q} --id-column {params.id_column:q}"
+        "{PY}.retrieval.submission --name {wildcards.pipeline} --test {input.test:q} --id-column {params.id_column:q}"
         " --prediction-column {params.column:q} --config-slice {params.config_slice:q} --inputs {input.data:q}"
         " --artifacts {input.artifacts:q} --scores {input.score:q} --out {output.csv:q}"
         " --manifest-out {output.manifest:q} > {log:q} 2>&1"

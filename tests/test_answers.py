@@ -4,10 +4,10 @@ import polars as pl
 import pytest
 import torch
 
-from workflow_scripts.answers import answer_confidence, extract_answer, main
+from workflow_scripts.generated.answers import answer_confidence, extract_answer, main
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.generate import Completion, load_causal_lm, sample_completions
-from workflow_scripts.math_demo import make_problems
+from workflow_scripts.generated.generate import Completion, load_causal_lm, sample_completions
+from workflow_scripts.generated.math_demo import make_problems
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from movies_workflow import movies_config
 
-from workflow_scripts.code_version import code_digest, module_closure
+from workflow_scripts.execution.code_version import code_digest, module_closure
 from workflow_scripts.errors import OoflineError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,12 +27,34 @@ def package(tmp_path):
                                    "    from .oom import retry  # imported where it is used\n")
     (root / "oom.py").write_text("retry = 2\n")
     (root / "plots.py").write_text("import workflow_scripts.io\n")
+    sub = root / "retrieval"
+    sub.mkdir()
+    (sub / "__init__.py").write_text("")
+    (sub / "data.py").write_text("from ..labels import x\n")
+    (sub / "mining.py").write_text("from . import data\nfrom workflow_scripts.retrieval.models import load\n")
+    (sub / "models.py").write_text("import workflow_scripts.io\n")
+    (root / "eval.py").write_text("from workflow_scripts.retrieval import mining\n")
     return root
 
 
 def test_closure_follows_absolute_relative_and_function_level_imports(package):
     assert module_closure("folds", package) == ["folds", "io", "labels", "oom"]
     assert module_closure("plots", package) == ["io", "plots"]
+
+
+def test_closure_follows_imports_into_and_out_of_subpackages(package):
+    assert module_closure("retrieval.mining", package) == [
+        "io", "labels", "retrieval", "retrieval.data", "retrieval.mining", "retrieval.models"]
+    assert module_closure("eval", package) == [
+        "eval", "io", "labels", "retrieval", "retrieval.data", "retrieval.mining", "retrieval.models"]
+
+
+def test_editing_a_module_in_a_subpackage_changes_the_digest_of_its_importers(package):
+    mining, folds = code_digest("retrieval.mining", package), code_digest("folds", package)
+    (package / "retrieval" / "models.py").write_text("import workflow_scripts.io\nLOADED = 1\n")
+    assert code_digest("retrieval.mining", package) != mining
+    assert code_digest("eval", package) != code_digest("folds", package)
+    assert code_digest("folds", package) == folds  # folds imports nothing from retrieval
 
 
 def test_digest_changes_with_the_code_of_any_imported_module_but_not_with_comments(package):

@@ -5,7 +5,7 @@ import random
 import polars as pl
 import pytest
 
-from workflow_scripts.dedup import deduplicate, jaccard, main, normalise, shingles
+from workflow_scripts.generated.dedup import deduplicate, jaccard, main, normalise, shingles
 from workflow_scripts.errors import OoflineError
 
 WORDS = "the a patient said he felt sad tired anxious after school work home family friend night day".split()
@@ -24,7 +24,7 @@ def _edit(rng, text, n_changes):
 
 def _brute_force(generated, reference, threshold):
     """Plain O(n^2) greedy loop: the definition the module documents."""
-    from workflow_scripts.dedup import text_hash
+    from workflow_scripts.generated.dedup import text_hash
 
     ref_sets = [shingles(t) for t in reference]
     ref_hashes = {text_hash(t) for t in reference}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.generate import (Completion, GeneratorSettings, build_prompts, generate_rows, main,
+from workflow_scripts.generated.generate import (Completion, GeneratorSettings, build_prompts, generate_rows, main,
                                        parse_output)
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts import gpu_devices
+from workflow_scripts.execution import gpu_devices
 from workflow_scripts.errors import OoflineError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def start_job(tmp_path: Path, name: str, gpus: int, env: dict[str, str], timeout
               stop: Path | None = None) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / f"{name}.devices"
     stop = stop or tmp_path / "stop"
-    cmd = [sys.executable, "-m", "workflow_scripts.gpu_devices", "--gpus", str(gpus),
+    cmd = [sys.executable, "-m", "workflow_scripts.execution.gpu_devices", "--gpus", str(gpus),
            "--lock-dir", str(tmp_path / "locks")]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
@@ -170,7 +170,7 @@ def test_two_gpu_job_starts_one_process_per_gpu_under_torchrun(tmp_path):
     env = clean_env(OOFLINE_GPU_DEVICES="0,1,2", PROBE_DIR=str(tmp_path), OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{tmp_path}"
     result = subprocess.run(
-        [sys.executable, "-m", "workflow_scripts.gpu_devices", "--gpus", "2", "--torchrun",
+        [sys.executable, "-m", "workflow_scripts.execution.gpu_devices", "--gpus", "2", "--torchrun",
          "--lock-dir", str(tmp_path / "locks"), "--", sys.executable, "-m", "rank_probe"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
     )

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.label_correction import correct_labels, main, row_losses
+from workflow_scripts.generated.label_correction import correct_labels, main, row_losses
 from workflow_scripts.labels import Head, LabelSpec
 
 SPEC = LabelSpec("multihead", (

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.mining import (
+from workflow_scripts.retrieval.mining import (
     mine_hard_negatives, parse_range, read_jsonl, top_k_inner_product, training_queries, training_rows, write_jsonl,
 )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow_scripts import oom
+from workflow_scripts.execution import oom
 from workflow_scripts.errors import OoflineError
 
 torch.set_num_threads(1)
@@ -91,7 +91,7 @@ def test_cli_exit_codes_distinguish_oom_user_error_and_success(capsys):
 
 def test_plan_cli_prints_json():
     result = subprocess.run(
-        [sys.executable, "-m", "workflow_scripts.oom", "--attempt", "2", "--micro-batch-size", "16",
+        [sys.executable, "-m", "workflow_scripts.execution.oom", "--attempt", "2", "--micro-batch-size", "16",
          "--grad-accum-steps", "2", "--mem-mb", "16000"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.retrieval_data import build_demo_task, load_rotten_tomatoes, load_task, main, validate_corpus, validate_queries
+from workflow_scripts.retrieval.data import build_demo_task, load_rotten_tomatoes, load_task, main, validate_corpus, validate_queries
 
 
 @pytest.fixture(scope="module")

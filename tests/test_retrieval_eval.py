@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.retrieval_eval import evaluate_fold, rank_corpus, rerank, score_oof
-from workflow_scripts.teacher_scores import add_teacher_scores
+from workflow_scripts.retrieval.eval import evaluate_fold, rank_corpus, rerank, score_oof
+from workflow_scripts.retrieval.teacher_scores import add_teacher_scores
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.numpy import load_file
 
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.retrieval_finetune import FinetuneSettings, command_line, finetune, main, prepare_training_data
+from workflow_scripts.retrieval.finetune import FinetuneSettings, command_line, finetune, main, prepare_training_data
 
 torch.set_num_threads(1)
 
@@ -41,7 +41,7 @@ def test_lora_icl_and_reranker_arguments():
     assert reranker[2] == "FlagEmbedding.finetune.reranker.decoder_only.base"
     assert reranker[reranker.index("--model_type") + 1] == "decoder"
     smoothed = command_line(settings(kind="reranker", label_smoothing=0.2), "d", "o")
-    assert smoothed[1:4] == ["-m", "workflow_scripts.retrieval_finetune", "--launch"]
+    assert smoothed[1:4] == ["-m", "workflow_scripts.retrieval.finetune", "--launch"]
     assert smoothed[4] == "FlagEmbedding.finetune.reranker.encoder_only.base" and smoothed[6] == "0.2"
 
 

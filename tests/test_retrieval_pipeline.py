@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from workflow_scripts.errors import run_cli
-from workflow_scripts import mining, retrieval_data, retrieval_eval, retrieval_finetune, teacher_scores
+from workflow_scripts.retrieval import data as retrieval_data
+from workflow_scripts.retrieval import eval as retrieval_eval
+from workflow_scripts.retrieval import finetune as retrieval_finetune
+from workflow_scripts.retrieval import mining, teacher_scores
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ from scipy.special import expit, logit, softmax
 
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.labels import Head, LabelSpec
-from workflow_scripts.soft_labels import main, soft_label
+from workflow_scripts.generated.soft_labels import main, soft_label
 
 SPEC = LabelSpec("multihead", (Head("sad", "binary", "sad"), Head("where", "multiclass", "where", ("1", "2", "3"))))
 COLUMNS = SPEC.probability_columns

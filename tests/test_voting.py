@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.voting import STRATEGIES, canonical_answer, main, vote, vote_all
+from workflow_scripts.generated.voting import STRATEGIES, canonical_answer, main, vote, vote_all
 
 # Problem A, worked by hand:
 #   answers 7 (conf .9), 7 (.2), 7 (.1), 5 (.8), 5 (.7), 9 (.95)

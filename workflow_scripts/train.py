@@ -29,7 +29,7 @@ OFFICIAL = "official"
 def effective_batching(model_config: dict[str, Any], out_of_memory_retries: int) -> tuple[int, int]:
     """Micro-batch and gradient accumulation after that many out-of-memory failures: each halves the
     micro-batch and doubles accumulation."""
-    from workflow_scripts.oom import retry_plan
+    from workflow_scripts.execution.oom import retry_plan
 
     plan = retry_plan(1 + out_of_memory_retries, int(model_config["batch_size"]),
                       int(model_config.get("grad_accum", 1)), 1)
@@ -214,7 +214,7 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         trust_remote_code=trust, seed=seed,
     )
     model.train()
-    from workflow_scripts.oom import maybe_inject_oom
+    from workflow_scripts.execution.oom import maybe_inject_oom
 
     maybe_inject_oom(attempt)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -347,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for item in args.extra:
         name, _, path = item.partition("=")
         extra_sets[name] = read_table(path)
-    from workflow_scripts.oom import is_out_of_memory
+    from workflow_scripts.execution.oom import is_out_of_memory
 
     oom_key = config_fingerprint({"config": model_config, "fold": args.fold})
     try:
@@ -365,6 +365,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from workflow_scripts.oom import run_cli_with_oom
+    from workflow_scripts.execution.oom import run_cli_with_oom
 
     raise SystemExit(run_cli_with_oom(main))

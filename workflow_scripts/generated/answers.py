@@ -18,10 +18,10 @@ from typing import Sequence
 import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.generate import (Completion, load_causal_lm, load_vllm, render_prompt, sample_completions,
+from workflow_scripts.generated.generate import (Completion, load_causal_lm, load_vllm, render_prompt, sample_completions,
                                        sample_completions_vllm, vllm_available)
 from workflow_scripts.io import read_table, write_parquet
-from workflow_scripts.voting import canonical_answer
+from workflow_scripts.generated.voting import canonical_answer
 
 PROMPTS = {
     "cot_boxed": "Solve the following problem step by step. Put the final integer answer inside \\boxed{{}}.\n\n"

@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.mining import read_jsonl, write_jsonl
-from workflow_scripts.retrieval_models import add_reranker_arguments, load_reranker, rerank_scores, reranker_settings
+from workflow_scripts.retrieval.mining import read_jsonl, write_jsonl
+from workflow_scripts.retrieval.models import add_reranker_arguments, load_reranker, rerank_scores, reranker_settings
 
 
 def add_teacher_scores(rows: Sequence[dict], score_pairs: Callable[[list[tuple[str, str]]], np.ndarray]) -> list[dict]:

@@ -168,7 +168,7 @@ def command_line(settings: FinetuneSettings, train_data: str | Path, output_dir:
     arguments = flagembedding_arguments(settings, train_data, output_dir)
     if settings.label_smoothing:
         # FlagEmbedding's reranker loss has no smoothing: run its entry point through oofline's patching launcher
-        return [sys.executable, "-m", "workflow_scripts.retrieval_finetune", "--launch", module,
+        return [sys.executable, "-m", "workflow_scripts.retrieval.finetune", "--launch", module,
                 "--launch-label-smoothing", str(settings.label_smoothing), "--", *arguments]
     return [sys.executable, "-m", module, *arguments]
 
@@ -221,7 +221,7 @@ def _move_model_files(source: Path, target: Path) -> None:
 def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path) -> Path:
     """Train, then lay out `merged/` (+ `adapter/` for LoRA) and settings.json in output_dir."""
     settings.validate()
-    from workflow_scripts.retrieval_models import resolve_model
+    from workflow_scripts.retrieval.models import resolve_model
 
     settings = replace(settings, base_model=resolve_model(settings.base_model, "base"))
     with atomic_path(output_dir) as tmp:

@@ -123,7 +123,7 @@ def run_cli_with_oom(main: Callable[[Sequence[str] | None], object], argv: Seque
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m workflow_scripts.oom",
+        prog="python -m workflow_scripts.execution.oom",
         description="Print the retry plan (JSON) for an attempt: micro-batch, grad accumulation, mem_mb.",
     )
     parser.add_argument("--attempt", type=int, required=True)

@@ -6,8 +6,8 @@ drops the lock when the holding process dies (even on SIGKILL), so a killed job 
 
 Used as a wrapper that execs the step while holding the locks:
 
-    python -m workflow_scripts.gpu_devices --gpus 1 -- python -m workflow_scripts.train ...
-    python -m workflow_scripts.gpu_devices --gpus 2 --torchrun -- python -m workflow_scripts.train ...
+    python -m workflow_scripts.execution.gpu_devices --gpus 1 -- python -m workflow_scripts.train ...
+    python -m workflow_scripts.execution.gpu_devices --gpus 2 --torchrun -- python -m workflow_scripts.train ...
 """
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     split = argv.index("--")
     own, command = argv[:split], argv[split + 1:]
     parser = argparse.ArgumentParser(
-        prog="python -m workflow_scripts.gpu_devices",
+        prog="python -m workflow_scripts.execution.gpu_devices",
         description="Lock free GPUs, set CUDA_VISIBLE_DEVICES and exec the command holding the locks.",
     )
     parser.add_argument("--gpus", type=int, required=True, help="number of GPUs the job needs (0: none)")

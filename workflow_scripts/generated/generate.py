@@ -262,7 +262,7 @@ def typed_rows(parsed: list[dict | None], errors: list[str | None], fields: Sequ
 
 
 def _content_hash(values: dict, fields: Sequence[str]) -> str:
-    from workflow_scripts.dedup import text_hash
+    from workflow_scripts.generated.dedup import text_hash
 
     return text_hash("\n".join(str(values[f]) for f in fields))
 

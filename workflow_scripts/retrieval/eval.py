@@ -15,9 +15,9 @@ import polars as pl
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import read_table, write_json, write_parquet
 from workflow_scripts.metrics import map_at_k, recall_at_k
-from workflow_scripts.mining import add_embedder_arguments, embedder_settings, top_k_inner_product
-from workflow_scripts.retrieval_data import load_task, validate_queries, with_query_folds
-from workflow_scripts.retrieval_models import (
+from workflow_scripts.retrieval.mining import add_embedder_arguments, embedder_settings, top_k_inner_product
+from workflow_scripts.retrieval.data import load_task, validate_queries, with_query_folds
+from workflow_scripts.retrieval.models import (
     RerankerSettings, add_reranker_arguments, encode_queries_and_corpus, load_reranker, rerank_scores, reranker_settings,
 )
 

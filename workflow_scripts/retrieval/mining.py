@@ -21,8 +21,8 @@ import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_table
-from workflow_scripts.retrieval_data import load_task, with_query_folds
-from workflow_scripts.retrieval_models import EMBEDDER_CLASSES, EmbedderSettings, encode_queries_and_corpus
+from workflow_scripts.retrieval.data import load_task, with_query_folds
+from workflow_scripts.retrieval.models import EMBEDDER_CLASSES, EmbedderSettings, encode_queries_and_corpus
 
 
 def parse_range(text: str) -> tuple[int, int]:
