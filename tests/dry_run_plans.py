@@ -34,10 +34,25 @@ def plan_configs(repo: Path = REPO) -> dict[str, list[str]]:
     return configs
 
 
+def complete_command(command: str) -> bool:
+    try:
+        shlex.split(command)
+        return True
+    except ValueError:  # a quoted config string (a template) spans more lines
+        return False
+
+
 def parse_jobs(dry_run_output: str) -> list[dict]:
     """The planned jobs of a `snakemake -n -p` log, each {rule, input, output, log, wildcards, shell}, sorted."""
-    jobs, job = [], None
+    jobs, job, in_shell = [], None, False
     for line in dry_run_output.splitlines():
+        if line.startswith("Job stats:"):  # the summary after the last job
+            break
+        if in_shell:
+            if line.strip() or not complete_command(job["shell"]):
+                job["shell"] += "\n" + line
+                continue
+            in_shell = False
         rule = re.match(r"^(?:local)?rule (\S+):$", line)
         if rule:
             job = {"rule": rule.group(1)}
@@ -49,7 +64,7 @@ def parse_jobs(dry_run_output: str) -> list[dict]:
         if field and field.group(1) in KEPT_FIELDS:
             job[field.group(1)] = sorted(field.group(2).split(", "))
         elif line.startswith("Shell command: "):
-            job["shell"] = line[len("Shell command: "):]
+            job["shell"], in_shell = line[len("Shell command: "):], True
         elif not line.strip():
             job = None
     return sorted(jobs, key=lambda entry: json.dumps(entry, sort_keys=True))
