@@ -46,7 +46,7 @@ def parse_jobs(dry_run_output: str) -> list[dict]:
     """The planned jobs of a `snakemake -n -p` log, each {rule, input, output, log, wildcards, shell}, sorted."""
     jobs, job, in_shell = [], None, False
     for line in dry_run_output.splitlines():
-        if line.startswith("Job stats:"):  # the summary after the last job
+        if line.startswith("Job stats:") and jobs:  # the summary after the last job
             break
         if in_shell:
             if line.strip() or not complete_command(job["shell"]):
