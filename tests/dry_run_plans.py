@@ -49,7 +49,7 @@ def parse_jobs(dry_run_output: str) -> list[dict]:
         if line.startswith("Job stats:") and jobs:  # the summary after the last job
             break
         if in_shell:
-            if line.strip() or not complete_command(job["shell"]):
+            if not complete_command(job["shell"]):
                 job["shell"] += "\n" + line
                 continue
             in_shell = False
