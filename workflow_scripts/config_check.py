@@ -134,18 +134,22 @@ def resource_problems(config: dict[str, Any]) -> list[str]:
 def output_problems(config: dict[str, Any]) -> list[str]:
     """Ensembles, thresholds, submissions and records must name things that exist."""
     from workflow_scripts.ensemble import check_ensemble_config
+    from workflow_scripts.rule_params import ensemble_cycle_problems
     from workflow_scripts.submission import FORMATS
 
     problems = []
     models = list(config.get("models") or {})
     ensembles = config.get("ensembles") or {}
     sources = models + list(ensembles)
+    well_formed = {}
     for name, entry in ensembles.items():
         try:
             # members may be models or other ensembles
             check_ensemble_config(name, entry, sources)
+            well_formed[name] = entry
         except OoflineError as error:
             problems.append(f"config: {error}")
+    problems += ensemble_cycle_problems(well_formed)
     task_type = (config.get("task") or {}).get("type")
     for name, entry in (config.get("thresholds") or {}).items():
         if name not in sources:
