@@ -9,7 +9,7 @@ The tokens each variant pushes through the model (padding included) are printed:
 --texts corpus draws the rows from the unfiltered Rotten Tomatoes corpus (the demo keeps 4-60 word
 snippets; the corpus has long plot summaries too), to show how the ratios grow with a longer tail.
 
-Targets (issue 2): sorted >= 6x unsorted padded to 256, >= 4x unsorted dynamic.
+Targets: sorted >= 6x unsorted padded to 256, >= 4x unsorted dynamic.
 """
 from __future__ import annotations
 

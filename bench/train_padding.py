@@ -14,7 +14,7 @@ epoch pushes through the model is printed too: it bounds the speed-up batching a
 --texts corpus draws the rows from the unfiltered Rotten Tomatoes corpus (the demo keeps 4-60 word
 snippets; the corpus has long plot summaries too), to show how the ratios grow with a longer tail.
 
-Targets (issue 2): grouped >= 5x (a) and >= 2x (b).
+Targets: grouped >= 5x (a) and >= 2x (b).
 """
 from __future__ import annotations
 

@@ -136,6 +136,7 @@ def output_problems(config: dict[str, Any]) -> list[str]:
     from workflow_scripts.ensemble import check_ensemble_config
     from workflow_scripts.rule_params import ensemble_cycle_problems
     from workflow_scripts.submission import FORMATS
+    from workflow_scripts.thresholds import METHOD_ALIASES, METHODS as THRESHOLD_METHODS
 
     problems = []
     models = list(config.get("models") or {})
@@ -159,8 +160,9 @@ def output_problems(config: dict[str, Any]) -> list[str]:
         unknown = sorted(set(entry or {}) - {"method", "weight", "target_rates", "probe_f1"})
         if unknown:
             problems.append(f"config: thresholds.{name}: unknown key(s) {unknown} (expected method, weight, target_rates, probe_f1)")
-        elif (entry or {}).get("method", "hybrid") not in ("grid", "class_balance", "hybrid"):
-            problems.append(f"config: thresholds.{name}.method: {entry['method']!r} is not one of grid, class_balance, hybrid")
+        elif (entry or {}).get("method", "hybrid") not in THRESHOLD_METHODS + tuple(METHOD_ALIASES):
+            problems.append(f"config: thresholds.{name}.method: {entry['method']!r} is not one of "
+                            f"{', '.join(THRESHOLD_METHODS)} (or grid, the former name of exact)")
     for name, entry in (config.get("submissions") or {}).items():
         entry = entry or {}
         unknown = sorted(set(entry) - {"source", "format", "top_k", "id_column", "prediction_columns", "separator", "thresholds"})

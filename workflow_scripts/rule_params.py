@@ -169,10 +169,6 @@ def submission_flags(config: Mapping[str, Any], name: str, thresholds_file: str 
     })
 
 
-def leaderboard_flags(lb_scores_file: str | None) -> str:
-    return cli_flags({"lb_scores": lb_scores_file})
-
-
 def generator_flags(settings: Mapping[str, Any], text_template: str | None) -> str:
     return " ".join(filter(None, [
         cli_flags({
