@@ -27,6 +27,12 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, mega
     return batches
 
 
+def random_batches(n_rows: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Plain shuffled batches (the Hugging Face default): the baseline bench/train_padding.py times."""
+    order = np.random.default_rng(seed).permutation(n_rows)
+    return [order[i:i + batch_size] for i in range(0, n_rows, batch_size)]
+
+
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Inference batches over rows sorted by length (longest first); callers restore the order."""
     order = np.argsort(-lengths, kind="stable")
