@@ -125,7 +125,8 @@ def search_thresholds(
     classes, chosen = {}, {}
     for name in spec.binary_columns:
         j = columns.index(name)
-        scores, labels = probs[:, j], targets[:, j] > 0.5
+        # float64 throughout, as metrics.hard_predictions applies the thresholds
+        scores, labels = probs[:, j].astype(np.float64), targets[:, j] > 0.5
         grid, grid_f1 = best_f1_threshold(scores, labels)
         if name in target_rates:
             rate, source = float(target_rates[name]), "config"
