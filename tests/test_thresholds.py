@@ -175,3 +175,18 @@ def test_reported_f1_after_is_the_f1_of_applying_the_written_thresholds():
     assert applied[:, 0].tolist() == [1, 0, 0, 0, 0]
     assert result["classes"]["a"]["f1_after"] == 1.0 == f1_score(targets[:, 0], applied[:, 0])
     assert result["classes"]["a"]["positive_rate_after"] == 0.2
+
+
+@pytest.mark.parametrize("method", th.METHODS)
+def test_a_column_without_positives_predicts_none_and_says_so(method):
+    from workflow_scripts import metrics
+
+    spec = LabelSpec("multilabel", (Head("a", "binary", "a"), Head("b", "binary", "b")))
+    probs = np.array([[0.9, 0.8], [0.6, 0.1], [0.2, 0.7], [1.0, 0.3]], dtype=np.float32)
+    targets = np.array([[0, 1], [0, 0], [0, 1], [0, 0]], dtype=np.float32)  # column a: no positive in OOF
+    result = th.search_thresholds(spec, probs, targets, method)
+    applied = metrics.hard_predictions(spec, probs, json.loads(json.dumps(result["thresholds"])))
+    assert applied[:, 0].tolist() == [0, 0, 0, 0]
+    assert result["classes"]["a"]["predicts_none"] is True
+    assert result["classes"]["a"]["positive_rate_after"] == 0.0
+    assert result["classes"]["b"]["predicts_none"] is False
