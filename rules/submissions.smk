@@ -20,7 +20,7 @@ rule ensemble:
             if ENSEMBLES[wildcards.ensemble].get("member_top_k")
             else ""
         ),
-        metric=config.get("task", {}).get("metric", "accuracy"),
+        metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
     log:
         out("logs/ensembles/{ensemble}.log"),
     conda:
@@ -44,7 +44,7 @@ rule thresholds:
     params:
         code=code_digest("thresholds"),
         options=threshold_options,
-        metric=config.get("task", {}).get("metric", "macro_f1"),
+        metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
     log:
         out("logs/thresholds/{source}.log"),
     conda:

@@ -94,3 +94,20 @@ def test_shell_metacharacters_in_a_source_stay_literal(tmp_path, demo_config):
     assert "models.minilm.source" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not marker.exists()
+
+
+def test_one_default_metric_reaches_every_scoring_rule(tmp_path):
+    """Without task.metric, OOF scores, ensembles and thresholds all use the schema's one default."""
+    import re
+
+    debates = yaml.safe_load((REPO / "demo" / "debates.yaml").read_text())
+    del debates["task"]["metric"]
+    assert check_config(debates, REPO)["task"]["metric"] == "accuracy"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(debates))
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p", "--cores", "1",
+                              "--configfile", "config.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert dry_run.returncode == 0, dry_run.stderr[-2000:]
+    commands = [line for line in dry_run.stdout.splitlines() if "--metric" in line]
+    steps = {step for line in commands for step in re.findall(r"workflow_scripts\.(oof|ensemble|thresholds) ", line)}
+    assert steps == {"oof", "ensemble", "thresholds"}
+    assert {re.search(r"--metric '?([\w@]+)", line).group(1) for line in commands} == {"accuracy"}
