@@ -336,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         artifacts = [args.test, args.labels] + ([args.thresholds] if args.thresholds else []) + list(args.artifacts)
         manifest = build_manifest(
             _config_option(args.config_slice), sorted(set(inputs)), sorted(set(artifacts)), [args.out],
-            args.scores, args.container, args.base_models, args.name,
+            # the thresholds' OOF scores too: the leaderboard reads the thresholded CV from the manifest
+            list(args.scores) + ([args.thresholds] if args.thresholds else []), args.container, args.base_models, args.name,
             datetime.now(timezone.utc).isoformat(timespec="seconds") if args.timestamp else None,
         )
         write_json(manifest, args.manifest_out)
