@@ -572,8 +572,8 @@ def mining_options(wildcards, input):
     _, suffix, settings = mining_source(wildcards)
     pipeline = RETRIEVAL[wildcards.pipeline]
     options = [cli_flags(pipeline.get("embedder_inference", {})), cli_flags(settings, MINING_KEYS)]
-    if pipeline.get("valid_fold") is not None:
-        options.append(f"--valid-fold {int(pipeline['valid_fold'])}")
+    if retrieval_valid_fold(wildcards.pipeline) is not None:
+        options.append(f"--valid-fold {retrieval_valid_fold(wildcards.pipeline)}")
     # the mining CLI reads the model from the merged/ folder of a fine-tune
     return " ".join(options) + (f" --embedder {input.embedder}{suffix}" if suffix else "")
 
@@ -607,10 +607,16 @@ def finetune_options(wildcards):
     return cli_flags(settings)
 
 
+def retrieval_valid_fold(pipeline):
+    """The held-out query fold (default 0, the same for mining and evaluation); None: a final fit on every query."""
+    return RETRIEVAL[pipeline].get("valid_fold", 0)
+
+
 def evaluation_options(wildcards):
     pipeline = RETRIEVAL[wildcards.pipeline]
+    valid_fold = retrieval_valid_fold(wildcards.pipeline)
     return " ".join([
-        f"--valid-folds {int(pipeline.get('valid_fold', 0))}",
+        "--final-fit" if valid_fold is None else f"--valid-folds {int(valid_fold)}",
         f"--k {int(pipeline.get('k', 25))} --top-n {int(pipeline.get('top_n', 50))}",
         cli_flags(pipeline.get("embedder_inference", {})),
         cli_flags(pipeline.get("reranker_inference", {})),

@@ -182,3 +182,18 @@ def test_a_typo_in_a_nested_block_is_one_line_naming_its_full_path(edit, expecte
     lines = str(error.value).splitlines()
     assert lines[0] == "invalid config" and len(lines) == 2
     assert lines[1].startswith(expected)
+
+
+def test_a_retrieval_final_fit_mines_every_query_and_evaluates_none(tmp_path):
+    """`valid_fold: null` resolves (it crashed the dry run with int(None)); mining keeps every query."""
+    config = retrieval_config()
+    config["retrieval"]["plots"]["valid_fold"] = None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p", "--cores", "1",
+                              "--configfile", "config.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert dry_run.returncode == 0, dry_run.stdout[-2000:] + dry_run.stderr[-2000:]
+    commands = dry_run.stdout.splitlines()
+    mining = [line for line in commands if "workflow_scripts.retrieval.mining" in line]
+    evaluation = [line for line in commands if "workflow_scripts.retrieval.eval" in line]
+    assert len(mining) == 3 and not any("--valid-fold" in line for line in mining)
+    assert len(evaluation) == 2 and all("--final-fit" in line and "--valid-folds" not in line for line in evaluation)

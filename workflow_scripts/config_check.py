@@ -129,6 +129,11 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
         if bad_folds:
             problems.append(f"config: models.{name}.folds: {bad_folds} not below folds.n_folds={n_folds}")
+    for name, pipeline in (config.get("retrieval") or {}).items():
+        valid_fold, n_folds = pipeline.get("valid_fold", 0), pipeline.get("n_folds", 5)
+        if valid_fold is not None and valid_fold >= n_folds:
+            problems.append(f"config: retrieval.{name}.valid_fold: {valid_fold} is not below n_folds={n_folds} "
+                            "(null trains on every query)")
     problems += resource_problems(config)
     problems += output_problems(config)
     return problems
