@@ -41,6 +41,8 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
     (lambda c: c["models"]["minilm"].update(resources={"gpu": 1, "gres": "gpu:h100:1"}),
      "config: models.minilm.resources.gres: set either gres or gpu/gpu_model, not both"),
     (lambda c: c["models"]["minilm"].update(resources={"gres": "'gpu:1'"}), "config: models.minilm.resources.gres:"),
+    (lambda c: c["submissions"].update(movie_plots=c["submissions"]["blend_top3"]),
+     "config: submissions.movie_plots: retrieval.movie_plots also writes submissions/movie_plots/"),
 ])
 def test_bad_config_names_the_key(demo_config, edit, expected):
     config = copy.deepcopy(demo_config)

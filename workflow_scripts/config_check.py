@@ -179,6 +179,8 @@ def output_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"config: submissions.{name}.format: {entry.get('format')!r} is not one of {list(FORMATS)}")
         if entry.get("thresholds") and entry.get("source") not in (config.get("thresholds") or {}):
             problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
+    for name in sorted(set(config.get("submissions") or {}) & set(config.get("retrieval") or {})):
+        problems.append(f"config: submissions.{name}: retrieval.{name} also writes submissions/{name}/ (rename one)")
     for record, submission in (config.get("register") or {}).items():
         if submission not in (config.get("submissions") or {}):
             problems.append(f"config: register.{record}: no submission is called {submission!r}")
