@@ -93,6 +93,10 @@ rule register_submission:
         config=lambda wildcards: json.dumps(config, sort_keys=True, default=str),
     log:
         out("logs/register/{record}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.registry freeze --name {wildcards.record} --submission {params.submission:q}"
         " --config {params.config:q} --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"
@@ -110,6 +114,9 @@ rule verify_submission:
     threads: verify_threads
     log:
         out("logs/verify/{record}.log"),
+    # the rebuild runs its whole graph (training included) in this image: it has snakemake and every step's deps
+    container:
+        TRAIN_CONTAINER
     shell:
         "{PY}.registry verify --record {input.record:q} --snakefile {params.snakefile:q}"
         " --scratch {params.scratch:q} --cores {threads} --out {output:q} > {log:q} 2>&1"
