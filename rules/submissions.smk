@@ -73,7 +73,8 @@ rule submission:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.submission --name {wildcards.submission} --test {input.test:q} --labels {input.labels:q} {params.options}"
+        "{PY}.submission --name {wildcards.submission} --test {input.test:q} --test-data {input.test_data:q}"
+        " --labels {input.labels:q} {params.options}"
         " --inputs {input.data:q} --artifacts {input.artifacts:q} --scores {input.score:q}"
         " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"
 
