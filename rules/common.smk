@@ -306,6 +306,7 @@ def submission_inputs(wildcards):
     source = settings["source"]
     inputs = {
         "test": source_files(source)["test"],
+        "test_data": out("data/test.parquet"),  # ids, count and order are checked against it
         "score": source_files(source)["score"],
         "labels": out("labels.json"),
         "data": [config["data"][key] for key in ("train", "test", "sample_submission") if config["data"].get(key)],

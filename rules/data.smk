@@ -19,6 +19,8 @@ if "demo" in config:
             out("logs/prepare_demo.log"),
         conda:
             "../envs/cpu.yaml"
+        container:
+            CPU_CONTAINER
         shell:
             "{PY}.prepare_demo --dataset {params.dataset} --n-train {params.n_train} --n-test {params.n_test}"
             " --seed {params.seed} --train-out {output.train:q} --test-out {output.test:q}"

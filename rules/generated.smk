@@ -158,6 +158,10 @@ rule math_problems:
         seed=lambda wildcards: ANSWERS.get("seed", 0),
     log:
         out("logs/math_problems.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.generated.math_demo --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
 

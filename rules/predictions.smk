@@ -45,7 +45,7 @@ rule oof:
         scores=out("scores/{model}.json"),
     params:
         code=code_digest("oof"),
-        metric=config.get("task", {}).get("metric", "accuracy"),
+        metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
     log:
         out("logs/oof/{model}.log"),
     conda:

@@ -35,6 +35,10 @@ rule retrieval_folds:
         seed=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("seed", 42),
     log:
         out("logs/retrieval/{pipeline}/folds.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.folds --train {input:q} --scheme random --n-folds {params.n_folds} --seed {params.seed}"
         " --out {output:q} > {log:q} 2>&1"
@@ -48,6 +52,10 @@ rule retrieval_base_model:
         source=lambda wildcards: RETRIEVAL[wildcards.pipeline]["models"][wildcards.base],
     log:
         out("logs/retrieval/{pipeline}/base/{base}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
     shell:
         "{PY}.prepare_model --source {params.source:q} --out {output:q} > {log:q} 2>&1"
 
@@ -168,6 +176,10 @@ rule retrieval_submission:
         column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("prediction_column", "ranked_ids"),
     log:
         out("logs/retrieval/{pipeline}/submission.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.retrieval.submission --name {wildcards.pipeline} --test {input.test:q} --id-column {params.id_column:q}"
         " --prediction-column {params.column:q} --config-slice {params.config_slice:q} --inputs {input.data:q}"

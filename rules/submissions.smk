@@ -16,7 +16,7 @@ rule ensemble:
         method=lambda wildcards: ENSEMBLES[wildcards.ensemble].get("method", "mean"),
         blend=lambda wildcards: ENSEMBLES[wildcards.ensemble].get("blend", "mean"),
         top_k=lambda wildcards: rule_params.ensemble_flags(ENSEMBLES[wildcards.ensemble]),
-        metric=config.get("task", {}).get("metric", "accuracy"),
+        metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
     log:
         out("logs/ensembles/{ensemble}.log"),
     conda:
@@ -40,7 +40,7 @@ rule thresholds:
     params:
         code=code_digest("thresholds"),
         options=threshold_options,
-        metric=config.get("task", {}).get("metric", "macro_f1"),
+        metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
     log:
         out("logs/thresholds/{source}.log"),
     conda:
@@ -69,7 +69,8 @@ rule submission:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.submission --name {wildcards.submission} --test {input.test:q} --labels {input.labels:q} {params.options}"
+        "{PY}.submission --name {wildcards.submission} --test {input.test:q} --test-data {input.test_data:q}"
+        " --labels {input.labels:q} {params.options}"
         " --inputs {input.data:q} --artifacts {input.artifacts:q} --scores {input.score:q}"
         " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"
 
@@ -89,6 +90,10 @@ rule register_submission:
         config=lambda wildcards: json.dumps(config, sort_keys=True, default=str),
     log:
         out("logs/register/{record}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
     shell:
         "{PY}.registry freeze --name {wildcards.record} --submission {params.submission:q}"
         " --config {params.config:q} --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"
@@ -106,6 +111,9 @@ rule verify_submission:
     threads: verify_threads
     log:
         out("logs/verify/{record}.log"),
+    # the rebuild runs its whole graph (training included) in this image: it has snakemake and every step's deps
+    container:
+        TRAIN_CONTAINER
     shell:
         "{PY}.registry verify --record {input.record:q} --snakefile {params.snakefile:q}"
         " --scratch {params.scratch:q} --cores {threads} --out {output:q} > {log:q} 2>&1"

@@ -30,7 +30,7 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda c: c["models"]["minilm"].update(lr="fast"), "config: models.minilm.lr: 'fast' is not of type 'number'"),
-    (lambda c: c["models"]["minilm"].update(learning_rate=1e-4), "config: models.minilm: unknown key(s) ['learning_rate']"),
+    (lambda c: c["models"]["minilm"].update(learning_rate=1e-4), "config: models.minilm: unknown key 'learning_rate' (allowed: "),
     (lambda c: c["models"]["minilm"].update(kind="gpt"), "config: models.minilm.kind: 'gpt' is not one of"),
     (lambda c: c["folds"].update(n_folds=1), "config: folds.n_folds: 1 is less than the minimum of 2"),
     (lambda c: c["task"].update(metric="f2"), "config: task.metric: 'f2' has characters"),
@@ -41,6 +41,8 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
     (lambda c: c["models"]["minilm"].update(resources={"gpu": 1, "gres": "gpu:h100:1"}),
      "config: models.minilm.resources.gres: set either gres or gpu/gpu_model, not both"),
     (lambda c: c["models"]["minilm"].update(resources={"gres": "'gpu:1'"}), "config: models.minilm.resources.gres:"),
+    (lambda c: c["submissions"].update(movie_plots=c["submissions"]["blend_top3"]),
+     "config: submissions.movie_plots: retrieval.movie_plots also writes submissions/movie_plots/"),
 ])
 def test_bad_config_names_the_key(demo_config, edit, expected):
     config = copy.deepcopy(demo_config)
@@ -108,5 +110,108 @@ def test_an_unknown_threshold_method_names_the_key():
     config = yaml.safe_load((REPO / "demo" / "debates.yaml").read_text())
     source = next(iter(config["thresholds"]))
     config["thresholds"][source]["method"] = "grid_search"
-    with pytest.raises(OoflineError, match=rf"config: thresholds.{source}.method: 'grid_search' is not one of exact, "):
+    with pytest.raises(OoflineError, match=rf"config: thresholds.{source}.method: 'grid_search' is not one of \['exact', 'grid', "):
         check_config(config, REPO)
+
+
+def test_one_default_metric_reaches_every_scoring_rule(tmp_path):
+    """Without task.metric, OOF scores, ensembles and thresholds all use the schema's one default."""
+    import re
+
+    debates = yaml.safe_load((REPO / "demo" / "debates.yaml").read_text())
+    del debates["task"]["metric"]
+    assert check_config(debates, REPO)["task"]["metric"] == "accuracy"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(debates))
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p", "--cores", "1",
+                              "--configfile", "config.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert dry_run.returncode == 0, dry_run.stderr[-2000:]
+    commands = [line for line in dry_run.stdout.splitlines() if "--metric" in line]
+    steps = {step for line in commands for step in re.findall(r"workflow_scripts\.(oof|ensemble|thresholds) ", line)}
+    assert steps == {"oof", "ensemble", "thresholds"}
+    assert {re.search(r"--metric '?([\w@]+)", line).group(1) for line in commands} == {"accuracy"}
+
+
+# Objects whose keys the user names (models, data sets, columns): every value is a closed schema, but the keys
+# themselves cannot be listed. Any other object in the schema must be closed (additionalProperties: false).
+USER_NAMED_MAPS = {
+    "definitions/model/properties/extra_data", "properties/models", "properties/ensembles",
+    "properties/ensembles/additionalProperties/properties/members/oneOf/1", "properties/thresholds",
+    "properties/thresholds/additionalProperties/properties/target_rates",
+    "properties/thresholds/additionalProperties/properties/probe_f1", "properties/submissions", "properties/register",
+    "properties/retrieval", "properties/retrieval/additionalProperties/properties/models", "properties/language_models",
+    "properties/generators", "properties/soft_labels", "properties/label_correction", "properties/answers/properties/prompts",
+    "properties/votes",
+}
+
+
+def object_schemas(node, path=""):
+    """(path, subschema) for every subschema that describes an object."""
+    if isinstance(node, dict):
+        types = node.get("type")
+        if types == "object" or (isinstance(types, list) and "object" in types) or "properties" in node:
+            yield path, node
+        for key, child in node.items():
+            if key not in ("default", "enum", "required", "description"):
+                yield from object_schemas(child, f"{path}/{key}".lstrip("/"))
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            yield from object_schemas(child, f"{path}/{index}")
+
+
+def test_no_object_in_the_schema_is_open_by_accident():
+    from workflow_scripts.config_check import load_schema
+
+    found = dict(object_schemas(load_schema()))
+    assert len(found) > 30  # the walk reaches nested blocks (retrieval iterations, their mine: blocks, ...)
+    for path, schema in found.items():
+        if path in USER_NAMED_MAPS:
+            assert isinstance(schema.get("additionalProperties"), dict), f"{path}: a named map needs a value schema"
+        else:
+            assert schema.get("additionalProperties") is False, f"{path} is open: unknown keys would pass silently"
+    assert USER_NAMED_MAPS <= set(found), sorted(USER_NAMED_MAPS - set(found))
+
+
+def retrieval_config():
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_retrieval_workflow import CONFIG
+
+    return copy.deepcopy(CONFIG)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["retrieval"]["plots"]["iterations"][0]["mine"].update(negative_numbr=15),
+     "config: retrieval.plots.iterations[0].mine: unknown key 'negative_numbr'"),
+    (lambda c: c["retrieval"]["plots"]["iterations"][0]["reranker"]["mine"].update(sed=1),
+     "config: retrieval.plots.iterations[0].reranker.mine: unknown key 'sed'"),
+    (lambda c: c["retrieval"]["plots"]["iterations"][1]["embedder"].update(learning_rat=1e-4),
+     "config: retrieval.plots.iterations[1].embedder: unknown key 'learning_rat'"),
+    (lambda c: c["retrieval"]["plots"]["embedder_inference"].update(pooling="mean"),
+     "config: retrieval.plots.embedder_inference: unknown key 'pooling'"),
+    (lambda c: c["retrieval"]["plots"].update(valid_folds=0), "config: retrieval.plots: unknown key 'valid_folds'"),
+    (lambda c: c.update(label_correction={"m": {"top_percnt": 5}}), "config: label_correction.m: unknown key 'top_percnt'"),
+    (lambda c: c.update(soft_labels={"m": {"dataset": ["a-seed0"]}}), "config: soft_labels.m: unknown key 'dataset'"),
+    (lambda c: c.update(votes={"v": {"answers": ["lm/p"], "fallbak": "majority"}}), "config: votes.v: unknown key 'fallbak'"),
+])
+def test_a_typo_in_a_nested_block_is_one_line_naming_its_full_path(edit, expected):
+    config = retrieval_config()
+    edit(config)
+    with pytest.raises(OoflineError) as error:
+        check_config(config, REPO)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "invalid config" and len(lines) == 2
+    assert lines[1].startswith(expected)
+
+
+def test_a_retrieval_final_fit_mines_every_query_and_evaluates_none(tmp_path):
+    """`valid_fold: null` resolves (it crashed the dry run with int(None)); mining keeps every query."""
+    config = retrieval_config()
+    config["retrieval"]["plots"]["valid_fold"] = None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p", "--cores", "1",
+                              "--configfile", "config.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert dry_run.returncode == 0, dry_run.stdout[-2000:] + dry_run.stderr[-2000:]
+    commands = dry_run.stdout.splitlines()
+    mining = [line for line in commands if "workflow_scripts.retrieval.mining" in line]
+    evaluation = [line for line in commands if "workflow_scripts.retrieval.eval" in line]
+    assert len(mining) == 3 and not any("--valid-fold" in line for line in mining)
+    assert len(evaluation) == 2 and all("--final-fit" in line and "--valid-folds" not in line for line in evaluation)

@@ -69,7 +69,8 @@ def pin_mismatches(dockerfile: str, requirements: str) -> list[str]:
 @pytest.mark.parametrize("group", ["cpu", "train"])
 def test_dockerfile_pins_agree_with_requirements(group):
     dockerfile = (CONTAINERS / f"Dockerfile.{group}").read_text()
-    assert pin_mismatches(dockerfile, (REPO / "requirements.txt").read_text()) == []
+    requirements = (REPO / "requirements.txt").read_text() + (REPO / "requirements-nodeps.txt").read_text()
+    assert pin_mismatches(dockerfile, requirements) == []
     installed = dockerfile_packages(dockerfile)
     assert GROUP_PACKAGES[group] <= set(installed)
     # the train image never installs a torch other than the pinned one in a later layer
@@ -203,3 +204,22 @@ def test_cpu_steps_run_in_the_cpu_image_through_snakemake_and_write_the_hosts_by
         assert (tmp_path / "contained" / relative).read_bytes() == host_file.read_bytes(), relative
         compared += 1
     assert compared >= 20
+
+
+def test_every_rule_that_runs_a_command_declares_a_container(tmp_path):
+    """Under --sdm apptainer a rule without `container:` would run on the host: every rule names an image."""
+    import yaml
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["container"] = {"train": "docker://example/oofline-train:1", "cpu": "docker://example/oofline-cpu:1"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with SnakemakeApi(OutputSettings(quiet=None)) as api:
+        workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1),
+                                    config_settings=ConfigSettings(configfiles=[tmp_path / "config.yaml"]),
+                                    snakefile=REPO / "Snakefile", workdir=tmp_path)
+        images = {rule.name: rule.container_img for rule in workflow_api._workflow.rules}
+    assert len(images) > 30
+    without = sorted(name for name, image in images.items() if name != "all" and image not in config["container"].values())
+    assert without == []

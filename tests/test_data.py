@@ -77,3 +77,16 @@ def test_constant_binary_label_is_rejected(debates_demo):
     assert train["is_democrat"].sum() > 0  # the demo builds real positives
     with pytest.raises(OoflineError, match="binary column 'is_democrat' is always 0"):
         prepare_frames(train.with_columns(pl.lit(0).alias("is_democrat")), test, task)
+
+
+@pytest.mark.parametrize("task, expected", [
+    ({"type": "multiclass", "label_column": "topic"}, "label column 'topic' (config task.label_column) is missing"),
+    ({"type": "multilabel", "label_columns": ["category", "topic"]}, "'topic' (config task.label_columns[1])"),
+    ({"type": "multihead", "heads": [{"name": "category", "type": "multiclass"}, {"name": "t", "type": "binary", "column": "topic"}]},
+     "'topic' (config task.heads[1].column)"),
+])
+def test_a_missing_label_column_names_the_file_and_the_config_key(movies_demo, task, expected):
+    train, test, _ = movies_demo
+    with pytest.raises(OoflineError) as error:
+        prepare_frames(train, test, {"text_template": "{text}", **task}, train_source="data/train.csv")
+    assert str(error.value).startswith("data/train.csv: ") and expected in str(error.value)

@@ -79,3 +79,21 @@ def test_bad_lb_scores_name_the_entry(tmp_path):
     (tmp_path / "lb.yaml").write_text("sub1: {public: high}\n")
     with pytest.raises(OoflineError, match="sub1.public"):
         lb.load_lb_scores(tmp_path / "lb.yaml")
+
+
+def test_a_thresholded_submission_shows_its_thresholded_cv(tmp_path, monkeypatch):
+    """submission (with --thresholds, as the rule runs it) -> manifest -> leaderboard: cv_thresholded is filled."""
+    from workflow_scripts import submission as sub
+
+    monkeypatch.chdir(tmp_path)
+    spec = LabelSpec("multilabel", (Head("sad", "binary", "sad"), Head("fear", "binary", "fear")))
+    pl.DataFrame({"id": ["t0", "t1"], "sad": [0.2, 0.9], "fear": [0.6, 0.1]}).write_parquet("test.parquet")
+    spec.save("labels.json")
+    write_json({"metric": "macro_f1", "score": 0.61}, "score.json")
+    write_json({"metric": "macro_f1", "thresholds": {"sad": 0.4, "fear": 0.5}, "oof_score_before": 0.61,
+                "oof_score_after": 0.67, "oof_score_after_nested": 0.65}, "thresholds.json")
+    assert run_cli(sub.main, ["--test", "test.parquet", "--labels", "labels.json", "--format", "labels",
+                              "--thresholds", "thresholds.json", "--scores", "score.json", "--name", "tuned",
+                              "--out", "tuned/submission.csv", "--manifest-out", "tuned/manifest.json"]) == 0
+    row = lb.build_leaderboard(manifests=["tuned/manifest.json"]).row(0, named=True)
+    assert (row["cv"], row["cv_thresholded"], row["cv_thresholded_nested"]) == (0.61, 0.67, 0.65)

@@ -95,3 +95,30 @@ def test_teacher_scores_bad_rows_and_bad_scorer():
         add_teacher_scores([{"query": "a", "pos": ["p"]}], lambda pairs: np.zeros(len(pairs)))
     with pytest.raises(OoflineError, match="expected 2 finite"):
         add_teacher_scores([{"query": "a", "pos": ["p"], "neg": ["n"]}], lambda pairs: np.array([1.0, np.nan]))
+
+
+def test_final_fit_ranks_the_test_queries_and_claims_no_held_out_score(tmp_path, monkeypatch):
+    """`valid_fold: null`: the models saw every query, so there is no OOF score, only test rankings."""
+    import json
+
+    from workflow_scripts.errors import run_cli
+    from workflow_scripts.retrieval import eval as retrieval_eval
+
+    queries, corpus, query_vecs, passage_vecs = random_task(n_queries=6, n_passages=10)
+    queries.write_parquet(tmp_path / "queries.parquet")
+    corpus.write_parquet(tmp_path / "corpus.parquet")
+    queries.head(3).drop("positive_ids").write_parquet(tmp_path / "test_queries.parquet")
+    pl.DataFrame({"id": queries["id"], "fold": [0, 1] * 3}).write_parquet(tmp_path / "folds.parquet")
+    # the embedder is not under test: query i gets query vector i
+    monkeypatch.setattr(retrieval_eval, "encode_queries_and_corpus",
+                        lambda settings, texts, passages: (query_vecs[:len(texts)], passage_vecs))
+    argv = ["--queries", str(tmp_path / "queries.parquet"), "--corpus", str(tmp_path / "corpus.parquet"),
+            "--folds", str(tmp_path / "folds.parquet"), "--final-fit", "--embedders", "embedder", "--k", "4",
+            "--oof-out", str(tmp_path / "oof.parquet"), "--score-out", str(tmp_path / "score.json"),
+            "--test-queries", str(tmp_path / "test_queries.parquet"), "--test-out", str(tmp_path / "test.parquet")]
+    assert run_cli(retrieval_eval.main, argv) == 0
+    test = pl.read_parquet(tmp_path / "test.parquet")
+    assert test["id"].to_list() == ["q0", "q1", "q2"]
+    assert test["ranked_ids"].to_list() == rank_corpus(query_vecs[:3], passage_vecs, corpus["id"].to_list(), 4)
+    score = json.loads((tmp_path / "score.json").read_text())
+    assert score["final_fit"] is True and score["overall"] == {} and pl.read_parquet(tmp_path / "oof.parquet").height == 0

@@ -140,3 +140,22 @@ def test_verify_passes_on_identical_rebuild_and_lists_differences(tmp_path, monk
     assert run_cli(sub.main, ["verify", "--expected", "frozen.json", "--actual", "rebuilt.json", "--out", "y.ok"]) == 2
     assert "sub.csv (outputs: sha256 differs)" in capsys.readouterr().err
     assert not (tmp_path / "y.ok").exists()
+
+
+@pytest.mark.parametrize("test_ids, expected", [
+    (["t0", "t1", "t2"], "submission has 4 rows but test.parquet has 3 ids"),
+    (["t0", "t1", "t2", "zz"], "1 test ids have no row (e.g. ['zz'])"),
+    (["t1", "t0", "t2", "t3"], "submission row 1 is id 't0' but test.parquet has 't1' there"),
+])
+def test_without_a_sample_the_test_files_ids_count_and_order_are_checked(tmp_path, monkeypatch, capsys, test_ids, expected):
+    monkeypatch.chdir(tmp_path)
+    frame_for(MULTICLASS, n=4).write_parquet("predictions.parquet")
+    pl.DataFrame({"id": test_ids, "text": ["x"] * len(test_ids)}).write_parquet("test.parquet")
+    MULTICLASS.save("labels.json")
+    argv = ["--test", "predictions.parquet", "--test-data", "test.parquet", "--labels", "labels.json",
+            "--format", "top_k", "--out", "submission.csv"]
+    assert run_cli(sub.main, argv) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "submission.csv").exists()
+    pl.DataFrame({"id": ["t0", "t1", "t2", "t3"], "text": ["x"] * 4}).write_parquet("test.parquet")
+    assert run_cli(sub.main, argv) == 0

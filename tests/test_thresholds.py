@@ -158,3 +158,36 @@ def test_nested_threshold_score_matches_a_plain_fold_loop():
     expected = (f1_score(targets[:, 0], predicted[:, 0]) + f1_place + f1_score(targets[:, 3], predicted[:, 1])) / 3
     assert nested["score"] == pytest.approx(expected)
     assert set(nested["folds"]) == {"0", "1", "2"}
+
+
+def test_reported_f1_after_is_the_f1_of_applying_the_written_thresholds():
+    """A midpoint between two neighbouring float32 scores rounds onto the lower one in float32: the search and
+    every use of its thresholds must compare in the same (float64) precision."""
+    from workflow_scripts import metrics
+
+    spec = LabelSpec("multilabel", (Head("a", "binary", "a"),))
+    high = np.float32(0.7)
+    low = np.nextafter(high, np.float32(0))  # the float64 midpoint of these rounds to `low` in float32
+    probs = np.array([[high], [low], [low], [low], [low]], dtype=np.float32)
+    targets = np.array([[1], [0], [0], [0], [0]], dtype=np.float32)
+    result = th.search_thresholds(spec, probs, targets, "grid")
+    written = json.loads(json.dumps(result["thresholds"]))  # as the submission step reads them back
+    applied = metrics.hard_predictions(spec, probs, written)
+    assert applied[:, 0].tolist() == [1, 0, 0, 0, 0]
+    assert result["classes"]["a"]["f1_after"] == 1.0 == f1_score(targets[:, 0], applied[:, 0])
+    assert result["classes"]["a"]["positive_rate_after"] == 0.2
+
+
+@pytest.mark.parametrize("method", th.METHODS)
+def test_a_column_without_positives_predicts_none_and_says_so(method):
+    from workflow_scripts import metrics
+
+    spec = LabelSpec("multilabel", (Head("a", "binary", "a"), Head("b", "binary", "b")))
+    probs = np.array([[0.9, 0.8], [0.6, 0.1], [0.2, 0.7], [1.0, 0.3]], dtype=np.float32)
+    targets = np.array([[0, 1], [0, 0], [0, 1], [0, 0]], dtype=np.float32)  # column a: no positive in OOF
+    result = th.search_thresholds(spec, probs, targets, method)
+    applied = metrics.hard_predictions(spec, probs, json.loads(json.dumps(result["thresholds"])))
+    assert applied[:, 0].tolist() == [0, 0, 0, 0]
+    assert result["classes"]["a"]["predicts_none"] is True
+    assert result["classes"]["a"]["positive_rate_after"] == 0.0
+    assert result["classes"]["b"]["predicts_none"] is False

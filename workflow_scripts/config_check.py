@@ -31,15 +31,28 @@ def load_schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def key_path(parts) -> str:
+    """`retrieval.eedi.iterations[0].mine` from the parts of a path into the config."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
 def _key_path(error) -> str:
-    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    return key_path(error.absolute_path)
+
+
+def _problem_lines(error) -> list[str]:
+    """One line per problem; an object with several unknown keys gives one line per key."""
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return [f"config: {_key_path(error)}: unknown key {key!r} (allowed: {allowed})" for key in extra]
+    return [f"config: {_key_path(error)}: {_describe(error)}"]
 
 
 def _describe(error) -> str:
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        allowed = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"unknown key(s) {extra}; allowed: {allowed}"
     if error.validator == "enum":
         return f"{error.instance!r} is not one of {error.validator_value}"
     if error.validator == "pattern":
@@ -73,7 +86,8 @@ def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str
         config["models"] = {name: deep_merge(defaults, entry) if isinstance(entry, dict) else entry
                             for name, entry in models.items()}
     validator = Draft202012Validator(schema)
-    problems = [f"config: {_key_path(e)}: {_describe(e)}" for e in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))]
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [line for error in errors for line in _problem_lines(error)]
     if problems:
         raise OoflineError("invalid config\n" + "\n".join(problems))
     _fill_defaults(schema, config)
@@ -115,6 +129,11 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
         if bad_folds:
             problems.append(f"config: models.{name}.folds: {bad_folds} not below folds.n_folds={n_folds}")
+    for name, pipeline in (config.get("retrieval") or {}).items():
+        valid_fold, n_folds = pipeline.get("valid_fold", 0), pipeline.get("n_folds", 5)
+        if valid_fold is not None and valid_fold >= n_folds:
+            problems.append(f"config: retrieval.{name}.valid_fold: {valid_fold} is not below n_folds={n_folds} "
+                            "(null trains on every query)")
     problems += resource_problems(config)
     problems += output_problems(config)
     return problems
@@ -136,7 +155,6 @@ def output_problems(config: dict[str, Any]) -> list[str]:
     from workflow_scripts.ensemble import check_ensemble_config
     from workflow_scripts.rule_params import ensemble_cycle_problems
     from workflow_scripts.submission import FORMATS
-    from workflow_scripts.thresholds import METHOD_ALIASES, METHODS as THRESHOLD_METHODS
 
     problems = []
     models = list(config.get("models") or {})
@@ -157,23 +175,16 @@ def output_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"config: thresholds.{name}: no model or ensemble is called {name!r} (have {sources})")
         if task_type == "multiclass":
             problems.append(f"config: thresholds.{name}: a multiclass task has no binary columns to threshold (argmax is used)")
-        unknown = sorted(set(entry or {}) - {"method", "weight", "target_rates", "probe_f1"})
-        if unknown:
-            problems.append(f"config: thresholds.{name}: unknown key(s) {unknown} (expected method, weight, target_rates, probe_f1)")
-        elif (entry or {}).get("method", "hybrid") not in THRESHOLD_METHODS + tuple(METHOD_ALIASES):
-            problems.append(f"config: thresholds.{name}.method: {entry['method']!r} is not one of "
-                            f"{', '.join(THRESHOLD_METHODS)} (or grid, the former name of exact)")
     for name, entry in (config.get("submissions") or {}).items():
         entry = entry or {}
-        unknown = sorted(set(entry) - {"source", "format", "top_k", "id_column", "prediction_columns", "separator", "thresholds"})
-        if unknown:
-            problems.append(f"config: submissions.{name}: unknown key(s) {unknown}")
         if entry.get("source") not in sources:
             problems.append(f"config: submissions.{name}.source: {entry.get('source')!r} is not a model or ensemble (have {sources})")
         if entry.get("format", "argmax") not in FORMATS:
             problems.append(f"config: submissions.{name}.format: {entry.get('format')!r} is not one of {list(FORMATS)}")
         if entry.get("thresholds") and entry.get("source") not in (config.get("thresholds") or {}):
             problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
+    for name in sorted(set(config.get("submissions") or {}) & set(config.get("retrieval") or {})):
+        problems.append(f"config: submissions.{name}: retrieval.{name} also writes submissions/{name}/ (rename one)")
     for record, submission in (config.get("register") or {}).items():
         if submission not in (config.get("submissions") or {}):
             problems.append(f"config: register.{record}: no submission is called {submission!r}")

@@ -78,7 +78,7 @@ def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[st
     template = task.get("text_template", "{text}")
     if task.get("label_template"):
         train = with_label_from_template(train, task, train_source)
-    spec = build_label_spec(task, train) if task["type"] != "generative" else None
+    spec = build_label_spec(task, train, train_source) if task["type"] != "generative" else None
 
     def clean(frame: pl.DataFrame, source: str) -> pl.DataFrame:
         """`id`, the rendered `text`, then every other column as given (labels, groups, raw text)."""
@@ -131,8 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--targets-out", required=True)
     args = parser.parse_args(argv)
     task = json.loads(args.task)
-    train = read_table(args.train)
-    test = read_table(args.test) if args.test else None
+    ids = ("id", task.get("id_column", "id"))  # read as text, verbatim
+    train = read_table(args.train, ids)
+    test = read_table(args.test, ids) if args.test else None
     clean_train, clean_test, spec, targets = prepare_frames(train, test, task, args.train, args.test or "test")
     write_parquet(clean_train, args.train_out)
     if args.test_out and clean_test is not None:

@@ -34,10 +34,9 @@ def check_ensemble_config(name: str, config: dict, known_models: Sequence[str]) 
     where = f"ensembles.{name}"
     if not isinstance(config, dict):
         raise OoflineError(f"{where}: expected a mapping with 'members'")
-    unknown_keys = sorted(set(config) - {"members", "method", "blend", "member_top_k", "top_k", "metric"})
+    unknown_keys = sorted(set(config) - {"members", "method", "blend", "member_top_k"})
     if unknown_keys:
-        raise OoflineError(f"{where}: unknown keys {unknown_keys} (expected members, method, blend, member_top_k, "
-                           f"top_k, metric)")
+        raise OoflineError(f"{where}: unknown keys {unknown_keys} (expected members, method, blend, member_top_k)")
     members = config.get("members")
     if isinstance(members, dict):
         names, weights = list(members), list(members.values())

@@ -8,7 +8,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import polars as pl
 
@@ -116,18 +116,28 @@ def write_parquet(frame: pl.DataFrame, path: str | Path) -> None:
         frame.write_parquet(tmp, compression="zstd", statistics=False)
 
 
-def read_table(path: str | Path) -> pl.DataFrame:
-    """Read a csv or parquet file; a missing or unreadable file is an OoflineError naming it."""
+def read_table(path: str | Path, text_columns: Sequence[str] = ("id",)) -> pl.DataFrame:
+    """Read a csv, parquet or jsonl file; a missing or unreadable file is an OoflineError naming it.
+
+    `text_columns` (ids) are read as text, verbatim: a csv id `0900000` stays `0900000`, never the integer 900000.
+    """
     path = Path(path)
     if not path.exists():
         raise OoflineError(f"file not found: {path}")
+    as_text = {column: pl.String for column in dict.fromkeys(text_columns)}
     try:
         if path.suffix == ".parquet":
-            return pl.read_parquet(path)
-        if path.suffix in {".csv", ".gz", ".bz2"}:
-            return pl.read_csv(path, infer_schema_length=10000)
-        if path.suffix in {".jsonl", ".ndjson"}:
-            return pl.read_ndjson(path)
+            frame = pl.read_parquet(path)
+        elif path.suffix in {".csv", ".gz", ".bz2"}:
+            return pl.read_csv(path, infer_schema_length=10000, schema_overrides=as_text)
+        elif path.suffix in {".jsonl", ".ndjson"}:
+            frame = pl.read_ndjson(path)
+        else:
+            raise OoflineError(f"{path}: unsupported file type {path.suffix!r} (expected .csv or .parquet)")
+    except OoflineError:
+        raise
     except Exception as error:  # polars raises many types; the user needs the file name
         raise OoflineError(f"cannot read {path}: {error}") from error
-    raise OoflineError(f"{path}: unsupported file type {path.suffix!r} (expected .csv or .parquet)")
+    # typed formats keep their types; a numeric id column becomes its text (no padding was ever stored)
+    return frame.with_columns(pl.col(c).cast(pl.String) for c in as_text
+                              if c in frame.columns and frame[c].dtype != pl.String and not frame[c].dtype.is_nested())

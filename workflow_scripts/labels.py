@@ -118,13 +118,27 @@ class LabelSpec:
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
-def build_label_spec(task_config: dict[str, Any], train: pl.DataFrame) -> LabelSpec:
+def label_column_keys(task_config: dict[str, Any]) -> dict[str, str]:
+    """{label column: the config key that names it}, e.g. {'topic': 'task.label_column'}."""
+    task = task_config.get("type")
+    if task == "multiclass":
+        return {task_config["label_column"]: "task.label_column"}
+    if task == "multilabel":
+        return {column: f"task.label_columns[{i}]" for i, column in enumerate(task_config["label_columns"])}
+    if task == "multihead":
+        return {h.get("column", h["name"]): f"task.heads[{i}]." + ("column" if "column" in h else "name")
+                for i, h in enumerate(task_config["heads"])}
+    return {}
+
+
+def build_label_spec(task_config: dict[str, Any], train: pl.DataFrame, source: str = "training data") -> LabelSpec:
     """Derive the label layout from the task config and the training labels (classes sorted as strings)."""
     task = task_config["type"]
+    for column, key in label_column_keys(task_config).items():
+        if column not in train.columns:
+            raise OoflineError(f"{source}: label column {column!r} (config {key}) is missing (have {train.columns[:10]})")
 
     def classes_of(column: str) -> tuple[str, ...]:
-        if column not in train.columns:
-            raise OoflineError(f"training data: label column {column!r} (from config task) is missing")
         return tuple(sorted(train[column].drop_nulls().cast(pl.String).unique().to_list()))
 
     if task == "multiclass":

@@ -214,7 +214,8 @@ def hard_predictions(spec: LabelSpec, probs: np.ndarray, thresholds: dict[str, f
     for head, columns in spec.head_slices():
         block = probs[:, columns]
         if head.type == "binary":
-            out[:, columns] = (block >= thresholds.get(head.name, 0.5)).astype(np.int8)
+            # float64 like the threshold search: a float32 compare can round a midpoint onto a score
+            out[:, columns] = (block.astype(np.float64) >= float(thresholds.get(head.name, 0.5))).astype(np.int8)
         else:
             chosen = block.argmax(axis=1)
             one_hot = np.zeros(block.shape, dtype=np.int8)

@@ -224,7 +224,7 @@ def model_reference(out_dir: str, pipeline: str, reference: str) -> tuple[str, s
 
 
 def mining_flags(pipeline: Mapping[str, Any], mining_settings: Mapping[str, Any], embedder: str, suffix: str) -> str:
-    valid_fold = pipeline.get("valid_fold")
+    valid_fold = pipeline.get("valid_fold", 0)  # None: a final fit, every query is mined
     return " ".join(filter(None, [
         cli_flags(pipeline.get("embedder_inference", {})),
         cli_flags(mining_settings, MINING_KEYS),
@@ -240,8 +240,10 @@ def finetune_flags(role_settings: Mapping[str, Any]) -> str:
 
 
 def evaluation_flags(pipeline: Mapping[str, Any]) -> str:
+    valid_fold = pipeline.get("valid_fold", 0)  # None: a final fit, no held-out queries to score
     return " ".join(filter(None, [
-        cli_flags({"valid_folds": int(pipeline.get("valid_fold", 0)), "k": int(pipeline.get("k", 25)),
+        "--final-fit" if valid_fold is None else "",
+        cli_flags({"valid_folds": int(valid_fold) if valid_fold is not None else None, "k": int(pipeline.get("k", 25)),
                    "top_n": int(pipeline.get("top_n", 50))}),
         cli_flags(pipeline.get("embedder_inference", {})),
         cli_flags(pipeline.get("reranker_inference", {})),

@@ -28,7 +28,7 @@ import polars as pl
 
 from workflow_scripts import metrics
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.io import atomic_path, read_json, write_json
+from workflow_scripts.io import atomic_path, read_json, read_table, write_json
 from workflow_scripts.labels import LabelSpec
 
 FORMATS = ("top_k", "argmax", "labels", "joined")
@@ -133,6 +133,23 @@ def build_submission(spec: LabelSpec, test: pl.DataFrame, fmt: str, id_column: s
         )
     ordered = sample.select(id_column).join(frame, on=id_column, how="left", maintain_order="left")
     return ordered.select(sample.columns)
+
+
+def check_test_ids(frame: pl.DataFrame, id_column: str, test_ids: Sequence[str], source: str, ordered: bool) -> None:
+    """The submission holds each test id exactly once (and, unless a sample submission sets the order, in the
+    test file's order); else an OoflineError naming the test file."""
+    ids, test_ids = frame[id_column].to_list(), list(test_ids)
+    if len(ids) != len(test_ids):
+        raise OoflineError(f"submission has {len(ids)} rows but {source} has {len(test_ids)} ids (column 'id')")
+    ours, theirs = set(ids), set(test_ids)
+    if ours != theirs:
+        missing, extra = sorted(theirs - ours), sorted(ours - theirs)
+        raise OoflineError(f"submission ids differ from {source} column 'id': {len(missing)} test ids have no row "
+                           f"(e.g. {missing[:3]}), {len(extra)} rows are not test ids (e.g. {extra[:3]})")
+    if ordered and ids != test_ids:
+        position = next(i for i, (a, b) in enumerate(zip(ids, test_ids)) if a != b)
+        raise OoflineError(f"submission row {position + 1} is id {ids[position]!r} but {source} has {test_ids[position]!r} "
+                           "there (rows must follow the test file's order)")
 
 
 def write_csv(frame: pl.DataFrame, path: str | Path) -> None:
@@ -308,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--separator", default=" ")
     parser.add_argument("--thresholds", default=None, help="thresholds JSON for binary columns (default 0.5)")
     parser.add_argument("--sample-submission", default=None)
+    parser.add_argument("--test-data", default=None, help="the validated test file (data/test.parquet): the "
+                        "submission's ids, count and order are checked against its `id` column")
     parser.add_argument("--config-slice", default=None, help="JSON object or file: the config that built this")
     parser.add_argument("--inputs", nargs="*", default=[], help="input data files to hash")
     parser.add_argument("--artifacts", nargs="*", default=[], help="upstream artifacts (files or folders) to hash")
@@ -327,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sample = read_sample_submission(args.sample_submission) if args.sample_submission else None
     frame = build_submission(spec, test, args.format, args.id_column, args.prediction_columns, args.top_k,
                              load_thresholds(args.thresholds), args.separator, sample)
+    if args.test_data:
+        check_test_ids(frame, args.id_column, read_table(args.test_data)["id"].to_list(), args.test_data, sample is None)
     write_csv(frame, args.out)
     print(f"submission {args.name}: {frame.height} rows, columns {frame.columns} -> {args.out}", flush=True)
     if args.manifest_out:
@@ -336,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         artifacts = [args.test, args.labels] + ([args.thresholds] if args.thresholds else []) + list(args.artifacts)
         manifest = build_manifest(
             _config_option(args.config_slice), sorted(set(inputs)), sorted(set(artifacts)), [args.out],
-            args.scores, args.container, args.base_models, args.name,
+            # the thresholds' OOF scores too: the leaderboard reads the thresholded CV from the manifest
+            list(args.scores) + ([args.thresholds] if args.thresholds else []), args.container, args.base_models, args.name,
             datetime.now(timezone.utc).isoformat(timespec="seconds") if args.timestamp else None,
         )
         write_json(manifest, args.manifest_out)

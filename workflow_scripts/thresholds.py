@@ -6,6 +6,7 @@ Methods, per binary column:
 - `class_balance`: the threshold whose predicted positive rate is closest to a target rate r* (training
   prior by default; or rates from config; or leaderboard-probe F1 of an all-ones submission, r* = F1/(2-F1));
 - `hybrid`: `weight * exact + (1 - weight) * class_balance`.
+A column with no positive in OOF gets a threshold above every score (it predicts none) and `predicts_none`.
 Multiclass heads always use argmax and get no threshold. A column is positive when `probability >= threshold`;
 chosen thresholds sit midway between neighbouring distinct scores so they do not sit on an OOF score.
 """
@@ -128,7 +129,8 @@ def search_thresholds(
     classes, chosen = {}, {}
     for name in spec.binary_columns:
         j = columns.index(name)
-        scores, labels = probs[:, j], targets[:, j] > 0.5
+        # float64 throughout, as metrics.hard_predictions applies the thresholds
+        scores, labels = probs[:, j].astype(np.float64), targets[:, j] > 0.5
         exact, exact_f1 = best_f1_threshold(scores, labels)
         if name in target_rates:
             rate, source = float(target_rates[name]), "config"
@@ -139,6 +141,10 @@ def search_thresholds(
         balance = class_balance_threshold(scores, rate)
         hybrid = weight * exact + (1.0 - weight) * balance
         threshold = {"exact": exact, "class_balance": balance, "hybrid": hybrid}[method]
+        predicts_none = not labels.any()
+        if predicts_none:
+            # every threshold scores F1 0 here, and any of them would flag rows the OOF never calls positive
+            threshold = float(np.nextafter(max(float(scores.max()), 1.0), np.inf))
         chosen[name] = threshold
         classes[name] = {
             "method": method,
@@ -152,7 +158,10 @@ def search_thresholds(
             "f1_before": f1_at(scores, labels, 0.5),
             "f1_after": f1_at(scores, labels, threshold),
             "f1_exact": exact_f1,
+            "predicts_none": predicts_none,
         }
+        if predicts_none:
+            classes[name]["note"] = "no positive in OOF: threshold above every score, the column predicts none"
     before = metrics.task_scores(spec, probs, targets, metric)
     after = metrics.task_scores(spec, probs, targets, metric, chosen)
     return {

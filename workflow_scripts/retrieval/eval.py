@@ -3,6 +3,7 @@
 oof.parquet: `id`, `fold`, `embedder_ids` (list[str], best first), `reranked_ids` (list[str]; null without a
 reranker). score.json: MAP@k and Recall@k (metrics.py, Kaggle rules) per fold and overall, for the
 embedder alone and for embedder+reranker. test.parquet: `id`, `ranked_ids` (top k, best first).
+With --final-fit (config `valid_fold: null`) the models saw every query: only test.parquet has rankings.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from workflow_scripts.retrieval.models import (
     RerankerSettings, add_reranker_arguments, encode_queries_and_corpus, load_reranker, rerank_scores, reranker_settings,
 )
 
+OOF_SCHEMA = {"id": pl.String, "fold": pl.Int64, "embedder_ids": pl.List(pl.String), "reranked_ids": pl.List(pl.String)}
 ScorePairs = Callable[[list[tuple[str, str]]], np.ndarray]
 
 
@@ -78,7 +80,7 @@ def evaluate_fold(
         reranked = rerank(queries["query"].to_list(), ranked, text_of_id, score_pairs, top_n)
     return pl.DataFrame(
         {"id": queries["id"], "fold": [fold] * queries.height, "embedder_ids": ranked, "reranked_ids": reranked},
-        schema={"id": pl.String, "fold": pl.Int64, "embedder_ids": pl.List(pl.String), "reranked_ids": pl.List(pl.String)},
+        schema=OOF_SCHEMA,
     )
 
 
@@ -95,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--queries", required=True)
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--folds", required=True, help="parquet with id, fold")
-    parser.add_argument("--valid-folds", type=int, nargs="+", required=True, help="held-out folds, one model each")
+    parser.add_argument("--valid-folds", type=int, nargs="+", default=None, help="held-out folds, one model each")
+    parser.add_argument("--final-fit", action="store_true",
+                        help="the models trained on every query: rank the test queries only (no OOF score)")
     parser.add_argument("--embedders", nargs="+", required=True, help="one embedder folder per valid fold")
     parser.add_argument("--rerankers", nargs="*", default=[], help="one reranker folder per valid fold (optional)")
     parser.add_argument("--k", type=int, default=25)
@@ -107,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_embedder_arguments(parser, with_model=False)
     add_reranker_arguments(parser, with_model=False)
     args = parser.parse_args(argv)
+    if args.final_fit == (args.valid_folds is not None):
+        raise OoflineError("give either --valid-folds or --final-fit")
+    if args.final_fit:
+        args.valid_folds = [None]  # one model, no held-out queries
     if len(args.embedders) != len(args.valid_folds):
         raise OoflineError(f"--embedders has {len(args.embedders)} entries for {len(args.valid_folds)} --valid-folds")
     if args.rerankers and len(args.rerankers) != len(args.valid_folds):
@@ -118,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     depth = max(args.k, args.top_n)
     parts = []
     for position, fold in enumerate(args.valid_folds):
-        held_out = queries.filter(pl.col("fold") == fold)
-        if held_out.height == 0:
+        held_out = queries.head(0) if fold is None else queries.filter(pl.col("fold") == fold)
+        if held_out.height == 0 and fold is not None:
             raise OoflineError(f"{args.folds}: fold {fold} (from --valid-folds) has no queries")
         settings = embedder_settings(args, args.embedders[position])
         test = None
@@ -129,15 +137,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         all_query_vecs, passage_vecs = encode_queries_and_corpus(settings, texts, corpus["text"].to_list())
         query_vecs, test_vecs = all_query_vecs[:held_out.height], all_query_vecs[held_out.height:]
         score_pairs = _reranker_for(args.rerankers[position] if args.rerankers else None, args)
-        parts.append(evaluate_fold(held_out, corpus, query_vecs, passage_vecs, score_pairs, fold, depth, args.top_n))
-        print(f"fold {fold}: ranked {held_out.height} held-out queries", flush=True)
+        if fold is not None:
+            parts.append(evaluate_fold(held_out, corpus, query_vecs, passage_vecs, score_pairs, fold, depth, args.top_n))
+            print(f"fold {fold}: ranked {held_out.height} held-out queries", flush=True)
         if test is not None:
             ranked = evaluate_fold(test, corpus, test_vecs, passage_vecs, score_pairs, -1, depth, args.top_n)
             column = "reranked_ids" if score_pairs is not None else "embedder_ids"
             write_parquet(ranked.select("id", pl.col(column).list.head(args.k).alias("ranked_ids")), args.test_out)
             print(f"test: ranked {test.height} queries -> {args.test_out}", flush=True)
-    oof = pl.concat(parts).sort("fold", "id")
-    score = score_oof(oof, queries, args.k)
+    if args.final_fit:
+        oof = pl.DataFrame(schema=OOF_SCHEMA)
+        score = {"k": args.k, "n_queries": 0, "overall": {}, "folds": {}, "final_fit": True,
+                 "note": "valid_fold: null trains on every query: no held-out score"}
+    else:
+        oof = pl.concat(parts).sort("fold", "id")
+        score = score_oof(oof, queries, args.k)
     write_parquet(oof, args.oof_out)
     write_json(score, args.score_out)
     print(f"score: {score['overall']}", flush=True)
