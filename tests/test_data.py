@@ -90,3 +90,22 @@ def test_a_missing_label_column_names_the_file_and_the_config_key(movies_demo, t
     with pytest.raises(OoflineError) as error:
         prepare_frames(train, test, {"text_template": "{text}", **task}, train_source="data/train.csv")
     assert str(error.value).startswith("data/train.csv: ") and expected in str(error.value)
+
+
+def test_label_template_builds_the_label_from_other_columns():
+    """MAP's `{Category}:{Misconception}`: blanks and nulls render as NA, and the classes are the rendered labels."""
+    task = {"type": "multiclass", "text_template": "{text}", "label_column": "target",
+            "label_template": "{Category}:{Misconception}"}
+    train = pl.DataFrame({"id": ["a", "b", "c", "d", "e"], "text": ["t1", "t2", "t3", "t4", "t5"],
+                          "Category": ["True_Correct", "False_Misconception", "False_Misconception", "True_Neither",
+                                       "False_Misconception"],
+                          "Misconception": [None, "Incomplete", "Wrong_fraction", "", "Incomplete"]})
+    clean, _, spec, targets = prepare_frames(train, None, task)
+    assert clean["target"].to_list() == ["True_Correct:NA", "False_Misconception:Incomplete",
+                                         "False_Misconception:Wrong_fraction", "True_Neither:NA",
+                                         "False_Misconception:Incomplete"]
+    assert spec.probability_columns == ["False_Misconception:Incomplete", "False_Misconception:Wrong_fraction",
+                                        "True_Correct:NA", "True_Neither:NA"]
+    assert targets.select(spec.probability_columns).to_numpy().argmax(axis=1).tolist() == [2, 0, 1, 3, 0]
+    with pytest.raises(OoflineError, match=r"column\(s\) \['Misconception'\] used by task.label_template"):
+        prepare_frames(train.drop("Misconception"), None, task, train_source="train.csv")

@@ -187,7 +187,7 @@ def test_snakemake_runs_four_gpu_jobs_at_once_each_on_its_own_gpu(tmp_path):
     import shutil
 
     work = tmp_path / "wf"
-    shutil.copytree(REPO / "tests" / "fixtures" / "slurm_workflow", work)
+    shutil.copytree(REPO / "tests" / "fixtures" / "gpu_jobs_workflow", work)
     shutil.copytree(REPO / "profiles", work / "profiles")
     env = clean_env(OOFLINE_GPU_DEVICES="0,1,2,3", OOFLINE_GPU_LOCK_DIR=str(tmp_path / "locks"), OMP_NUM_THREADS="1")
     result = subprocess.run(

@@ -1,9 +1,9 @@
-"""OOM handling: the retry plan keeps the effective batch, an OOM exits 75, Snakemake retries with attempt 2."""
+"""OOM handling: the retry plan keeps the effective batch, an OOM exits 75, and the real rules retry it with\nmore memory while the trainer's OOM record halves the micro-batch."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +16,6 @@ from workflow_scripts.errors import OoflineError
 
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "tests" / "fixtures" / "slurm_workflow"
 
 
 def reference_plan(attempt, micro, accum):
@@ -99,49 +98,86 @@ def test_plan_cli_prints_json():
                                          "mem_mb": 24000, "effective_batch_size": 32}
 
 
-def test_snakemake_retries_an_oom_with_the_next_attempts_plan(tmp_path):
-    """Real snakemake with the default profile: attempt 1 OOMs (exit 75), attempt 2 runs with 4 x 2."""
-    work = tmp_path / "wf"
-    shutil.copytree(FIXTURE, work)
-    shutil.copytree(REPO / "profiles", work / "profiles")  # profiles/default applies implicitly
+# One QLoRA model on the movies demo with explicit resources, as a user would configure a GPU job.
+OOM_MODEL_RESOURCES = {"gpu": 1, "mem_mb": 1000, "runtime": 7, "slurm_partition": "gpu", "threads": 1}
+
+
+def oom_config(**model):
+    from movies_workflow import movies_config
+
+    return movies_config(
+        n_train=60,
+        model_defaults={"max_length": 32, "epochs": 1, "batch_size": 8},
+        models={"qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4,
+                          "alpha": 8, "lr": 2e-3, "resources": OOM_MODEL_RESOURCES, **model}},
+    )
+
+
+def snakemake_env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
-    env.update(PYTHONPATH=str(REPO), OOFLINE_GPU_DEVICES="0,1", OOFLINE_GPU_LOCK_DIR=str(tmp_path / "locks"),
-               OOFLINE_INJECT_OOM="1", OMP_NUM_THREADS="1")
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def job_resources(snakemake_output: str) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """{(rule, wildcards): [resources of each time the job was started]} from Snakemake's job lines."""
+    jobs, current = {}, None
+    for line in snakemake_output.splitlines():
+        if match := re.match(r"^(?:localrule|rule) (\w+):", line):
+            current = [match.group(1), ""]
+        elif current and (match := re.match(r"^\s+wildcards: (.*)$", line)):
+            current[1] = match.group(1)
+        elif current and (match := re.match(r"^\s+resources: (.*)$", line)):
+            resources = dict(item.split("=", 1) for item in match.group(1).split(", "))
+            jobs.setdefault(tuple(current), []).append(resources)
+            current = None
+    return jobs
+
+
+def test_every_gpu_step_of_the_real_rules_takes_the_models_resources(tmp_path):
+    """A dry run of the real workflow: training, merging and prediction all ask for the model's GPU, memory,
+    runtime and partition (rules/common.smk step_resources); CPU steps ask for none of them."""
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(oom_config()))
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "1",
+         "results/oof/qlora.parquet", "results/models/qlora/fold1/merged"],
+        cwd=tmp_path, env=snakemake_env(), capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "returned non-zero exit status 75" in result.stderr
-    trained = json.loads((work / "results" / "train" / "tiny.json").read_text())
-    assert (trained["attempt"], trained["micro_batch_size"], trained["grad_accum_steps"], trained["mem_mb"]) == (
-        2, 4, 2, 750)
-    assert trained["cuda_visible_devices"] == "0"
+    jobs = job_resources(result.stdout + result.stderr)
+    gpu_jobs = {job: runs for job, runs in jobs.items() if job[0] in ("train_adapter", "merge_adapter", "predict_fold")}
+    assert sorted(gpu_jobs) == [("merge_adapter", "model=qlora, split=fold1"),
+                                ("predict_fold", "model=qlora, split=fold0"), ("predict_fold", "model=qlora, split=fold1"),
+                                ("train_adapter", "model=qlora, split=fold0"), ("train_adapter", "model=qlora, split=fold1")]
+    for job, [resources] in gpu_jobs.items():
+        assert {key: resources.get(key) for key in ("gpu", "mem_mb", "runtime", "slurm_partition")} == {
+            "gpu": "1", "mem_mb": "1000", "runtime": "7", "slurm_partition": "gpu"}, job
+    for job in (("prepare_data", ""), ("folds", ""), ("oof", "model=qlora")):
+        [resources] = jobs[job]
+        assert "gpu" not in resources and "slurm_partition" not in resources, (job, resources)
 
 
 @pytest.mark.slow
-def test_real_training_retries_an_oom_with_half_the_micro_batch(tmp_path):
-    """The real train rule: attempt 1 runs out of memory (injected) and exits 75; Snakemake retries it, and
-    attempt 2 trains with half the micro-batch and twice the accumulation, then clears its OOM record."""
+def test_real_training_retries_an_oom_with_half_the_micro_batch_and_more_memory(tmp_path):
+    """The real train rule: attempt 1 runs out of memory (injected) and exits 75, recording the OOM; Snakemake
+    retries it with 1.5 x mem_mb, and attempt 2 trains with half the micro-batch and twice the accumulation
+    (the same 8 rows per optimizer step, so the same number of steps), then clears its OOM record."""
     import yaml
-    from movies_workflow import movies_config
 
-    config = movies_config(
-        model_defaults={"max_length": 32, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
-        models={"qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4,
-                          "alpha": 8, "lr": 2e-3}},
-    )
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
-    env.update(OOFLINE_INJECT_OOM="1", OMP_NUM_THREADS="1")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(oom_config()))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "1",
          "results/models/qlora/fold0/adapter"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=snakemake_env(OOFLINE_INJECT_OOM="1"), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "returned non-zero exit status 75" in result.stderr
+    runs = job_resources(result.stderr)[("train_adapter", "model=qlora, split=fold0")]
+    assert [(run["attempt"], run["mem_mb"]) for run in runs] == [("1", "1000"), ("2", "1500")]
     summary = json.loads((tmp_path / "results" / "models" / "qlora" / "fold0" / "adapter" / "training.json")
                          .read_text())["summary"]
     assert (summary["attempt"], summary["micro_batch"], summary["grad_accum"]) == (2, 4, 2)
+    assert summary["steps"] == -(-summary["train_rows"]["official"] // 8)  # one epoch of 8-row steps
     assert not (tmp_path / "results" / "work" / "qlora" / "fold0").exists()

@@ -138,3 +138,53 @@ def test_real_reranker_finetune_with_label_smoothing(tiny_bert, tmp_path):
     reranker = FlagAutoReranker.from_finetuned(str(merged), model_class="encoder-only-base", devices="cpu", use_fp16=False)
     scores = reranker.compute_score([["a review", "a plot"], ["a review", "another plot"]], normalize=False)
     assert len(scores) == 2 and all(np.isfinite(scores))
+
+
+# Run by the label-smoothing launcher in place of a FlagEmbedding entry point: builds a reranker model (the
+# class the launcher patches) and writes its training loss on fixed logits, target = the positive (index 0).
+LOSS_PROBE = '''
+import json, sys
+import torch
+from FlagEmbedding.abc.finetune.reranker import AbsRerankerModel
+
+class Probe(AbsRerankerModel):
+    def encode(self, features):
+        return features
+
+class Config:
+    pad_token_id = 0
+
+class Base:
+    config = Config()
+
+class Tokenizer:
+    pad_token_id = 0
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [7]}
+
+logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2]])
+loss = Probe(Base(), Tokenizer(), train_batch_size=2).compute_loss(logits, torch.zeros(2, dtype=torch.long))
+json.dump(float(loss), open(sys.argv[1], "w"))
+'''
+
+
+@pytest.mark.slow
+def test_label_smoothing_launcher_smooths_the_reranker_loss(tmp_path):
+    """The reranker's loss under the launcher is cross-entropy against (1 - e) * one-hot + e / n_passages,
+    worked out here with numpy; unpatched it would be the plain cross-entropy."""
+    import os
+    import subprocess
+    import sys
+
+    smoothing = 0.2
+    (tmp_path / "loss_probe.py").write_text(LOSS_PROBE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])]))
+    subprocess.run([sys.executable, "-m", "workflow_scripts.retrieval.finetune", "--launch", "loss_probe",
+                    "--launch-label-smoothing", str(smoothing), "--", str(tmp_path / "loss.json")],
+                   env=env, check=True, capture_output=True, timeout=120)
+    logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2]])
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    targets = (1 - smoothing) * np.eye(3)[[0, 0]] + smoothing / 3
+    expected = float(-(targets * log_p).sum(axis=1).mean())
+    assert json.loads((tmp_path / "loss.json").read_text()) == pytest.approx(expected, rel=1e-6)
+    assert expected > float(-log_p[:, 0].mean()) + 0.05  # far from the unsmoothed loss

@@ -1,6 +1,7 @@
 """A real one-node Slurm cluster (.ci/slurm/up.sh): a subset of the demo runs through the real workflow
 with every job submitted by sbatch and GPU rules asking for a GPU; a scancelled training job is retried and
-resumes from its checkpoint; an OOM (in a small fixture workflow) is retried with more memory."""
+resumes from its checkpoint; a training job that runs out of memory is resubmitted with more memory and
+trains with half the micro-batch."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ import pytest
 from movies_workflow import movies_config
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "tests" / "fixtures" / "slurm_workflow"
 
 pytestmark = [
     pytest.mark.slurm,
@@ -51,56 +51,75 @@ def job_info(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", text))
 
 
-def run_workflow(work: Path, extra_env: dict[str, str], config: list[str], background: bool = False):
+def slurm_snakemake(work: Path, *targets: str) -> subprocess.Popen:
+    """The real workflow run from `work` with the slurm profile: every job is submitted by sbatch."""
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_CONF")}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **extra_env)
-    # as a user runs it from the repository root: profiles/default would be picked up implicitly as
-    # the workflow profile (cores, gpu=1 cap), so the slurm profile is given as the workflow profile
-    cmd = [sys.executable, "-m", "snakemake", "--workflow-profile", "slurm",
+    env.update(OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+           "--workflow-profile", str(REPO / "profiles" / "slurm"),
            # no accounting on the test cluster: sacct would hang
            "--slurm-status-command", "squeue", "--slurm-keep-successful-logs",
            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
-           "--latency-wait", "5",
-           "--config", *config]
-    log = open(work / "snakemake.out", "w")
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    if background:
-        return proc
-    proc.wait(timeout=400)
-    return proc
+           "--latency-wait", "5", *targets]
+    with open(work / "snakemake.out", "w") as log:
+        return subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def test_jobs_run_through_slurm_gpu_rule_requests_a_gpu_and_oom_retry_gets_more_memory(cluster, tmp_path):
-    work = tmp_path / "wf"
-    shutil.copytree(FIXTURE, work)
-    shutil.copytree(REPO / "profiles", work / "profiles")
-    proc = run_workflow(work, {"OOFLINE_INJECT_OOM": "1"}, ["train_sleep=0"])
+def slurm_jobs_by_rule(work: Path) -> dict[str, list[str]]:
+    """{rule: Slurm job ids, in submission order} from the plugin's per-job logs
+    (.snakemake/slurm_logs/rule_<name>/...)."""
+    jobs: dict[str, list[str]] = {}
+    for log in (work / ".snakemake" / "slurm_logs").rglob("*.log"):
+        rule = next(part for part in log.relative_to(work).parts if part.startswith("rule_"))
+        jobs.setdefault(rule.removeprefix("rule_"), []).append(log.stem)
+    return {rule: sorted(job_ids, key=int) for rule, job_ids in jobs.items()}
+
+
+# One QLoRA model whose GPU steps ask for 1000 MB on the gpu partition; with OOFLINE_INJECT_OOM=1 its first
+# training attempt fails with the trainer's out-of-memory exit.
+OOM_SUBSET = movies_config(
+    n_train=60,
+    model_defaults={"max_length": 32, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
+    models={"qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8,
+                      "lr": 2e-3, "resources": {"gpu": 1, "cpus_per_gpu": 1, "slurm_partition": "gpu",
+                                                "mem_mb": 1000, "runtime": 15}}},
+)
+
+
+def test_real_training_oom_is_resubmitted_with_more_memory_and_half_the_micro_batch(cluster, tmp_path, monkeypatch):
+    import yaml
+
+    work = tmp_path / "oom"
+    work.mkdir()
+    (work / "config.yaml").write_text(yaml.safe_dump(OOM_SUBSET))
+    monkeypatch.setenv("OOFLINE_INJECT_OOM", "1")  # sbatch exports the environment to the job
+    proc = slurm_snakemake(work, "results/models/qlora/fold0/adapter")
+    proc.wait(timeout=600)
     output = (work / "snakemake.out").read_text()
     assert proc.returncode == 0, output[-4000:]
 
-    prepared = json.loads((work / "results" / "prepare.json").read_text())
-    trained = json.loads((work / "results" / "train" / "tiny.json").read_text())
-    assert prepared["slurm_job_id"] and trained["slurm_job_id"]
-    assert prepared["slurm_job_id"] != trained["slurm_job_id"]
+    # the trainer's OOM record halved the resubmitted job's micro-batch, keeping 8 rows per optimizer step
+    summary = json.loads((work / "results" / "models" / "qlora" / "fold0" / "adapter" / "training.json")
+                         .read_text())["summary"]
+    assert (summary["attempt"], summary["micro_batch"], summary["grad_accum"]) == (2, 4, 2)
+    assert not (work / "results" / "work" / "qlora" / "fold0").exists()
+
+    # step_resources: the model's partition and GPU; its mem_mb on attempt 1, 1.5 x on the resubmission
+    jobs = slurm_jobs_by_rule(work)
+    assert len(jobs["train_adapter"]) == 2, jobs
+    first, retry = (job_info(job_id) for job_id in jobs["train_adapter"])
+    assert (first["JobState"], first["Partition"], first["TresPerJob"], first["MinMemoryNode"]) == (
+        "FAILED", "gpu", "gres:gpu:1", "1000M")
+    assert (retry["JobState"], retry["Partition"], retry["TresPerJob"], retry["MinMemoryNode"]) == (
+        "COMPLETED", "gpu", "gres:gpu:1", "1500M")
+    first_log = next((work / ".snakemake" / "slurm_logs").rglob(f"{jobs['train_adapter'][0]}.log"))
+    assert "exit status 75" in first_log.read_text()
     # Slurm assigned the (fake) GPU; the allocator left its CUDA_VISIBLE_DEVICES alone
-    assert trained["cuda_visible_devices"] == "0"
-    assert (trained["attempt"], trained["micro_batch_size"], trained["grad_accum_steps"]) == (2, 4, 2)
-
-    cpu_job = job_info(prepared["slurm_job_id"])
-    assert cpu_job["Partition"] == "cpu" and cpu_job["JobState"] == "COMPLETED"
-    assert "gpu" not in cpu_job.get("TresPerJob", "")
-    gpu_job = job_info(trained["slurm_job_id"])
-    assert gpu_job["Partition"] == "gpu" and gpu_job["JobState"] == "COMPLETED"
-    assert gpu_job["TresPerJob"] == "gres:gpu:1"
-    assert gpu_job["MinMemoryNode"] == "750M"  # mem_mb grew from 500 on the retry
-
-    # Both attempts left a Slurm log; the first one failed with the OOM exit code.
-    logs = sorted((work / ".snakemake" / "slurm_logs" / "rule_train" / "tiny").glob("*.log"),
-                  key=lambda p: int(p.stem))
-    assert len(logs) == 2
-    first_job = job_info(logs[0].stem)
-    assert first_job["JobState"] == "FAILED" and first_job["MinMemoryNode"] == "500M"
-    assert "exit status 75" in logs[0].read_text()
+    assert "gpu_devices: CUDA_VISIBLE_DEVICES=0 " in (work / "results" / "logs" / "train" / "qlora" / "fold0.log").read_text()
+    for rule in ("prepare_data", "folds", "prepare_model"):
+        [job_id] = jobs[rule]
+        info = job_info(job_id)
+        assert info["Partition"] == "cpu" and "gpu" not in info.get("TresPerJob", ""), (rule, info)
 
 
 # A subset of the demo through the real workflow: the movies data, one QLoRA model on the GPU partition,
@@ -117,30 +136,13 @@ DEMO_SUBSET = movies_config(
 )
 
 
-def slurm_jobs_by_rule(work: Path) -> dict[str, list[str]]:
-    """{rule: Slurm job ids} from the plugin's per-job logs (.snakemake/slurm_logs/rule_<name>/...)."""
-    jobs: dict[str, list[str]] = {}
-    for log in (work / ".snakemake" / "slurm_logs").rglob("*.log"):
-        rule = next(part for part in log.relative_to(work).parts if part.startswith("rule_"))
-        jobs.setdefault(rule.removeprefix("rule_"), []).append(log.stem)
-    return jobs
-
-
 def test_demo_subset_runs_through_slurm_and_a_scancelled_training_job_resumes(cluster, tmp_path):
     import yaml
 
     work = tmp_path / "demo"
     work.mkdir()
     (work / "config.yaml").write_text(yaml.safe_dump(DEMO_SUBSET))
-    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_CONF")}
-    env.update(OMP_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-           "--workflow-profile", str(REPO / "profiles" / "slurm"),
-           "--slurm-status-command", "squeue", "--slurm-keep-successful-logs",
-           "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
-           "--latency-wait", "5", "results/submissions/qlora_top3/submission.csv"]
-    with open(work / "snakemake.out", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = slurm_snakemake(work, "results/submissions/qlora_top3/submission.csv")
     checkpoint = work / "results" / "work" / "qlora" / "fold0" / "checkpoint"
     cancelled = None
     try:

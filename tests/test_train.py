@@ -1,8 +1,11 @@
 """Real training on a tiny Llama: QLoRA 4-bit on the CPU, resume after a kill, sorted inference."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from workflow_scripts.data import prepare_frames
@@ -96,3 +99,68 @@ def test_unknown_fold_and_stage_data_are_errors(prepared, tmp_path, tiny_llama_d
     config = {**QLORA, "stages": [{"epochs": 1, "data": ["official", "generated"]}]}
     with pytest.raises(OoflineError, match=r"stage data \['generated'\] are not provided"):
         train_model(train, targets, spec, set(train["id"].to_list()), config, str(tiny_llama_dir), tmp_path / "o", tmp_path / "w")
+
+
+def logged_steps(output: str) -> list[tuple[int, int, float]]:
+    """(stage, step, learning rate) of every progress line the trainer printed."""
+    return [(int(stage), int(step), float(lr)) for stage, step, lr in
+            re.findall(r"^stage (\d+)/\d+ epoch \d+/\d+ step (\d+)/\d+ loss \S+ lr (\S+)", output, re.MULTILINE)]
+
+
+@pytest.mark.slow
+def test_cosine_schedule_and_weight_decay_reach_the_optimizer(tmp_path, prepared, tiny_llama_dir, capsys):
+    """Each step's learning rate follows transformers' cosine schedule, and AdamW's decoupled weight decay
+    shrinks every weight by (1 - lr * weight_decay) per step: embedding rows of tokens the data never uses get
+    no gradient, so that shrinking is all that happens to them."""
+    from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+
+    train, _, spec, targets = prepared
+    train, targets = train.head(32), targets[:32]
+    config = {**QLORA, "kind": "encoder_full", "quantization": "none", "epochs": 1, "batch_size": 4, "lr": 1e-2,
+              "weight_decay": 2.0, "scheduler": "cosine", "warmup_ratio": 0.0, "log_every": 1, "dropout": 0.0}
+    capsys.readouterr()
+    summary = train_model(train, targets, spec, set(train["id"].to_list()), config, str(tiny_llama_dir),
+                          tmp_path / "m", tmp_path / "w")
+    steps = logged_steps(capsys.readouterr().out)
+    assert summary["steps"] == len(steps) == 8
+
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config["lr"])
+    schedule = get_cosine_schedule_with_warmup(reference, num_warmup_steps=0, num_training_steps=8)
+    expected_lrs = []
+    for _ in range(8):
+        expected_lrs.append(reference.param_groups[0]["lr"])
+        reference.step()
+        schedule.step()
+    assert [lr for _, _, lr in steps] == pytest.approx(expected_lrs, rel=6e-3)  # the log prints 3 digits
+    assert expected_lrs[4] == pytest.approx(0.5e-2) and expected_lrs[2] > 0.8e-2  # not linear (0.75e-2 there)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    used = {token for ids in tokenizer(train["text"].to_list(), truncation=True, max_length=48)["input_ids"]
+            for token in ids} | {tokenizer.pad_token_id}
+    unused = sorted(set(range(len(tokenizer))) - used)
+    assert len(unused) > 10
+    before = next(v for k, v in load_file(str(tiny_llama_dir / "model.safetensors")).items() if "embed_tokens" in k)
+    after = next(v for k, v in load_file(str(tmp_path / "m" / "model.safetensors")).items() if "embed_tokens" in k)
+    shrink = np.prod([1 - lr * config["weight_decay"] for lr in expected_lrs])
+    np.testing.assert_allclose(after[unused], before[unused] * shrink, rtol=1e-4, atol=1e-7)
+    assert shrink < 0.95  # far from 1, so a trainer without weight decay fails this test
+
+
+@pytest.mark.slow
+def test_staged_training_sees_the_extra_rows_in_stage_one_only(tmp_path, prepared, tiny_llama_dir, capsys):
+    """stages: [official + extra, official]: stage 1 takes 32 + 16 rows (6 steps of 8), stage 2 the 32 official
+    rows only (4 steps), in that order."""
+    import polars as pl
+
+    train, test, spec, targets = prepared
+    train, targets = train.head(32), targets[:32]
+    extra = test.select("id", "text").with_columns(
+        [pl.lit(1 / len(spec.probability_columns), dtype=pl.Float32).alias(c) for c in spec.probability_columns])
+    config = {**QLORA, "kind": "encoder_full", "quantization": "none", "batch_size": 8, "log_every": 1,
+              "stages": [{"epochs": 1, "data": ["official", "generated"]}, {"epochs": 1, "data": ["official"]}]}
+    capsys.readouterr()
+    summary = train_model(train, targets, spec, set(train["id"].to_list()), config, str(tiny_llama_dir),
+                          tmp_path / "m", tmp_path / "w", extra_sets={"generated": extra})
+    steps = logged_steps(capsys.readouterr().out)
+    assert [(stage, step) for stage, step, _ in steps] == [(1, k) for k in range(1, 7)] + [(2, k) for k in range(7, 11)]
+    assert summary["train_rows"] == {"official": 32, "generated": 16}
