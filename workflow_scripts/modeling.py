@@ -150,13 +150,16 @@ def load_base_classifier(path: str | Path, num_labels: int, quantization: str = 
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": device or _default_device()}
+    elif device is not None and str(device) != "cpu":
+        # Stream the weights straight onto the GPU: no full copy of a large model in host RAM.
+        kwargs["device_map"] = {"": str(device)}
     model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
     if quantization == "4bit":
         _disable_cpu_packed_4bit(model)
     if model.config.pad_token_id is None:
         # Decoders classify from the last non-pad token, so they need to know which id pads.
         model.config.pad_token_id = load_tokenizer(path, trust_remote_code).pad_token_id
-    if quantization_config is None and device is not None:
+    if quantization_config is None and device is not None and str(device) == "cpu":
         model = model.to(device)
     return model
 
@@ -202,11 +205,13 @@ def load_classifier(path: str | Path, num_labels: int, kind: str, quantization: 
 
 def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str | Path, num_labels: int,
                   quantization: str = "none", trust_remote_code: bool = False, dtype: Any = "float32",
-                  problem_type: str | None = None) -> Path:
+                  problem_type: str | None = None, device: str = "cpu") -> Path:
     """Merge a LoRA adapter into its base and save safetensors + tokenizer to `out_dir` (atomically).
 
     `quantization` is the one the adapter was trained with: the base is loaded that way and
-    dequantised before merging, so merged logits match the adapter model's.
+    dequantised before merging, so merged logits match the adapter model's. The base is loaded
+    directly in `dtype` on `device` (a GPU when the job has one), so a 14B bf16 merge never holds
+    an fp32 copy (56 GB) in host RAM; the merged weights are saved in `dtype`.
     """
     from peft import PeftModel
 
@@ -215,7 +220,7 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str |
         raise OoflineError(f"adapter folder {adapter_dir} has no adapter_config.json")
     print(f"[merge] loading base {base_path} ({quantization})", flush=True)
     model = load_base_classifier(base_path, num_labels, quantization, trust_remote_code, dtype, problem_type,
-                                 device="cpu")
+                                 device=str(device))
     if quantization != "none":
         model = model.dequantize()
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
