@@ -450,7 +450,14 @@ def generator_options(wildcards):
         if key in settings:
             flag = "--" + key.replace("_", "-")
             options.append(f"{flag} {shlex.quote(str(settings[key]))}")
-    return " ".join(options)
+    options.append(language_model_precision(settings["model"]))
+    return " ".join(options).strip()
+
+
+def language_model_precision(lm):
+    """`--precision P` when the language model sets one (absent: the step's default, auto)."""
+    precision = (LANGUAGE_MODELS.get(lm) or {}).get("precision")
+    return f"--precision {precision}" if precision else ""
 
 
 def answer_problems_file():
@@ -469,7 +476,8 @@ def answer_options(wildcards):
                 "problem_column", "system", "seed"):
         if key in ANSWERS:
             options.append(f"--{key.replace('_', '-')} {shlex.quote(str(ANSWERS[key]))}")
-    return " ".join(options)
+    options.append(language_model_precision(wildcards.lm))
+    return " ".join(options).strip()
 
 
 def generated_targets():
