@@ -2,7 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-STAMP := $(VENV)/.installed
+# `make setup CUDA=1`: the CUDA build of torch (requirements-cuda.txt); FLASH=1 adds flash-attn.
+REQUIREMENTS := $(if $(CUDA),requirements-cuda.txt,requirements.txt)
+STAMP := $(VENV)/.installed$(if $(CUDA),-cuda)$(if $(FLASH),-flash)
+FLASH_ATTN := flash-attn==2.8.3.post2
 # Snakemake runs steps as `python -m workflow_scripts...`: the venv must come first on PATH.
 RUN := PATH="$(BIN):$$PATH"
 CORES ?= all
@@ -11,11 +14,12 @@ CORES ?= all
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-cuda.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(REQUIREMENTS)
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(if $(FLASH),$(BIN)/python -m pip install --quiet --no-build-isolation $(FLASH_ATTN))
 	touch $(STAMP)
 
 demo: setup

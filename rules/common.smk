@@ -380,7 +380,16 @@ GENERATOR_STEP_RESOURCES = step_resources(
 
 
 def generator_options(wildcards):
-    return rule_params.generator_flags(GENERATORS[wildcards.generator], (config.get("task") or {}).get("text_template"))
+    settings = GENERATORS[wildcards.generator]
+    return " ".join(filter(None, [
+        rule_params.generator_flags(settings, (config.get("task") or {}).get("text_template")),
+        language_model_precision(settings["model"]),
+    ]))
+
+
+def language_model_precision(lm):
+    """`--precision P` when the language model sets one (absent: the step's default, auto)."""
+    return cli_flags({"precision": (LANGUAGE_MODELS.get(lm) or {}).get("precision")})
 
 
 def answer_problems_file():
@@ -389,7 +398,8 @@ def answer_problems_file():
 
 
 def answer_options(wildcards):
-    return rule_params.answer_flags(ANSWERS, wildcards.prompt)
+    return " ".join(filter(None, [rule_params.answer_flags(ANSWERS, wildcards.prompt),
+                                  language_model_precision(wildcards.lm)]))
 
 
 def generated_targets():

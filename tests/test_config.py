@@ -30,6 +30,12 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda c: c["models"]["minilm"].update(lr="fast"), "config: models.minilm.lr: 'fast' is not of type 'number'"),
+    (lambda c: c["retrieval"]["movie_plots"]["embedder_inference"].update(precision="half"),
+     "config: retrieval.movie_plots.embedder_inference.precision: 'half' is not one of"),
+    (lambda c: c["retrieval"]["movie_plots"]["reranker_inference"].update(rerank_precision="bf32"),
+     "config: retrieval.movie_plots.reranker_inference.rerank_precision: 'bf32' is not one of"),
+    (lambda c: c["retrieval"]["movie_plots"]["iterations"][1]["reranker"].update(precision="fp8"),
+     "config: retrieval.movie_plots.iterations[1].reranker.precision: 'fp8' is not one of"),
     (lambda c: c["models"]["minilm"].update(learning_rate=1e-4), "config: models.minilm: unknown key 'learning_rate' (allowed: "),
     (lambda c: c["models"]["minilm"].update(kind="gpt"), "config: models.minilm.kind: 'gpt' is not one of"),
     (lambda c: c["folds"].update(n_folds=1), "config: folds.n_folds: 1 is less than the minimum of 2"),

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.generated.generate import (Completion, GeneratorSettings, build_prompts, generate_rows, main,
@@ -135,3 +136,52 @@ def test_tiny_llama_that_never_writes_json_fails_cleanly(tiny_llama, tmp_path, c
     assert run_cli(main, _cli_args(tiny_llama, tmp_path, "json", "c")) == 2
     assert "none of 8 outputs parsed as format 'json'" in capsys.readouterr().err
     assert not (tmp_path / "c.parquet").exists() and not (tmp_path / "c.json").exists()
+
+
+def test_generation_runs_in_the_jobs_precision_on_the_cpu(tiny_llama, tmp_path, monkeypatch, capsys):
+    from workflow_scripts.generated.generate import load_causal_lm, sample_completions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, _ = load_causal_lm(tiny_llama)
+    assert model.dtype == torch.float32 and model.device.type == "cpu"  # auto on the CPU
+    model, tokenizer = load_causal_lm(tiny_llama, "bf16")
+    assert model.dtype == torch.bfloat16
+    completions = sample_completions(model, tokenizer, ["the child felt"], temperature=1.0, top_p=0.95,
+                                     max_new_tokens=4, seed=0, batch_size=1)
+    assert len(completions) == 1 and all(0 <= p <= 1 for p in completions[0].token_probs)
+    args = _cli_args(tiny_llama, tmp_path, "text", "p")
+    args[args.index("--max-new-tokens") + 1] = "4"
+    assert run_cli(main, args + ["--precision", "fp16"]) == 2
+    assert "precision 'fp16' needs a GPU" in capsys.readouterr().err
+
+
+def test_generation_on_a_gpu_loads_onto_the_device_in_its_precision(tiny_llama, monkeypatch):
+    """transformers gets device_map + dtype, vLLM gets dtype: checked on a faked GPU (no CUDA call is made)."""
+    import sys
+    import types
+
+    from transformers import AutoModelForCausalLM
+
+    from workflow_scripts.generated.generate import load_causal_lm, load_vllm
+
+    seen = {}
+    real = AutoModelForCausalLM.from_pretrained
+
+    def recording(name, **kwargs):
+        seen.update(kwargs)
+        kwargs.pop("device_map")  # no GPU here: build it on the CPU
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    load_causal_lm(tiny_llama)
+    assert seen["device_map"] == {"": "cuda:0"} and seen["dtype"] is torch.bfloat16
+    load_causal_lm(tiny_llama, "fp16")
+    assert seen["dtype"] is torch.float16
+    engines = []
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=lambda **kwargs: engines.append(kwargs)))
+    load_vllm(tiny_llama)
+    load_vllm(tiny_llama, "fp16")
+    assert [engine["dtype"] for engine in engines] == ["bfloat16", "float16"]

@@ -119,34 +119,92 @@ def test_seed_makes_head_initialisation_reproducible(tiny_llama):
     torch.testing.assert_close(_logits(first, batch), _logits(second, batch), atol=0, rtol=0)
 
 
-# 4bit: merged into the dequantised nf4 base (exact fp32 CPU 4-bit path; see modeling._disable_cpu_packed_4bit).
+# fp32, 4bit: merged into the dequantised nf4 base (exact fp32 CPU 4-bit path; see modeling._disable_cpu_packed_4bit).
 # 8bit: LLM.int8 also quantises activations at run time, which no merged float model can reproduce
 # (measured gap ~6e-3 on logits of magnitude ~2).
-@pytest.mark.parametrize("quantization, tolerance", [("none", 1e-5), ("4bit", 1e-5), ("8bit", 2e-2)])
-def test_merged_logits_match_adapter_logits(tmp_path, tiny_llama, quantization, tolerance):
+# bf16: the merged weights W + BA are rounded to bf16 once, the adapter model adds BAx in its own
+# rounding: measured gaps 8e-3 (none) and 1.2e-2 (4bit) on logits of magnitude ~1.7, where one bf16
+# ulp is 7.8e-3; the tolerance is 4 ulps.
+@pytest.mark.parametrize("quantization, precision, tolerance", [
+    ("none", "fp32", 1e-5), ("4bit", "fp32", 1e-5), ("8bit", "fp32", 2e-2),
+    ("none", "bf16", 3e-2), ("4bit", "bf16", 3e-2)])
+def test_merged_logits_match_adapter_logits(tmp_path, tiny_llama, monkeypatch, quantization, precision, tolerance):
+    from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}[precision]
     model = modeling.load_classifier(tiny_llama, 3, "decoder_lora", quantization, LORA, seed=0)
     batch = _batch(tiny_llama)
     for _ in range(3):  # move LoRA and head away from their initialisation
         _one_step(model, batch)
-    adapter_logits = _logits(model, batch)
     model.save_pretrained(tmp_path / "adapter")
-    merged_dir = modeling.merge_adapter(tiny_llama, tmp_path / "adapter", tmp_path / "merged", 3, quantization)
+    if precision == "fp32":
+        adapter_logits = _logits(model, batch)
+    else:  # the adapter as it runs in this precision: base loaded in bf16, LoRA on top
+        base_in_dtype = modeling.load_base_classifier(tiny_llama, 3, quantization, dtype=dtype, device="cpu")
+        adapter_logits = _logits(PeftModel.from_pretrained(base_in_dtype, tmp_path / "adapter"), batch)
+    loaded_dtypes = []
+    load_base = modeling.load_base_classifier
+
+    def recording_load(*args, **kwargs):
+        base = load_base(*args, **kwargs)
+        loaded_dtypes.extend({p.dtype for p in base.parameters() if p.is_floating_point()})
+        return base
+
+    monkeypatch.setattr(modeling, "load_base_classifier", recording_load)
+    merged_dir = modeling.merge_adapter(tiny_llama, tmp_path / "adapter", tmp_path / "merged", 3, quantization,
+                                        dtype=dtype)
+    monkeypatch.undo()
+    # The base was never materialised in fp32 for a bf16 merge (no 56 GB copy of a 14B model).
+    assert set(loaded_dtypes) == {modeling.torch_dtype(dtype)}
     assert (merged_dir / "model.safetensors").exists() and not (merged_dir / "adapter_config.json").exists()
     assert "quantization_config" not in json.loads((merged_dir / "config.json").read_text())
     merged = AutoModelForSequenceClassification.from_pretrained(merged_dir)  # plain transformers, no peft
     assert type(merged.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert {p.dtype for p in merged.parameters()} == {modeling.torch_dtype(dtype)}
     merged_logits = _logits(merged, modeling.load_tokenizer(merged_dir)(BATCH, padding=True, return_tensors="pt"))
     torch.testing.assert_close(merged_logits, adapter_logits, atol=tolerance, rtol=0)
     base_logits = _logits(modeling.load_base_classifier(tiny_llama, 3), batch)
     assert not torch.allclose(merged_logits, base_logits, atol=1e-3)  # the adapter really was merged
-    if quantization == "4bit":
+    if quantization == "4bit" and precision == "fp32":
         # Why merge into the dequantised base: merging into the original float weights drifts further.
         naive_dir = modeling.merge_adapter(tiny_llama, tmp_path / "adapter", tmp_path / "naive", 3, "none")
         naive = AutoModelForSequenceClassification.from_pretrained(naive_dir)
         naive_gap = (_logits(naive, batch) - adapter_logits).abs().max()
         assert naive_gap > 3 * (merged_logits - adapter_logits).abs().max()
+
+
+def test_merge_runs_on_the_jobs_gpu_in_the_models_precision(monkeypatch):
+    from workflow_scripts.merge import merge_device_and_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert merge_device_and_dtype({}) == ("cpu", "float32")  # auto on the CPU
+    assert merge_device_and_dtype({"precision": "bf16"}) == ("cpu", "bfloat16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert merge_device_and_dtype({}) == ("cuda:0", "bfloat16")
+    assert merge_device_and_dtype({"precision": "fp16"}) == ("cuda:0", "float16")
+    with pytest.raises(OoflineError, match="precision 'half'"):
+        merge_device_and_dtype({"precision": "half"})
+
+
+def test_a_gpu_base_streams_onto_the_device_without_a_host_copy(monkeypatch, tiny_llama):
+    """load_base_classifier on a GPU passes device_map (weights go straight to the GPU), never .to() after."""
+    from transformers import AutoModelForSequenceClassification
+
+    seen = {}
+    real = AutoModelForSequenceClassification.from_pretrained
+
+    def recording(name, **kwargs):
+        seen.update(kwargs)
+        kwargs.pop("device_map", None)  # no GPU here: build it on the CPU
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", recording)
+    model = modeling.load_base_classifier(tiny_llama, 3, dtype="bfloat16", device="cuda:0")
+    assert seen["device_map"] == {"": "cuda:0"} and seen["dtype"] is torch.bfloat16
+    assert next(model.parameters()).device.type == "cpu"  # not moved again by .to()
 
 
 def test_merge_cli(tmp_path, tiny_llama):

@@ -14,17 +14,13 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from workflow_scripts.errors import OoflineError
+from workflow_scripts.model_spec import config_defaults
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 PACKAGED_SOURCES = ("packaged:minilm", "packaged:smollm2", "tiny:llama")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-MODEL_DEFAULTS = {
-    "quantization": "none", "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear",
-    "scheduler": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0, "label_smoothing": 0.0,
-    "epochs": 1, "batch_size": 16, "grad_accum": 1, "max_length": 256, "seed": 42,
-    "train_full": False, "merge": True, "trust_remote_code": False,
-    "resources": {"gpu": 0, "mem_mb": 4000, "runtime": 60},
-}
+# one place for model defaults: the typed spec's fields
+MODEL_DEFAULTS = config_defaults()
 
 
 def load_schema() -> dict[str, Any]:

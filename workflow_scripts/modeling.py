@@ -118,6 +118,38 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+
+
+def check_attn_implementation(attn_implementation: str | None) -> None:
+    """One clear error for an unknown kernel, or flash_attention_2 without the flash_attn package."""
+    if attn_implementation is None:
+        return
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise OoflineError(f"attn_implementation {attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise OoflineError("attn_implementation 'flash_attention_2' needs the flash_attn package, which is not "
+                               "installed here (pip install flash-attn on a CUDA host, or use 'sdpa')")
+
+
+def model_input_device(model):
+    """The device the model's inputs must be on: where its input embeddings live (the first device of a
+    model split by device_map)."""
+    return model.get_input_embeddings().weight.device
+
+
+def enable_gradient_checkpointing(model) -> None:
+    # non-reentrant checkpointing needs no input that requires grad and works under DDP and autocast
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _disable_cpu_packed_4bit(model) -> None:
     """Keep bitsandbytes' exact fp32 4-bit path on CPUs with AVX512-BF16.
 
@@ -134,8 +166,11 @@ def _disable_cpu_packed_4bit(model) -> None:
 
 def load_base_classifier(path: str | Path, num_labels: int, quantization: str = "none",
                          trust_remote_code: bool = False, dtype: Any = "float32",
-                         problem_type: str | None = None, device: str | None = None):
-    """AutoModelForSequenceClassification with `num_labels` outputs, pad_token_id set, optionally quantized."""
+                         problem_type: str | None = None, device: Any = None, attn_implementation: str | None = None):
+    """AutoModelForSequenceClassification with `num_labels` outputs, pad_token_id set, optionally quantized.
+
+    `dtype` is the weights' dtype and the 4-bit compute dtype; `device` is where the model is put
+    (on a GPU every model is loaded there directly, without a copy in host RAM)."""
     from transformers import AutoModelForSequenceClassification
 
     if not isinstance(num_labels, int) or num_labels < 1:
@@ -147,16 +182,22 @@ def load_base_classifier(path: str | Path, num_labels: int, quantization: str = 
                                   trust_remote_code=trust_remote_code)
     if problem_type is not None:
         kwargs["problem_type"] = problem_type
+    check_attn_implementation(attn_implementation)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = {"": device or _default_device()}
+        kwargs["device_map"] = {"": str(device) if device is not None else _default_device()}
+    elif device is not None and str(device) != "cpu":
+        # Stream the weights straight onto the GPU: no full copy of a large model in host RAM.
+        kwargs["device_map"] = {"": str(device)}
     model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
     if quantization == "4bit":
         _disable_cpu_packed_4bit(model)
     if model.config.pad_token_id is None:
         # Decoders classify from the last non-pad token, so they need to know which id pads.
         model.config.pad_token_id = load_tokenizer(path, trust_remote_code).pad_token_id
-    if quantization_config is None and device is not None:
+    if quantization_config is None and device is not None and str(device) == "cpu":
         model = model.to(device)
     return model
 
@@ -164,11 +205,13 @@ def load_base_classifier(path: str | Path, num_labels: int, quantization: str = 
 def load_classifier(path: str | Path, num_labels: int, kind: str, quantization: str = "none",
                     lora: dict | None = None, trust_remote_code: bool = False, dtype: Any = "float32",
                     problem_type: str | None = None, gradient_checkpointing: bool = False,
-                    seed: int | None = None, device: str | None = None):
+                    seed: int | None = None, device: Any = None, attn_implementation: str | None = None):
     """A trainable sequence classifier; `*_lora` kinds return a peft model whose LoRA and head train.
 
     `lora`: {r, alpha, dropout, target_modules, bias} (defaults r=8, alpha=16, dropout=0.05,
-    target_modules="all-linear"). `seed` seeds the fresh head's initialisation.
+    target_modules="all-linear"). `seed` seeds the fresh head's initialisation. `dtype` is the frozen
+    base's dtype for LoRA kinds; weights that train are kept in float32 (optimizer updates in bf16
+    lose small steps), so mixed precision comes from autocast, not from the weights.
     """
     if kind not in KINDS:
         raise OoflineError(f"model kind {kind!r} is not supported (expected one of {', '.join(KINDS)})")
@@ -183,30 +226,39 @@ def load_classifier(path: str | Path, num_labels: int, kind: str, quantization: 
 
     if seed is not None:
         torch.manual_seed(seed)
-    model = load_base_classifier(path, num_labels, quantization, trust_remote_code, dtype, problem_type, device)
+    # every weight of a full fine-tune trains: float32 master weights whatever the compute precision
+    base_dtype = "float32" if kind == "encoder_full" else dtype
+    model = load_base_classifier(path, num_labels, quantization, trust_remote_code, base_dtype, problem_type, device,
+                                 attn_implementation)
     if kind == "encoder_full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(model)
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    return get_peft_model(model, peft_config)
+        enable_gradient_checkpointing(model)
+    model = get_peft_model(model, peft_config)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return model
 
 
 def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str | Path, num_labels: int,
                   quantization: str = "none", trust_remote_code: bool = False, dtype: Any = "float32",
-                  problem_type: str | None = None) -> Path:
+                  problem_type: str | None = None, device: str = "cpu") -> Path:
     """Merge a LoRA adapter into its base and save safetensors + tokenizer to `out_dir` (atomically).
 
     `quantization` is the one the adapter was trained with: the base is loaded that way and
-    dequantised before merging, so merged logits match the adapter model's.
+    dequantised before merging, so merged logits match the adapter model's. The base is loaded
+    directly in `dtype` on `device` (a GPU when the job has one), so a 14B bf16 merge never holds
+    an fp32 copy (56 GB) in host RAM; the merged weights are saved in `dtype`.
     """
     from peft import PeftModel
 
@@ -215,7 +267,7 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str |
         raise OoflineError(f"adapter folder {adapter_dir} has no adapter_config.json")
     print(f"[merge] loading base {base_path} ({quantization})", flush=True)
     model = load_base_classifier(base_path, num_labels, quantization, trust_remote_code, dtype, problem_type,
-                                 device="cpu")
+                                 device=str(device))
     if quantization != "none":
         model = model.dequantize()
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()

@@ -5,7 +5,6 @@ Rows are sorted by length into batches (little padding), then returned in their 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any, Sequence
 
@@ -15,16 +14,24 @@ import polars as pl
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import read_table, write_parquet
 from workflow_scripts.labels import LabelSpec
+from workflow_scripts.model_spec import ModelSpec
 
 
 def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, max_length: int,
                           batch_size: int, sort_by_length: bool = True, pad_to: int | None = None,
-                          label: str = "predict") -> np.ndarray:
-    """Probabilities (n_rows, n_columns) float32 in the input order."""
+                          label: str = "predict", precision: str = "fp32") -> np.ndarray:
+    """Probabilities (n_rows, n_columns) float32 in the input order.
+
+    Batches go to wherever the model's inputs live; `precision` (resolved: bf16 | fp16 | fp32) is the
+    autocast dtype of the forward, the probabilities are taken in float32."""
+    import contextlib
+
     import torch
 
     from workflow_scripts.batching import pad_batch, sorted_batches
+    from workflow_scripts.execution.device import torch_dtype_of
     from workflow_scripts.losses import head_probabilities
+    from workflow_scripts.modeling import model_input_device
 
     token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.array([len(ids) for ids in token_ids])
@@ -34,12 +41,15 @@ def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, m
         batches = [np.arange(i, min(i + batch_size, len(texts))) for i in range(0, len(texts), batch_size)]
     probabilities = np.zeros((len(texts), len(spec.probability_columns)), dtype=np.float32)
     model.eval()
+    device = model_input_device(model)
+    autocast = (torch.autocast(device.type, dtype=torch_dtype_of(precision)) if precision != "fp32"
+                else contextlib.nullcontext())
     started = time.time()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         for number, rows in enumerate(batches, start=1):
             inputs = pad_batch(token_ids, rows, tokenizer.pad_token_id, pad_to=pad_to)
-            logits = model(**inputs).logits
-            probabilities[rows] = head_probabilities(logits, spec).cpu().numpy()
+            logits = model(**{name: tensor.to(device) for name, tensor in inputs.items()}).logits
+            probabilities[rows] = head_probabilities(logits.float(), spec).cpu().numpy()
             if number % 20 == 0 or number == len(batches):
                 done = sum(len(b) for b in batches[:number])
                 print(f"{label}: batch {number}/{len(batches)} {done / max(1e-9, time.time() - started):.1f} rows/s",
@@ -47,20 +57,30 @@ def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, m
     return probabilities
 
 
-def load_trained(model_dir: str, base: str, model_config: dict[str, Any], num_labels: int):
-    """A trained fold model and its tokenizer: base + adapter for LoRA kinds, the saved model otherwise."""
+def load_trained(model_dir: str, base: str, model_spec: ModelSpec | dict[str, Any], num_labels: int,
+                 device: Any = "cpu", precision: str = "fp32"):
+    """A trained fold model and its tokenizer on `device`: base + adapter for LoRA kinds (the frozen base
+    in the precision's dtype, as in training), the saved model otherwise."""
     from pathlib import Path
 
     from workflow_scripts import modeling
+    from workflow_scripts.execution.device import torch_dtype_of
 
-    trust = bool(model_config.get("trust_remote_code", False))
+    model_spec = ModelSpec.from_config(model_spec)
+    trust = model_spec.trust_remote_code
     tokenizer = modeling.load_tokenizer(model_dir, trust_remote_code=trust)
     if (Path(model_dir) / "adapter_config.json").exists():
         from peft import PeftModel
 
-        model = modeling.load_base_classifier(base, num_labels, model_config.get("quantization", "none"), trust)
-        return PeftModel.from_pretrained(model, model_dir), tokenizer
-    return modeling.load_base_classifier(model_dir, num_labels, "none", trust), tokenizer
+        model = modeling.load_base_classifier(base, num_labels, model_spec.quantization, trust,
+                                              dtype=torch_dtype_of(precision), device=device,
+                                              attn_implementation=model_spec.attn_implementation)
+        model = PeftModel.from_pretrained(model, model_dir)
+        # LoRA layers follow their base layer's device; a head saved in full may load on the CPU
+        return (model.to(device) if model_spec.quantization == "none" else model), tokenizer
+    model = modeling.load_base_classifier(model_dir, num_labels, "none", trust, device=device,
+                                          attn_implementation=model_spec.attn_implementation)
+    return model, tokenizer
 
 
 def prediction_frame(ids: list[str], probabilities: np.ndarray, spec: LabelSpec, fold: int | None) -> pl.DataFrame:
@@ -88,15 +108,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_config: dict[str, Any] = json.loads(args.model_config)
+    model_spec = ModelSpec.from_json(args.model_config)
     spec = LabelSpec.load(args.labels)
     test = read_table(args.test)
     for column in ("id", "text"):
         if column not in test.columns:
             raise OoflineError(f"{args.test}: column {column!r} is missing (rows to predict need id and text)")
-    model, tokenizer = load_trained(args.model_dir, args.base, model_config, len(spec.probability_columns))
-    max_length = int(model_config.get("max_length", 256))
-    batch_size = int(model_config.get("predict_batch_size", model_config.get("batch_size", 16) * 2))
+    from workflow_scripts.execution.device import resolve_device, resolve_precision
+
+    device = resolve_device("auto")
+    precision = resolve_precision(model_spec.precision, device)
+    model, tokenizer = load_trained(args.model_dir, args.base, model_spec, len(spec.probability_columns),
+                                    device=device, precision=precision)
+    print(f"predicting on {device} in {precision}, {model_spec.prediction_batch_size} rows a batch", flush=True)
+    max_length = model_spec.max_length
+    batch_size = model_spec.prediction_batch_size
     if args.fold == "full" or not args.valid_out:
         valid, fold = None, None
     else:
@@ -110,12 +136,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         valid = train.filter(pl.col("id").is_in(list(valid_ids)))
     if valid is not None:
         valid_probs = predict_probabilities(model, tokenizer, valid["text"].to_list(), spec, max_length, batch_size,
-                                            label="held-out")
+                                            label="held-out", precision=precision)
         write_parquet(prediction_frame(valid["id"].to_list(), valid_probs, spec, fold), args.valid_out)
     elif args.valid_out:  # the full-data model has no held-out rows
         write_parquet(prediction_frame([], np.zeros((0, len(spec.probability_columns)), np.float32), spec, None),
                       args.valid_out)
-    test_probs = predict_probabilities(model, tokenizer, test["text"].to_list(), spec, max_length, batch_size, label="test")
+    test_probs = predict_probabilities(model, tokenizer, test["text"].to_list(), spec, max_length, batch_size, label="test",
+                                       precision=precision)
     write_parquet(prediction_frame(test["id"].to_list(), test_probs, spec, None), args.test_out)
 
 

@@ -6,6 +6,7 @@ killed run resumes from its last checkpoint on rerun and never leaves a half-wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -21,18 +22,15 @@ import polars as pl
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_table, write_json
 from workflow_scripts.labels import LabelSpec
-
-LORA_KINDS = ("decoder_lora", "encoder_lora")
-OFFICIAL = "official"
+from workflow_scripts.model_spec import OFFICIAL, ModelSpec
 
 
-def effective_batching(model_config: dict[str, Any], out_of_memory_retries: int) -> tuple[int, int]:
+def effective_batching(model_spec: ModelSpec, out_of_memory_retries: int) -> tuple[int, int]:
     """Micro-batch and gradient accumulation after that many out-of-memory failures: each halves the
     micro-batch and doubles accumulation."""
     from workflow_scripts.execution.oom import retry_plan
 
-    plan = retry_plan(1 + out_of_memory_retries, int(model_config["batch_size"]),
-                      int(model_config.get("grad_accum", 1)), 1)
+    plan = retry_plan(1 + out_of_memory_retries, model_spec.batch_size, model_spec.grad_accum, 1)
     return plan.micro_batch_size, plan.grad_accum_steps
 
 
@@ -40,6 +38,8 @@ def effective_batching(model_config: dict[str, Any], out_of_memory_retries: int)
 # the micro-batch of every later attempt (in this or a later Snakemake run); a retry after anything else
 # (scancel, preemption, a host OOM-kill, which mem_mb growth answers) keeps the micro-batch.
 OOM_RECORD = "out_of_memory.json"
+# wall-time figures of a finished run (tokens/s), beside training.json; a dot-file, so manifests skip it
+TRAINING_SPEED = ".training_speed.json"
 
 
 def recorded_out_of_memory(work_dir: str | Path, key: str) -> list[int]:
@@ -52,7 +52,8 @@ def recorded_out_of_memory(work_dir: str | Path, key: str) -> list[int]:
 
 
 def record_out_of_memory(work_dir: str | Path, key: str, attempt: int) -> None:
-    attempts = [*recorded_out_of_memory(work_dir, key), attempt]
+    # every rank of a multi-process run records the same attempt: count it once
+    attempts = sorted({*recorded_out_of_memory(work_dir, key), attempt})
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     write_json({"key": key, "attempts": attempts}, Path(work_dir) / OOM_RECORD)
 
@@ -63,12 +64,6 @@ def training_rows(folds: pl.DataFrame, fold: str) -> set[str]:
     if not fold.isdigit() or int(fold) not in set(folds["fold"].to_list()):
         raise OoflineError(f"fold {fold!r} is not in the folds file (have {sorted(set(folds['fold'].to_list()))})")
     return set(folds.filter(pl.col("fold") != int(fold))["id"].to_list())
-
-
-def stage_plan(model_config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Stages from config; without `stages`, one stage of `epochs` on the official rows."""
-    stages = model_config.get("stages") or [{"epochs": model_config["epochs"], "data": [OFFICIAL]}]
-    return [{"epochs": int(s["epochs"]), "data": list(s.get("data", [OFFICIAL])), "lr": s.get("lr")} for s in stages]
 
 
 def config_fingerprint(payload: dict[str, Any]) -> str:
@@ -145,12 +140,57 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, scheduler: str) ->
     return 1.0
 
 
+def micro_batch_loss(model, inputs: dict[str, Any], targets, spec: LabelSpec, label_smoothing: float):
+    """The loss of one micro-batch: inputs and targets are moved to wherever the model's inputs live
+    (pad_batch builds them on the CPU), the forward runs there, the loss is taken in float32."""
+    from workflow_scripts.losses import combined_loss
+    from workflow_scripts.modeling import model_input_device
+
+    device = model_input_device(model)
+    inputs = {name: tensor.to(device, non_blocking=True) for name, tensor in inputs.items()}
+    logits = model(**inputs).logits
+    return combined_loss(logits.float(), targets.to(logits.device), spec, label_smoothing)
+
+
+def training_accelerator(model_spec: ModelSpec):
+    """accelerate.Accelerator for this process (its rank's device, the resolved precision) and that precision.
+
+    Under torchrun (WORLD_SIZE > 1) it joins the process group: NCCL on GPUs, gloo on the CPU.
+    """
+    from accelerate import Accelerator
+
+    from workflow_scripts.execution.device import accelerate_mixed_precision, resolve_device, resolve_precision
+
+    device = resolve_device("auto")
+    precision = resolve_precision(model_spec.precision, device)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=accelerate_mixed_precision(precision))
+    return accelerator, precision
+
+
+def rank_share(step_rows: np.ndarray, rank: int, world_size: int) -> tuple[np.ndarray, float]:
+    """This rank's rows of an optimizer step and the weight of its loss sum.
+
+    DDP averages gradients over ranks, so each rank's row-weighted loss is scaled by world_size: the
+    step's gradient is the mean over all its rows, as in one process. A rank left without rows (a
+    short last batch) runs one row at weight 0 so that it still joins the gradient all-reduce.
+    """
+    shares = np.array_split(step_rows, world_size)
+    rows = shares[rank]
+    if len(rows) == 0:
+        return step_rows[:1], 0.0
+    return rows, float(world_size)
+
+
 def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_ids: set[str],
-                model_config: dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
+                model_spec: ModelSpec | dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
                 extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
-                checkpoint_every: int = 50, stop_after_steps: int | None = None,
+                checkpoint_every: int | None = None, stop_after_steps: int | None = None,
                 out_of_memory_retries: int = 0) -> dict[str, Any]:
     """Train and save a model; returns a summary. targets: (n_rows, n_columns) aligned with `train`.
+
+    One path for the CPU and GPUs: accelerate puts the model on this rank's device, runs the forward
+    under autocast in the resolved precision and, under torchrun, all-reduces gradients (DDP); only
+    rank 0 writes checkpoints and the output.
 
     out_of_memory_retries: earlier attempts that ran out of memory; each halves the micro-batch
     (`attempt` itself only goes into the summary and the OOM injection used by tests).
@@ -162,18 +202,21 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
 
     from workflow_scripts import modeling
     from workflow_scripts.batching import length_grouped_batches, pad_batch
-    from workflow_scripts.losses import combined_loss
+    from workflow_scripts.execution.device import DeviceReport, peak_gpu_memory_mb, torch_dtype_of
 
+    model_spec = ModelSpec.from_config(model_spec)
+    checkpoint_every = checkpoint_every or model_spec.checkpoint_every
     extra_sets = extra_sets or {}
-    seed = int(model_config.get("seed", 42))
+    seed = model_spec.seed
     torch.manual_seed(seed)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    micro_batch, grad_accum = effective_batching(model_config, out_of_memory_retries)
-    max_length = int(model_config.get("max_length", 256))
-    trust = bool(model_config.get("trust_remote_code", False))
+    micro_batch, grad_accum = effective_batching(model_spec, out_of_memory_retries)
+    base_lr = model_spec.require_lr()
+    accelerator, precision = training_accelerator(model_spec)
+    rank, world_size, is_writer = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
 
-    tokenizer = modeling.load_tokenizer(base_path, trust_remote_code=trust)
+    tokenizer = modeling.load_tokenizer(base_path, trust_remote_code=model_spec.trust_remote_code)
     official_mask = train["id"].is_in(list(row_ids)).to_numpy()
     datasets: dict[str, tuple[list[str], np.ndarray]] = {
         OFFICIAL: (train.filter(pl.Series(official_mask))["text"].to_list(), targets[official_mask])
@@ -183,91 +226,100 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         if missing:
             raise OoflineError(f"extra training data {name!r}: columns {missing} are missing")
         datasets[name] = (frame["text"].to_list(), frame.select(spec.probability_columns).to_numpy().astype(np.float32))
-    stages = stage_plan(model_config)
+    stages = model_spec.training_stages
     for stage in stages:
-        unknown = [d for d in stage["data"] if d not in datasets]
+        unknown = [d for d in stage.data if d not in datasets]
         if unknown:
             raise OoflineError(f"stage data {unknown} are not provided (have {sorted(datasets)})")
 
-    encoded = {name: tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    encoded = {name: tokenizer(texts, truncation=True, max_length=model_spec.max_length)["input_ids"]
                for name, (texts, _) in datasets.items()}
 
     def stage_rows(stage):
-        token_ids = [ids for name in stage["data"] for ids in encoded[name]]
-        stage_targets = np.concatenate([datasets[name][1] for name in stage["data"]])
+        token_ids = [ids for name in stage.data for ids in encoded[name]]
+        stage_targets = np.concatenate([datasets[name][1] for name in stage.data])
         return token_ids, stage_targets
 
     # An optimizer step takes one batch of batch_size * grad_accum rows (as configured), cut into micro-batches
-    # of the attempt's size: the data order and the checkpoint position do not depend on the micro-batch,
-    # so a retry with a smaller one (after an OOM, a preemption, a scancel) resumes the same checkpoint.
-    rows_per_step = int(model_config["batch_size"]) * int(model_config.get("grad_accum", 1))
+    # of the attempt's size: the data order and the checkpoint position do not depend on the micro-batch
+    # (nor on the number of processes), so a retry with a smaller one (after an OOM, a preemption, a
+    # scancel) resumes the same checkpoint.
+    rows_per_step = model_spec.batch_size * model_spec.grad_accum
     steps_per_stage = []
     for stage in stages:
-        n_rows = sum(len(encoded[name]) for name in stage["data"])
-        steps_per_stage.append(stage["epochs"] * math.ceil(n_rows / rows_per_step))
+        n_rows = sum(len(encoded[name]) for name in stage.data)
+        steps_per_stage.append(stage.epochs * math.ceil(n_rows / rows_per_step))
     total_steps = sum(steps_per_stage)
-    warmup_steps = int(float(model_config.get("warmup_ratio", 0.0)) * total_steps)
+    warmup_steps = int(model_spec.warmup_ratio * total_steps)
 
     model = modeling.load_classifier(
-        base_path, num_labels=len(spec.probability_columns), kind=model_config["kind"],
-        quantization=model_config.get("quantization", "none"), lora=lora_settings(model_config),
-        trust_remote_code=trust, seed=seed,
+        base_path, num_labels=len(spec.probability_columns), kind=model_spec.kind,
+        quantization=model_spec.quantization, lora=model_spec.lora_settings(),
+        trust_remote_code=model_spec.trust_remote_code, seed=seed, dtype=torch_dtype_of(precision),
+        gradient_checkpointing=model_spec.gradient_checkpointing, device=accelerator.device,
+        attn_implementation=model_spec.attn_implementation,
     )
     model.train()
     from workflow_scripts.execution.oom import maybe_inject_oom
 
     maybe_inject_oom(attempt)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    base_lr = float(model_config["lr"])
-    optimizer = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=float(model_config.get("weight_decay", 0.0)))
-    fingerprint = config_fingerprint({"config": model_config, "rows": sorted(row_ids),
+    optimizer = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=model_spec.weight_decay)
+    # places the model on this rank's device (a quantized one is already there), wraps its forward in
+    # autocast for bf16/fp16 and, under torchrun, in DistributedDataParallel
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    fingerprint = config_fingerprint({"config": model_spec.to_config(), "rows": sorted(row_ids),
                                       "extra": {k: v.height for k, v in extra_sets.items()}})
     checkpointer = Checkpointer(work_dir, fingerprint)
-    resumed = checkpointer.load(model, optimizer)
+    resumed = checkpointer.load(unwrapped, optimizer)
     position = resumed or {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
     # the loss tail is part of the checkpoint: training.json's final_loss must not depend on a resume
     losses = list(position.get("recent_losses", []))
     if resumed:
         print(f"resuming from checkpoint at stage {position['stage']} epoch {position['epoch']} "
               f"batch {position['batch']} (step {position['step']})", flush=True)
-    label_smoothing = float(model_config.get("label_smoothing", 0.0))
-    scheduler_name = model_config.get("scheduler", "linear")
-    log_every = max(1, int(model_config.get("log_every", 10)))
+    log_every = model_spec.log_every
     pad_id = tokenizer.pad_token_id
     step = position["step"]
-    started, seen = time.time(), 0
+    started, seen, seen_tokens = time.time(), 0, 0
     loss_tail = max(10, log_every * grad_accum)
     for stage_index in range(position["stage"], len(stages)):
         stage = stages[stage_index]
         token_ids, stage_targets = stage_rows(stage)
         lengths = np.array([len(ids) for ids in token_ids])
         target_tensor = torch.from_numpy(stage_targets)
-        stage_lr = float(stage["lr"]) if stage.get("lr") else base_lr
+        stage_lr = float(stage.lr) if stage.lr else base_lr
         first_epoch = position["epoch"] if stage_index == position["stage"] else 0
-        for epoch in range(first_epoch, stage["epochs"]):
+        for epoch in range(first_epoch, stage.epochs):
             batches = length_grouped_batches(lengths, rows_per_step, seed * 1000 + stage_index * 100 + epoch)
             first_batch = position["batch"] if (stage_index, epoch) == (position["stage"], position["epoch"]) else 0
             for batch_index in range(first_batch, len(batches)):
                 step_rows = batches[batch_index]
+                own_rows, rank_weight = rank_share(step_rows, rank, world_size)
                 optimizer.zero_grad(set_to_none=True)
-                for start in range(0, len(step_rows), micro_batch):
-                    rows = step_rows[start:start + micro_batch]
-                    inputs = pad_batch(token_ids, rows, pad_id)
-                    logits = model(**inputs).logits
-                    loss = combined_loss(logits, target_tensor[rows], spec, label_smoothing)
-                    # weighted by its share of the step's rows: the gradient is the whole batch's mean
-                    (loss * (len(rows) / len(step_rows))).backward()
+                starts = range(0, len(own_rows), micro_batch)
+                for start in starts:
+                    rows = own_rows[start:start + micro_batch]
+                    # gradients are all-reduced once per optimizer step, on the last micro-batch
+                    sync = accelerator.no_sync(model) if start != starts[-1] else contextlib.nullcontext()
+                    with sync:
+                        loss = micro_batch_loss(model, pad_batch(token_ids, rows, pad_id), target_tensor[rows], spec,
+                                                model_spec.label_smoothing)
+                        # weighted by its share of the step's rows: the gradient is the whole batch's mean
+                        accelerator.backward(loss * (rank_weight * len(rows) / len(step_rows)))
                     losses.append(float(loss.detach()))
-                    seen += len(rows)
+                seen += len(step_rows)
+                seen_tokens += int(lengths[step_rows].sum())
                 for group in optimizer.param_groups:
-                    group["lr"] = stage_lr * lr_factor(step, total_steps, warmup_steps, scheduler_name)
-                torch.nn.utils.clip_grad_norm_(trainable, float(model_config.get("max_grad_norm", 1.0)))
+                    group["lr"] = stage_lr * lr_factor(step, total_steps, warmup_steps, model_spec.scheduler)
+                accelerator.clip_grad_norm_(trainable, model_spec.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 if step % log_every == 0 or step == total_steps:
                     rate = seen / max(1e-9, time.time() - started)
-                    print(f"stage {stage_index + 1}/{len(stages)} epoch {epoch + 1}/{stage['epochs']} "
+                    print(f"stage {stage_index + 1}/{len(stages)} epoch {epoch + 1}/{stage.epochs} "
                           f"step {step}/{total_steps} loss {np.mean(losses[-log_every * grad_accum:]):.4f} "
                           f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} samples/s", flush=True)
                 last_in_epoch = batch_index == len(batches) - 1
@@ -275,24 +327,39 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
                 if last_in_epoch:
                     next_position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": step}
                 if step % checkpoint_every == 0 or last_in_epoch:
-                    checkpointer.save(model, optimizer, dict(next_position, recent_losses=losses[-loss_tail:]))
+                    if is_writer:
+                        checkpointer.save(unwrapped, optimizer, dict(next_position, recent_losses=losses[-loss_tail:]))
+                    accelerator.wait_for_everyone()
                 if stop_after_steps is not None and step >= stop_after_steps:
                     return {"stopped_at_step": step}
         position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": step}
+    train_seconds = time.time() - started
+    report = DeviceReport.of(accelerator.device, precision)
     summary = {
         "steps": step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
         "train_rows": {name: len(encoded[name]) for name in encoded},
+        # rank 0's losses: its share of each step's rows
         "final_loss": float(np.mean(losses[-10:])) if losses else None,
+        "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(accelerator.device), "world_size": world_size,
     }
-    # wall time goes to the log only: training.json is hashed into manifests and must rebuild identically
-    print(f"trained in {time.time() - started:.1f} s", flush=True)
-    with atomic_path(out_dir, durable=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        normalise_adapter_config(tmp / "adapter_config.json")
-        (tmp / "training.json").write_text(json.dumps({"model_config": model_config, "summary": summary,
-                                                         "labels": spec.to_dict()}, indent=2, sort_keys=True))
-    shutil.rmtree(work_dir, ignore_errors=True)
+    # wall-time figures stay out of training.json, which manifests hash and verify rebuilds byte for byte:
+    # they go to the log and to .training_speed.json (a dot-file, which manifests skip)
+    speed = {"train_tokens_per_s": round(seen_tokens / max(1e-9, train_seconds), 1),
+             "train_seconds": round(train_seconds, 1), "train_tokens": seen_tokens}
+    print(f"trained in {train_seconds:.1f} s, {speed['train_tokens_per_s']} tokens/s on {report.device} "
+          f"({report.gpu_name or 'cpu'}, {precision}, {world_size} process(es))", flush=True)
+    if is_writer:
+        with atomic_path(out_dir, durable=True) as tmp:
+            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            normalise_adapter_config(tmp / "adapter_config.json")
+            (tmp / "training.json").write_text(json.dumps({"model_config": model_spec.to_config(), "summary": summary,
+                                                             "labels": spec.to_dict()}, indent=2, sort_keys=True))
+            (tmp / TRAINING_SPEED).write_text(json.dumps(speed, indent=2, sort_keys=True))
+        shutil.rmtree(work_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return summary
 
 
@@ -306,14 +373,6 @@ def normalise_adapter_config(path: Path) -> None:
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             adapter_config[key] = sorted(value)
     path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-
-
-def lora_settings(model_config: dict[str, Any]) -> dict[str, Any] | None:
-    if model_config["kind"] not in LORA_KINDS:
-        return None
-    return {"r": int(model_config.get("r", 8)), "alpha": int(model_config.get("alpha", 16)),
-            "dropout": float(model_config.get("dropout", 0.05)),
-            "target_modules": model_config.get("target_modules", "all-linear")}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -336,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_config = json.loads(args.model_config)
+    model_spec = ModelSpec.from_json(args.model_config)
     spec = LabelSpec.load(args.labels)
     train = read_table(args.train)
     targets_frame = read_table(args.targets)
@@ -349,12 +408,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra_sets[name] = read_table(path)
     from workflow_scripts.execution.oom import is_out_of_memory
 
-    oom_key = config_fingerprint({"config": model_config, "fold": args.fold})
+    oom_key = config_fingerprint({"config": model_spec.to_config(), "fold": args.fold})
     try:
         summary = train_model(
             train, targets_frame.select(spec.probability_columns).to_numpy().astype(np.float32), spec,
-            training_rows(folds, args.fold), model_config, args.base, args.out, args.work_dir, extra_sets,
-            attempt=args.attempt, checkpoint_every=int(model_config.get("checkpoint_every", 50)),
+            training_rows(folds, args.fold), model_spec, args.base, args.out, args.work_dir, extra_sets,
+            attempt=args.attempt,
             out_of_memory_retries=len(recorded_out_of_memory(args.work_dir, oom_key)),
         )
     except BaseException as error:  # noqa: BLE001 - recorded for the retry, then re-raised

@@ -18,6 +18,7 @@ from typing import Sequence
 import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.execution.device import PRECISIONS
 from workflow_scripts.generated.generate import (Completion, load_causal_lm, load_vllm, render_prompt, sample_completions,
                                        sample_completions_vllm, vllm_available)
 from workflow_scripts.io import read_table, write_parquet
@@ -124,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--answer-regex", default=None, help="regex; its first group (or match) is the answer")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N problems (demo on a CPU)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 on a GPU that supports it, fp32 on the CPU")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
 
@@ -159,9 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model)[0])
         prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
-        completions = sample_completions_vllm(load_vllm(args.model), prompts, **settings)
+        completions = sample_completions_vllm(load_vllm(args.model, args.precision), prompts, **settings)
     else:
-        model, tokenizer = load_causal_lm(args.model)
+        model, tokenizer = load_causal_lm(args.model, args.precision)
         prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
         completions = sample_completions(model, tokenizer, prompts, batch_size=args.batch_size, **settings)
     frame = answer_rows(problems, completions, args.samples, args.prompt_name, tokenizer, args.answer_regex)

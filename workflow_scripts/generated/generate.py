@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.execution.device import PRECISIONS
 from workflow_scripts.io import read_table, write_json, write_parquet
 
 FORMATS = ("json", "lines", "text")
@@ -44,27 +45,40 @@ class Completion:
     token_probs: list[float] = field(default_factory=list)
 
 
-def load_causal_lm(model_path: str | Path):
-    """(model, tokenizer) from a local folder (or a prepare_model pointer), eval mode, left padding."""
-    import torch
+def generation_device_and_precision(precision: str = "auto") -> tuple[str, str]:
+    """(device, resolved precision) of a generation job: its GPU when it has one; auto is bf16 there, fp32 on the CPU."""
+    from workflow_scripts.execution.device import resolve_device, resolve_precision
+
+    device = resolve_device("auto")
+    return str(device), resolve_precision(precision, device)
+
+
+def load_causal_lm(model_path: str | Path, precision: str = "auto"):
+    """(model, tokenizer) from a local folder (or a prepare_model pointer) on the job's device in `precision`,
+    eval mode, left padding."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from workflow_scripts.execution.device import torch_dtype_of
     from workflow_scripts.modeling import resolve_model_path
 
+    device, resolved = generation_device_and_precision(precision)
     name, revision = resolve_model_path(model_path)
+    kwargs = {"device_map": {"": device}} if device != "cpu" else {}  # weights go straight to the GPU
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch_dtype_of(resolved), **kwargs)
     except OSError as error:
         raise OoflineError(f"cannot load causal LM from {model_path}: {error}") from error
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    print(f"causal LM {model_path} on {device} in {resolved}", flush=True)
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+# vLLM's `dtype` argument for a resolved precision.
+VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def render_prompt(tokenizer, user: str, system: str | None = None) -> str:
@@ -135,14 +149,15 @@ def sample_completions(
     return completions
 
 
-def load_vllm(model_path: str | Path):
-    """A vLLM engine for a local model folder (GPU hosts only)."""
+def load_vllm(model_path: str | Path, precision: str = "auto"):
+    """A vLLM engine for a local model folder (GPU hosts only) in `precision`."""
     from vllm import LLM
 
     from workflow_scripts.modeling import resolve_model_path
 
+    _, resolved = generation_device_and_precision(precision)
     name, revision = resolve_model_path(model_path)
-    return LLM(model=name, revision=revision)
+    return LLM(model=name, revision=revision, dtype=VLLM_DTYPES[resolved])
 
 
 def sample_completions_vllm(llm, prompts, *, temperature, top_p, max_new_tokens, seed, label="sample"):
@@ -387,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-attempts", type=int, default=None, help="give up after this many outputs (3 x n-rows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 on a GPU that supports it, fp32 on the CPU")
     parser.add_argument("--output", required=True, help="parquet, one row per attempt")
     parser.add_argument("--report", required=True, help="json: attempts, valid, failures by reason")
     args = parser.parse_args(argv)
@@ -409,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from workflow_scripts.modeling import resolve_model_path
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model)[0])
-        llm = load_vllm(args.model)
+        llm = load_vllm(args.model, args.precision)
 
         def sample(prompts, seed):
             return sample_completions_vllm(llm, [render_prompt(tokenizer, p, args.system) for p in prompts],
@@ -417,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                            max_new_tokens=args.max_new_tokens, seed=seed, label="generate")
     else:
         backend = "transformers"
-        model, tokenizer = load_causal_lm(args.model)
+        model, tokenizer = load_causal_lm(args.model, args.precision)
 
         def sample(prompts, seed):
             return sample_completions(model, tokenizer, [render_prompt(tokenizer, p, args.system) for p in prompts],

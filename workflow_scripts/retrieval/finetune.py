@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.execution.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from workflow_scripts.io import atomic_path
 
 ENTRY_POINTS = {
@@ -33,6 +34,8 @@ ENTRY_POINTS = {
 }
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+# HF TrainingArguments' mixed-precision flags for a resolved precision (fp32: none).
+TRAINING_PRECISION_ARGUMENTS = {"bf16": ["--bf16", "True"], "fp16": ["--fp16", "True"], "fp32": []}
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class FinetuneSettings:
     prompt: str = ""  # written into every training row's `prompt` when set
     icl_examples: bool = False  # decoder-only-icl: add in-context examples to queries
     icl_suffix: str = "\n<response>"
-    device: str = "cpu"  # cpu | cuda
+    device: str = "auto"  # auto (the job's GPU when it has one) | cpu | cuda
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32: HF TrainingArguments --bf16 / --fp16
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # passed through verbatim (an escape hatch)
 
     def validate(self) -> None:
@@ -84,8 +88,15 @@ class FinetuneSettings:
         for key in ("epochs", "learning_rate", "batch_size"):
             if getattr(self, key) <= 0:
                 raise OoflineError(f"{key} must be positive, got {getattr(self, key)}")
-        if self.device not in ("cpu", "cuda"):
-            raise OoflineError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.device not in DEVICES:
+            raise OoflineError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise OoflineError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def resolved(self) -> "FinetuneSettings":
+        """These settings with `device` and `precision` resolved for this job (cpu/cuda, fp32/bf16/fp16)."""
+        device = resolve_device(self.device)
+        return replace(self, device=device.type, precision=resolve_precision(self.precision, device))
 
 
 def _flag(value: bool) -> str:
@@ -94,7 +105,7 @@ def _flag(value: bool) -> str:
 
 def flagembedding_arguments(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path) -> list[str]:
     """The argument list for FlagEmbedding's runner (transformers 5 spellings: no overwrite/ratio/no_cuda)."""
-    s = settings
+    s = settings.resolved()
     args = [
         "--model_name_or_path", s.base_model,
         "--train_data", str(train_data),
@@ -118,8 +129,7 @@ def flagembedding_arguments(settings: FinetuneSettings, train_data: str | Path, 
     ]
     if s.device == "cpu":
         args += ["--use_cpu", "True"]
-    else:
-        args += ["--bf16", "True"]
+    args += TRAINING_PRECISION_ARGUMENTS[s.precision]
     if s.kind == "embedder":
         args += [
             "--sentence_pooling_method", s.pooling_method,
@@ -221,6 +231,8 @@ def _move_model_files(source: Path, target: Path) -> None:
 def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path) -> Path:
     """Train, then lay out `merged/` (+ `adapter/` for LoRA) and settings.json in output_dir."""
     settings.validate()
+    settings = settings.resolved()
+    print(f"fine-tuning on {settings.device} in {settings.precision}", flush=True)
     from workflow_scripts.retrieval.models import resolve_model
 
     settings = replace(settings, base_model=resolve_model(settings.base_model, "base"))
@@ -300,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in ("knowledge_distillation", "lora", "icl_examples"):
         parser.add_argument("--" + name.replace("_", "-"), type=_bool, default=getattr(defaults, name))
     for name in ("pooling_method", "query_instruction", "query_instruction_format", "passage_instruction",
-                 "passage_instruction_format", "prompt", "icl_suffix", "device"):
+                 "passage_instruction_format", "prompt", "icl_suffix", "device", "precision"):
         parser.add_argument("--" + name.replace("_", "-"), default=getattr(defaults, name))
     parser.add_argument("--lora-target-modules", nargs="+", default=list(DEFAULT_LORA_TARGETS))
     args = parser.parse_args(argv)

@@ -22,6 +22,7 @@ import polars as pl
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_table
 from workflow_scripts.retrieval.data import load_task, with_query_folds
+from workflow_scripts.execution.device import PRECISIONS
 from workflow_scripts.retrieval.models import EMBEDDER_CLASSES, EmbedderSettings, encode_queries_and_corpus
 
 
@@ -237,13 +238,15 @@ def add_embedder_arguments(parser: argparse.ArgumentParser, with_model: bool = T
     parser.add_argument("--query-max-length", type=int, default=512)
     parser.add_argument("--passage-max-length", type=int, default=512)
     parser.add_argument("--devices", default=None)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 on a GPU that supports it, fp32 on the CPU")
 
 
 def embedder_settings(args: argparse.Namespace, model_path: str | None = None) -> EmbedderSettings:
     return EmbedderSettings(
         model_path or args.embedder, args.embedder_class, args.pooling_method, args.query_instruction or None,
         args.query_instruction_format, args.embed_batch_size, args.query_max_length, args.passage_max_length,
-        args.devices,
+        args.devices, args.precision,
     )
 
 

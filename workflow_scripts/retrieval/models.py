@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from workflow_scripts.errors import OoflineError
+from workflow_scripts.execution.device import PRECISIONS
 
 EMBEDDER_CLASSES = ("encoder-only-base", "encoder-only-m3", "decoder-only-base", "decoder-only-icl")
 RERANKER_CLASSES = ("encoder-only-base", "decoder-only-base")
@@ -25,7 +26,7 @@ class EmbedderSettings:
     query_max_length: int = 512
     passage_max_length: int = 512
     devices: str | None = None
-    use_fp16: bool = False
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (execution.device.resolve_precision)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class RerankerSettings:
     batch_size: int = 32
     max_length: int = 512
     devices: str | None = None
-    use_fp16: bool = False
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (execution.device.resolve_precision)
 
 
 def resolve_model(path: str, kind: str) -> str:
@@ -58,16 +59,31 @@ def _check_model(path: str, kind: str, model_class: str, allowed: Sequence[str])
     return resolve_model(path, kind)
 
 
+def inference_precision(precision: str, devices: str | None) -> str:
+    """Resolved precision of a FlagEmbedding model on `devices` (None: the job's GPU when it has one)."""
+    from workflow_scripts.execution.device import resolve_device, resolve_precision
+
+    on_cpu = devices is not None and str(devices).startswith("cpu")
+    return resolve_precision(precision, resolve_device("cpu" if on_cpu else "auto"))
+
+
+def half_precision_flags(precision: str) -> dict[str, bool]:
+    """FlagEmbedding's `use_fp16` / `use_bf16` arguments for a resolved precision."""
+    return {"use_fp16": precision == "fp16", "use_bf16": precision == "bf16"}
+
+
 def load_embedder(settings: EmbedderSettings):
     from FlagEmbedding import FlagAutoModel
 
     path = _check_model(settings.model_path, "embedder", settings.model_class, EMBEDDER_CLASSES)
+    precision = inference_precision(settings.precision, settings.devices)
+    print(f"embedder {settings.model_path} in {precision}", flush=True)
     return FlagAutoModel.from_finetuned(
         path,
         model_class=settings.model_class,
         pooling_method=settings.pooling_method,
         normalize_embeddings=True,
-        use_fp16=settings.use_fp16,
+        **half_precision_flags(precision),
         query_instruction_for_retrieval=settings.query_instruction or None,
         query_instruction_format=settings.query_instruction_format.replace("\\n", "\n"),
         batch_size=settings.batch_size,
@@ -99,10 +115,16 @@ def load_reranker(settings: RerankerSettings):
     from FlagEmbedding import FlagAutoReranker
 
     path = _check_model(settings.model_path, "reranker", settings.model_class, RERANKER_CLASSES)
-    return FlagAutoReranker.from_finetuned(
+    precision = inference_precision(settings.precision, settings.devices)
+    print(f"reranker {settings.model_path} in {precision}", flush=True)
+    flags = half_precision_flags(precision)
+    if not settings.model_class.startswith("decoder"):
+        # FlagEmbedding's encoder reranker has no use_bf16: it is cast below instead
+        flags.pop("use_bf16")
+    reranker = FlagAutoReranker.from_finetuned(
         path,
         model_class=settings.model_class,
-        use_fp16=settings.use_fp16,
+        **flags,
         query_instruction_for_rerank=settings.query_instruction or None,
         query_instruction_format=settings.query_instruction_format.replace("\\n", "\n"),
         passage_instruction_for_rerank=settings.passage_instruction or None,
@@ -112,6 +134,11 @@ def load_reranker(settings: RerankerSettings):
         devices=settings.devices,
         normalize=False,
     )
+    if precision == "bf16" and not settings.model_class.startswith("decoder"):
+        import torch
+
+        reranker.model.to(torch.bfloat16)
+    return reranker
 
 
 def rerank_scores(model, settings: RerankerSettings, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
@@ -138,11 +165,13 @@ def add_reranker_arguments(parser, with_model: bool = True) -> None:
     parser.add_argument("--rerank-batch-size", type=int, default=32)
     parser.add_argument("--rerank-max-length", type=int, default=512)
     parser.add_argument("--rerank-devices", default=None)
+    parser.add_argument("--rerank-precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 on a GPU that supports it, fp32 on the CPU")
 
 
 def reranker_settings(args, model_path: str | None = None) -> RerankerSettings:
     return RerankerSettings(
         model_path or args.reranker, args.reranker_class, args.rerank_query_instruction or None, args.rerank_query_instruction_format,
         args.rerank_passage_instruction or None, args.rerank_passage_instruction_format, args.rerank_prompt or None,
-        args.rerank_batch_size, args.rerank_max_length, args.rerank_devices,
+        args.rerank_batch_size, args.rerank_max_length, args.rerank_devices, args.rerank_precision,
     )
