@@ -386,6 +386,7 @@ def leaderboard_inputs(wildcards):
         "models": [out(f"scores/{m}.json") for m in MODELS],
         "ensembles": [out(f"ensembles/{e}/score.json") for e in ENSEMBLES],
         "manifests": [out(f"submissions/{s}/manifest.json") for s in SUBMISSIONS],
+        "prior": out("scores/prior.json"),
     }
     if Path(config.get("lb_scores", "lb_scores.yaml")).exists():
         inputs["lb"] = config.get("lb_scores", "lb_scores.yaml")

@@ -99,6 +99,8 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
     if task and not config.get("data"):
         problems.append("config: data.train: required (the competition's training file)")
     for name, model in (config.get("models") or {}).items():
+        if name == "prior":  # results/scores/prior.json is the prior baseline every run scores
+            problems.append("config: models.prior: the name 'prior' is reserved for the prior baseline; rename the model")
         source = model["source"]
         if source in PACKAGED_SOURCES or HUB_ID.match(source):
             pass
