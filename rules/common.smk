@@ -22,7 +22,11 @@ OUT = config["output_dir"]
 MODELS = config.get("models", {})
 LORA_KINDS = ("decoder_lora", "encoder_lora")
 LORA_MODELS = [name for name, model in MODELS.items() if model["kind"] in LORA_KINDS]
-FULL_MODELS = [name for name, model in MODELS.items() if model["kind"] not in LORA_KINDS]
+# linear heads on fixed features (workflow_scripts.linear_models, .embedding_head): no fine-tune, no predict_fold
+TFIDF_MODELS = [name for name, model in MODELS.items() if model["kind"] == "tfidf_linear"]
+EMBEDDING_HEAD_MODELS = [name for name, model in MODELS.items() if model["kind"] == "embedding_head"]
+HEAD_FOLDERS = {"tfidf_linear": "linear", "embedding_head": "head"}
+FULL_MODELS = [name for name, model in MODELS.items() if model["kind"] not in LORA_KINDS + tuple(HEAD_FOLDERS)]
 LOCAL_SOURCES = ("packaged:minilm", "packaged:smollm2", "tiny:llama")
 PY = "python -m workflow_scripts"
 # Step-group images (config `container: {train, cpu}`): used under --sdm apptainer, ignored otherwise.
@@ -111,7 +115,7 @@ def demo_or_data(key):
 
 def base_model(wildcards):
     """The materialised base folder for packaged/tiny sources; nothing for hub ids and local folders."""
-    if MODELS[wildcards.model]["source"] in LOCAL_SOURCES:
+    if MODELS[wildcards.model].get("source") in LOCAL_SOURCES:
         return out(f"models/{wildcards.model}/base")
     return []
 
@@ -139,7 +143,7 @@ def model_targets(name):
     targets = [out(f"oof/{name}.parquet"), out(f"test/{name}.parquet"), out(f"scores/{name}.json")]
     if name in LORA_MODELS and model.get("merge", True):
         targets += [out(f"models/{name}/fold{k}/merged") for k in model_folds(name)]
-    if model.get("train_full"):
+    if model.get("train_full") and name in LORA_MODELS + FULL_MODELS:
         targets.append(out(f"models/{name}/full/{'adapter' if name in LORA_MODELS else 'model'}"))
     return targets
 
@@ -315,7 +319,7 @@ def threshold_options(wildcards):
 
 
 def model_artifacts(name):
-    subdir = "adapter" if name in LORA_MODELS else "model"
+    subdir = "adapter" if name in LORA_MODELS else HEAD_FOLDERS.get(MODELS[name]["kind"], "model")
     return [out(f"models/{name}/fold{k}/{subdir}") for k in model_folds(name)]
 
 
@@ -374,7 +378,7 @@ def submission_options(wildcards, input):
     if config["data"].get("sample_submission"):
         options.append(f"--sample-submission {shlex.quote(config['data']['sample_submission'])}")
     models = source_models(settings["source"])
-    options.append("--base-models " + " ".join(shlex.quote(f"{m}={MODELS[m]['source']}") for m in models))
+    options.append("--base-models " + " ".join(shlex.quote(f"{m}={MODELS[m].get('source', MODELS[m]['kind'])}") for m in models))
     if config.get("container", {}).get("train"):
         options.append(f"--container {shlex.quote(config['container']['train'])}")
     options.append(f"--config-slice {shlex.quote(json.dumps(submission_config_slice(name), sort_keys=True))}")

@@ -96,3 +96,34 @@ rule merge_adapter:
         ON_GPUS + ".merge --adapter {input.adapter:q} --base {params.base:q} --labels {input.labels:q}"
         " --model-config {params.model_config:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule tfidf_linear_fold:
+    input:
+        train=out("data/train.parquet"),
+        test=out("data/test.parquet"),
+        folds=out("folds.parquet"),
+        targets=out("targets.parquet"),
+        labels=out("labels.json"),
+    output:
+        model=directory(out("models/{model}/{split}/linear")),
+        valid=out("predictions/{model}/{split}/valid.parquet"),
+        test=out("predictions/{model}/{split}/test.parquet"),
+    wildcard_constraints:
+        model=names_pattern(TFIDF_MODELS),
+        split=r"fold\d+",
+    params:
+        code=code_digest("linear_models"),
+        fold=lambda wildcards: wildcards.split[len("fold"):],
+        model_config=model_json,
+    log:
+        out("logs/train/{model}/{split}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.linear_models --train {input.train:q} --test {input.test:q} --folds {input.folds:q}"
+        " --targets {input.targets:q} --labels {input.labels:q} --fold {params.fold}"
+        " --model-config {params.model_config:q} --model-out {output.model:q} --valid-out {output.valid:q}"
+        " --test-out {output.test:q} > {log:q} 2>&1"

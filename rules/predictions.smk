@@ -12,6 +12,8 @@ rule predict_fold:
     output:
         valid=out("predictions/{model}/{split}/valid.parquet"),
         test=out("predictions/{model}/{split}/test.parquet"),
+    wildcard_constraints:
+        model=names_pattern(LORA_MODELS + FULL_MODELS),
     params:
         code=code_digest("predict"),
         fold=lambda wildcards: "full" if wildcards.split == "full" else wildcards.split[len("fold"):],
