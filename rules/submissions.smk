@@ -21,6 +21,7 @@ rule ensemble:
             else ""
         ),
         metric=config.get("task", {}).get("metric", "accuracy"),
+        stack_c=lambda wildcards: float(ENSEMBLES[wildcards.ensemble].get("C", 1.0)),
     log:
         out("logs/ensembles/{ensemble}.log"),
     conda:
@@ -29,7 +30,7 @@ rule ensemble:
         CPU_CONTAINER
     shell:
         "{PY}.ensemble --name {wildcards.ensemble} --names {params.names:q} --oof {input.oof:q} --test {input.test:q}"
-        " --weights {params.weights} --method {params.method:q} --blend {params.blend:q} {params.top_k}"
+        " --weights {params.weights} --method {params.method:q} --blend {params.blend:q} {params.top_k} --stack-c {params.stack_c}"
         " --labels {input.labels:q} --targets {input.targets:q} --metric {params.metric:q}"
         " --oof-out {output.oof:q} --test-out {output.test:q} --weights-out {output.weights:q}"
         " --score-out {output.score:q} > {log:q} 2>&1"
