@@ -118,6 +118,19 @@ class LabelSpec:
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
+def expand_label_columns(label_columns: str | list[str], train: pl.DataFrame) -> list[str]:
+    """task.label_columns as a list: a glob string (`"lab_*"`) matches training columns, in file order."""
+    if not isinstance(label_columns, str):
+        return list(label_columns)
+    from fnmatch import fnmatchcase
+
+    matched = [column for column in train.columns if fnmatchcase(column, label_columns)]
+    if not matched:
+        raise OoflineError(f"task.label_columns: the pattern {label_columns!r} matches no training column "
+                           f"(have {train.columns[:10]})")
+    return matched
+
+
 def build_label_spec(task_config: dict[str, Any], train: pl.DataFrame) -> LabelSpec:
     """Derive the label layout from the task config and the training labels (classes sorted as strings)."""
     task = task_config["type"]
@@ -131,7 +144,7 @@ def build_label_spec(task_config: dict[str, Any], train: pl.DataFrame) -> LabelS
         column = task_config["label_column"]
         heads = (Head(column, "multiclass", column, classes_of(column)),)
     elif task == "multilabel":
-        heads = tuple(Head(column, "binary", column) for column in task_config["label_columns"])
+        heads = tuple(Head(column, "binary", column) for column in expand_label_columns(task_config["label_columns"], train))
     elif task == "multihead":
         heads = tuple(
             Head(h["name"], h["type"], h.get("column", h["name"]),
