@@ -26,7 +26,11 @@ OUT = config["output_dir"]
 MODELS = config.get("models", {})
 LORA_KINDS = ("decoder_lora", "encoder_lora")
 LORA_MODELS = [name for name, model in MODELS.items() if model["kind"] in LORA_KINDS]
-FULL_MODELS = [name for name, model in MODELS.items() if model["kind"] not in LORA_KINDS]
+# linear heads on fixed features (workflow_scripts.linear_models, .embedding_head): no fine-tune, no predict_fold
+TFIDF_MODELS = [name for name, model in MODELS.items() if model["kind"] == "tfidf_linear"]
+EMBEDDING_HEAD_MODELS = [name for name, model in MODELS.items() if model["kind"] == "embedding_head"]
+HEAD_FOLDERS = {"tfidf_linear": "linear", "embedding_head": "head"}
+FULL_MODELS = [name for name, model in MODELS.items() if model["kind"] not in LORA_KINDS + tuple(HEAD_FOLDERS)]
 LOCAL_SOURCES = ("packaged:minilm", "packaged:smollm2", "tiny:llama")
 PY = "python -m workflow_scripts"
 # Step-group images (config `container: {train, cpu}`): used under --sdm apptainer, ignored otherwise.
@@ -106,7 +110,7 @@ def model_folds(name):
 
 def base_model(wildcards):
     """The materialised base folder for packaged/tiny sources; nothing for hub ids and local folders."""
-    if MODELS[wildcards.model]["source"] in LOCAL_SOURCES:
+    if MODELS[wildcards.model].get("source") in LOCAL_SOURCES:
         return out(f"models/{wildcards.model}/base")
     return []
 
@@ -134,7 +138,7 @@ def model_targets(name):
     targets = [out(f"oof/{name}.parquet"), out(f"test/{name}.parquet"), out(f"scores/{name}.json")]
     if name in LORA_MODELS and model.get("merge", True):
         targets += [out(f"models/{name}/fold{k}/merged") for k in model_folds(name)]
-    if model.get("train_full"):
+    if model.get("train_full") and name in LORA_MODELS + FULL_MODELS:
         targets.append(out(f"models/{name}/full/{'adapter' if name in LORA_MODELS else 'model'}"))
     return targets
 
@@ -297,7 +301,7 @@ def threshold_options(wildcards):
 
 
 def model_artifacts(name):
-    subdir = "adapter" if name in LORA_MODELS else "model"
+    subdir = "adapter" if name in LORA_MODELS else HEAD_FOLDERS.get(MODELS[name]["kind"], "model")
     return [out(f"models/{name}/fold{k}/{subdir}") for k in model_folds(name)]
 
 
@@ -333,6 +337,7 @@ def leaderboard_inputs(wildcards):
         "models": [out(f"scores/{m}.json") for m in MODELS],
         "ensembles": [out(f"ensembles/{e}/score.json") for e in ENSEMBLES],
         "manifests": [out(f"submissions/{s}/manifest.json") for s in SUBMISSIONS],
+        "prior": out("scores/prior.json"),
     }
     if Path(config.get("lb_scores", "lb_scores.yaml")).exists():
         inputs["lb"] = config.get("lb_scores", "lb_scores.yaml")

@@ -15,6 +15,7 @@ if "demo" in config:
             n_test=config["demo"]["n_test"],
             seed=config["demo"]["seed"],
             columns=demo_submission_columns(),
+            balanced="--balanced" if config["demo"].get("balanced") else "",
         log:
             out("logs/prepare_demo.log"),
         conda:
@@ -24,7 +25,7 @@ if "demo" in config:
         shell:
             "{PY}.prepare_demo --dataset {params.dataset} --n-train {params.n_train} --n-test {params.n_test}"
             " --seed {params.seed} --train-out {output.train:q} --test-out {output.test:q}"
-            " --sample-submission-out {output.sample_submission:q} --submission-columns {params.columns:q}"
+            " --sample-submission-out {output.sample_submission:q} --submission-columns {params.columns:q} {params.balanced}"
             " > {log:q} 2>&1"
 
 

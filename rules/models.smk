@@ -79,3 +79,90 @@ rule merge_adapter:
         ON_GPUS + ".merge --adapter {input.adapter:q} --base {params.base:q} --labels {input.labels:q}"
         " --model-config {params.model_config:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule tfidf_linear_fold:
+    input:
+        train=out("data/train.parquet"),
+        test=out("data/test.parquet"),
+        folds=out("folds.parquet"),
+        targets=out("targets.parquet"),
+        labels=out("labels.json"),
+    output:
+        model=directory(out("models/{model}/{split}/linear")),
+        valid=out("predictions/{model}/{split}/valid.parquet"),
+        test=out("predictions/{model}/{split}/test.parquet"),
+    wildcard_constraints:
+        model=names_pattern(TFIDF_MODELS),
+        split=r"fold\d+",
+    params:
+        code=code_digest("linear_models"),
+        fold=lambda wildcards: wildcards.split[len("fold"):],
+        model_config=model_json,
+    log:
+        out("logs/train/{model}/{split}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.linear_models --train {input.train:q} --test {input.test:q} --folds {input.folds:q}"
+        " --targets {input.targets:q} --labels {input.labels:q} --fold {params.fold}"
+        " --model-config {params.model_config:q} --model-out {output.model:q} --valid-out {output.valid:q}"
+        " --test-out {output.test:q} > {log:q} 2>&1"
+
+
+rule embed_texts:
+    input:
+        train=out("data/train.parquet"),
+        test=out("data/test.parquet"),
+        base=base_model,
+    output:
+        out("embeddings/{model}.safetensors"),
+    wildcard_constraints:
+        model=names_pattern(EMBEDDING_HEAD_MODELS),
+    params:
+        code=code_digest("embedding_head"),
+        base=base_model_path,
+        model_config=model_json,
+    threads: model_threads
+    resources:
+        **MODEL_STEP_RESOURCES,
+    log:
+        out("logs/embed/{model}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".embedding_head embed --train {input.train:q} --test {input.test:q} --base {params.base:q}"
+        " --model-config {params.model_config:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule embedding_head_fold:
+    input:
+        embeddings=out("embeddings/{model}.safetensors"),
+        folds=out("folds.parquet"),
+        targets=out("targets.parquet"),
+        labels=out("labels.json"),
+    output:
+        model=directory(out("models/{model}/{split}/head")),
+        valid=out("predictions/{model}/{split}/valid.parquet"),
+        test=out("predictions/{model}/{split}/test.parquet"),
+    wildcard_constraints:
+        model=names_pattern(EMBEDDING_HEAD_MODELS),
+        split=r"fold\d+",
+    params:
+        code=code_digest("embedding_head"),
+        fold=lambda wildcards: wildcards.split[len("fold"):],
+        model_config=model_json,
+    log:
+        out("logs/train/{model}/{split}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.embedding_head fit --embeddings {input.embeddings:q} --folds {input.folds:q} --targets {input.targets:q}"
+        " --labels {input.labels:q} --fold {params.fold} --model-config {params.model_config:q}"
+        " --model-out {output.model:q} --valid-out {output.valid:q} --test-out {output.test:q} > {log:q} 2>&1"

@@ -12,6 +12,8 @@ rule predict_fold:
     output:
         valid=out("predictions/{model}/{split}/valid.parquet"),
         test=out("predictions/{model}/{split}/test.parquet"),
+    wildcard_constraints:
+        model=names_pattern(LORA_MODELS + FULL_MODELS),
     params:
         code=code_digest("predict"),
         fold=lambda wildcards: "full" if wildcards.split == "full" else wildcards.split[len("fold"):],
@@ -39,6 +41,7 @@ rule oof:
         folds=out("folds.parquet"),
         targets=out("targets.parquet"),
         labels=out("labels.json"),
+        prior=out("scores/prior.json"),
     output:
         oof=out("oof/{model}.parquet"),
         test=out("test/{model}.parquet"),
@@ -55,4 +58,30 @@ rule oof:
     shell:
         "{PY}.oof --valid {input.valid:q} --test {input.test:q} --folds {input.folds:q}"
         " --targets {input.targets:q} --labels {input.labels:q} --metric {params.metric:q} --name {wildcards.model}"
+        " --prior-scores {input.prior:q}"
         " --oof-out {output.oof:q} --test-out {output.test:q} --scores-out {output.scores:q} > {log:q} 2>&1"
+
+
+rule prior:
+    input:
+        folds=out("folds.parquet"),
+        targets=out("targets.parquet"),
+        labels=out("labels.json"),
+        test=out("data/test.parquet"),
+    output:
+        oof=out("prior/oof.parquet"),
+        test=out("prior/test.parquet"),
+        scores=out("scores/prior.json"),
+    params:
+        code=code_digest("prior"),
+        metric=config.get("task", {}).get("metric", "accuracy"),
+    log:
+        out("logs/prior.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.prior --folds {input.folds:q} --targets {input.targets:q} --labels {input.labels:q} --test {input.test:q}"
+        " --metric {params.metric:q} --oof-out {output.oof:q} --test-out {output.test:q}"
+        " --scores-out {output.scores:q} > {log:q} 2>&1"

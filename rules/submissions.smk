@@ -17,6 +17,7 @@ rule ensemble:
         blend=lambda wildcards: ENSEMBLES[wildcards.ensemble].get("blend", "mean"),
         top_k=lambda wildcards: rule_params.ensemble_flags(ENSEMBLES[wildcards.ensemble]),
         metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
+        stack_c=lambda wildcards: float(ENSEMBLES[wildcards.ensemble].get("C", 1.0)),
     log:
         out("logs/ensembles/{ensemble}.log"),
     conda:
@@ -25,7 +26,7 @@ rule ensemble:
         CPU_CONTAINER
     shell:
         "{PY}.ensemble --name {wildcards.ensemble} --names {params.names:q} --oof {input.oof:q} --test {input.test:q}"
-        " --weights {params.weights} --method {params.method:q} --blend {params.blend:q} {params.top_k}"
+        " --weights {params.weights} --method {params.method:q} --blend {params.blend:q} {params.top_k} --stack-c {params.stack_c}"
         " --labels {input.labels:q} --targets {input.targets:q} --metric {params.metric:q}"
         " --oof-out {output.oof:q} --test-out {output.test:q} --weights-out {output.weights:q}"
         " --score-out {output.score:q} > {log:q} 2>&1"
@@ -136,4 +137,4 @@ rule leaderboard:
         CPU_CONTAINER
     shell:
         "{PY}.leaderboard --model-scores {input.models:q} --ensemble-scores {input.ensembles:q}"
-        " --manifests {input.manifests:q} {params.lb} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+        " --manifests {input.manifests:q} --prior-scores {input.prior:q} {params.lb} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"

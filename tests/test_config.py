@@ -157,7 +157,8 @@ def object_schemas(node, path=""):
         if types == "object" or (isinstance(types, list) and "object" in types) or "properties" in node:
             yield path, node
         for key, child in node.items():
-            if key not in ("default", "enum", "required", "description"):
+            # `if` holds a condition on an object, not an object of its own
+            if key not in ("default", "enum", "required", "description", "if"):
                 yield from object_schemas(child, f"{path}/{key}".lstrip("/"))
     elif isinstance(node, list):
         for index, child in enumerate(node):

@@ -109,3 +109,24 @@ def test_label_template_builds_the_label_from_other_columns():
     assert targets.select(spec.probability_columns).to_numpy().argmax(axis=1).tolist() == [2, 0, 1, 3, 0]
     with pytest.raises(OoflineError, match=r"column\(s\) \['Misconception'\] used by task.label_template"):
         prepare_frames(train.drop("Misconception"), None, task, train_source="train.csv")
+
+
+def test_label_columns_glob_matches_training_columns_in_file_order():
+    from workflow_scripts.labels import build_label_spec
+
+    train = pl.DataFrame({"id": ["a", "b"], "text": ["x", "y"], "lab_b": [0, 1], "other": [1, 1], "lab_a": [1, 0]})
+    spec = build_label_spec({"type": "multilabel", "label_columns": "lab_*"}, train)
+    assert spec.probability_columns == ["lab_b", "lab_a"]
+    with pytest.raises(OoflineError, match=r"task.label_columns: the pattern 'tag_\*' matches no training column"):
+        build_label_spec({"type": "multilabel", "label_columns": "tag_*"}, train)
+
+
+def test_balanced_movies_demo_has_a_third_of_each_class():
+    from workflow_scripts.prepare_demo import build_demo
+
+    train, test, _ = build_demo("movies", n_train=120, n_test=30, seed=0, balanced=True)
+    assert train.height == 120 and test.height == 30
+    counts = dict(train["category"].value_counts().iter_rows())
+    assert set(counts) == {"fresh", "rotten", "plot"} and min(counts.values()) >= 30
+    with pytest.raises(OoflineError, match="demo.balanced"):
+        build_demo("debates", n_train=20, n_test=5, seed=0, balanced=True)

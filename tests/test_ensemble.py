@@ -165,3 +165,32 @@ def test_cli_writes_four_outputs_deterministically(tmp_path, capsys):
     bad += ["--weights", "1", "-1", "1"]
     assert run_cli(ens.main, bad) == 2
     assert "'m1' is negative" in capsys.readouterr().err
+
+
+def test_stack_out_of_fold_predictions_never_see_their_folds_labels():
+    frames, targets, _ = make_members(n=400, noise=(0.6, 2.0, 4.0))
+    names = ["m0", "m1", "m2"]
+    oof, test, weights, score = ens.build_ensemble(SPEC, names, frames, frames, targets, "map@3", "stack")
+    # scramble fold 2's labels: fold 2's out-of-fold rows must not move; the other folds' must
+    scrambled = targets.copy()
+    fold2 = np.arange(len(targets)) % 4 == 2
+    scrambled[fold2] = np.roll(targets[fold2], 1, axis=1)
+    oof2, _, _, _ = ens.build_ensemble(SPEC, names, frames, None, scrambled, "map@3", "stack")
+    np.testing.assert_array_equal(probs_of(oof)[fold2], probs_of(oof2)[fold2])
+    assert np.abs(probs_of(oof)[~fold2] - probs_of(oof2)[~fold2]).max() > 1e-3
+    # fold 2's rows equal a level-2 model fitted by hand on the other folds only
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.log(np.clip(np.concatenate([probs_of(frames[n]) for n in names], axis=1).astype(np.float64), 1e-6, 1))
+    reference = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(features[~fold2], targets[~fold2].argmax(1))
+    np.testing.assert_allclose(probs_of(oof)[fold2], reference.predict_proba(features[fold2]), atol=1e-4)
+    # honest score beside the in-sample one (with 6 classes x 3 members = 18 inputs per class on 300 rows, the
+    # level 2 overfits a little: that is what the nested score is there to show)
+    assert score["score"] == score["out_of_sample_score"] == pytest.approx(
+        metrics.map_at_k_from_probabilities(probs_of(oof), targets.argmax(1), 3))
+    assert score["in_sample_score"] >= score["out_of_sample_score"] - 0.02
+    assert score["in_sample_score"] > score["score"] > sorted(score["member_scores"].values())[-2]
+    assert weights["method"] == "stack" and len(weights["inputs"]) == 3 * len(CLASSES)
+    # test rows: the level 2 fitted on every OOF row
+    full = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(features, targets.argmax(1))
+    np.testing.assert_allclose(probs_of(test), full.predict_proba(features), atol=1e-4)

@@ -109,8 +109,12 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
     if task and not config.get("data"):
         problems.append("config: data.train: required (the competition's training file)")
     for name, model in (config.get("models") or {}).items():
-        source = model["source"]
-        if source in PACKAGED_SOURCES or HUB_ID.match(source):
+        if name == "prior":  # results/scores/prior.json is the prior baseline every run scores
+            problems.append("config: models.prior: the name 'prior' is reserved for the prior baseline; rename the model")
+        source = model.get("source")
+        if source is None:  # tfidf_linear reads no model (the schema requires a source of every other kind)
+            pass
+        elif source in PACKAGED_SOURCES or HUB_ID.match(source):
             pass
         elif source.startswith(("packaged:", "tiny:")):
             problems.append(f"config: models.{name}.source: unknown {source!r} (expected one of {', '.join(PACKAGED_SOURCES)}, a folder or org/name)")

@@ -5,6 +5,11 @@ score does not flatter the search, weights are also chosen with nested cross-val
 weights are searched on the other folds and scored on f; score.json reports that out-of-sample score
 (`score`, `out_of_sample_score`) beside the in-sample score of the final weights (`in_sample_score`).
 The written OOF/test files use the final weights (searched on all OOF rows).
+
+`stack` fits a level-2 logistic regression per head (linear_heads) on the members' OOF log-probabilities. Its
+OOF file is out of fold: each fold's rows are predicted by a level-2 model fitted on the other folds only,
+and that is the score (`score`, `out_of_sample_score`); `in_sample_score` is the level-2 model fitted on
+all OOF rows, scored on them. Test predictions come from that all-rows model.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import write_json, write_parquet
 from workflow_scripts.labels import LabelSpec
 
-METHODS = ("mean", "rank", "search")
+METHODS = ("mean", "rank", "search", "stack")
 BLENDS = ("mean", "rank")
 
 
@@ -34,9 +39,10 @@ def check_ensemble_config(name: str, config: dict, known_models: Sequence[str]) 
     where = f"ensembles.{name}"
     if not isinstance(config, dict):
         raise OoflineError(f"{where}: expected a mapping with 'members'")
-    unknown_keys = sorted(set(config) - {"members", "method", "blend", "member_top_k"})
+    unknown_keys = sorted(set(config) - {"members", "method", "blend", "member_top_k", "top_k", "metric", "C"})
     if unknown_keys:
-        raise OoflineError(f"{where}: unknown keys {unknown_keys} (expected members, method, blend, member_top_k)")
+        raise OoflineError(f"{where}: unknown keys {unknown_keys} (expected members, method, blend, member_top_k, "
+                           f"top_k, metric, C)")
     members = config.get("members")
     if isinstance(members, dict):
         names, weights = list(members), list(members.values())
@@ -339,6 +345,71 @@ def nested_search(spec: LabelSpec, metric: str, members: list[np.ndarray], targe
             "fold_std": float(np.std(list(score_per_fold.values())))}
 
 
+STACK_FLOOR = 1e-6
+
+
+def stack_features(members: list[np.ndarray]) -> np.ndarray:
+    """The level-2 inputs: log of every member's probability columns side by side, (n_rows, n_members * n_columns).
+
+    Logs, not probabilities: a level-2 logistic regression on log-probabilities can reproduce a member
+    (and sharpen or blend it) with small coefficients, where raw probabilities in [0, 1] need large ones.
+    """
+    return np.log(np.clip(np.concatenate(members, axis=1).astype(np.float64), STACK_FLOOR, 1.0))
+
+
+def nested_stack(spec: LabelSpec, members: list[np.ndarray], targets: np.ndarray, folds: np.ndarray, c: float,
+                 seed: int = 0, log: Callable[[str], None] = lambda line: None) -> np.ndarray:
+    """Out-of-fold level-2 probabilities: fold f's rows predicted by heads fitted on the other folds only."""
+    from workflow_scripts.linear_heads import fit_heads, predict_heads
+
+    fold_values = sorted(set(np.asarray(folds).tolist()))
+    if len(fold_values) < 2:
+        raise OoflineError("stacking needs OOF rows from at least 2 folds")
+    features = stack_features(members)
+    out_of_fold = np.zeros(targets.shape, dtype=np.float32)
+    for fold in fold_values:
+        held_out = folds == fold
+        heads = fit_heads(spec, features[~held_out], targets[~held_out], c=c, seed=seed)
+        out_of_fold[held_out] = predict_heads(spec, heads, features[held_out])
+        log(f"ensemble: stack fold {fold}: level 2 fitted on {int((~held_out).sum())} rows of the other folds")
+    return out_of_fold
+
+
+def build_stack(spec: LabelSpec, names: list[str], oof_members: list[np.ndarray], test_members: list[np.ndarray] | None,
+                targets: np.ndarray, folds: np.ndarray, metric: str, c: float = 1.0,
+                log: Callable[[str], None] = lambda line: None) -> tuple[np.ndarray, np.ndarray | None, dict, dict]:
+    """(out-of-fold OOF probabilities, test probabilities, weights record, score record) of a stack."""
+    from workflow_scripts.linear_heads import fit_heads, predict_heads
+
+    out_of_fold = nested_stack(spec, oof_members, targets, folds, c, log=log)
+    final = fit_heads(spec, stack_features(oof_members), targets, c=c, seed=0)
+    in_sample = metrics.fold_scores(spec, predict_heads(spec, final, stack_features(oof_members)), targets, folds,
+                                    metric)
+    nested = metrics.fold_scores(spec, out_of_fold, targets, folds, metric)
+    test = predict_heads(spec, final, stack_features(test_members)) if test_members is not None else None
+    score = dict(nested)
+    score.update({
+        "method": "stack", "members": names, "C": c,
+        "member_scores": {n: metrics.task_scores(spec, m, targets, metric)["score"] for n, m in zip(names, oof_members)},
+        "in_sample_score": in_sample["score"], "out_of_sample_score": nested["score"],
+        "in_sample_fold_mean": in_sample["fold_mean"], "in_sample_fold_std": in_sample["fold_std"],
+        "nested": {"score": nested["score"], "folds": {f: v["score"] for f, v in nested["folds"].items()},
+                   "fold_mean": nested["fold_mean"], "fold_std": nested["fold_std"]},
+    })
+    # level-2 coefficients per head: which member's which column it leans on
+    inputs = [f"{name}:{column}" for name in names for column in spec.probability_columns]
+    weight_record = {
+        "method": "stack", "members": names, "C": c, "inputs": inputs,
+        "heads": {head.name: {"classes": [head.columns(spec.task)[k] for k in fitted.classes] if head.type != "binary"
+                              else [head.name],
+                              "coef": fitted.coef.tolist() if fitted.coef is not None else None,
+                              "intercept": fitted.intercept.tolist() if fitted.intercept is not None else None,
+                              "constant": fitted.constant}
+                  for (head, _), fitted in zip(spec.head_slices(), final)},
+    }
+    return out_of_fold, test, weight_record, score
+
+
 # ---------------------------------------------------------------------------------------------- core
 
 def build_ensemble(
@@ -353,6 +424,7 @@ def build_ensemble(
     blend: str = "mean",
     member_top_k: int | None = None,
     log: Callable[[str], None] = lambda line: None,
+    stack_c: float = 1.0,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None, dict, dict]:
     """Blend members; returns (oof frame, test frame or None, weights record, score record).
 
@@ -372,6 +444,21 @@ def build_ensemble(
     folds = oof_keys["fold"].to_numpy()
     oof_members = prepare(oof_members, blend, member_top_k, spec)
     member_scores = {name: metrics.task_scores(spec, m, targets, metric)["score"] for name, m in zip(names, oof_members)}
+    if method == "stack":
+        test_keys, test_members = None, None
+        if test_frames is not None:
+            missing = [name for name in names if name not in test_frames]
+            if missing:
+                raise OoflineError(f"test predictions missing for members {missing}")
+            test_keys, test_members = align_members({n: test_frames[n] for n in names}, columns, "test")
+            test_members = prepare(test_members, blend, member_top_k, spec)
+        oof_stack, test_stack, weight_record, score = build_stack(spec, names, oof_members, test_members, targets,
+                                                                  folds, metric, stack_c, log)
+        score["blend"] = blend
+        weight_record.update({"blend": blend, "member_top_k": member_top_k})
+        test_out = (test_keys.select("id").hstack(pl.DataFrame(test_stack, schema=columns))
+                    if test_stack is not None else None)
+        return oof_keys.hstack(pl.DataFrame(oof_stack, schema=columns)), test_out, weight_record, score
 
     nested = None
     final = given
@@ -428,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--method", default="mean", choices=METHODS)
     parser.add_argument("--blend", default="mean", choices=BLENDS, help="search: blend probabilities or ranks")
     parser.add_argument("--member-top-k", type=int, default=None, help="keep each member's top k classes per row")
+    parser.add_argument("--stack-c", type=float, default=1.0, help="stack: level-2 logistic regression C")
     parser.add_argument("--labels", required=True, help="label spec JSON")
     parser.add_argument("--targets", required=True, help="targets parquet: id + probability columns as 0/1")
     parser.add_argument("--metric", required=True)
@@ -453,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           flush=True)
     oof, test, weights, score = build_ensemble(
         spec, args.names, oof_frames, test_frames, targets, args.metric, args.method, args.weights, args.blend,
-        args.member_top_k, log=lambda line: print(line, flush=True),
+        args.member_top_k, log=lambda line: print(line, flush=True), stack_c=args.stack_c,
     )
     score["ensemble"] = args.name
     write_parquet(oof, args.oof_out)
@@ -462,8 +550,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_json(weights, args.weights_out)
     write_json(score, args.score_out)
     print(f"ensemble {args.name}: {args.metric} in-sample {score['in_sample_score']:.5f}, "
-          f"out-of-sample {score['out_of_sample_score']:.5f}; weights "
-          + ", ".join(f"{n}={w:.3f}" for n, w in score["weights"].items()), flush=True)
+          f"out-of-sample {score['out_of_sample_score']:.5f}"
+          + ("; weights " + ", ".join(f"{n}={w:.3f}" for n, w in score["weights"].items()) if "weights" in score else ""),
+          flush=True)
 
 
 if __name__ == "__main__":

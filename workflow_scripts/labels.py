@@ -118,13 +118,29 @@ class LabelSpec:
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
+def expand_label_columns(label_columns: str | list[str], train: pl.DataFrame) -> list[str]:
+    """task.label_columns as a list: a glob string (`"lab_*"`) matches training columns, in file order."""
+    if not isinstance(label_columns, str):
+        return list(label_columns)
+    from fnmatch import fnmatchcase
+
+    matched = [column for column in train.columns if fnmatchcase(column, label_columns)]
+    if not matched:
+        raise OoflineError(f"task.label_columns: the pattern {label_columns!r} matches no training column "
+                           f"(have {train.columns[:10]})")
+    return matched
+
+
 def label_column_keys(task_config: dict[str, Any]) -> dict[str, str]:
     """{label column: the config key that names it}, e.g. {'topic': 'task.label_column'}."""
     task = task_config.get("type")
     if task == "multiclass":
         return {task_config["label_column"]: "task.label_column"}
     if task == "multilabel":
-        return {column: f"task.label_columns[{i}]" for i, column in enumerate(task_config["label_columns"])}
+        columns = task_config["label_columns"]
+        if isinstance(columns, str):  # a glob: expand_label_columns names the pattern when it matches nothing
+            return {}
+        return {column: f"task.label_columns[{i}]" for i, column in enumerate(columns)}
     if task == "multihead":
         return {h.get("column", h["name"]): f"task.heads[{i}]." + ("column" if "column" in h else "name")
                 for i, h in enumerate(task_config["heads"])}
@@ -145,7 +161,7 @@ def build_label_spec(task_config: dict[str, Any], train: pl.DataFrame, source: s
         column = task_config["label_column"]
         heads = (Head(column, "multiclass", column, classes_of(column)),)
     elif task == "multilabel":
-        heads = tuple(Head(column, "binary", column) for column in task_config["label_columns"])
+        heads = tuple(Head(column, "binary", column) for column in expand_label_columns(task_config["label_columns"], train))
     elif task == "multihead":
         heads = tuple(
             Head(h["name"], h["type"], h.get("column", h["name"]),

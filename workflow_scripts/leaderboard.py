@@ -15,11 +15,12 @@ import polars as pl
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_json
 
-KINDS = ("model", "fold", "ensemble", "submission")
+KINDS = ("prior", "model", "fold", "ensemble", "submission")
 SCHEMA = {
     "kind": pl.String, "name": pl.String, "fold": pl.String, "metric": pl.String, "cv": pl.Float64,
     "cv_fold_mean": pl.Float64, "cv_fold_std": pl.Float64, "cv_in_sample": pl.Float64,
-    "cv_thresholded": pl.Float64, "cv_thresholded_nested": pl.Float64, "lb_public": pl.Float64, "lb_private": pl.Float64, "source": pl.String,
+    "cv_thresholded": pl.Float64, "cv_thresholded_nested": pl.Float64, "lb_public": pl.Float64, "lb_private": pl.Float64,
+    "lift_over_prior": pl.Float64, "beats_prior": pl.Boolean, "source": pl.String,
 }
 
 
@@ -99,10 +100,38 @@ def submission_row(path: str | Path) -> dict:
                 cv_thresholded=thresholded, cv_thresholded_nested=thresholded_nested, source=Path(path).as_posix())
 
 
+def prior_row(path: str | Path) -> dict:
+    payload = read_json(path)
+    if "score" not in payload:
+        raise OoflineError(f"{path}: prior score file has no 'score' key")
+    return _row(kind="prior", name="prior", metric=payload.get("metric"), cv=_number(payload["score"]),
+                cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
+                source=Path(path).as_posix())
+
+
+def add_lift(rows: list[dict], prior: dict) -> None:
+    """Fill lift_over_prior / beats_prior of every scored row (not the prior's own, not per-fold rows)."""
+    from workflow_scripts.prior import lift_over_prior
+
+    for row in rows:
+        if row["kind"] in ("prior", "fold") or row["cv"] is None or row["metric"] != prior["metric"]:
+            continue
+        row["lift_over_prior"] = lift_over_prior(row["cv"], prior["cv"], prior["metric"])
+        row["beats_prior"] = row["lift_over_prior"] > 0
+
+
+def not_beating_prior(board: pl.DataFrame) -> list[str]:
+    """`kind name` of every row whose CV does not beat the prior baseline."""
+    flagged = board.filter(pl.col("beats_prior") == False)  # noqa: E712 (polars expression)
+    return [f"{kind} {name}" for kind, name in flagged.select("kind", "name").iter_rows()]
+
+
 def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: Sequence[str | Path] = (),
-                      manifests: Sequence[str | Path] = (), lb_scores: dict | None = None) -> pl.DataFrame:
+                      manifests: Sequence[str | Path] = (), lb_scores: dict | None = None,
+                      prior_scores: str | Path | None = None) -> pl.DataFrame:
     """The leaderboard frame (columns as SCHEMA), rows ordered by kind then name then fold."""
-    rows = [row for path in model_scores for row in model_rows(path)]
+    rows = [prior_row(prior_scores)] if prior_scores else []
+    rows += [row for path in model_scores for row in model_rows(path)]
     rows += [row for path in ensemble_scores for row in ensemble_rows(path)]
     rows += [submission_row(path) for path in manifests]
     lb_scores = lb_scores or {}
@@ -114,6 +143,8 @@ def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: 
         if row["kind"] == "submission" and row["name"] in lb_scores:
             row["lb_public"] = _number(lb_scores[row["name"]].get("public"))
             row["lb_private"] = _number(lb_scores[row["name"]].get("private"))
+    if prior_scores:
+        add_lift(rows, rows[0])
     rows.sort(key=lambda r: (KINDS.index(r["kind"]), r["name"], int(r["fold"]) if r["fold"] else -1))
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
@@ -126,8 +157,13 @@ def _cell(value: Any) -> str:
 
 def to_markdown(board: pl.DataFrame) -> str:
     """One markdown table per kind, with only the columns that kind fills."""
-    titles = {"model": "Models", "fold": "Folds", "ensemble": "Ensembles", "submission": "Submissions"}
+    titles = {"prior": "Prior baseline (class shares of the training folds)", "model": "Models", "fold": "Folds",
+              "ensemble": "Ensembles", "submission": "Submissions"}
     parts = ["# Leaderboard: CV vs LB", ""]
+    flagged = not_beating_prior(board)
+    if flagged:
+        parts += ["**Not better than the prior baseline** (learned nothing usable on the task metric): "
+                  + ", ".join(flagged), ""]
     for kind in KINDS:
         rows = board.filter(pl.col("kind") == kind).drop("kind", "source")
         if rows.height == 0:
@@ -147,15 +183,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ensemble-scores", nargs="*", default=[], help="results/ensembles/{name}/score.json files")
     parser.add_argument("--manifests", nargs="*", default=[], help="results/submissions/{name}/manifest.json files")
     parser.add_argument("--lb-scores", default=None, help="lb_scores.yaml (optional; missing file = no LB yet)")
+    parser.add_argument("--prior-scores", default=None, help="results/scores/prior.json: a prior row and every row's lift")
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-md", required=True)
     args = parser.parse_args(argv)
-    board = build_leaderboard(args.model_scores, args.ensemble_scores, args.manifests, load_lb_scores(args.lb_scores))
+    board = build_leaderboard(args.model_scores, args.ensemble_scores, args.manifests, load_lb_scores(args.lb_scores),
+                              args.prior_scores)
     with atomic_path(args.out_csv) as tmp:
         board.write_csv(tmp, line_terminator="\n", float_precision=6)
     with atomic_path(args.out_md) as tmp:
         tmp.write_text(to_markdown(board) + "\n")
     print(f"leaderboard: {board.height} rows -> {args.out_csv}, {args.out_md}", flush=True)
+    for row in not_beating_prior(board):
+        print(f"WARNING: {row} does not beat the prior baseline", flush=True)
 
 
 if __name__ == "__main__":

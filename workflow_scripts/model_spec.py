@@ -66,6 +66,17 @@ class ModelSpec:
     extra_data: Mapping[str, str] = field(default_factory=dict)
     stages: tuple[StageSpec, ...] | None = None
     resources: Mapping[str, Any] = field(default_factory=lambda: {"gpu": 0, "mem_mb": 4000, "runtime": 60})
+    # tfidf_linear and embedding_head: their steps apply the kind's own defaults (linear_models.TFIDF_DEFAULTS,
+    # embedding_head), since one default cannot suit both (C is 4.0 for TF-IDF rows, 1.0 for embeddings)
+    word_ngrams: tuple[int, int] | None = None
+    char_ngrams: tuple[int, int] | None = None
+    min_df: int | None = None
+    max_features: int | None = None
+    sublinear_tf: bool | None = None
+    C: float | None = None
+    max_iter: int | None = None
+    pooling: str | None = None
+    embed_batch_size: int | None = None
 
     @classmethod
     def from_config(cls, entry: Mapping[str, Any] | "ModelSpec") -> "ModelSpec":

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.io import read_table, write_json, write_parquet
+from workflow_scripts.io import read_json, read_table, write_json, write_parquet
 from workflow_scripts.labels import LabelSpec
 from workflow_scripts.metrics import task_scores
 
@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test-out", required=True)
     parser.add_argument("--scores-out", required=True)
     parser.add_argument("--name", default="")
+    parser.add_argument("--prior-scores", default=None, help="results/scores/prior.json: adds the lift over the prior")
     args = parser.parse_args(argv)
     spec = LabelSpec.load(args.labels)
     folds = read_table(args.folds)
@@ -74,11 +75,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = average_test([read_table(path) for path in args.test], spec.probability_columns)
     scores = score_oof(oof, read_table(args.targets), spec, args.metric)
     scores["model"] = args.name
+    if args.prior_scores:
+        from workflow_scripts.prior import lift_over_prior
+
+        scores["prior_score"] = read_json(args.prior_scores)["score"]
+        scores["lift_over_prior"] = lift_over_prior(scores["score"], scores["prior_score"], args.metric)
     write_parquet(oof, args.oof_out)
     write_parquet(test, args.test_out)
     write_json(scores, args.scores_out)
     per_fold = ", ".join(f"{fold_scores['score']:.5f}" for fold_scores in scores["folds"].values())
     print(f"{args.name} CV {args.metric}: {scores['score']:.5f} (folds {per_fold})", flush=True)
+    if args.prior_scores:
+        print(f"{args.name}: lift over the prior {scores['lift_over_prior']:+.5f} (prior {scores['prior_score']:.5f})",
+              flush=True)
+        if scores["lift_over_prior"] <= 0:
+            print(f"WARNING: {args.name} does not beat the prior baseline on {args.metric}: it learned nothing usable",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -380,12 +380,19 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
 
 def leaderboard_html(board: pl.DataFrame) -> str:
     """The leaderboard as a self-contained HTML page (one table per kind), for the report to show inline."""
-    titles = {"model": "Models", "fold": "Folds", "ensemble": "Ensembles", "submission": "Submissions"}
+    titles = {"prior": "Prior baseline", "model": "Models", "fold": "Folds", "ensemble": "Ensembles",
+              "submission": "Submissions"}
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Leaderboard: CV vs LB</title>',
              "<style>body{font-family:sans-serif;font-size:14px;margin:16px}table{border-collapse:collapse;"
              "margin-bottom:20px}th,td{border:1px solid #ccc;padding:3px 8px}td.num{text-align:right;"
              "font-variant-numeric:tabular-nums}th{background:#f2f2f2}</style></head><body>",
              "<h1>Leaderboard: CV vs LB</h1>"]
+    if "beats_prior" in board.columns:
+        flagged = board.filter(pl.col("beats_prior").cast(pl.String).str.to_lowercase() == "false")
+        if flagged.height:
+            parts.append("<p><b>Not better than the prior baseline</b> (learned nothing usable on the task metric): "
+                         + html.escape(", ".join(f"{k} {n}" for k, n in flagged.select("kind", "name").iter_rows()))
+                         + "</p>")
     kinds = [k for k in titles if k in set(board["kind"].to_list())]
     kinds += sorted(set(board["kind"].to_list()) - set(kinds))
     for kind in kinds:

