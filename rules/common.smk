@@ -458,17 +458,48 @@ def answer_problems_file():
     return ANSWERS.get("problems") or out("data/math_problems.parquet")
 
 
-def answer_options(wildcards):
+def answer_test_problems_file():
+    """Unlabelled problems to submit answers for: a configured file, the built-in set, or None."""
+    if ANSWERS.get("test_problems"):
+        return ANSWERS["test_problems"]
+    return out("data/math_test_problems.parquet") if ANSWERS.get("n_test_problems") else None
+
+
+def vote_submissions():
+    """Votes that write a test-set submission: every vote when test problems are configured, unless `submit: false`."""
+    if answer_test_problems_file() is None:
+        return []
+    return [name for name, entry in VOTES.items() if entry.get("submit", True)]
+
+
+def answer_options(wildcards, split="dev"):
     import shlex
 
     prompt = (ANSWERS.get("prompts") or {}).get(wildcards.prompt)
     options = []
     if prompt:
         options.append(f"--template {shlex.quote(prompt)}")
-    for key in ("samples", "temperature", "top_p", "max_new_tokens", "batch_size", "answer_regex", "limit",
-                "problem_column", "system", "seed"):
+    # `limit` trims the labelled dev set on a CPU; a test submission needs every problem answered
+    keys = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size", "answer_regex", "limit",
+            "problem_column", "system", "seed")
+    for key in keys if split == "dev" else [k for k in keys if k != "limit"]:
         if key in ANSWERS:
             options.append(f"--{key.replace('_', '-')} {shlex.quote(str(ANSWERS[key]))}")
+    return " ".join(options)
+
+
+def vote_submission_options(wildcards):
+    import shlex
+
+    entry = VOTES[wildcards.vote]
+    options = [f"--strategy {shlex.quote(entry.get('submit_strategy', 'best'))}",
+               f"--fallback {shlex.quote(entry.get('fallback', 'majority'))}"]
+    for key in ("default_answer", "id_column", "answer_column"):
+        if key in entry:
+            options.append(f"--{key.replace('_', '-')} {shlex.quote(str(entry[key]))}")
+    config_slice = {"answers": ANSWERS, "votes": {wildcards.vote: entry},
+                    "language_models": {a.split("/")[0]: LANGUAGE_MODELS[a.split("/")[0]] for a in entry["answers"]}}
+    options.append(f"--config-slice {shlex.quote(json.dumps(config_slice, sort_keys=True))}")
     return " ".join(options)
 
 
@@ -478,6 +509,7 @@ def generated_targets():
         targets += [out(f"soft_labels/{teacher}/{d}.parquet") for d in settings.get("datasets", generated_datasets())]
     targets += [out(f"label_correction/{m}.parquet") for m in LABEL_CORRECTION]
     targets += [out(f"votes/{v}/score.json") for v in VOTES]
+    targets += [out(f"submissions/{v}/submission.csv") for v in vote_submissions()]
     return targets
 
 

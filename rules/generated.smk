@@ -162,6 +162,24 @@ rule math_problems:
         "{PY}.generated.math_demo --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
 
 
+rule math_test_problems:
+    output:
+        out("data/math_test_problems.parquet"),
+    params:
+        code=code_digest("generated.math_demo"),
+        n=lambda wildcards: ANSWERS.get("n_test_problems", 10),
+        # another seed than the dev set's, so test problems are new problems
+        seed=lambda wildcards: ANSWERS.get("seed", 0) + 1,
+    log:
+        out("logs/math_test_problems.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.generated.math_demo --test --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
+
+
 rule answers:
     input:
         model=lambda wildcards: out(f"lms/{wildcards.lm}/base"),
@@ -176,6 +194,29 @@ rule answers:
         **ANSWER_STEP_RESOURCES,
     log:
         out("logs/answers/{lm}/{prompt}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".generated.answers --model {input.model:q} --problems {input.problems:q} --prompt-name {wildcards.prompt}"
+        " {params.options} --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+rule test_answers:
+    input:
+        model=lambda wildcards: out(f"lms/{wildcards.lm}/base"),
+        problems=lambda wildcards: answer_test_problems_file(),
+    output:
+        out("test_answers/{lm}/{prompt}.parquet"),
+    params:
+        code=code_digest("generated.answers"),
+        options=lambda wildcards: answer_options(wildcards, split="test"),
+    threads: 2
+    resources:
+        **ANSWER_STEP_RESOURCES,
+    log:
+        out("logs/test_answers/{lm}/{prompt}.log"),
     conda:
         "../envs/train.yaml"
     container:
@@ -207,3 +248,26 @@ rule votes:
     shell:
         "{PY}.generated.voting --answers {input.answers:q} --dev {input.dev:q} {params.strategies}"
         " --fallback {params.fallback:q} --votes {output.votes:q} --score {output.score:q} > {log:q} 2>&1"
+
+
+rule vote_submission:
+    input:
+        answers=lambda wildcards: [out(f"test_answers/{a}.parquet") for a in VOTES[wildcards.vote]["answers"]],
+        test_problems=lambda wildcards: answer_test_problems_file(),
+        dev_score=out("votes/{vote}/score.json"),
+    output:
+        csv=out("submissions/{vote}/submission.csv"),
+        manifest=out("submissions/{vote}/manifest.json"),
+    params:
+        code=code_digest("generated.vote_submission"),
+        options=vote_submission_options,
+    log:
+        out("logs/submissions/{vote}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.generated.vote_submission --name {wildcards.vote} --answers {input.answers:q}"
+        " --test-problems {input.test_problems:q} --dev-score {input.dev_score:q} {params.options}"
+        " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"

@@ -168,7 +168,29 @@ def output_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"config: submissions.{name}.format: {entry.get('format')!r} is not one of {list(FORMATS)}")
         if entry.get("thresholds") and entry.get("source") not in (config.get("thresholds") or {}):
             problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
+    problems += vote_problems(config)
     for record, submission in (config.get("register") or {}).items():
         if submission not in (config.get("submissions") or {}):
             problems.append(f"config: register.{record}: no submission is called {submission!r}")
+    return problems
+
+
+def vote_problems(config: dict[str, Any]) -> list[str]:
+    """Votes name answer sets of configured language models, and a vote's submission has its own folder."""
+    problems = []
+    language_models = config.get("language_models") or {}
+    prompts = set((config.get("answers") or {}).get("prompts") or {}) | {"cot_boxed", "cot_final", "direct"}
+    others = set(config.get("submissions") or {}) | set(config.get("retrieval") or {})
+    for name, entry in (config.get("votes") or {}).items():
+        for answer_set in entry.get("answers", []):
+            model, _, prompt = answer_set.partition("/")
+            if model not in language_models:
+                problems.append(f"config: votes.{name}.answers: {answer_set!r} names no language model {model!r} "
+                                f"(have {sorted(language_models)})")
+            if prompt not in prompts:
+                problems.append(f"config: votes.{name}.answers: {answer_set!r} names no prompt {prompt!r} "
+                                f"(have {sorted(prompts)})")
+        if name in others:
+            problems.append(f"config: votes.{name}: a submission or retrieval pipeline has the same name; "
+                            f"both would write submissions/{name}/")
     return problems

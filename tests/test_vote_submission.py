@@ -1,0 +1,88 @@
+"""A test-set submission from votes: the dev split picks the strategy, every unlabelled problem gets an answer."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from workflow_scripts.errors import OoflineError
+from workflow_scripts.generated.vote_submission import chosen_strategy, submission_answers
+from workflow_scripts.generated.voting import vote
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_best_takes_the_dev_splits_best_strategy_and_a_named_one_is_kept():
+    assert chosen_strategy("best", {"best": "max_confidence"}) == "max_confidence"
+    assert chosen_strategy("numeric_mean", {"best": "max_confidence"}) == "numeric_mean"
+    with pytest.raises(OoflineError, match="no best strategy"):
+        chosen_strategy("best", {"best": None})
+    with pytest.raises(OoflineError, match="'loudest' is not 'best'"):
+        chosen_strategy("loudest", {"best": "majority"})
+
+
+def test_every_test_id_gets_an_answer_in_test_order():
+    answers = pl.DataFrame({"id": ["t2", "t2", "t2", "t1", "t1", "t3"],
+                            "answer": ["7", "7", "9", "4", None, None],
+                            "confidence": [0.2, 0.2, 0.9, 0.5, None, None]})
+    frame, missing = submission_answers(answers, ["t1", "t2", "t3"], "max_confidence", "majority", "0")
+    # max_confidence on t2 takes the single most confident sample (9), where majority would say 7
+    assert frame.to_dicts() == [{"id": "t1", "answer": "4"}, {"id": "t2", "answer": "9"}, {"id": "t3", "answer": "0"}]
+    assert missing == 1
+    majority, _ = submission_answers(answers, ["t2"], "majority", "majority", "0")
+    assert majority["answer"].to_list() == ["7"]
+
+
+CONFIG = {
+    "language_models": {"tiny": {"source": "tiny:llama"}},
+    "answers": {"n_problems": 3, "n_test_problems": 4, "samples": 2, "max_new_tokens": 12, "answer_regex": "(\\d+)",
+                "limit": 2},
+    "votes": {"both": {"answers": ["tiny/cot_boxed", "tiny/direct"],
+                       "strategies": ["majority", "max_confidence", "numeric_mean"]}},
+}
+
+
+@pytest.mark.slow
+def test_a_vote_writes_a_submission_for_unlabelled_problems(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                          "--cores", "2", "results/submissions/both/submission.csv"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = tmp_path / "results"
+    test = pl.read_parquet(results / "data" / "math_test_problems.parquet")
+    assert "answer" not in test.columns and test.height == 4  # `limit` trims the dev set only
+    submission = pl.read_csv(results / "submissions" / "both" / "submission.csv", infer_schema=False)
+    assert submission.columns == ["id", "answer"]
+    assert submission["id"].to_list() == test["id"].to_list()
+
+    # the applied answers are what the dev-chosen strategy votes from the test answers
+    score = json.loads((results / "votes" / "both" / "score.json").read_text())
+    manifest = json.loads((results / "submissions" / "both" / "manifest.json").read_text())
+    strategy = manifest["hashed"]["config"]["chosen_strategy"]
+    assert strategy == score["best"]
+    answers = pl.concat([pl.read_parquet(results / "test_answers" / "tiny" / f"{p}.parquet")
+                         .select("id", pl.col("answer").cast(pl.String), "confidence") for p in ("cot_boxed", "direct")])
+    for row_id, submitted in submission.iter_rows():
+        samples = [(a, c) for a, c in answers.filter(pl.col("id") == row_id).select("answer", "confidence").iter_rows()
+                   if a is not None]
+        expected, _ = vote(samples, strategy)
+        assert submitted == (expected if expected is not None else "0")
+    assert set(manifest["hashed"]["outputs"]) == {"results/submissions/both/submission.csv"}
+
+
+def test_votes_naming_an_unknown_model_or_clashing_with_a_submission_are_config_errors():
+    from workflow_scripts.config_check import vote_problems
+
+    problems = vote_problems({"language_models": {"tiny": {}}, "submissions": {"both": {}},
+                              "votes": {"both": {"answers": ["tiny/cot_boxed", "big/direct", "tiny/nope"]}}})
+    assert problems == [
+        "config: votes.both.answers: 'big/direct' names no language model 'big' (have ['tiny'])",
+        "config: votes.both.answers: 'tiny/nope' names no prompt 'nope' (have ['cot_boxed', 'cot_final', 'direct'])",
+        "config: votes.both: a submission or retrieval pipeline has the same name; both would write submissions/both/",
+    ]
