@@ -1,0 +1,38 @@
+"""Recipes carry the write-ups' techniques with the write-ups' own settings (issue: every technique as config)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def recipe(name: str) -> dict:
+    return yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
+
+
+def test_map_has_the_plain_lora_embedding_model_the_small_full_fine_tune_and_the_best_oof_blend():
+    map_recipe = recipe("map")
+    defaults, models = map_recipe["model_defaults"], map_recipe["models"]
+    lora = {**defaults, **models["qwen3_embedding_4b_lora"]}
+    assert (lora["source"], lora["quantization"], lora["batch_size"], lora["r"], lora["alpha"], lora["lr"]) == (
+        "Qwen/Qwen3-Embedding-4B", "none", 8, 8, 32, 2e-4)
+    full = {**defaults, **models["qwen3_1_7b_full"]}
+    assert (full["source"], full["kind"], full["lr"], full["batch_size"]) == ("Qwen/Qwen3-1.7B", "encoder_full", 4e-5, 16)
+    assert map_recipe["ensembles"]["oof_best"]["members"] == {
+        "deepseek_math_7b": 1.0, "qwen3_embedding_4b_lora": 1.2, "ettin_encoder_1b": 0.8}
+    assert map_recipe["submissions"]["oof_best_top3"]["source"] == "oof_best"
+
+
+def test_keys_the_map_write_up_never_states_are_marked_as_oofline_choices():
+    text = (REPO / "recipes" / "map.yaml").read_text()
+    for key in ("dropout:", "epochs:", "max_length:", "scheduler:", "warmup_ratio:"):
+        line = next(line for line in text.splitlines() if line.strip().startswith(key))
+        assert "oofline's choice" in line, line
+
+
+def test_aimo_submits_voted_answers_for_unlabelled_test_problems():
+    aimo = recipe("aimo")
+    assert aimo["answers"]["test_problems"].endswith("test.csv")
+    assert aimo["votes"]["all_models"]["submit_strategy"] == "best"
