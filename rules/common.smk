@@ -458,6 +458,40 @@ def answer_problems_file():
     return ANSWERS.get("problems") or out("data/math_problems.parquet")
 
 
+SOURCED_LMS = [name for name, entry in LANGUAGE_MODELS.items() if "source" in entry]
+FINETUNED_LMS = {name: entry["finetune"] for name, entry in LANGUAGE_MODELS.items() if "finetune" in entry}
+FINETUNE_STEP_RESOURCES = step_resources(lambda wildcards: FINETUNED_LMS[wildcards.lm].get("resources", {}),
+                                         mem_mb=8000, runtime=120)
+SFT_SETTING_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "eval_every", "eval_fraction", "max_length", "r",
+                    "alpha", "dropout", "quantization", "precision", "seed")
+
+
+def language_model_finetune_rows(wildcards):
+    """The (problem, solution) rows of a fine-tuned language model: its data file or the built-in set."""
+    return FINETUNED_LMS[wildcards.lm].get("data") or out(f"data/math_solutions/{wildcards.lm}.parquet")
+
+
+def language_model_finetune_options(wildcards):
+    import shlex
+
+    from workflow_scripts.generated.answers import PROMPTS
+
+    settings = FINETUNED_LMS[wildcards.lm]
+    prompt = settings.get("prompt", "cot_boxed")
+    template = (ANSWERS.get("prompts") or {}).get(prompt) or PROMPTS.get(prompt)
+    if template is None:
+        raise OoflineError(f"config: language_models.{wildcards.lm}.finetune.prompt: {prompt!r} is neither built in "
+                           f"({', '.join(PROMPTS)}) nor in answers.prompts")
+    options = [f"--template {shlex.quote(template)}",
+               f"--settings {shlex.quote(json.dumps({k: settings[k] for k in SFT_SETTING_KEYS if k in settings}, sort_keys=True))}"]
+    for key in ("problem_column", "solution_column"):
+        if key in settings:
+            options.append(f"--{key.replace('_', '-')} {shlex.quote(settings[key])}")
+    if ANSWERS.get("system"):
+        options.append(f"--system {shlex.quote(ANSWERS['system'])}")
+    return " ".join(options)
+
+
 def answer_test_problems_file():
     """Unlabelled problems to submit answers for: a configured file, the built-in set, or None."""
     if ANSWERS.get("test_problems"):

@@ -6,6 +6,8 @@ rule prepare_language_model:
         corpus=out("data/train.parquet") if "task" in config else [],
     output:
         directory(out("lms/{lm}/base")),
+    wildcard_constraints:
+        lm=names_pattern(SOURCED_LMS),
     params:
         code=code_digest("prepare_model"),
         source=lambda wildcards: LANGUAGE_MODELS[wildcards.lm]["source"],
@@ -18,6 +20,51 @@ rule prepare_language_model:
         TRAIN_CONTAINER
     shell:
         "{PY}.prepare_model --source {params.source:q} --out {output:q} {params.corpus} > {log:q} 2>&1"
+
+
+rule finetune_language_model:
+    input:
+        base=lambda wildcards: out(f"lms/{FINETUNED_LMS[wildcards.lm]['base']}/base"),
+        rows=language_model_finetune_rows,
+    output:
+        directory(out("lms/{lm}/base")),
+    wildcard_constraints:
+        lm=names_pattern(FINETUNED_LMS),
+    params:
+        code=code_digest("generated.finetune_lm"),
+        options=language_model_finetune_options,
+    threads: 2
+    resources:
+        **FINETUNE_STEP_RESOURCES,
+    log:
+        out("logs/finetune_lm/{lm}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".generated.finetune_lm --base {input.base:q} --rows {input.rows:q} {params.options}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule math_solutions:
+    output:
+        out("data/math_solutions/{lm}.parquet"),
+    wildcard_constraints:
+        lm=names_pattern(FINETUNED_LMS),
+    params:
+        code=code_digest("generated.math_demo"),
+        n=lambda wildcards: FINETUNED_LMS[wildcards.lm].get("n_rows", 40),
+        # a third seed: fine-tuning rows are neither the dev problems nor the test problems
+        seed=lambda wildcards: ANSWERS.get("seed", 0) + 2,
+    log:
+        out("logs/math_solutions/{lm}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.generated.math_demo --solutions --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
 
 
 rule generate_rows:

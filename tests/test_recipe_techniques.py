@@ -36,3 +36,10 @@ def test_aimo_submits_voted_answers_for_unlabelled_test_problems():
     aimo = recipe("aimo")
     assert aimo["answers"]["test_problems"].endswith("test.csv")
     assert aimo["votes"]["all_models"]["submit_strategy"] == "best"
+
+
+def test_aimo_fine_tunes_its_answering_model_with_the_write_up_settings():
+    finetune = recipe("aimo")["language_models"]["gemma3_12b_sft"]["finetune"]
+    assert (finetune["batch_size"], finetune["epochs"], finetune["lr"], finetune["warmup_steps"], finetune["eval_every"]) == (
+        4, 3, 5e-5, 100, 500)
+    assert "gemma3_12b_sft/cot_boxed" in recipe("aimo")["votes"]["sft_prompts"]["answers"]

@@ -169,6 +169,7 @@ def output_problems(config: dict[str, Any]) -> list[str]:
         if entry.get("thresholds") and entry.get("source") not in (config.get("thresholds") or {}):
             problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
     problems += vote_problems(config)
+    problems += language_model_problems(config)
     for record, submission in (config.get("register") or {}).items():
         if submission not in (config.get("submissions") or {}):
             problems.append(f"config: register.{record}: no submission is called {submission!r}")
@@ -194,3 +195,24 @@ def vote_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"config: votes.{name}: a submission or retrieval pipeline has the same name; "
                             f"both would write submissions/{name}/")
     return problems
+
+
+def language_model_problems(config: dict[str, Any]) -> list[str]:
+    """A fine-tuned language model starts from another configured one, with no cycle of fine-tunes."""
+    language_models = config.get("language_models") or {}
+    problems = []
+    for name, entry in language_models.items():
+        seen, current = [name], entry
+        while "finetune" in current:
+            base = current["finetune"]["base"]
+            if base not in language_models:
+                problems.append(f"config: language_models.{seen[-1]}.finetune.base: no language model is called {base!r} "
+                                f"(have {sorted(language_models)})")
+                break
+            if base in seen:
+                problems.append(f"config: language_models.{name}.finetune.base: fine-tunes form a cycle "
+                                f"({' -> '.join(seen + [base])})")
+                break
+            seen.append(base)
+            current = language_models[base]
+    return sorted(set(problems))

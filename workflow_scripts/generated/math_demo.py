@@ -79,17 +79,28 @@ def make_problems(n: int = 40, seed: int = 0, id_prefix: str = "math") -> pl.Dat
     return pl.DataFrame(rows, schema={"id": pl.String, "problem": pl.String, "answer": pl.Int64, "kind": pl.String})
 
 
+def with_solutions(problems: pl.DataFrame) -> pl.DataFrame:
+    """A worked `solution` per problem that ends the way the cot_boxed prompt asks: `\\boxed{answer}`."""
+    solutions = [f"Working through the numbers step by step, the answer is \\boxed{{{answer}}}."
+                 for answer in problems["answer"].to_list()]
+    return problems.with_columns(pl.Series("solution", solutions, dtype=pl.String))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a deterministic arithmetic word-problem set.")
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test", action="store_true",
                         help="an unlabelled test set: ids `test-NNN`, no answer column")
+    parser.add_argument("--solutions", action="store_true",
+                        help="fine-tuning rows: ids `sft-NNN` and a `solution` ending in \\boxed{answer}")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    frame = make_problems(args.n, args.seed, "test" if args.test else "math")
+    frame = make_problems(args.n, args.seed, "test" if args.test else "sft" if args.solutions else "math")
     if args.test:
         frame = frame.drop("answer")
+    if args.solutions:
+        frame = with_solutions(frame)
     write_parquet(frame, args.output)
     print(f"math_demo: {frame.height} problems -> {args.output}", flush=True)
 
