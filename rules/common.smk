@@ -414,6 +414,13 @@ ANSWER_STEP_RESOURCES = step_resources(lambda wildcards: ANSWERS.get("resources"
 VOTES = config.get("votes") or {}
 
 
+SOFT_LABEL_COMMAND = (
+    "{PY}.generated.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
+    " --text-columns text --temperature {params.temperature} --output {output.rows:q}"
+    " --summary {output.summary:q} > {log:q} 2>&1"
+)
+
+
 def generated_datasets():
     """Every generated data set: {name: file}, named `{generator}-seed{seed}`."""
     return {f"{g}-seed{s}": out(f"generated/{g}/seed{s}.parquet")
@@ -541,6 +548,7 @@ def generated_targets():
     targets = [out(f"generated/{g}/seed{s}.parquet") for g, settings in GENERATORS.items() for s in settings.get("seeds", [0])]
     for teacher, settings in SOFT_LABELS.items():
         targets += [out(f"soft_labels/{teacher}/{d}.parquet") for d in settings.get("datasets", generated_datasets())]
+        targets += [out(f"soft_labels/{teacher}/official.parquet")] if settings.get("official") else []
     targets += [out(f"label_correction/{m}.parquet") for m in LABEL_CORRECTION]
     targets += [out(f"votes/{v}/score.json") for v in VOTES]
     targets += [out(f"submissions/{v}/submission.csv") for v in vote_submissions()]

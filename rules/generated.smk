@@ -163,9 +163,29 @@ rule soft_labels:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.generated.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
-        " --text-columns text --temperature {params.temperature} --output {output.rows:q}"
-        " --summary {output.summary:q} > {log:q} 2>&1"
+        SOFT_LABEL_COMMAND
+
+
+rule official_soft_labels:
+    input:
+        rows=out("data/train.parquet"),
+        # out-of-fold: every official row is labelled by the fold model that never trained on it
+        teacher=out("oof/{teacher}.parquet"),
+        labels=out("labels.json"),
+    output:
+        rows=out("soft_labels/{teacher}/official.parquet"),
+        summary=out("soft_labels/{teacher}/official.json"),
+    params:
+        code=code_digest("generated.soft_labels"),
+        temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
+    log:
+        out("logs/soft_labels/{teacher}/official.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        SOFT_LABEL_COMMAND
 
 
 rule label_correction:

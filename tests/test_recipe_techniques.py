@@ -43,3 +43,11 @@ def test_aimo_fine_tunes_its_answering_model_with_the_write_up_settings():
     assert (finetune["batch_size"], finetune["epochs"], finetune["lr"], finetune["warmup_steps"], finetune["eval_every"]) == (
         4, 3, 5e-5, 100, 500)
     assert "gemma3_12b_sft/cot_boxed" in recipe("aimo")["votes"]["sft_prompts"]["answers"]
+
+
+def test_cdc_round_two_trains_on_the_round_one_students_soft_labels_of_the_official_rows():
+    cdc = recipe("cdc")
+    assert cdc["soft_labels"]["gemma_r1"]["official"] is True
+    student = cdc["models"]["gemma_r2"]
+    assert student["extra_data"]["official_soft"].endswith("soft_labels/gemma_r1/official.parquet")
+    assert "official_soft" in student["stages"][0]["data"]
