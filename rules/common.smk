@@ -126,12 +126,18 @@ def trained_dir(wildcards):
     return out(f"models/{wildcards.model}/{wildcards.split}/{subdir}")
 
 
+def test_source(name):
+    """`full` when a model's test predictions come from its full-data model, else `folds` (their mean)."""
+    return MODELS[name].get("test_predictions", "folds")
+
+
 def fold_predictions(wildcards):
     folds = model_folds(wildcards.model)
-    return {
-        "valid": [out(f"predictions/{wildcards.model}/fold{k}/valid.parquet") for k in folds],
-        "test": [out(f"predictions/{wildcards.model}/fold{k}/test.parquet") for k in folds],
-    }
+    if test_source(wildcards.model) == "full":
+        test = [out(f"predictions/{wildcards.model}/full/test.parquet")]
+    else:
+        test = [out(f"predictions/{wildcards.model}/fold{k}/test.parquet") for k in folds]
+    return {"valid": [out(f"predictions/{wildcards.model}/fold{k}/valid.parquet") for k in folds], "test": test}
 
 
 def model_targets(name):

@@ -46,6 +46,7 @@ rule oof:
     params:
         code=code_digest("oof"),
         metric=config.get("task", {}).get("metric", "accuracy"),
+        test_source=lambda wildcards: test_source(wildcards.model),
     log:
         out("logs/oof/{model}.log"),
     conda:
@@ -55,4 +56,5 @@ rule oof:
     shell:
         "{PY}.oof --valid {input.valid:q} --test {input.test:q} --folds {input.folds:q}"
         " --targets {input.targets:q} --labels {input.labels:q} --metric {params.metric:q} --name {wildcards.model}"
+        " --test-source {params.test_source}"
         " --oof-out {output.oof:q} --test-out {output.test:q} --scores-out {output.scores:q} > {log:q} 2>&1"

@@ -111,6 +111,8 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
                                 "nor a hub id like org/name")
         if model["kind"] == "encoder_full" and model.get("quantization") not in (None, "none"):
             problems.append(f"config: models.{name}.quantization: {model['quantization']} needs a LoRA kind (full fine-tunes train every weight)")
+        if model.get("test_predictions") == "full" and not model.get("train_full"):
+            problems.append(f"config: models.{name}.test_predictions: 'full' needs models.{name}.train_full: true")
         n_folds = config.get("folds", {}).get("n_folds", 5)
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
         if bad_folds:

@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test-out", required=True)
     parser.add_argument("--scores-out", required=True)
     parser.add_argument("--name", default="")
+    parser.add_argument("--test-source", choices=("folds", "full"), default="folds",
+                        help="folds: --test holds the fold models' test predictions (averaged); full: the full-data model's")
     args = parser.parse_args(argv)
     spec = LabelSpec.load(args.labels)
     folds = read_table(args.folds)
@@ -74,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = average_test([read_table(path) for path in args.test], spec.probability_columns)
     scores = score_oof(oof, read_table(args.targets), spec, args.metric)
     scores["model"] = args.name
+    if args.test_source == "full" and len(args.test) != 1:
+        raise OoflineError("--test-source full takes the full-data model's one test prediction file")
+    scores["test_predictions"] = ("full-data model" if args.test_source == "full"
+                                  else f"mean of {len(args.test)} fold models")
     write_parquet(oof, args.oof_out)
     write_parquet(test, args.test_out)
     write_json(scores, args.scores_out)
