@@ -492,6 +492,9 @@ def language_model_finetune_options(wildcards):
     settings = FINETUNED_LMS[wildcards.lm]
     prompt = settings.get("prompt", "cot_boxed")
     template = (ANSWERS.get("prompts") or {}).get(prompt) or PROMPTS.get(prompt)
+    if isinstance(template, dict):
+        raise OoflineError(f"config: language_models.{wildcards.lm}.finetune.prompt: {prompt!r} picks templates by "
+                           "category; a fine-tune needs one template (name another prompt)")
     if template is None:
         raise OoflineError(f"config: language_models.{wildcards.lm}.finetune.prompt: {prompt!r} is neither built in "
                            f"({', '.join(PROMPTS)}) nor in answers.prompts")
@@ -524,7 +527,14 @@ def answer_options(wildcards, split="dev"):
 
     prompt = (ANSWERS.get("prompts") or {}).get(wildcards.prompt)
     options = []
-    if prompt:
+    if isinstance(prompt, dict):  # a template per problem category
+        templates = dict(prompt["templates"])
+        default = templates.pop("default", None)
+        options.append(f"--category-column {shlex.quote(prompt['by'])}")
+        options.append(f"--category-templates {shlex.quote(json.dumps(templates, sort_keys=True))}")
+        if default:
+            options.append(f"--template {shlex.quote(default)}")
+    elif prompt:
         options.append(f"--template {shlex.quote(prompt)}")
     # `limit` trims the labelled dev set on a CPU; a test submission needs every problem answered
     keys = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size", "answer_regex", "limit",

@@ -41,8 +41,10 @@ def test_every_test_id_gets_an_answer_in_test_order():
 CONFIG = {
     "language_models": {"tiny": {"source": "tiny:llama"}},
     "answers": {"n_problems": 3, "n_test_problems": 4, "samples": 2, "max_new_tokens": 12, "answer_regex": "(\\d+)",
-                "limit": 2},
-    "votes": {"both": {"answers": ["tiny/cot_boxed", "tiny/direct"],
+                "limit": 2,
+                "prompts": {"by_kind": {"by": "kind", "templates": {"multiply": "Multiply: {problem}",
+                                                                   "default": "Solve: {problem}"}}}},
+    "votes": {"both": {"answers": ["tiny/by_kind", "tiny/direct"],
                        "strategies": ["majority", "max_confidence", "numeric_mean"]}},
 }
 
@@ -67,7 +69,7 @@ def test_a_vote_writes_a_submission_for_unlabelled_problems(tmp_path):
     strategy = manifest["hashed"]["config"]["chosen_strategy"]
     assert strategy == score["best"]
     answers = pl.concat([pl.read_parquet(results / "test_answers" / "tiny" / f"{p}.parquet")
-                         .select("id", pl.col("answer").cast(pl.String), "confidence") for p in ("cot_boxed", "direct")])
+                         .select("id", pl.col("answer").cast(pl.String), "confidence") for p in ("by_kind", "direct")])
     for row_id, submitted in submission.iter_rows():
         samples = [(a, c) for a, c in answers.filter(pl.col("id") == row_id).select("answer", "confidence").iter_rows()
                    if a is not None]
@@ -86,3 +88,20 @@ def test_votes_naming_an_unknown_model_or_clashing_with_a_submission_are_config_
         "config: votes.both.answers: 'tiny/nope' names no prompt 'nope' (have ['cot_boxed', 'cot_final', 'direct'])",
         "config: votes.both: a submission or retrieval pipeline has the same name; both would write submissions/both/",
     ]
+
+
+def test_each_problem_gets_the_template_of_its_category_or_the_default():
+    import polars as pl
+
+    from workflow_scripts.generated.answers import problem_prompts
+
+    problems = pl.DataFrame({"id": ["a", "b", "c"], "problem": ["2*3", "x+1=2", "7-2"],
+                             "kind": ["multiply", "algebra", "subtract"]})
+    templates = {"multiply": "Times: {problem}", "algebra": "Solve for x: {problem} in \\boxed{{}}"}
+    assert problem_prompts(problems, "problem", "Default: {problem}", "kind", templates) == [
+        "Times: 2*3", "Solve for x: x+1=2 in \\boxed{}", "Default: 7-2"]
+    with pytest.raises(OoflineError, match="no template for category 'subtract' and no default"):
+        problem_prompts(problems, "problem", None, "kind", templates, "by_kind")
+    with pytest.raises(OoflineError, match="by column 'category', which the problems file lacks"):
+        problem_prompts(problems, "problem", None, "category", templates, "by_kind")
+    assert problem_prompts(problems, "problem", "Q: {problem}") == ["Q: 2*3", "Q: x+1=2", "Q: 7-2"]
