@@ -4,7 +4,7 @@
     PYTHONPATH=. .venv/bin/python bench/dag.py [--models 8] [--folds 5] [--repeats 3] [--min-jobs 600]
 
 Every timing is the wall time of a fresh `python -m snakemake` process, as a user would type it (startup
-included); the medians are compared with the issue-2 targets (dry run <= 3 s for >= 600 jobs, no-op
+included); the medians are compared with the targets (dry run <= 3 s for >= 600 jobs, no-op
 rerun <= 5 s). When the 8 x 5 graph has fewer than --min-jobs jobs, the dry run is also timed on a config
 with enough models to reach that many jobs. `python -m snakemake --version` is timed as the floor.
 """

@@ -7,7 +7,7 @@ import random
 import sys
 import time
 
-from workflow_scripts.generated.dedup import deduplicate, jaccard, shingles, text_hash
+from workflow_scripts.generated.dedup import brute_force_reasons, deduplicate
 
 # a 3,000-word vocabulary with a Zipf-like draw, so unrelated texts share few 5-shingles (as real narratives do)
 _rng = random.Random(1)
@@ -24,26 +24,6 @@ def edit(rng, text, k):
     for _ in range(k):
         words[rng.randrange(len(words))] = rng.choices(WORDS, weights=_WEIGHTS)[0]
     return " ".join(words)
-
-
-def brute_force(generated, reference, threshold):
-    ref_sets, ref_hashes = [shingles(t) for t in reference], {text_hash(t) for t in reference}
-    kept, seen, reasons = [], set(), []
-    for text in generated:
-        h, s = text_hash(text), shingles(text)
-        if h in ref_hashes:
-            reasons.append("exact_reference")
-        elif h in seen:
-            reasons.append("exact_self")
-        elif any(jaccard(s, r) >= threshold for r in ref_sets):
-            reasons.append("near_reference")
-        elif any(jaccard(s, k) >= threshold for k in kept):
-            reasons.append("near_self")
-        else:
-            reasons.append("keep")
-            kept.append(s)
-        seen.add(h)
-    return reasons
 
 
 def main():
@@ -63,7 +43,7 @@ def main():
     fast, counts = deduplicate(generated, reference, 0.8)
     fast_s = time.perf_counter() - start
     start = time.perf_counter()
-    slow = brute_force(generated, reference, 0.8)
+    slow = brute_force_reasons(generated, reference, 0.8)
     slow_s = time.perf_counter() - start
     agree = sum(a == b for a, b in zip(fast, slow))
     print(f"reference {n_ref}, generated {n_gen}: dedup {fast_s:.2f}s, brute force {slow_s:.2f}s, "

@@ -11,6 +11,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 TEMPLATE = "Review: {text}"  # the demo config's task.text_template
 
 
+def add_movies_bench_arguments(parser) -> None:
+    """The options both batching benches take: sizes, repeats, threads, the model and the texts."""
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 only on an idle machine)")
+    parser.add_argument("--model", default=None, help="MiniLM folder (default: materialise packaged:minilm)")
+    parser.add_argument("--texts", choices=("demo", "corpus"), default="demo",
+                        help="demo: the demo's 4-60 word snippets; corpus: the unfiltered corpus")
+
+
 def movies_rows(n_rows: int, seed: int = 0, texts: str = "demo"):
     """(rendered texts, rows frame, LabelSpec) of the movies demo, real review text in the demo's order.
 

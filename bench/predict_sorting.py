@@ -9,7 +9,7 @@ The tokens each variant pushes through the model (padding included) are printed:
 --texts corpus draws the rows from the unfiltered Rotten Tomatoes corpus (the demo keeps 4-60 word
 snippets; the corpus has long plot summaries too), to show how the ratios grow with a longer tail.
 
-Targets (issue 2): sorted >= 6x unsorted padded to 256, >= 4x unsorted dynamic.
+Targets: sorted >= 6x unsorted padded to 256, >= 4x unsorted dynamic.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from movies_rates import movies_rows, rate_summary  # noqa: E402
+from movies_rates import add_movies_bench_arguments, movies_rows, rate_summary  # noqa: E402
 
 # name -> (sort_by_length, pad_to max_length?)
 VARIANTS = {"unsorted_pad_to_max": (False, True), "unsorted_dynamic": (False, False), "sorted_dynamic": (True, False)}
@@ -107,12 +107,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=400, help="demo rows predicted by every variant")
     parser.add_argument("--batch-size", type=int, default=32, help="predict batch (the rule uses 2x batch_size)")
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 only on an idle machine)")
-    parser.add_argument("--model", default=None, help="MiniLM folder (default: materialise packaged:minilm)")
-    parser.add_argument("--texts", choices=("demo", "corpus"), default="demo",
-                        help="demo: the demo's 4-60 word snippets; corpus: the unfiltered corpus")
+    add_movies_bench_arguments(parser)
     args = parser.parse_args(argv)
     result = run(args.rows, args.batch_size, args.max_length, args.repeats, args.threads, args.model,
                  texts=args.texts, log=lambda line: print(line, flush=True))

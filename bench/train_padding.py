@@ -14,7 +14,7 @@ epoch pushes through the model is printed too: it bounds the speed-up batching a
 --texts corpus draws the rows from the unfiltered Rotten Tomatoes corpus (the demo keeps 4-60 word
 snippets; the corpus has long plot summaries too), to show how the ratios grow with a longer tail.
 
-Targets (issue 2): grouped >= 5x (a) and >= 2x (b).
+Targets: grouped >= 5x (a) and >= 2x (b).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from movies_rates import movies_rows, rate_summary  # noqa: E402
+from movies_rates import add_movies_bench_arguments, movies_rows, rate_summary  # noqa: E402
 
 VARIANTS = ("pad_to_max", "random_dynamic", "grouped_dynamic")
 
@@ -145,12 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=400, help="demo rows the batches are drawn from")
     parser.add_argument("--batches", type=int, default=8, help="timed batches per run (0: the whole epoch)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (2 only on an idle machine)")
-    parser.add_argument("--model", default=None, help="MiniLM folder (default: materialise packaged:minilm)")
-    parser.add_argument("--texts", choices=("demo", "corpus"), default="demo",
-                        help="demo: the demo's 4-60 word snippets; corpus: the unfiltered corpus")
+    add_movies_bench_arguments(parser)
     args = parser.parse_args(argv)
     result = run(args.rows, args.batches, args.batch_size, args.max_length, args.repeats, args.threads, args.model,
                  texts=args.texts, log=lambda line: print(line, flush=True))

@@ -1,4 +1,6 @@
-# Shared by every rule file: config validation, wildcard constraints, input and resource functions.
+# Shared by every rule file: config validation, wildcard constraints, input, params and resource functions.
+# What params hold (flags, the ensemble graph, manifest slices) is built in workflow_scripts/rule_params.py;
+# the functions here only pick the config section for a job's wildcards.
 import json
 import os
 import re
@@ -12,6 +14,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.en
 from workflow_scripts.execution.code_version import code_digest  # rules pass it as a param: editing a step reruns it
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
+from workflow_scripts import rule_params
+from workflow_scripts.rule_params import cli_flags
 
 try:
     config.update(check_config(config, base_dir=Path.cwd()))
@@ -90,12 +94,7 @@ def template_label_sources(task):
 
 
 def fold_group_option():
-    """`--group-column X` for group schemes; nothing otherwise."""
-    import shlex
-
-    if config["folds"]["scheme"] not in ("group", "stratified_group"):
-        return ""
-    return "--group-column " + shlex.quote(config["folds"].get("group_column") or config["task"].get("group_column"))
+    return rule_params.fold_group_flags(config)
 
 
 def model_folds(name):
@@ -103,10 +102,6 @@ def model_folds(name):
 
 
 # ---- input functions ----
-
-
-def demo_or_data(key):
-    return config["data"].get(key)
 
 
 def base_model(wildcards):
@@ -220,10 +215,8 @@ def extra_training_data(name):
 
 
 def extra_arguments(wildcards, input):
-    import shlex
-
     names = MODELS[wildcards.model].get("extra_data", {})
-    return " ".join(f"--extra {shlex.quote(key + '=' + input['extra_' + key])}" for key in names)
+    return rule_params.extra_data_flags({key: input["extra_" + key] for key in names})
 
 
 train_params = dict(
@@ -271,13 +264,11 @@ def registered_records():
 
 
 def ensemble_members(name):
-    members = ENSEMBLES[name]["members"]
-    return list(members) if isinstance(members, (list, dict)) else []
+    return rule_params.ensemble_members(ENSEMBLES, name)
 
 
 def ensemble_weights(name):
-    members = ENSEMBLES[name]["members"]
-    return [float(members[m]) for m in members] if isinstance(members, dict) else [1.0] * len(members)
+    return rule_params.ensemble_weights(ENSEMBLES, name)
 
 
 def source_files(name):
@@ -290,9 +281,7 @@ def source_files(name):
 
 def source_models(name):
     """The models a source is built from (recursively through nested ensembles)."""
-    if name in MODELS:
-        return [name]
-    return sorted({model for member in ensemble_members(name) for model in source_models(member)})
+    return rule_params.source_dependencies(name, ENSEMBLES)[0]
 
 
 def ensemble_inputs(wildcards):
@@ -310,14 +299,7 @@ def threshold_inputs(wildcards):
 
 
 def threshold_options(wildcards):
-    import shlex
-
-    settings = THRESHOLDS[wildcards.source]
-    options = [f"--method {shlex.quote(settings.get('method', 'hybrid'))}", f"--weight {float(settings.get('weight', 0.5))}"]
-    for key, flag in (("target_rates", "--target-rates"), ("probe_f1", "--probe-f1")):
-        if settings.get(key):
-            options.append(f"{flag} {shlex.quote(json.dumps(settings[key], sort_keys=True))}")
-    return " ".join(options)
+    return rule_params.threshold_flags(THRESHOLDS[wildcards.source])
 
 
 def model_artifacts(name):
@@ -343,48 +325,12 @@ def submission_inputs(wildcards):
 
 def submission_config_slice(name):
     """The part of the config that determines a submission (hashed into its manifest)."""
-    source = SUBMISSIONS[name]["source"]
-    models = source_models(source)
-    ensembles = [source] if source in ENSEMBLES else []
-    while True:  # nested ensembles
-        nested = [m for e in ensembles for m in ensemble_members(e) if m in ENSEMBLES and m not in ensembles]
-        if not nested:
-            break
-        ensembles += nested
-    return {
-        "submission": SUBMISSIONS[name],
-        "task": config.get("task"),
-        "data": config.get("data"),
-        "demo": config.get("demo"),
-        "folds": config.get("folds"),
-        "models": {m: MODELS[m] for m in models},
-        "ensembles": {e: ENSEMBLES[e] for e in ensembles},
-        "thresholds": {source: THRESHOLDS[source]} if SUBMISSIONS[name].get("thresholds") else {},
-    }
+    return rule_params.submission_config_slice(config, name)
 
 
 def submission_options(wildcards, input):
-    import shlex
-
-    name = wildcards.submission
-    settings = SUBMISSIONS[name]
-    options = [f"--format {shlex.quote(settings.get('format', 'argmax'))}",
-               f"--id-column {shlex.quote(settings.get('id_column', config['task'].get('id_column', 'id')))}",
-               f"--top-k {int(settings.get('top_k', 3))}"]
-    if settings.get("prediction_columns"):
-        options.append("--prediction-columns " + " ".join(shlex.quote(c) for c in settings["prediction_columns"]))
-    if settings.get("separator"):
-        options.append(f"--separator {shlex.quote(settings['separator'])}")
-    if settings.get("thresholds"):
-        options.append(f"--thresholds {shlex.quote(input.thresholds)}")
-    if config["data"].get("sample_submission"):
-        options.append(f"--sample-submission {shlex.quote(config['data']['sample_submission'])}")
-    models = source_models(settings["source"])
-    options.append("--base-models " + " ".join(shlex.quote(f"{m}={MODELS[m]['source']}") for m in models))
-    if config.get("container", {}).get("train"):
-        options.append(f"--container {shlex.quote(config['container']['train'])}")
-    options.append(f"--config-slice {shlex.quote(json.dumps(submission_config_slice(name), sort_keys=True))}")
-    return " ".join(options)
+    thresholds = input.thresholds if "thresholds" in input.keys() else None
+    return rule_params.submission_flags(config, wildcards.submission, thresholds)
 
 
 def leaderboard_inputs(wildcards):
@@ -446,24 +392,7 @@ GENERATOR_STEP_RESOURCES = step_resources(
 
 
 def generator_options(wildcards):
-    import shlex
-
-    settings = GENERATORS[wildcards.generator]
-    options = ["--fields " + " ".join(shlex.quote(f) for f in settings["fields"])]
-    if settings.get("label_fields"):
-        options.append("--label-fields " + " ".join(shlex.quote(f) for f in settings["label_fields"]))
-    options.append(f"--template {shlex.quote(settings['template'])}")
-    if settings.get("system"):
-        options.append(f"--system {shlex.quote(settings['system'])}")
-    text_template = (config.get("task") or {}).get("text_template")
-    if text_template:
-        options.append(f"--text-template {shlex.quote(text_template)}")
-    for key in ("format", "n_rows", "examples_per_prompt", "word_budget", "temperature", "top_p",
-                "max_new_tokens", "batch_size", "max_attempts"):
-        if key in settings:
-            flag = "--" + key.replace("_", "-")
-            options.append(f"{flag} {shlex.quote(str(settings[key]))}")
-    return " ".join(options)
+    return rule_params.generator_flags(GENERATORS[wildcards.generator], (config.get("task") or {}).get("text_template"))
 
 
 def answer_problems_file():
@@ -475,8 +404,6 @@ SOURCED_LMS = [name for name, entry in LANGUAGE_MODELS.items() if "source" in en
 FINETUNED_LMS = {name: entry["finetune"] for name, entry in LANGUAGE_MODELS.items() if "finetune" in entry}
 FINETUNE_STEP_RESOURCES = step_resources(lambda wildcards: FINETUNED_LMS[wildcards.lm].get("resources", {}),
                                          mem_mb=8000, runtime=120)
-SFT_SETTING_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "eval_every", "eval_fraction", "max_length", "r",
-                    "alpha", "dropout", "quantization", "precision", "seed")
 
 
 def language_model_finetune_rows(wildcards):
@@ -485,27 +412,9 @@ def language_model_finetune_rows(wildcards):
 
 
 def language_model_finetune_options(wildcards):
-    import shlex
-
     from workflow_scripts.generated.answers import PROMPTS
 
-    settings = FINETUNED_LMS[wildcards.lm]
-    prompt = settings.get("prompt", "cot_boxed")
-    template = (ANSWERS.get("prompts") or {}).get(prompt) or PROMPTS.get(prompt)
-    if isinstance(template, dict):
-        raise OoflineError(f"config: language_models.{wildcards.lm}.finetune.prompt: {prompt!r} picks templates by "
-                           "category; a fine-tune needs one template (name another prompt)")
-    if template is None:
-        raise OoflineError(f"config: language_models.{wildcards.lm}.finetune.prompt: {prompt!r} is neither built in "
-                           f"({', '.join(PROMPTS)}) nor in answers.prompts")
-    options = [f"--template {shlex.quote(template)}",
-               f"--settings {shlex.quote(json.dumps({k: settings[k] for k in SFT_SETTING_KEYS if k in settings}, sort_keys=True))}"]
-    for key in ("problem_column", "solution_column"):
-        if key in settings:
-            options.append(f"--{key.replace('_', '-')} {shlex.quote(settings[key])}")
-    if ANSWERS.get("system"):
-        options.append(f"--system {shlex.quote(ANSWERS['system'])}")
-    return " ".join(options)
+    return rule_params.language_model_finetune_flags(wildcards.lm, FINETUNED_LMS[wildcards.lm], ANSWERS, PROMPTS)
 
 
 def answer_test_problems_file():
@@ -523,41 +432,11 @@ def vote_submissions():
 
 
 def answer_options(wildcards, split="dev"):
-    import shlex
-
-    prompt = (ANSWERS.get("prompts") or {}).get(wildcards.prompt)
-    options = []
-    if isinstance(prompt, dict):  # a template per problem category
-        templates = dict(prompt["templates"])
-        default = templates.pop("default", None)
-        options.append(f"--category-column {shlex.quote(prompt['by'])}")
-        options.append(f"--category-templates {shlex.quote(json.dumps(templates, sort_keys=True))}")
-        if default:
-            options.append(f"--template {shlex.quote(default)}")
-    elif prompt:
-        options.append(f"--template {shlex.quote(prompt)}")
-    # `limit` trims the labelled dev set on a CPU; a test submission needs every problem answered
-    keys = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size", "answer_regex", "limit",
-            "problem_column", "system", "seed")
-    for key in keys if split == "dev" else [k for k in keys if k != "limit"]:
-        if key in ANSWERS:
-            options.append(f"--{key.replace('_', '-')} {shlex.quote(str(ANSWERS[key]))}")
-    return " ".join(options)
+    return rule_params.answer_flags(ANSWERS, wildcards.prompt, split)
 
 
 def vote_submission_options(wildcards):
-    import shlex
-
-    entry = VOTES[wildcards.vote]
-    options = [f"--strategy {shlex.quote(entry.get('submit_strategy', 'best'))}",
-               f"--fallback {shlex.quote(entry.get('fallback', 'majority'))}"]
-    for key in ("default_answer", "id_column", "answer_column"):
-        if key in entry:
-            options.append(f"--{key.replace('_', '-')} {shlex.quote(str(entry[key]))}")
-    config_slice = {"answers": ANSWERS, "votes": {wildcards.vote: entry},
-                    "language_models": {a.split("/")[0]: LANGUAGE_MODELS[a.split("/")[0]] for a in entry["answers"]}}
-    options.append(f"--config-slice {shlex.quote(json.dumps(config_slice, sort_keys=True))}")
-    return " ".join(options)
+    return rule_params.vote_submission_flags(VOTES[wildcards.vote], rule_params.vote_config_slice(config, wildcards.vote))
 
 
 def generated_targets():
@@ -574,25 +453,6 @@ def generated_targets():
 # ---- retrieval pipelines ----
 
 RETRIEVAL = config.get("retrieval") or {}
-MINING_KEYS = ("range_for_sampling", "negative_number", "seed", "prompt", "query_chunk", "passage_chunk")
-
-
-def cli_flags(settings, keys=None):
-    """`--key value` for each setting (lists repeat values, booleans become true/false), shell-quoted."""
-    import shlex
-
-    flags = []
-    for key, value in settings.items():
-        if keys is not None and key not in keys:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(f"{flag} {'true' if value else 'false'}")
-        elif isinstance(value, list):
-            flags.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
-        elif value is not None:
-            flags.append(f"{flag} {shlex.quote(str(value))}")
-    return " ".join(flags)
 
 
 def iteration(wildcards):
@@ -604,16 +464,11 @@ def last_iteration(pipeline):
 
 
 def model_reference(pipeline, reference):
-    """A base model name -> its materialised folder; `iterJ` -> iteration J's fine-tuned embedder folder."""
-    match = re.fullmatch(r"iter(\d+)", str(reference))
-    if match:
-        return out(f"retrieval/{pipeline}/iter{match.group(1)}/embedder"), "/merged"
-    return out(f"retrieval/{pipeline}/base/{reference}"), ""
+    return rule_params.model_reference(OUT, pipeline, reference)
 
 
 def retrieval_uses_demo(pipeline):
-    """A `demo` section wins over `files`, so a demo overlay can swap in the demo task."""
-    return bool(RETRIEVAL[pipeline].get("demo")) or not RETRIEVAL[pipeline].get("files")
+    return rule_params.retrieval_uses_demo(RETRIEVAL[pipeline])
 
 
 def retrieval_data_inputs(wildcards):
@@ -623,13 +478,7 @@ def retrieval_data_inputs(wildcards):
 
 
 def retrieval_data_options(wildcards, input):
-    import shlex
-
-    settings = RETRIEVAL[wildcards.pipeline]
-    if not retrieval_uses_demo(wildcards.pipeline):
-        return "--source files " + " ".join(
-            f"--{key.replace('_', '-')} {shlex.quote(input[key])}" for key in settings["files"])
-    return "--source demo " + cli_flags(settings.get("demo", {}), ("n_passages", "n_queries", "n_test_queries", "seed"))
+    return rule_params.retrieval_data_flags(RETRIEVAL[wildcards.pipeline], input)
 
 
 RETRIEVAL_STEP_RESOURCES = step_resources(
@@ -641,7 +490,8 @@ def mining_source(wildcards):
     """(embedder folder, suffix, mining settings) for this iteration's mining of the given purpose."""
     settings = iteration(wildcards)
     if wildcards.purpose == "reranker_":
-        # the reranker's data is mined again with this iteration's fine-tuned embedder (seed 002)
+        # the reranker's negatives are mined again with this iteration's fine-tuned embedder, so they are
+        # hard for the retriever the reranker will follow
         folder, suffix = model_reference(wildcards.pipeline, f"iter{wildcards.iter}")
         return folder, suffix, settings["reranker"]["mine"]
     folder, suffix = model_reference(wildcards.pipeline, settings["mine"]["embedder"])
@@ -660,12 +510,7 @@ def mining_inputs(wildcards):
 
 def mining_options(wildcards, input):
     _, suffix, settings = mining_source(wildcards)
-    pipeline = RETRIEVAL[wildcards.pipeline]
-    options = [cli_flags(pipeline.get("embedder_inference", {})), cli_flags(settings, MINING_KEYS)]
-    if pipeline.get("valid_fold") is not None:
-        options.append(f"--valid-fold {int(pipeline['valid_fold'])}")
-    # the mining CLI reads the model from the merged/ folder of a fine-tune
-    return " ".join(options) + (f" --embedder {input.embedder}{suffix}" if suffix else "")
+    return rule_params.mining_flags(RETRIEVAL[wildcards.pipeline], settings, input.embedder, suffix)
 
 
 def teacher_reranker(wildcards):
@@ -693,18 +538,11 @@ def finetune_inputs(wildcards):
 
 
 def finetune_options(wildcards):
-    settings = {k: v for k, v in iteration(wildcards)[wildcards.role].items() if k not in ("base", "mine")}
-    return cli_flags(settings)
+    return rule_params.finetune_flags(iteration(wildcards)[wildcards.role])
 
 
 def evaluation_options(wildcards):
-    pipeline = RETRIEVAL[wildcards.pipeline]
-    return " ".join([
-        f"--valid-folds {int(pipeline.get('valid_fold', 0))}",
-        f"--k {int(pipeline.get('k', 25))} --top-n {int(pipeline.get('top_n', 50))}",
-        cli_flags(pipeline.get("embedder_inference", {})),
-        cli_flags(pipeline.get("reranker_inference", {})),
-    ])
+    return rule_params.evaluation_flags(RETRIEVAL[wildcards.pipeline])
 
 
 def retrieval_artifacts(wildcards):

@@ -11,7 +11,7 @@ rule prepare_language_model:
     params:
         code=code_digest("prepare_model"),
         source=lambda wildcards: LANGUAGE_MODELS[wildcards.lm]["source"],
-        corpus=lambda wildcards, input: f"--corpus {input.corpus}" if input.corpus else "",
+        corpus=lambda wildcards, input: rule_params.optional_input_flag("corpus", input.corpus),
     log:
         out("logs/prepare_lm/{lm}.log"),
     conda:
@@ -302,9 +302,7 @@ rule votes:
         score=out("votes/{vote}/score.json"),
     params:
         code=code_digest("generated.voting"),
-        strategies=lambda wildcards: " ".join(
-            ["--strategies"] + VOTES[wildcards.vote]["strategies"] if VOTES[wildcards.vote].get("strategies") else []
-        ),
+        strategies=lambda wildcards: rule_params.vote_flags(VOTES[wildcards.vote]),
         fallback=lambda wildcards: VOTES[wildcards.vote].get("fallback", "majority"),
     log:
         out("logs/votes/{vote}.log"),

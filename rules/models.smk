@@ -21,6 +21,7 @@ rule prepare_model:
         " --corpus {input.corpus:q} > {log:q} 2>&1"
 
 
+# Both train rules run TRAIN_COMMAND (rules/common.smk); train_full_model below reuses this definition.
 rule train_adapter:
     input:
         unpack(train_inputs),
@@ -47,30 +48,12 @@ rule train_adapter:
         TRAIN_COMMAND
 
 
-rule train_full_model:
-    input:
-        unpack(train_inputs),
+# a full fine-tune trains the same way; only its output folder (model/, not adapter/) and its models differ
+use rule train_adapter as train_full_model with:
     output:
         directory(out("models/{model}/{split}/model")),
     wildcard_constraints:
         model=names_pattern(FULL_MODELS),
-    params:
-        code=code_digest("train"),
-        **train_params,
-    threads: model_threads
-    # on Slurm the retry is a new job (so it gets the larger mem_mb), not a retry inside the job
-    retries: 0 if workflow.remote_exec else 2
-    resources:
-        **MODEL_STEP_RESOURCES,
-        attempt=lambda wildcards, attempt: attempt,
-    log:
-        out("logs/train/{model}/{split}.log"),
-    conda:
-        "../envs/train.yaml"
-    container:
-        TRAIN_CONTAINER
-    shell:
-        TRAIN_COMMAND
 
 
 rule merge_adapter:

@@ -163,7 +163,7 @@ rule retrieval_submission:
         pipeline=names_pattern(config.get("retrieval") or {}),
     params:
         code=code_digest("retrieval.submission"),
-        config_slice=lambda wildcards: json.dumps({"retrieval": RETRIEVAL[wildcards.pipeline]}, sort_keys=True),
+        config_slice=lambda wildcards: json.dumps(rule_params.retrieval_config_slice(config, wildcards.pipeline), sort_keys=True),
         id_column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("id_column", "id"),
         column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("prediction_column", "ranked_ids"),
     log:

@@ -15,11 +15,7 @@ rule ensemble:
         weights=lambda wildcards: ensemble_weights(wildcards.ensemble),
         method=lambda wildcards: ENSEMBLES[wildcards.ensemble].get("method", "mean"),
         blend=lambda wildcards: ENSEMBLES[wildcards.ensemble].get("blend", "mean"),
-        top_k=lambda wildcards: (
-            f"--member-top-k {int(ENSEMBLES[wildcards.ensemble]['member_top_k'])}"
-            if ENSEMBLES[wildcards.ensemble].get("member_top_k")
-            else ""
-        ),
+        top_k=lambda wildcards: rule_params.ensemble_flags(ENSEMBLES[wildcards.ensemble]),
         metric=config.get("task", {}).get("metric", "accuracy"),
     log:
         out("logs/ensembles/{ensemble}.log"),
@@ -123,7 +119,7 @@ rule leaderboard:
         md=out("leaderboard.md"),
     params:
         code=code_digest("leaderboard"),
-        lb=lambda wildcards, input: f"--lb-scores {input.lb}" if "lb" in input.keys() else "",
+        lb=lambda wildcards, input: rule_params.optional_input_flag("lb_scores", input.get("lb")),
     log:
         out("logs/leaderboard.log"),
     conda:

@@ -9,8 +9,6 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.generated.generate import Completion, load_causal_lm, sample_completions
 from workflow_scripts.generated.math_demo import make_problems
 
-torch.set_num_threads(1)
-
 
 @pytest.mark.parametrize("text,expected", [
     ("2 + 3 = 5, so \\boxed{5}. Check: 6", "5"),            # boxed wins over a later number

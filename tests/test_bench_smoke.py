@@ -1,4 +1,4 @@
-"""Tiny runs of the issue-2 benchmarks (bench/dag.py, train_padding.py, predict_sorting.py), so they keep working."""
+"""Tiny runs of the classification-core benchmarks (bench/dag.py, train_padding.py, predict_sorting.py), so they keep working."""
 from __future__ import annotations
 
 import importlib.util

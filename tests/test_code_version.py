@@ -71,28 +71,37 @@ def test_unknown_module_is_an_error(package):
         code_digest("nope", package)
 
 
-def planned_rules(workdir: Path) -> list[str]:
-    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "results/folds.parquet"],
+def planned_rules(workdir: Path, target: str = "results/folds.parquet") -> list[str]:
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", target],
                              cwd=workdir, capture_output=True, text=True, timeout=300)
     assert dry_run.returncode == 0, dry_run.stderr[-3000:]
     return sorted(line.split()[1].rstrip(":") for line in dry_run.stdout.splitlines()
                   if line.startswith(("rule ", "localrule ")))
 
 
-@pytest.mark.slow
-def test_editing_a_step_reruns_it_and_its_dependents_only(tmp_path):
-    # a copy of the workflow, so its code can be edited
+def workflow_copy(tmp_path: Path, config: dict) -> Path:
+    """A copy of the workflow (so its code can be edited) with its own config."""
     workflow = tmp_path / "workflow"
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in tracked:
         if name.startswith(("Snakefile", "rules/", "schemas/", "workflow_scripts/", "envs/", "report/")):
             (workflow / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, workflow / name)
-    (workflow / "config.yaml").write_text(yaml.safe_dump(movies_config()))
-    built = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "results/folds.parquet"],
+    (workflow / "config.yaml").write_text(yaml.safe_dump(config))
+    return workflow
+
+
+def build(workflow: Path, target: str) -> None:
+    built = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", target],
                            cwd=workflow, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
-    assert planned_rules(workflow) == []
+    assert planned_rules(workflow, target) == []
+
+
+@pytest.mark.slow
+def test_editing_a_step_reruns_it_and_its_dependents_only(tmp_path):
+    workflow = workflow_copy(tmp_path, movies_config())
+    build(workflow, "results/folds.parquet")
 
     folds = workflow / "workflow_scripts" / "folds.py"
     folds.write_text(folds.read_text() + "\n# a comment changes nothing\n")
@@ -104,3 +113,27 @@ def test_editing_a_step_reruns_it_and_its_dependents_only(tmp_path):
     labels = workflow / "workflow_scripts" / "labels.py"
     labels.write_text(labels.read_text() + "\nEDITED = True\n")
     assert planned_rules(workflow) == ["folds", "prepare_data"]
+
+
+@pytest.mark.slow
+def test_editing_a_module_in_a_subpackage_reruns_its_step_and_its_dependents_only(tmp_path):
+    pipeline = {"demo": {"n_passages": 12, "n_queries": 24, "n_test_queries": 4, "seed": 0}, "n_folds": 3,
+                "valid_fold": 0, "models": {"minilm": "packaged:minilm"},
+                "iterations": [{"mine": {"embedder": "minilm"}, "embedder": {"base": "minilm"},
+                                "reranker": {"base": "minilm"}}]}
+    workflow = workflow_copy(tmp_path, {"retrieval": {"tiny": pipeline}})
+    target = "results/retrieval/tiny/folds.parquet"
+    build(workflow, target)
+
+    # the retrieval pipeline's data step makes the queries the folds split
+    data = workflow / "workflow_scripts" / "retrieval" / "data.py"
+    data.write_text(data.read_text() + "\nEDITED = True\n")
+    assert planned_rules(workflow, target) == ["retrieval_data", "retrieval_folds"]
+    assert planned_rules(workflow, "results/retrieval/tiny/data/queries.parquet") == ["retrieval_data"]
+
+    # a module of the same subpackage that neither step imports reruns nothing here
+    data.write_text(data.read_text().replace("\nEDITED = True\n", ""))
+    assert planned_rules(workflow, target) == []
+    evaluation = workflow / "workflow_scripts" / "retrieval" / "eval.py"
+    evaluation.write_text(evaluation.read_text() + "\nEDITED = True\n")
+    assert planned_rules(workflow, target) == []

@@ -94,3 +94,19 @@ def test_shell_metacharacters_in_a_source_stay_literal(tmp_path, demo_config):
     assert "models.minilm.source" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("method", ["exact", "grid", "class_balance", "hybrid"])
+def test_threshold_methods_include_grid_the_former_name_of_exact(method):
+    config = yaml.safe_load((REPO / "demo" / "debates.yaml").read_text())
+    source = next(iter(config["thresholds"]))
+    config["thresholds"][source]["method"] = method
+    assert check_config(config, REPO)["thresholds"][source]["method"] == method
+
+
+def test_an_unknown_threshold_method_names_the_key():
+    config = yaml.safe_load((REPO / "demo" / "debates.yaml").read_text())
+    source = next(iter(config["thresholds"]))
+    config["thresholds"][source]["method"] = "grid_search"
+    with pytest.raises(OoflineError, match=rf"config: thresholds.{source}.method: 'grid_search' is not one of exact, "):
+        check_config(config, REPO)

@@ -5,7 +5,7 @@ import random
 import polars as pl
 import pytest
 
-from workflow_scripts.generated.dedup import deduplicate, jaccard, main, normalise, shingles
+from workflow_scripts.generated.dedup import brute_force_reasons, deduplicate, jaccard, main, normalise, shingles
 from workflow_scripts.errors import OoflineError
 
 WORDS = "the a patient said he felt sad tired anxious after school work home family friend night day".split()
@@ -20,31 +20,6 @@ def _edit(rng, text, n_changes):
     for _ in range(n_changes):
         words[rng.randrange(len(words))] = rng.choice(WORDS)
     return " ".join(words)
-
-
-def _brute_force(generated, reference, threshold):
-    """Plain O(n^2) greedy loop: the definition the module documents."""
-    from workflow_scripts.generated.dedup import text_hash
-
-    ref_sets = [shingles(t) for t in reference]
-    ref_hashes = {text_hash(t) for t in reference}
-    kept_sets, kept_hashes, reasons = [], set(), []
-    seen_hashes = set()
-    for text in generated:
-        h, s = text_hash(text), shingles(text)
-        if h in ref_hashes:
-            reasons.append("exact_reference")
-        elif h in seen_hashes:
-            reasons.append("exact_self")
-        elif any(jaccard(s, r) >= threshold for r in ref_sets):
-            reasons.append("near_reference")
-        elif any(jaccard(s, k) >= threshold for k in kept_sets):
-            reasons.append("near_self")
-        else:
-            reasons.append("keep")
-            kept_sets.append(s)
-        seen_hashes.add(h)
-    return reasons
 
 
 def test_normalisation_makes_exact_duplicates_of_case_and_punctuation():
@@ -66,7 +41,7 @@ def test_matches_brute_force_on_planted_duplicates():
         else:
             generated.append(_sentence(rng))
     reasons, counts = deduplicate(generated, reference, threshold=0.8)
-    assert reasons == _brute_force(generated, reference, 0.8)
+    assert reasons == brute_force_reasons(generated, reference, 0.8)
     # the planted copies were found: every kind of removal happened
     assert all(counts[k] > 0 for k in ("exact_reference", "exact_self", "near_reference", "near_self", "keep"))
 

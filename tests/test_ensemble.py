@@ -6,7 +6,6 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from scipy.stats import rankdata
 
 from workflow_scripts import ensemble as ens
@@ -14,7 +13,7 @@ from workflow_scripts import metrics
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.labels import Head, LabelSpec
 
-torch.set_num_threads(1)
+
 CLASSES = tuple("abcdef")
 SPEC = LabelSpec("multiclass", (Head("label", "multiclass", "label", CLASSES),))
 

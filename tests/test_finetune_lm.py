@@ -98,3 +98,19 @@ def test_fine_tuned_model_keeps_its_best_step_and_answers_through_the_workflow(t
         assert torch.allclose(merged(tokens).logits, adapted(tokens).logits, atol=1e-4)
     answers = pl.read_parquet(tmp_path / "results" / "answers" / "tiny_sft" / "direct.parquet")
     assert answers.height == 2
+
+
+def test_fine_tune_flags_use_the_answers_prompt_and_refuse_a_category_prompt():
+    import shlex
+
+    from workflow_scripts.generated.answers import PROMPTS
+    from workflow_scripts.rule_params import language_model_finetune_flags
+
+    flags = shlex.split(language_model_finetune_flags("sft", {"base": "a", "prompt": "direct", "epochs": 2, "data": "x.csv"},
+                                                      {"system": "Be brief."}, PROMPTS))
+    assert flags == ["--template", PROMPTS["direct"], "--settings", '{"epochs": 2}', "--system", "Be brief."]
+    answers = {"prompts": {"by_kind": {"by": "kind", "templates": {"default": "D {problem}"}}}}
+    with pytest.raises(OoflineError, match="finetune.prompt: 'by_kind' picks templates by category"):
+        language_model_finetune_flags("sft", {"base": "a", "prompt": "by_kind"}, answers, PROMPTS)
+    with pytest.raises(OoflineError, match="'nope' is neither built in"):
+        language_model_finetune_flags("sft", {"base": "a", "prompt": "nope"}, {}, PROMPTS)

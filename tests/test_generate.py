@@ -5,13 +5,11 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.generated.generate import (Completion, GeneratorSettings, build_prompts, generate_rows, main,
                                        parse_output)
 
-torch.set_num_threads(1)
 
 TRAIN = pl.DataFrame({
     "id": [f"t{i}" for i in range(12)],

@@ -181,7 +181,8 @@ def test_two_gpu_job_starts_one_process_per_gpu_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_snakemake_runs_four_gpu_jobs_at_once_each_on_its_own_gpu(tmp_path):
-    """The snakemake#281 case end to end: --resources gpu=4, four 1-GPU training jobs in parallel."""
+    """GPUs that Snakemake only counts (snakemake#281) are assigned, end to end: --resources gpu=4, four 1-GPU
+    training jobs in parallel."""
     import json
     import shutil
 

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from workflow_scripts import leaderboard as lb
 from workflow_scripts import metrics
@@ -14,7 +13,7 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import write_json
 from workflow_scripts.labels import Head, LabelSpec
 
-torch.set_num_threads(1)
+
 SPEC = LabelSpec("multiclass", (Head("label", "multiclass", "label", ("a", "b", "c")),))
 
 

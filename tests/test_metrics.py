@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn import metrics as skm
 
 from workflow_scripts import metrics as m
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.labels import Head, LabelSpec
 
-torch.set_num_threads(1)
+
 RNG = np.random.default_rng(0)
 
 

@@ -2,14 +2,11 @@
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.retrieval.mining import (
     mine_hard_negatives, parse_range, read_jsonl, top_k_inner_product, training_queries, training_rows, write_jsonl,
 )
-
-torch.set_num_threads(1)
 
 
 def normalised(rng, rows, dim=16):

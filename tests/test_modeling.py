@@ -11,7 +11,6 @@ import torch
 from workflow_scripts import modeling, prepare_model
 from workflow_scripts.errors import OoflineError, run_cli
 
-torch.set_num_threads(1)
 
 TEXTS = [
     "A warm, funny and surprisingly moving film about friendship.",

@@ -14,7 +14,7 @@ import torch
 from workflow_scripts.execution import oom
 from workflow_scripts.errors import OoflineError
 
-torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "slurm_workflow"
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from workflow_scripts import ensemble as ens
 from workflow_scripts import leaderboard as lb
@@ -18,7 +17,7 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import write_json, write_parquet
 from workflow_scripts.labels import Head, LabelSpec
 
-torch.set_num_threads(1)
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("a", "b", "c")
 MULTICLASS = LabelSpec("multiclass", (Head("label", "multiclass", "label", CLASSES),))
@@ -159,12 +158,12 @@ def test_threshold_panels_mark_each_method_at_its_threshold(inputs):
     assert len(visible) == 3
     assert [ax.get_title().splitlines()[0] for ax in visible] == ["insult", "threat", "toxic"]
     for column, info in result["classes"].items():
-        for method in ("grid", "class_balance", "hybrid"):
+        for method in ("exact", "class_balance", "hybrid"):
             line = gid_artists(fig, f"mark:{column}:{method}")[f"mark:{column}:{method}"]
             assert line.get_xdata()[0] == pytest.approx(info[method])
             assert line.get_linewidth() == (2.4 if method == result["method"] else 1.3)
         f1 = gid_artists(fig, f"f1:{column}")[f"f1:{column}"]
-        assert 0.0 <= min(f1.get_ydata()) and max(f1.get_ydata()) == pytest.approx(info["f1_grid"], abs=0.05)
+        assert 0.0 <= min(f1.get_ydata()) and max(f1.get_ydata()) == pytest.approx(info["f1_exact"], abs=0.05)
 
 
 def test_threshold_panels_are_capped(inputs):

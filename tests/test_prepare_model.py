@@ -12,7 +12,6 @@ from workflow_scripts import prepare_model
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.modeling import resolve_model_path
 
-torch.set_num_threads(1)
 
 TEXTS = [
     "A warm, funny and surprisingly moving film about friendship.",

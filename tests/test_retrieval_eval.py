@@ -2,13 +2,10 @@
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.retrieval.eval import evaluate_fold, rank_corpus, rerank, score_oof
 from workflow_scripts.retrieval.teacher_scores import add_teacher_scores
-
-torch.set_num_threads(1)
 
 
 def plain_map_and_recall(actual, predicted, k):

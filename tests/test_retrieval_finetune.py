@@ -10,8 +10,6 @@ from safetensors.numpy import load_file
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.retrieval.finetune import FinetuneSettings, command_line, finetune, main, prepare_training_data
 
-torch.set_num_threads(1)
-
 
 def settings(**overrides):
     values = dict(kind="embedder", model_class="encoder-only-base", base_model="/m")

@@ -12,7 +12,7 @@ from workflow_scripts.retrieval import eval as retrieval_eval
 from workflow_scripts.retrieval import finetune as retrieval_finetune
 from workflow_scripts.retrieval import mining, teacher_scores
 
-torch.set_num_threads(1)
+
 pytestmark = pytest.mark.slow
 PROMPT = "Given a review A and a movie plot B, answer Yes if B is the plot of the movie A reviews, otherwise No."
 

@@ -57,7 +57,7 @@ def run_workflow(work: Path, extra_env: dict[str, str], config: list[str], backg
     # as a user runs it from the repository root: profiles/default would be picked up implicitly as
     # the workflow profile (cores, gpu=1 cap), so the slurm profile is given as the workflow profile
     cmd = [sys.executable, "-m", "snakemake", "--workflow-profile", "slurm",
-           # no accounting on the test cluster: sacct would hang (issue 6)
+           # no accounting on the test cluster: sacct would hang
            "--slurm-status-command", "squeue", "--slurm-keep-successful-logs",
            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
            "--latency-wait", "5",

@@ -6,13 +6,12 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from workflow_scripts import submission as sub
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.labels import Head, LabelSpec
 
-torch.set_num_threads(1)
+
 RNG = np.random.default_rng(2)
 MULTICLASS = LabelSpec("multiclass", (Head("Category", "multiclass", "Category", ("a:x", "b:y", "c:z", "d:w")),))
 MULTILABEL = LabelSpec("multilabel", tuple(Head(n, "binary", n) for n in ("fear", "irony", "loaded")))

@@ -6,14 +6,13 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from sklearn.metrics import f1_score
 
 from workflow_scripts import thresholds as th
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.labels import Head, LabelSpec
 
-torch.set_num_threads(1)
+
 RNG = np.random.default_rng(1)
 
 
@@ -22,7 +21,7 @@ def brute_force_best_f1(scores, labels):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_grid_threshold_reaches_brute_force_best_f1(seed):
+def test_exact_threshold_reaches_brute_force_best_f1(seed):
     rng = np.random.default_rng(seed)
     labels = rng.random(300) < 0.2
     scores = np.round(np.clip(labels * 0.3 + rng.random(300) * 0.8, 0, 1), 2)  # rounded: many ties
@@ -79,15 +78,17 @@ def test_hybrid_is_weighted_blend_and_rates_come_from_the_right_source():
     assert set(result["thresholds"]) == {"a", "b"}  # the multiclass head uses argmax
     assert result["argmax_heads"] == ["h"]
     for name, info in result["classes"].items():
-        assert info["hybrid"] == pytest.approx(0.3 * info["grid"] + 0.7 * info["class_balance"])
+        assert info["hybrid"] == pytest.approx(0.3 * info["exact"] + 0.7 * info["class_balance"])
         assert info["threshold"] == info["hybrid"]
         assert info["f1_before"] == pytest.approx(f1_score(targets[:, "ab".index(name) * 3], probs[:, "ab".index(name) * 3] >= 0.5))
     assert result["classes"]["a"]["target_rate"] == 0.1 and result["classes"]["a"]["target_rate_source"] == "config"
     assert result["classes"]["b"]["target_rate"] == pytest.approx(0.5 / 1.5)
-    grid = th.search_thresholds(spec, probs, targets, "grid")
-    assert grid["oof_score_after"] >= grid["oof_score_before"]
-    for info in grid["classes"].values():
+    exact = th.search_thresholds(spec, probs, targets, "exact")
+    assert exact["oof_score_after"] >= exact["oof_score_before"]
+    for info in exact["classes"].values():
         assert info["f1_after"] >= info["f1_before"]
+    # `grid`, the method's former name, still selects it
+    assert th.search_thresholds(spec, probs, targets, "grid") == exact
     prior = th.search_thresholds(spec, probs, targets, "class_balance")
     assert prior["classes"]["a"]["target_rate"] == pytest.approx(targets[:, 0].mean())
 
@@ -117,8 +118,8 @@ def test_cli_writes_thresholds_and_curves(tmp_path):
     assert result["thresholds"] == pytest.approx(expected["thresholds"])
     curves = pl.read_parquet(tmp_path / "c.parquet")
     assert curves.group_by("column").len()["len"].max() <= 200
-    marked = curves.filter((pl.col("column") == "a") & (pl.col("kind") == "grid"))
-    assert marked["f1"][0] == pytest.approx(result["classes"]["a"]["f1_grid"])
+    marked = curves.filter((pl.col("column") == "a") & (pl.col("kind") == "exact"))
+    assert marked["f1"][0] == pytest.approx(result["classes"]["a"]["f1_exact"])
     first = (tmp_path / "t.json").read_bytes()
     assert run_cli(th.main, argv) == 0
     assert (tmp_path / "t.json").read_bytes() == first  # deterministic
@@ -128,9 +129,9 @@ def test_bad_inputs_name_the_key(tmp_path, capsys):
     spec = spec_multihead()
     probs, targets = make_data(50)
     with pytest.raises(OoflineError, match="'zzz'"):
-        th.search_thresholds(spec, probs, targets, "grid", target_rates={"zzz": 0.1})
+        th.search_thresholds(spec, probs, targets, "exact", target_rates={"zzz": 0.1})
     with pytest.raises(OoflineError, match="'a'"):
-        th.search_thresholds(spec, probs, targets, "grid", target_rates={"a": 1.5})
+        th.search_thresholds(spec, probs, targets, "exact", target_rates={"a": 1.5})
     with pytest.raises(OoflineError, match="weight"):
         th.search_thresholds(spec, probs, targets, "hybrid", weight=2.0)
     write_inputs(tmp_path, spec, probs, targets)
@@ -146,7 +147,7 @@ def test_nested_threshold_score_matches_a_plain_fold_loop():
     spec = spec_multihead()
     probs, targets = make_data(300)
     folds = np.arange(300) % 3
-    nested = th.nested_threshold_score(spec, probs, targets, folds, method="grid")
+    nested = th.nested_threshold_score(spec, probs, targets, folds, method="exact")
     predicted = np.zeros((300, 2), dtype=bool)
     for fold in range(3):
         held = folds == fold

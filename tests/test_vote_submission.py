@@ -105,3 +105,16 @@ def test_each_problem_gets_the_template_of_its_category_or_the_default():
     with pytest.raises(OoflineError, match="by column 'category', which the problems file lacks"):
         problem_prompts(problems, "problem", None, "category", templates, "by_kind")
     assert problem_prompts(problems, "problem", "Q: {problem}") == ["Q: 2*3", "Q: x+1=2", "Q: 7-2"]
+
+
+def test_answer_flags_take_category_templates_and_drop_the_dev_limit_for_test_problems():
+    import shlex
+
+    from workflow_scripts.rule_params import answer_flags
+
+    answers = {"limit": 2, "samples": 3,
+               "prompts": {"by_kind": {"by": "kind", "templates": {"multiply": "M {problem}", "default": "D {problem}"}}}}
+    dev = shlex.split(answer_flags(answers, "by_kind"))
+    assert dev == ["--template", "D {problem}", "--category-column", "kind", "--category-templates",
+                   '{"multiply": "M {problem}"}', "--samples", "3", "--limit", "2"]
+    assert "--limit" not in shlex.split(answer_flags(answers, "by_kind", split="test"))

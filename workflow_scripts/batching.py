@@ -28,7 +28,7 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int, mega
 
 
 def random_batches(n_rows: int, batch_size: int, seed: int) -> list[np.ndarray]:
-    """Plain shuffled batches (the Hugging Face default), for benchmarks."""
+    """Plain shuffled batches (the Hugging Face default): the baseline bench/train_padding.py times."""
     order = np.random.default_rng(seed).permutation(n_rows)
     return [order[i:i + batch_size] for i in range(0, n_rows, batch_size)]
 

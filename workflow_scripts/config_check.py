@@ -136,18 +136,23 @@ def resource_problems(config: dict[str, Any]) -> list[str]:
 def output_problems(config: dict[str, Any]) -> list[str]:
     """Ensembles, thresholds, submissions and records must name things that exist."""
     from workflow_scripts.ensemble import check_ensemble_config
+    from workflow_scripts.rule_params import ensemble_cycle_problems
     from workflow_scripts.submission import FORMATS
+    from workflow_scripts.thresholds import METHOD_ALIASES, METHODS as THRESHOLD_METHODS
 
     problems = []
     models = list(config.get("models") or {})
     ensembles = config.get("ensembles") or {}
     sources = models + list(ensembles)
+    well_formed = {}
     for name, entry in ensembles.items():
         try:
             # members may be models or other ensembles
             check_ensemble_config(name, entry, sources)
+            well_formed[name] = entry
         except OoflineError as error:
             problems.append(f"config: {error}")
+    problems += ensemble_cycle_problems(well_formed)
     task_type = (config.get("task") or {}).get("type")
     for name, entry in (config.get("thresholds") or {}).items():
         if name not in sources:
@@ -157,8 +162,9 @@ def output_problems(config: dict[str, Any]) -> list[str]:
         unknown = sorted(set(entry or {}) - {"method", "weight", "target_rates", "probe_f1"})
         if unknown:
             problems.append(f"config: thresholds.{name}: unknown key(s) {unknown} (expected method, weight, target_rates, probe_f1)")
-        elif (entry or {}).get("method", "hybrid") not in ("grid", "class_balance", "hybrid"):
-            problems.append(f"config: thresholds.{name}.method: {entry['method']!r} is not one of grid, class_balance, hybrid")
+        elif (entry or {}).get("method", "hybrid") not in THRESHOLD_METHODS + tuple(METHOD_ALIASES):
+            problems.append(f"config: thresholds.{name}.method: {entry['method']!r} is not one of "
+                            f"{', '.join(THRESHOLD_METHODS)} (or grid, the former name of exact)")
     for name, entry in (config.get("submissions") or {}).items():
         entry = entry or {}
         unknown = sorted(set(entry) - {"source", "format", "top_k", "id_column", "prediction_columns", "separator", "thresholds"})

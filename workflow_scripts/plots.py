@@ -50,7 +50,7 @@ STYLE = {
     "savefig.dpi": DPI,
 }
 METHOD_STYLE = {  # threshold method -> (colour, line style, label)
-    "grid": ("tab:blue", "--", "grid (max F1)"),
+    "exact": ("tab:blue", "--", "exact (max F1)"),
     "class_balance": ("tab:orange", "-.", "class balance"),
     "hybrid": ("tab:green", ":", "hybrid"),
 }

@@ -1,10 +1,11 @@
 """Per-class decision thresholds for binary columns (multilabel labels, binary heads of multihead tasks).
 
 Methods, per binary column:
-- `grid`: the threshold maximising OOF F1, found exactly by sorting the scores (every distinct threshold);
+- `exact`: the threshold maximising OOF F1, found exactly by sorting the scores (every distinct threshold);
+  `grid` is accepted as its former name (it never was a grid search);
 - `class_balance`: the threshold whose predicted positive rate is closest to a target rate r* (training
   prior by default; or rates from config; or leaderboard-probe F1 of an all-ones submission, r* = F1/(2-F1));
-- `hybrid`: `weight * grid + (1 - weight) * class_balance`.
+- `hybrid`: `weight * exact + (1 - weight) * class_balance`.
 Multiclass heads always use argmax and get no threshold. A column is positive when `probability >= threshold`;
 chosen thresholds sit midway between neighbouring distinct scores so they do not sit on an OOF score.
 """
@@ -23,7 +24,8 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import write_json, write_parquet
 from workflow_scripts.labels import LabelSpec
 
-METHODS = ("grid", "class_balance", "hybrid")
+METHODS = ("exact", "class_balance", "hybrid")
+METHOD_ALIASES = {"grid": "exact"}  # configs written before the rename keep working
 CURVE_POINTS = 200
 
 
@@ -114,6 +116,7 @@ def search_thresholds(
     probs, targets: (n_rows, n_columns) in spec column order. Rates: `target_rates` beat `probe_f1`, which beat
     the prior. Returns a JSON-ready dict with `thresholds` ({column: value}) and per-column `classes` details.
     """
+    method = METHOD_ALIASES.get(method, method)
     if method not in METHODS:
         raise OoflineError(f"--method {method!r} is unknown (expected one of {', '.join(METHODS)})")
     if not 0.0 <= weight <= 1.0:
@@ -126,7 +129,7 @@ def search_thresholds(
     for name in spec.binary_columns:
         j = columns.index(name)
         scores, labels = probs[:, j], targets[:, j] > 0.5
-        grid, grid_f1 = best_f1_threshold(scores, labels)
+        exact, exact_f1 = best_f1_threshold(scores, labels)
         if name in target_rates:
             rate, source = float(target_rates[name]), "config"
         elif name in probe_f1:
@@ -134,13 +137,13 @@ def search_thresholds(
         else:
             rate, source = float(labels.mean()), "prior"
         balance = class_balance_threshold(scores, rate)
-        hybrid = weight * grid + (1.0 - weight) * balance
-        threshold = {"grid": grid, "class_balance": balance, "hybrid": hybrid}[method]
+        hybrid = weight * exact + (1.0 - weight) * balance
+        threshold = {"exact": exact, "class_balance": balance, "hybrid": hybrid}[method]
         chosen[name] = threshold
         classes[name] = {
             "method": method,
             "threshold": threshold,
-            "grid": grid,
+            "exact": exact,
             "class_balance": balance,
             "hybrid": hybrid,
             "target_rate": rate,
@@ -148,7 +151,7 @@ def search_thresholds(
             "positive_rate_after": float((scores >= threshold).mean()),
             "f1_before": f1_at(scores, labels, 0.5),
             "f1_after": f1_at(scores, labels, threshold),
-            "f1_grid": grid_f1,
+            "f1_exact": exact_f1,
         }
     before = metrics.task_scores(spec, probs, targets, metric)
     after = metrics.task_scores(spec, probs, targets, metric, chosen)
@@ -198,7 +201,7 @@ def threshold_curves(spec: LabelSpec, probs: np.ndarray, targets: np.ndarray, re
     Columns: column, threshold, f1, positive_rate, kind ("curve" or the method whose threshold the point marks).
     """
     rows = []
-    marks = ("grid", "class_balance", "hybrid")
+    marks = METHODS
     grid_points = np.linspace(0.0, 1.0, CURVE_POINTS - len(marks))
     columns = spec.probability_columns
     for name in spec.binary_columns:
@@ -249,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--oof", required=True, help="OOF predictions parquet: id, fold, probability columns")
     parser.add_argument("--labels", required=True, help="label spec JSON")
     parser.add_argument("--targets", required=True, help="targets parquet: id + probability columns as 0/1")
-    parser.add_argument("--method", default="hybrid", choices=METHODS)
-    parser.add_argument("--weight", type=float, default=0.5, help="hybrid: weight of the grid threshold")
+    parser.add_argument("--method", default="hybrid", choices=METHODS + tuple(METHOD_ALIASES))
+    parser.add_argument("--weight", type=float, default=0.5, help="hybrid: weight of the exact threshold")
     parser.add_argument("--target-rates", default=None, help="JSON object or file: column -> positive rate")
     parser.add_argument("--probe-f1", default=None, help="JSON object or file: column -> all-ones LB probe F1")
     parser.add_argument("--metric", default=None, help="task metric for the before/after score (default macro_f1 "

@@ -129,6 +129,29 @@ def deduplicate(
     return reasons, counts
 
 
+def brute_force_reasons(generated: Sequence[str], reference: Sequence[str], threshold: float) -> list[str]:
+    """What `deduplicate` decides, as the plain O(n^2) greedy loop that defines it (the reference the tests
+    and bench/dedup.py compare the MinHash path with)."""
+    reference_sets = [shingles(t) for t in reference]
+    reference_hashes = {text_hash(t) for t in reference}
+    kept_sets, seen_hashes, reasons = [], set(), []
+    for text in generated:
+        h, s = text_hash(text), shingles(text)
+        if h in reference_hashes:
+            reasons.append("exact_reference")
+        elif h in seen_hashes:
+            reasons.append("exact_self")
+        elif any(jaccard(s, r) >= threshold for r in reference_sets):
+            reasons.append("near_reference")
+        elif any(jaccard(s, k) >= threshold for k in kept_sets):
+            reasons.append("near_self")
+        else:
+            reasons.append("keep")
+            kept_sets.append(s)
+        seen_hashes.add(h)
+    return reasons
+
+
 def joined_text(frame: pl.DataFrame, columns: Sequence[str], source: str) -> list[str]:
     missing = [c for c in columns if c not in frame.columns]
     if missing:

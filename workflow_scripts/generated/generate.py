@@ -1,4 +1,4 @@
-"""Few-shot synthetic rows from a local causal LM (seed 004), parsed and validated, every attempt kept.
+"""Few-shot synthetic rows from a local causal LM, parsed and validated, every attempt kept.
 
 Each prompt shows official rows drawn at random (a new draw per prompt) as examples, rendered in the output format
 the model must answer in, added while the prompt stays within a word budget (the first example always goes in).
@@ -190,7 +190,7 @@ def build_prompts(
         for i, index in enumerate(picked):
             piece = f"EXAMPLE {i + 1}:\n{render_example(rows[index], fields, fmt)}\n\n"
             if ids and words + len(piece.split()) > word_budget:
-                break  # as in seed 004: stop adding examples once the word budget would be exceeded
+                break  # a prompt holds whole examples only: stop before the word budget would be exceeded
             block, words = block + piece, words + len(piece.split())
             ids.append(str(rows[index]["id"]))
         prompts.append((template.replace(EXAMPLES_PLACEHOLDER, block.rstrip() + "\n"), ids))

@@ -89,6 +89,15 @@ def _normalise_positive_ids(frame: pl.DataFrame, name: str) -> pl.DataFrame:
     return frame.with_columns(as_text.str.split(" ").list.eval(pl.element().filter(pl.element() != "")))
 
 
+def check_ids_and_text(frame: pl.DataFrame, text_column: str, name: str) -> None:
+    """No missing id or text, no duplicate id: what passages and queries both need."""
+    if frame["id"].null_count() or frame[text_column].null_count():
+        raise OoflineError(f"{name}: columns 'id' and {text_column!r} must have no missing values")
+    duplicated = frame.filter(pl.col("id").is_duplicated())["id"].unique().sort().to_list()
+    if duplicated:
+        raise OoflineError(f"{name}: column 'id' has duplicate ids, e.g. {duplicated[:5]}")
+
+
 def validate_corpus(corpus: pl.DataFrame, name: str = "corpus") -> pl.DataFrame:
     """Check `id`/`text`, no duplicates, not empty; ids become strings."""
     for column in ("id", "text"):
@@ -97,11 +106,7 @@ def validate_corpus(corpus: pl.DataFrame, name: str = "corpus") -> pl.DataFrame:
     if corpus.height == 0:
         raise OoflineError(f"{name}: the corpus is empty (expected at least one passage in column 'text')")
     corpus = corpus.select(pl.col("id").cast(pl.String), pl.col("text").cast(pl.String))
-    if corpus["id"].null_count() or corpus["text"].null_count():
-        raise OoflineError(f"{name}: columns 'id' and 'text' must have no missing values")
-    duplicated = corpus.filter(pl.col("id").is_duplicated())["id"].unique().sort().to_list()
-    if duplicated:
-        raise OoflineError(f"{name}: column 'id' has duplicate ids, e.g. {duplicated[:5]}")
+    check_ids_and_text(corpus, "text", name)
     return corpus
 
 
@@ -116,11 +121,7 @@ def validate_queries(
     if queries.height == 0:
         raise OoflineError(f"{name}: no queries")
     queries = queries.with_columns(pl.col("id").cast(pl.String), pl.col("query").cast(pl.String))
-    if queries["id"].null_count() or queries["query"].null_count():
-        raise OoflineError(f"{name}: columns 'id' and 'query' must have no missing values")
-    duplicated = queries.filter(pl.col("id").is_duplicated())["id"].unique().sort().to_list()
-    if duplicated:
-        raise OoflineError(f"{name}: column 'id' has duplicate ids, e.g. {duplicated[:5]}")
+    check_ids_and_text(queries, "query", name)
     if "positive_ids" not in queries.columns:
         return queries.select("id", "query")
     queries = _normalise_positive_ids(queries, name)

@@ -1,0 +1,112 @@
+"""What rules hand their steps: flags, the ensemble graph walk (with cycles as config errors), manifest slices."""
+from __future__ import annotations
+
+import copy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflow_scripts import rule_params
+from workflow_scripts.config_check import check_config
+from workflow_scripts.errors import OoflineError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def demo_config():
+    return check_config(yaml.safe_load((REPO / "config.yaml").read_text()), REPO)
+
+
+def test_cli_flags_quote_every_value_and_reach_argparse_as_given():
+    flags = rule_params.cli_flags({"template": "Q: {x}; rm -rf ~", "columns": ["a b", "c"], "lora": True,
+                                   "rates": {"b": 0.2, "a": 0.1}, "skipped": None, "n_rows": 3})
+    assert shlex.split(flags) == ["--template", "Q: {x}; rm -rf ~", "--columns", "a b", "c", "--lora", "true",
+                                  "--rates", '{"a": 0.1, "b": 0.2}', "--n-rows", "3"]
+
+
+def test_cli_flags_keep_only_the_named_keys_and_repeat_a_flag_given_pairs():
+    assert rule_params.cli_flags({"seed": 1, "embedder": "iter0"}, keys=("seed",)) == "--seed 1"
+    assert shlex.split(rule_params.extra_data_flags({"gen": "a b.parquet", "more": "c.parquet"})) == [
+        "--extra", "gen=a b.parquet", "--extra", "more=c.parquet"]
+
+
+def test_the_walk_collects_models_and_ensembles_through_nested_ensembles():
+    ensembles = {"outer": {"members": {"inner": 1.0, "m3": 2.0}}, "inner": {"members": ["m1", "m2"]},
+                 "unused": {"members": ["m4"]}}
+    assert rule_params.source_dependencies("outer", ensembles) == (["m1", "m2", "m3"], ["inner", "outer"])
+    assert rule_params.source_dependencies("m1", ensembles) == (["m1"], [])
+    assert rule_params.ensemble_weights(ensembles, "outer") == [1.0, 2.0]
+    assert rule_params.ensemble_weights(ensembles, "inner") == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("ensembles, cycle", [
+    ({"e": {"members": ["e", "m"]}}, "ensembles.e.members: ensembles form a cycle (e -> e)"),
+    ({"a": {"members": ["b", "m"]}, "b": {"members": ["c"]}, "c": {"members": ["a", "m"]}},
+     "ensembles.c.members: ensembles form a cycle (a -> b -> c -> a)"),
+])
+def test_an_ensemble_cycle_is_one_error_naming_it(ensembles, cycle):
+    with pytest.raises(OoflineError, match=r"ensembles form a cycle") as error:
+        rule_params.source_dependencies(next(iter(ensembles)), ensembles)
+    assert str(error.value) == f"config: {cycle}"
+    assert len(rule_params.ensemble_cycle_problems(ensembles)) >= 1
+
+
+def test_a_diamond_is_not_a_cycle():
+    ensembles = {"top": {"members": ["left", "right"]}, "left": {"members": ["base"]},
+                 "right": {"members": ["base", "m2"]}, "base": {"members": ["m1"]}}
+    assert rule_params.ensemble_cycle_problems(ensembles) == []
+    assert rule_params.source_dependencies("top", ensembles) == (["m1", "m2"], ["base", "left", "right", "top"])
+
+
+def test_check_config_reports_an_ensemble_cycle_on_one_line(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["ensembles"]["blend"]["members"] = {"blend": 1.0, "minilm": 1.0}
+    with pytest.raises(OoflineError) as error:
+        check_config(config, REPO)
+    assert str(error.value).splitlines()[1:] == ["config: ensembles.blend.members: ensembles form a cycle (blend -> blend)"]
+
+
+def test_a_dry_run_of_a_config_with_an_ensemble_cycle_names_the_key(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["ensembles"]["tiny_blend"]["members"] = ["searched", "minilm"]
+    config["ensembles"]["searched"]["members"] = ["tiny_blend", "minilm"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--configfile",
+                             "config.yaml", "--directory", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config: ensembles.tiny_blend.members: ensembles form a cycle (searched -> tiny_blend -> searched)" in output
+    assert "RecursionError" not in output and "Traceback" not in output
+
+
+def test_the_manifest_slice_holds_what_the_submission_is_built_from(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["ensembles"]["outer"] = {"members": ["tiny_blend", "minilm"]}
+    config["submissions"]["outer_sub"] = {"source": "outer", "format": "top_k"}
+    config_slice = rule_params.submission_config_slice(config, "outer_sub")
+    assert sorted(config_slice["models"]) == ["minilm", "tiny_llama_full", "tiny_llama_qlora"]
+    assert sorted(config_slice["ensembles"]) == ["outer", "tiny_blend"]
+    assert config_slice["thresholds"] == {} and config_slice["task"] == config["task"]
+    flags = shlex.split(rule_params.submission_flags(config, "outer_sub", None))
+    base_models = flags[flags.index("--base-models") + 1:flags.index("--base-models") + 4]
+    assert base_models == ["minilm=packaged:minilm", "tiny_llama_full=tiny:llama", "tiny_llama_qlora=tiny:llama"]
+    assert "--thresholds" not in flags
+
+
+def test_threshold_flags_pass_rates_as_json():
+    flags = shlex.split(rule_params.threshold_flags({"method": "class_balance", "target_rates": {"x": 0.3}}))
+    assert flags == ["--method", "class_balance", "--weight", "0.5", "--target-rates", '{"x": 0.3}']
+
+
+def test_retrieval_flags_follow_the_pipeline_settings():
+    pipeline = {"valid_fold": 0, "embedder_inference": {"batch_size": 8}, "demo": {"n_queries": 40, "other": 1}}
+    assert rule_params.retrieval_data_flags(pipeline, {}) == "--source demo --n-queries 40"
+    flags = rule_params.mining_flags(pipeline, {"negative_number": 3, "embedder": "base"}, "results/x/iter0/embedder",
+                                     "/merged")
+    assert flags == "--batch-size 8 --negative-number 3 --valid-fold 0 --embedder results/x/iter0/embedder/merged"
+    assert rule_params.finetune_flags({"base": "m", "mine": {}, "lora": False, "epochs": 1}) == "--lora false --epochs 1"

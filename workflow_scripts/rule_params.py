@@ -1,0 +1,286 @@
+"""What the rules hand their steps, built from the validated config: command-line flags, the ensemble
+graph (which models and ensembles a source is built from) and the config slice a manifest hashes.
+
+Pure functions of config sections, so they are tested without Snakemake; `rules/common.smk` wraps them
+as input and params functions of `wildcards`. Every optional flag of every rule goes through
+`cli_flags`, so config values reach the shell one way: shell-quoted, lists as repeated values,
+mappings as JSON.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from workflow_scripts.errors import OoflineError
+
+# mining settings the mining CLI takes; the rest of a `mine:` block (`embedder`) names its inputs
+MINING_KEYS = ("range_for_sampling", "negative_number", "seed", "prompt", "query_chunk", "passage_chunk")
+GENERATOR_KEYS = ("format", "n_rows", "examples_per_prompt", "word_budget", "temperature", "top_p",
+                  "max_new_tokens", "batch_size", "max_attempts")
+ANSWER_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size", "answer_regex", "limit",
+               "problem_column", "system", "seed")
+SFT_SETTING_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "eval_every", "eval_fraction", "max_length", "r",
+                    "alpha", "dropout", "quantization", "precision", "seed")
+RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed")
+
+
+def cli_flags(settings: Mapping[str, Any] | Iterable[tuple[str, Any]], keys: Iterable[str] | None = None) -> str:
+    """`--key value` per setting, in order, shell-quoted: None is left out, booleans become true/false,
+    lists give their values after one flag, mappings give JSON. Pairs instead of a mapping repeat a flag.
+    `keys` keeps only those settings."""
+    pairs = settings.items() if isinstance(settings, Mapping) else settings
+    wanted = None if keys is None else set(keys)
+    flags = []
+    for key, value in pairs:
+        if value is None or (wanted is not None and key not in wanted):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"{flag} {'true' if value else 'false'}")
+        elif isinstance(value, (list, tuple)):
+            flags.append(" ".join([flag] + [shlex.quote(str(item)) for item in value]))
+        elif isinstance(value, Mapping):
+            flags.append(f"{flag} {shlex.quote(json.dumps(value, sort_keys=True))}")
+        else:
+            flags.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(flags)
+
+
+# ---- the ensemble graph: a source is a model or an ensemble of sources ----
+
+
+def ensemble_members(ensembles: Mapping[str, Any], name: str) -> list[str]:
+    """Member names of an ensemble, in config order (`members` is a list or a mapping name -> weight)."""
+    members = ensembles[name]["members"]
+    return list(members) if isinstance(members, (list, dict)) else []
+
+
+def ensemble_weights(ensembles: Mapping[str, Any], name: str) -> list[float]:
+    """Member weights in member order; a list of members weighs each 1.0."""
+    members = ensembles[name]["members"]
+    return [float(members[m]) for m in members] if isinstance(members, dict) else [1.0] * len(members)
+
+
+def source_dependencies(name: str, ensembles: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(models, ensembles) a source is built from, each sorted; the source itself counts if an ensemble.
+
+    The one walk of the ensemble graph: an ensemble that reaches itself through its members raises an
+    OoflineError naming the cycle, instead of recursing forever. Names that are not ensembles are models.
+    """
+    models, seen = set(), set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node not in ensembles:
+            models.add(node)
+            return
+        if node in path:
+            cycle = " -> ".join(path[path.index(node):] + [node])
+            raise OoflineError(f"config: ensembles.{path[-1]}.members: ensembles form a cycle ({cycle})")
+        if node in seen:
+            return
+        for member in ensemble_members(ensembles, node):
+            visit(member, path + [node])
+        seen.add(node)
+
+    visit(name, [])
+    return sorted(models), sorted(seen)
+
+
+def ensemble_cycle_problems(ensembles: Mapping[str, Any]) -> list[str]:
+    """One line per ensemble cycle (each reported once, from the first ensemble in config order on it)."""
+    problems = []
+    for name in ensembles:
+        try:
+            source_dependencies(name, ensembles)
+        except OoflineError as error:
+            if str(error) not in problems:
+                problems.append(str(error))
+    return problems
+
+
+def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The part of the config that determines submission `name` (hashed into its manifest): the task,
+    data, folds, and the models, ensembles and thresholds its source is built from."""
+    settings = config["submissions"][name]
+    source = settings["source"]
+    models, ensembles = source_dependencies(source, config.get("ensembles") or {})
+    return {
+        "submission": settings,
+        "task": config.get("task"),
+        "data": config.get("data"),
+        "demo": config.get("demo"),
+        "folds": config.get("folds"),
+        "models": {m: config["models"][m] for m in models},
+        "ensembles": {e: config["ensembles"][e] for e in ensembles},
+        "thresholds": {source: config["thresholds"][source]} if settings.get("thresholds") else {},
+    }
+
+
+def vote_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """What a vote submission depends on: the answers settings, the vote and the language models (fine-tunes
+    name their bases, so all of them)."""
+    return {"answers": config.get("answers") or {}, "votes": {name: config["votes"][name]},
+            "language_models": config.get("language_models") or {}}
+
+
+def retrieval_config_slice(config: Mapping[str, Any], pipeline: str) -> dict[str, Any]:
+    """The part of the config that determines a retrieval pipeline's submission."""
+    return {"retrieval": config["retrieval"][pipeline]}
+
+
+# ---- flags per step ----
+
+
+def fold_group_flags(config: Mapping[str, Any]) -> str:
+    """`--group-column X` for group fold schemes; nothing otherwise."""
+    folds = config["folds"]
+    if folds["scheme"] not in ("group", "stratified_group"):
+        return ""
+    return cli_flags({"group_column": folds.get("group_column") or config["task"].get("group_column")})
+
+
+def extra_data_flags(extra_files: Mapping[str, str]) -> str:
+    """`--extra name=file` once per extra (soft-labelled) data set a model trains on."""
+    return cli_flags([("extra", f"{name}={path}") for name, path in extra_files.items()])
+
+
+def ensemble_flags(settings: Mapping[str, Any]) -> str:
+    """`--member-top-k K` when the ensemble keeps only each member's top K classes."""
+    return cli_flags({"member_top_k": int(settings["member_top_k"]) if settings.get("member_top_k") else None})
+
+
+def threshold_flags(settings: Mapping[str, Any]) -> str:
+    return cli_flags({
+        "method": settings.get("method", "hybrid"),
+        "weight": float(settings.get("weight", 0.5)),
+        "target_rates": settings.get("target_rates") or None,
+        "probe_f1": settings.get("probe_f1") or None,
+    })
+
+
+def submission_flags(config: Mapping[str, Any], name: str, thresholds_file: str | None) -> str:
+    settings = config["submissions"][name]
+    models, _ = source_dependencies(settings["source"], config.get("ensembles") or {})
+    return cli_flags({
+        "format": settings.get("format", "argmax"),
+        "id_column": settings.get("id_column", config["task"].get("id_column", "id")),
+        "top_k": int(settings.get("top_k", 3)),
+        "prediction_columns": settings.get("prediction_columns") or None,
+        "separator": settings.get("separator") or None,
+        "thresholds": thresholds_file if settings.get("thresholds") else None,
+        "sample_submission": config["data"].get("sample_submission") or None,
+        "base_models": [f"{m}={config['models'][m]['source']}" for m in models],
+        "container": (config.get("container") or {}).get("train") or None,
+        "config_slice": submission_config_slice(config, name),
+    })
+
+
+def generator_flags(settings: Mapping[str, Any], text_template: str | None) -> str:
+    return " ".join(filter(None, [
+        cli_flags({
+            "fields": settings["fields"],
+            "label_fields": settings.get("label_fields") or None,
+            "template": settings["template"],
+            "system": settings.get("system") or None,
+            "text_template": text_template or None,
+        }),
+        cli_flags({key: settings[key] for key in GENERATOR_KEYS if key in settings}),
+    ]))
+
+
+def answer_flags(answers: Mapping[str, Any], prompt_name: str, split: str = "dev") -> str:
+    """Flags of the answers step on the labelled dev problems (`dev`) or the unlabelled test problems (`test`)."""
+    prompt = (answers.get("prompts") or {}).get(prompt_name)
+    if isinstance(prompt, Mapping):  # a template per problem category; `default` serves the others
+        templates = dict(prompt["templates"])
+        prompt_flags = cli_flags({"template": templates.pop("default", None), "category_column": prompt["by"],
+                                  "category_templates": templates})
+    else:
+        prompt_flags = cli_flags({"template": prompt or None})
+    # `limit` trims the labelled dev set on a CPU; a test submission needs every problem answered
+    keys = [key for key in ANSWER_KEYS if split == "dev" or key != "limit"]
+    return " ".join(filter(None, [prompt_flags, cli_flags({key: answers[key] for key in keys if key in answers})]))
+
+
+def vote_submission_flags(settings: Mapping[str, Any], config_slice: Mapping[str, Any]) -> str:
+    return cli_flags({"strategy": settings.get("submit_strategy", "best"), "fallback": settings.get("fallback", "majority"),
+                      "default_answer": settings.get("default_answer"), "id_column": settings.get("id_column"),
+                      "answer_column": settings.get("answer_column"), "config_slice": dict(config_slice)})
+
+
+def language_model_finetune_flags(name: str, finetune: Mapping[str, Any], answers: Mapping[str, Any],
+                                  builtin_prompts: Mapping[str, str]) -> str:
+    """Flags of a language model's fine-tune: the answers prompt it will answer with, and its settings."""
+    prompt = finetune.get("prompt", "cot_boxed")
+    template = (answers.get("prompts") or {}).get(prompt) or builtin_prompts.get(prompt)
+    if isinstance(template, Mapping):
+        raise OoflineError(f"config: language_models.{name}.finetune.prompt: {prompt!r} picks templates by category; "
+                           "a fine-tune needs one template (name another prompt)")
+    if template is None:
+        raise OoflineError(f"config: language_models.{name}.finetune.prompt: {prompt!r} is neither built in "
+                           f"({', '.join(builtin_prompts)}) nor in answers.prompts")
+    return cli_flags({"template": template,
+                      "settings": {key: finetune[key] for key in SFT_SETTING_KEYS if key in finetune},
+                      "problem_column": finetune.get("problem_column"),
+                      "solution_column": finetune.get("solution_column"), "system": answers.get("system")})
+
+
+def vote_flags(settings: Mapping[str, Any]) -> str:
+    return cli_flags({"strategies": settings.get("strategies") or None})
+
+
+def optional_input_flag(flag: str, path: str | None) -> str:
+    """`--flag path` when an optional input is there; nothing otherwise."""
+    return cli_flags({flag: path or None})
+
+
+# ---- retrieval ----
+
+
+def retrieval_uses_demo(pipeline: Mapping[str, Any]) -> bool:
+    """A `demo` section wins over `files`, so a demo overlay can swap in the demo task."""
+    return bool(pipeline.get("demo")) or not pipeline.get("files")
+
+
+def retrieval_data_flags(pipeline: Mapping[str, Any], input_files: Mapping[str, str]) -> str:
+    if not retrieval_uses_demo(pipeline):
+        return cli_flags([("source", "files")] + [(key, input_files[key]) for key in pipeline["files"]])
+    return cli_flags([("source", "demo")] + [(key, value) for key, value in (pipeline.get("demo") or {}).items()
+                                             if key in RETRIEVAL_DEMO_KEYS])
+
+
+def model_reference(out_dir: str, pipeline: str, reference: str) -> tuple[str, str]:
+    """(folder, suffix): a base model name -> its materialised folder; `iterJ` -> iteration J's fine-tuned
+    embedder folder, whose model the steps read from `merged/`."""
+    match = re.fullmatch(r"iter(\d+)", str(reference))
+    if match:
+        return f"{out_dir}/retrieval/{pipeline}/iter{match.group(1)}/embedder", "/merged"
+    return f"{out_dir}/retrieval/{pipeline}/base/{reference}", ""
+
+
+def mining_flags(pipeline: Mapping[str, Any], mining_settings: Mapping[str, Any], embedder: str, suffix: str) -> str:
+    valid_fold = pipeline.get("valid_fold")
+    return " ".join(filter(None, [
+        cli_flags(pipeline.get("embedder_inference", {})),
+        cli_flags(mining_settings, MINING_KEYS),
+        cli_flags({"valid_fold": int(valid_fold) if valid_fold is not None else None}),
+        # a fine-tuned embedder's model is in its merged/ folder
+        cli_flags({"embedder": embedder + suffix if suffix else None}),
+    ]))
+
+
+def finetune_flags(role_settings: Mapping[str, Any]) -> str:
+    """A fine-tune's settings as flags; `base` and `mine` name its inputs instead."""
+    return cli_flags({key: value for key, value in role_settings.items() if key not in ("base", "mine")})
+
+
+def evaluation_flags(pipeline: Mapping[str, Any]) -> str:
+    return " ".join(filter(None, [
+        cli_flags({"valid_folds": int(pipeline.get("valid_fold", 0)), "k": int(pipeline.get("k", 25)),
+                   "top_n": int(pipeline.get("top_n", 50))}),
+        cli_flags(pipeline.get("embedder_inference", {})),
+        cli_flags(pipeline.get("reranker_inference", {})),
+    ]))
