@@ -125,12 +125,18 @@ def trained_dir(wildcards):
     return out(f"models/{wildcards.model}/{wildcards.split}/{subdir}")
 
 
+def test_source(name):
+    """`full` when a model's test predictions come from its full-data model, else `folds` (their mean)."""
+    return MODELS[name].get("test_predictions", "folds")
+
+
 def fold_predictions(wildcards):
     folds = model_folds(wildcards.model)
-    return {
-        "valid": [out(f"predictions/{wildcards.model}/fold{k}/valid.parquet") for k in folds],
-        "test": [out(f"predictions/{wildcards.model}/fold{k}/test.parquet") for k in folds],
-    }
+    if test_source(wildcards.model) == "full":
+        test = [out(f"predictions/{wildcards.model}/full/test.parquet")]
+    else:
+        test = [out(f"predictions/{wildcards.model}/fold{k}/test.parquet") for k in folds]
+    return {"valid": [out(f"predictions/{wildcards.model}/fold{k}/valid.parquet") for k in folds], "test": test}
 
 
 def model_targets(name):
@@ -366,6 +372,13 @@ ANSWER_STEP_RESOURCES = step_resources(lambda wildcards: ANSWERS.get("resources"
 VOTES = config.get("votes") or {}
 
 
+SOFT_LABEL_COMMAND = (
+    "{PY}.generated.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
+    " --text-columns text --temperature {params.temperature} --output {output.rows:q}"
+    " --summary {output.summary:q} > {log:q} 2>&1"
+)
+
+
 def generated_datasets():
     """Every generated data set: {name: file}, named `{generator}-seed{seed}`."""
     return {f"{g}-seed{s}": out(f"generated/{g}/seed{s}.parquet")
@@ -402,17 +415,54 @@ def answer_problems_file():
     return ANSWERS.get("problems") or out("data/math_problems.parquet")
 
 
-def answer_options(wildcards):
-    return " ".join(filter(None, [rule_params.answer_flags(ANSWERS, wildcards.prompt),
+SOURCED_LMS = [name for name, entry in LANGUAGE_MODELS.items() if "source" in entry]
+FINETUNED_LMS = {name: entry["finetune"] for name, entry in LANGUAGE_MODELS.items() if "finetune" in entry}
+FINETUNE_STEP_RESOURCES = step_resources(lambda wildcards: FINETUNED_LMS[wildcards.lm].get("resources", {}),
+                                         mem_mb=8000, runtime=120)
+
+
+def language_model_finetune_rows(wildcards):
+    """The (problem, solution) rows of a fine-tuned language model: its data file or the built-in set."""
+    return FINETUNED_LMS[wildcards.lm].get("data") or out(f"data/math_solutions/{wildcards.lm}.parquet")
+
+
+def language_model_finetune_options(wildcards):
+    from workflow_scripts.generated.answers import PROMPTS
+
+    return rule_params.language_model_finetune_flags(wildcards.lm, FINETUNED_LMS[wildcards.lm], ANSWERS, PROMPTS)
+
+
+def answer_test_problems_file():
+    """Unlabelled problems to submit answers for: a configured file, the built-in set, or None."""
+    if ANSWERS.get("test_problems"):
+        return ANSWERS["test_problems"]
+    return out("data/math_test_problems.parquet") if ANSWERS.get("n_test_problems") else None
+
+
+def vote_submissions():
+    """Votes that write a test-set submission: every vote when test problems are configured, unless `submit: false`."""
+    if answer_test_problems_file() is None:
+        return []
+    return [name for name, entry in VOTES.items() if entry.get("submit", True)]
+
+
+def answer_options(wildcards, split="dev"):
+    return " ".join(filter(None, [rule_params.answer_flags(ANSWERS, wildcards.prompt, split),
                                   language_model_precision(wildcards.lm)]))
+
+
+def vote_submission_options(wildcards):
+    return rule_params.vote_submission_flags(VOTES[wildcards.vote], rule_params.vote_config_slice(config, wildcards.vote))
 
 
 def generated_targets():
     targets = [out(f"generated/{g}/seed{s}.parquet") for g, settings in GENERATORS.items() for s in settings.get("seeds", [0])]
     for teacher, settings in SOFT_LABELS.items():
         targets += [out(f"soft_labels/{teacher}/{d}.parquet") for d in settings.get("datasets", generated_datasets())]
+        targets += [out(f"soft_labels/{teacher}/official.parquet")] if settings.get("official") else []
     targets += [out(f"label_correction/{m}.parquet") for m in LABEL_CORRECTION]
     targets += [out(f"votes/{v}/score.json") for v in VOTES]
+    targets += [out(f"submissions/{v}/submission.csv") for v in vote_submissions()]
     return targets
 
 

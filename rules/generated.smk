@@ -6,6 +6,8 @@ rule prepare_language_model:
         corpus=out("data/train.parquet") if "task" in config else [],
     output:
         directory(out("lms/{lm}/base")),
+    wildcard_constraints:
+        lm=names_pattern(SOURCED_LMS),
     params:
         code=code_digest("prepare_model"),
         source=lambda wildcards: LANGUAGE_MODELS[wildcards.lm]["source"],
@@ -18,6 +20,51 @@ rule prepare_language_model:
         TRAIN_CONTAINER
     shell:
         "{PY}.prepare_model --source {params.source:q} --out {output:q} {params.corpus} > {log:q} 2>&1"
+
+
+rule finetune_language_model:
+    input:
+        base=lambda wildcards: out(f"lms/{FINETUNED_LMS[wildcards.lm]['base']}/base"),
+        rows=language_model_finetune_rows,
+    output:
+        directory(out("lms/{lm}/base")),
+    wildcard_constraints:
+        lm=names_pattern(FINETUNED_LMS),
+    params:
+        code=code_digest("generated.finetune_lm"),
+        options=language_model_finetune_options,
+    threads: 2
+    resources:
+        **FINETUNE_STEP_RESOURCES,
+    log:
+        out("logs/finetune_lm/{lm}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".generated.finetune_lm --base {input.base:q} --rows {input.rows:q} {params.options}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule math_solutions:
+    output:
+        out("data/math_solutions/{lm}.parquet"),
+    wildcard_constraints:
+        lm=names_pattern(FINETUNED_LMS),
+    params:
+        code=code_digest("generated.math_demo"),
+        n=lambda wildcards: FINETUNED_LMS[wildcards.lm].get("n_rows", 40),
+        # a third seed: fine-tuning rows are neither the dev problems nor the test problems
+        seed=lambda wildcards: ANSWERS.get("seed", 0) + 2,
+    log:
+        out("logs/math_solutions/{lm}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.generated.math_demo --solutions --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
 
 
 rule generate_rows:
@@ -116,9 +163,29 @@ rule soft_labels:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.generated.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
-        " --text-columns text --temperature {params.temperature} --output {output.rows:q}"
-        " --summary {output.summary:q} > {log:q} 2>&1"
+        SOFT_LABEL_COMMAND
+
+
+rule official_soft_labels:
+    input:
+        rows=out("data/train.parquet"),
+        # out-of-fold: every official row is labelled by the fold model that never trained on it
+        teacher=out("oof/{teacher}.parquet"),
+        labels=out("labels.json"),
+    output:
+        rows=out("soft_labels/{teacher}/official.parquet"),
+        summary=out("soft_labels/{teacher}/official.json"),
+    params:
+        code=code_digest("generated.soft_labels"),
+        temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
+    log:
+        out("logs/soft_labels/{teacher}/official.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        SOFT_LABEL_COMMAND
 
 
 rule label_correction:
@@ -166,6 +233,24 @@ rule math_problems:
         "{PY}.generated.math_demo --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
 
 
+rule math_test_problems:
+    output:
+        out("data/math_test_problems.parquet"),
+    params:
+        code=code_digest("generated.math_demo"),
+        n=lambda wildcards: ANSWERS.get("n_test_problems", 10),
+        # another seed than the dev set's, so test problems are new problems
+        seed=lambda wildcards: ANSWERS.get("seed", 0) + 1,
+    log:
+        out("logs/math_test_problems.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.generated.math_demo --test --n {params.n} --seed {params.seed} --output {output:q} > {log:q} 2>&1"
+
+
 rule answers:
     input:
         model=lambda wildcards: out(f"lms/{wildcards.lm}/base"),
@@ -180,6 +265,29 @@ rule answers:
         **ANSWER_STEP_RESOURCES,
     log:
         out("logs/answers/{lm}/{prompt}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".generated.answers --model {input.model:q} --problems {input.problems:q} --prompt-name {wildcards.prompt}"
+        " {params.options} --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+rule test_answers:
+    input:
+        model=lambda wildcards: out(f"lms/{wildcards.lm}/base"),
+        problems=lambda wildcards: answer_test_problems_file(),
+    output:
+        out("test_answers/{lm}/{prompt}.parquet"),
+    params:
+        code=code_digest("generated.answers"),
+        options=lambda wildcards: answer_options(wildcards, split="test"),
+    threads: 2
+    resources:
+        **ANSWER_STEP_RESOURCES,
+    log:
+        out("logs/test_answers/{lm}/{prompt}.log"),
     conda:
         "../envs/train.yaml"
     container:
@@ -209,3 +317,26 @@ rule votes:
     shell:
         "{PY}.generated.voting --answers {input.answers:q} --dev {input.dev:q} {params.strategies}"
         " --fallback {params.fallback:q} --votes {output.votes:q} --score {output.score:q} > {log:q} 2>&1"
+
+
+rule vote_submission:
+    input:
+        answers=lambda wildcards: [out(f"test_answers/{a}.parquet") for a in VOTES[wildcards.vote]["answers"]],
+        test_problems=lambda wildcards: answer_test_problems_file(),
+        dev_score=out("votes/{vote}/score.json"),
+    output:
+        csv=out("submissions/{vote}/submission.csv"),
+        manifest=out("submissions/{vote}/manifest.json"),
+    params:
+        code=code_digest("generated.vote_submission"),
+        options=vote_submission_options,
+    log:
+        out("logs/submissions/{vote}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.generated.vote_submission --name {wildcards.vote} --answers {input.answers:q}"
+        " --test-problems {input.test_problems:q} --dev-score {input.dev_score:q} {params.options}"
+        " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"

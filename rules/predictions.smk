@@ -49,6 +49,7 @@ rule oof:
     params:
         code=code_digest("oof"),
         metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
+        test_source=lambda wildcards: test_source(wildcards.model),
     log:
         out("logs/oof/{model}.log"),
     conda:
@@ -59,6 +60,7 @@ rule oof:
         "{PY}.oof --valid {input.valid:q} --test {input.test:q} --folds {input.folds:q}"
         " --targets {input.targets:q} --labels {input.labels:q} --metric {params.metric:q} --name {wildcards.model}"
         " --prior-scores {input.prior:q}"
+        " --test-source {params.test_source}"
         " --oof-out {output.oof:q} --test-out {output.test:q} --scores-out {output.scores:q} > {log:q} 2>&1"
 
 

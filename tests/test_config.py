@@ -146,6 +146,7 @@ USER_NAMED_MAPS = {
     "properties/thresholds/additionalProperties/properties/probe_f1", "properties/submissions", "properties/register",
     "properties/retrieval", "properties/retrieval/additionalProperties/properties/models", "properties/language_models",
     "properties/generators", "properties/soft_labels", "properties/label_correction", "properties/answers/properties/prompts",
+    "properties/answers/properties/prompts/additionalProperties/oneOf/2/properties/templates",
     "properties/votes",
 }
 

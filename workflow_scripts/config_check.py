@@ -125,6 +125,8 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
                                 "nor a hub id like org/name")
         if model["kind"] == "encoder_full" and model.get("quantization") not in (None, "none"):
             problems.append(f"config: models.{name}.quantization: {model['quantization']} needs a LoRA kind (full fine-tunes train every weight)")
+        if model.get("test_predictions") == "full" and not model.get("train_full"):
+            problems.append(f"config: models.{name}.test_predictions: 'full' needs models.{name}.train_full: true")
         n_folds = config.get("folds", {}).get("n_folds", 5)
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
         if bad_folds:
@@ -185,7 +187,51 @@ def output_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
     for name in sorted(set(config.get("submissions") or {}) & set(config.get("retrieval") or {})):
         problems.append(f"config: submissions.{name}: retrieval.{name} also writes submissions/{name}/ (rename one)")
+    problems += vote_problems(config)
+    problems += language_model_problems(config)
     for record, submission in (config.get("register") or {}).items():
         if submission not in (config.get("submissions") or {}):
             problems.append(f"config: register.{record}: no submission is called {submission!r}")
     return problems
+
+
+def vote_problems(config: dict[str, Any]) -> list[str]:
+    """Votes name answer sets of configured language models, and a vote's submission has its own folder."""
+    problems = []
+    language_models = config.get("language_models") or {}
+    prompts = set((config.get("answers") or {}).get("prompts") or {}) | {"cot_boxed", "cot_final", "direct"}
+    others = set(config.get("submissions") or {}) | set(config.get("retrieval") or {})
+    for name, entry in (config.get("votes") or {}).items():
+        for answer_set in entry.get("answers", []):
+            model, _, prompt = answer_set.partition("/")
+            if model not in language_models:
+                problems.append(f"config: votes.{name}.answers: {answer_set!r} names no language model {model!r} "
+                                f"(have {sorted(language_models)})")
+            if prompt not in prompts:
+                problems.append(f"config: votes.{name}.answers: {answer_set!r} names no prompt {prompt!r} "
+                                f"(have {sorted(prompts)})")
+        if name in others:
+            problems.append(f"config: votes.{name}: a submission or retrieval pipeline has the same name; "
+                            f"both would write submissions/{name}/")
+    return problems
+
+
+def language_model_problems(config: dict[str, Any]) -> list[str]:
+    """A fine-tuned language model starts from another configured one, with no cycle of fine-tunes."""
+    language_models = config.get("language_models") or {}
+    problems = []
+    for name, entry in language_models.items():
+        seen, current = [name], entry
+        while "finetune" in current:
+            base = current["finetune"]["base"]
+            if base not in language_models:
+                problems.append(f"config: language_models.{seen[-1]}.finetune.base: no language model is called {base!r} "
+                                f"(have {sorted(language_models)})")
+                break
+            if base in seen:
+                problems.append(f"config: language_models.{name}.finetune.base: fine-tunes form a cycle "
+                                f"({' -> '.join(seen + [base])})")
+                break
+            seen.append(base)
+            current = language_models[base]
+    return sorted(set(problems))

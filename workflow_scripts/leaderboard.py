@@ -22,6 +22,8 @@ SCHEMA = {
     "cv_thresholded": pl.Float64, "cv_thresholded_nested": pl.Float64, "lb_public": pl.Float64, "lb_private": pl.Float64,
     "lift_over_prior": pl.Float64, "beats_prior": pl.Boolean, "source": pl.String,
 }
+# where a model's test predictions come from; its CV always comes from its fold models
+SCHEMA["test_predictions"] = pl.String
 
 
 def load_lb_scores(path: str | Path | None) -> dict[str, dict[str, float | None]]:
@@ -69,7 +71,7 @@ def model_rows(path: str | Path) -> list[dict]:
         raise OoflineError(f"{path}: model score file has no 'score' key")
     rows = [_row(kind="model", name=name, metric=payload.get("metric"), cv=_number(payload["score"]),
                  cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
-                 source=Path(path).as_posix())]
+                 test_predictions=payload.get("test_predictions"), source=Path(path).as_posix())]
     for fold, scores in sorted(payload.get("folds", {}).items(), key=lambda item: int(item[0])):
         rows.append(_row(kind="fold", name=name, fold=str(fold), metric=payload.get("metric"),
                          cv=_number(scores.get("score")), source=Path(path).as_posix()))

@@ -60,6 +60,7 @@ class ModelSpec:
     attn_implementation: str = "sdpa"
     folds: tuple[int, ...] | None = None
     train_full: bool = False
+    test_predictions: str = "folds"  # folds: the fold models' mean; full: the full-data model's
     merge: bool = True
     trust_remote_code: bool = False
     corrected_by: str | None = None

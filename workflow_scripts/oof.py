@@ -64,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scores-out", required=True)
     parser.add_argument("--name", default="")
     parser.add_argument("--prior-scores", default=None, help="results/scores/prior.json: adds the lift over the prior")
+    parser.add_argument("--test-source", choices=("folds", "full"), default="folds",
+                        help="folds: --test holds the fold models' test predictions (averaged); full: the full-data model's")
     args = parser.parse_args(argv)
     spec = LabelSpec.load(args.labels)
     folds = read_table(args.folds)
@@ -80,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         scores["prior_score"] = read_json(args.prior_scores)["score"]
         scores["lift_over_prior"] = lift_over_prior(scores["score"], scores["prior_score"], args.metric)
+    if args.test_source == "full" and len(args.test) != 1:
+        raise OoflineError("--test-source full takes the full-data model's one test prediction file")
+    scores["test_predictions"] = ("full-data model" if args.test_source == "full"
+                                  else f"mean of {len(args.test)} fold models")
     write_parquet(oof, args.oof_out)
     write_parquet(test, args.test_out)
     write_json(scores, args.scores_out)

@@ -22,6 +22,8 @@ GENERATOR_KEYS = ("format", "n_rows", "examples_per_prompt", "word_budget", "tem
                   "max_new_tokens", "batch_size", "max_attempts")
 ANSWER_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size", "answer_regex", "limit",
                "problem_column", "system", "seed")
+SFT_SETTING_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "eval_every", "eval_fraction", "max_length", "r",
+                    "alpha", "dropout", "quantization", "precision", "seed")
 RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed")
 
 
@@ -117,6 +119,13 @@ def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, A
     }
 
 
+def vote_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """What a vote submission depends on: the answers settings, the vote and the language models (fine-tunes
+    name their bases, so all of them)."""
+    return {"answers": config.get("answers") or {}, "votes": {name: config["votes"][name]},
+            "language_models": config.get("language_models") or {}}
+
+
 def retrieval_config_slice(config: Mapping[str, Any], pipeline: str) -> dict[str, Any]:
     """The part of the config that determines a retrieval pipeline's submission."""
     return {"retrieval": config["retrieval"][pipeline]}
@@ -183,12 +192,41 @@ def generator_flags(settings: Mapping[str, Any], text_template: str | None) -> s
     ]))
 
 
-def answer_flags(answers: Mapping[str, Any], prompt_name: str) -> str:
+def answer_flags(answers: Mapping[str, Any], prompt_name: str, split: str = "dev") -> str:
+    """Flags of the answers step on the labelled dev problems (`dev`) or the unlabelled test problems (`test`)."""
     prompt = (answers.get("prompts") or {}).get(prompt_name)
-    return " ".join(filter(None, [
-        cli_flags({"template": prompt or None}),
-        cli_flags({key: answers[key] for key in ANSWER_KEYS if key in answers}),
-    ]))
+    if isinstance(prompt, Mapping):  # a template per problem category; `default` serves the others
+        templates = dict(prompt["templates"])
+        prompt_flags = cli_flags({"template": templates.pop("default", None), "category_column": prompt["by"],
+                                  "category_templates": templates})
+    else:
+        prompt_flags = cli_flags({"template": prompt or None})
+    # `limit` trims the labelled dev set on a CPU; a test submission needs every problem answered
+    keys = [key for key in ANSWER_KEYS if split == "dev" or key != "limit"]
+    return " ".join(filter(None, [prompt_flags, cli_flags({key: answers[key] for key in keys if key in answers})]))
+
+
+def vote_submission_flags(settings: Mapping[str, Any], config_slice: Mapping[str, Any]) -> str:
+    return cli_flags({"strategy": settings.get("submit_strategy", "best"), "fallback": settings.get("fallback", "majority"),
+                      "default_answer": settings.get("default_answer"), "id_column": settings.get("id_column"),
+                      "answer_column": settings.get("answer_column"), "config_slice": dict(config_slice)})
+
+
+def language_model_finetune_flags(name: str, finetune: Mapping[str, Any], answers: Mapping[str, Any],
+                                  builtin_prompts: Mapping[str, str]) -> str:
+    """Flags of a language model's fine-tune: the answers prompt it will answer with, and its settings."""
+    prompt = finetune.get("prompt", "cot_boxed")
+    template = (answers.get("prompts") or {}).get(prompt) or builtin_prompts.get(prompt)
+    if isinstance(template, Mapping):
+        raise OoflineError(f"config: language_models.{name}.finetune.prompt: {prompt!r} picks templates by category; "
+                           "a fine-tune needs one template (name another prompt)")
+    if template is None:
+        raise OoflineError(f"config: language_models.{name}.finetune.prompt: {prompt!r} is neither built in "
+                           f"({', '.join(builtin_prompts)}) nor in answers.prompts")
+    return cli_flags({"template": template,
+                      "settings": {key: finetune[key] for key in SFT_SETTING_KEYS if key in finetune},
+                      "problem_column": finetune.get("problem_column"),
+                      "solution_column": finetune.get("solution_column"), "system": answers.get("system")})
 
 
 def vote_flags(settings: Mapping[str, Any]) -> str:

@@ -181,6 +181,20 @@ def rank_share(step_rows: np.ndarray, rank: int, world_size: int) -> tuple[np.nd
     return rows, float(world_size)
 
 
+def without_held_out_rows(extra: pl.DataFrame, official_ids: pl.Series, training_ids) -> pl.DataFrame:
+    """Extra rows minus those that are official rows outside this fold's training rows.
+
+    Soft labels on official rows (a teacher's OOF probabilities) carry the held-out fold's texts: training
+    on them would leak the fold the model is scored on.
+    """
+    if "id" not in extra.columns:
+        return extra
+    ids = extra["id"].cast(pl.String)
+    official = ids.is_in(official_ids.cast(pl.String).implode())
+    training = ids.is_in(pl.Series([str(i) for i in training_ids], dtype=pl.String).implode())
+    return extra.filter(~official | training)
+
+
 def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_ids: set[str],
                 model_spec: ModelSpec | dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
                 extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
@@ -225,6 +239,7 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         missing = [c for c in ["text", *spec.probability_columns] if c not in frame.columns]
         if missing:
             raise OoflineError(f"extra training data {name!r}: columns {missing} are missing")
+        frame = without_held_out_rows(frame, train["id"], row_ids)
         datasets[name] = (frame["text"].to_list(), frame.select(spec.probability_columns).to_numpy().astype(np.float32))
     stages = model_spec.training_stages
     for stage in stages:

@@ -12,6 +12,7 @@ Sampling is seeded per batch with (seed, batch index): the same seed and batch s
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from typing import Sequence
 
@@ -88,6 +89,26 @@ def answer_confidence(tokenizer, completion: Completion, span: tuple[int, int]) 
     return float(sum(chosen) / len(chosen)) if chosen else float(sum(probs) / len(probs))
 
 
+def problem_prompts(problems: pl.DataFrame, problem_column: str, template: str | None, category_column: str | None = None,
+                    category_templates: dict[str, str] | None = None, prompt_name: str = "prompt") -> list[str]:
+    """One user prompt per problem: the template of its category (the AIMO write-up's templates by category),
+    else `template`; a category with neither is an error naming it."""
+    category_templates = category_templates or {}
+    if category_templates and (not category_column or category_column not in problems.columns):
+        raise OoflineError(f"answers: prompt {prompt_name!r} picks templates by column {category_column!r}, "
+                           f"which the problems file lacks (has {problems.columns})")
+    categories = (problems[category_column].cast(pl.String).to_list() if category_templates
+                  else [None] * problems.height)
+    prompts = []
+    for problem, category in zip(problems[problem_column].to_list(), categories):
+        chosen = category_templates.get(category, template) if category is not None else template
+        if chosen is None:
+            raise OoflineError(f"answers: prompt {prompt_name!r} has no template for category {category!r} and no "
+                               "default (add it under templates, or a `default` template)")
+        prompts.append(chosen.replace("{problem}", str(problem)).replace("{{}}", "{}"))
+    return prompts
+
+
 def answer_rows(problems: pl.DataFrame, completions: Sequence[Completion], samples: int, prompt_name: str,
                 tokenizer, pattern: str | None) -> pl.DataFrame:
     """The answers table for completions ordered sample-major (all problems for sample 0, then sample 1, ...)."""
@@ -116,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prompt-name", required=True, help="built-in prompt (%s) or a name for --template" % ", ".join(PROMPTS))
     parser.add_argument("--template", default=None, help="custom prompt with '{problem}' (overrides the built-in)")
     parser.add_argument("--system", default=None)
+    parser.add_argument("--category-column", default=None, help="problem column that picks a template per problem")
+    parser.add_argument("--category-templates", default=None,
+                        help="JSON: category -> template with '{problem}'; --template serves unlisted categories")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.7)
@@ -130,11 +154,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
 
+    category_templates = json.loads(args.category_templates) if args.category_templates else {}
     template = args.template or PROMPTS.get(args.prompt_name)
-    if template is None:
+    if template is None and not category_templates:
         raise OoflineError(f"answers: prompt {args.prompt_name!r} is not built in ({', '.join(PROMPTS)}); pass --template")
-    if "{problem}" not in template:
-        raise OoflineError("answers: the prompt template must contain '{problem}'")
+    for name, text in ([("template", template)] if template else []) + sorted(category_templates.items()):
+        if "{problem}" not in text:
+            raise OoflineError(f"answers: the prompt template {name!r} of {args.prompt_name!r} must contain '{{problem}}'")
     if args.answer_regex:
         try:
             re.compile(args.answer_regex)
@@ -152,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    user_prompts = [template.replace("{problem}", str(p)).replace("{{}}", "{}") for p in problems[args.problem_column]]
+    user_prompts = problem_prompts(problems, args.problem_column, template, args.category_column, category_templates,
+                                   args.prompt_name)
     settings = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                     seed=args.seed, label=f"answers[{args.prompt_name}]")
     if vllm_available():

@@ -1,6 +1,7 @@
 """A deterministic set of arithmetic word problems with known integer answers (no math data ships on PyPI).
 
-Output columns: `id` (`math-000`...), `problem`, `answer` (Int64), `kind`. Same seed and n -> byte-identical file.
+Output columns: `id` (`math-000`...), `problem`, `answer` (Int64), `kind`; with --test an unlabelled set
+(`test-000`..., no `answer`) for a vote submission. Same seed and n -> byte-identical file.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ KINDS: dict[str, Callable] = {"add_small": _add_small, "add_sub": _add_sub, "mul
                               "two_step": _two_step, "age": _age}
 
 
-def make_problems(n: int = 40, seed: int = 0) -> pl.DataFrame:
+def make_problems(n: int = 40, seed: int = 0, id_prefix: str = "math") -> pl.DataFrame:
     """n problems cycling through the kinds; numbers drawn from numpy's PCG64 with `seed`."""
     if n < 1:
         raise OoflineError(f"math_demo: n must be >= 1; got {n}")
@@ -71,20 +72,35 @@ def make_problems(n: int = 40, seed: int = 0) -> pl.DataFrame:
     for i in range(n):
         kind = kinds[i % len(kinds)]
         problem, answer = KINDS[kind](rng)
-        rows["id"].append(f"math-{i:03d}")
+        rows["id"].append(f"{id_prefix}-{i:03d}")
         rows["problem"].append(problem)
         rows["answer"].append(answer)
         rows["kind"].append(kind)
     return pl.DataFrame(rows, schema={"id": pl.String, "problem": pl.String, "answer": pl.Int64, "kind": pl.String})
 
 
+def with_solutions(problems: pl.DataFrame) -> pl.DataFrame:
+    """A worked `solution` per problem that ends the way the cot_boxed prompt asks: `\\boxed{answer}`."""
+    solutions = [f"Working through the numbers step by step, the answer is \\boxed{{{answer}}}."
+                 for answer in problems["answer"].to_list()]
+    return problems.with_columns(pl.Series("solution", solutions, dtype=pl.String))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a deterministic arithmetic word-problem set.")
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test", action="store_true",
+                        help="an unlabelled test set: ids `test-NNN`, no answer column")
+    parser.add_argument("--solutions", action="store_true",
+                        help="fine-tuning rows: ids `sft-NNN` and a `solution` ending in \\boxed{answer}")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    frame = make_problems(args.n, args.seed)
+    frame = make_problems(args.n, args.seed, "test" if args.test else "sft" if args.solutions else "math")
+    if args.test:
+        frame = frame.drop("answer")
+    if args.solutions:
+        frame = with_solutions(frame)
     write_parquet(frame, args.output)
     print(f"math_demo: {frame.height} problems -> {args.output}", flush=True)
 

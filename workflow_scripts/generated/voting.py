@@ -181,6 +181,18 @@ def score_votes(votes: pl.DataFrame, gold: pl.DataFrame, answer_column: str = "a
     return {"metric": "accuracy", "strategies": scores, "best": best}
 
 
+def read_answer_files(paths: Sequence[str]) -> pl.DataFrame:
+    """Answer files concatenated: `id`, `answer` (text), `confidence` (float)."""
+    frames = []
+    for path in paths:
+        frame = read_table(path)
+        missing = [c for c in ANSWER_COLUMNS if c not in frame.columns]
+        if missing:
+            raise OoflineError(f"{path}: missing column(s) {missing} (expected id, answer, confidence)")
+        frames.append(frame.select(pl.col("id"), pl.col("answer").cast(pl.String), pl.col("confidence").cast(pl.Float64)))
+    return pl.concat(frames)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Vote answers across prompts/samples/models and score each strategy.")
     parser.add_argument("--answers", nargs="+", required=True, help="answer parquet files (id, sample, answer, confidence)")
@@ -192,14 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--score", required=True, help="output json: accuracy per strategy")
     args = parser.parse_args(argv)
 
-    frames = []
-    for path in args.answers:
-        frame = read_table(path)
-        missing = [c for c in ANSWER_COLUMNS if c not in frame.columns]
-        if missing:
-            raise OoflineError(f"{path}: missing column(s) {missing} (expected id, answer, confidence)")
-        frames.append(frame.select(pl.col("id"), pl.col("answer").cast(pl.String), pl.col("confidence").cast(pl.Float64)))
-    answers = pl.concat(frames)
+    answers = read_answer_files(args.answers)
     gold = read_table(args.dev)
     if "id" not in gold.columns:
         raise OoflineError(f"{args.dev}: missing column 'id'")
