@@ -111,6 +111,8 @@ def test_bf16_training_on_the_cpu_autocasts_and_lowers_the_loss(tmp_path, prepar
                                                                  monkeypatch):
     """QLoRA 4-bit with precision bf16 through the real train step: the head computes in bf16 (autocast and
     the 4-bit compute dtype), the LoRA weights that train stay float32, and the loss goes down."""
+    import bitsandbytes as bnb
+
     train, _, spec, targets = prepared
     head_dtypes: set[torch.dtype] = set()
     load_classifier = modeling.load_classifier
@@ -121,6 +123,8 @@ def test_bf16_training_on_the_cpu_autocasts_and_lowers_the_loss(tmp_path, prepar
             if name.endswith("score.modules_to_save.default"):
                 module.register_forward_hook(lambda _m, _i, output: head_dtypes.add(output.dtype))
         assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+        four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert four_bit and all(m.compute_dtype == torch.bfloat16 for m in four_bit)
         return model
 
     monkeypatch.setattr(modeling, "load_classifier", recording_load_classifier)
