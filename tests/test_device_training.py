@@ -134,7 +134,7 @@ def test_bf16_training_on_the_cpu_autocasts_and_lowers_the_loss(tmp_path, prepar
                 config, str(tiny_llama_dir), out, tmp_path / "work")
     losses = logged_losses(capsys.readouterr().out)
     assert len(losses) == 32 and head_dtypes == {torch.bfloat16}
-    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.05, losses
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.3, losses  # measured 1.00 -> 0.41
     summary = json.loads((out / "training.json").read_text())["summary"]
     assert (summary["device"], summary["precision"], summary["gpu_name"], summary["world_size"]) == ("cpu", "bf16", None, 1)
     assert summary["peak_gpu_memory_mb"] is None
