@@ -220,7 +220,21 @@ def extra_arguments(wildcards, input):
     return " ".join(f"--extra {shlex.quote(key + '=' + input['extra_' + key])}" for key in names)
 
 
+def model_gpu_count(name):
+    """GPUs one job of a model asks for: `gpu`, or the count at the end of `gres` (gpu:h100:2)."""
+    resources = MODELS[name]["resources"]
+    gres = resources.get("gres") or ""
+    count = gres.rsplit(":", 1)[-1] if gres.count(":") >= 1 else ""
+    return int(resources.get("gpu") or 0) or (int(count) if count.isdigit() else 1 if gres else 0)
+
+
+def train_launcher(wildcards):
+    """`--torchrun` for a model that trains on more than one GPU: one process per GPU (DDP)."""
+    return "--torchrun" if model_gpu_count(wildcards.model) > 1 else ""
+
+
 train_params = dict(
+    launcher=train_launcher,
     fold=lambda wildcards: "full" if wildcards.split == "full" else wildcards.split[len("fold"):],
     model_config=model_json,
     base=base_model_path,
@@ -233,7 +247,7 @@ train_params = dict(
 ON_GPUS = "{PY}.execution.gpu_devices --gpus {resources.gpu} -- python -m workflow_scripts"
 
 TRAIN_COMMAND = (
-    ON_GPUS + ".train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
+    "{PY}.execution.gpu_devices --gpus {resources.gpu} {params.launcher} -- python -m workflow_scripts.train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
     " --labels {input.labels:q} --fold {params.fold} --model-config {params.model_config:q}"
     " --base {params.base:q} {params.extra} --out {output:q} --work-dir {params.work_dir:q}"
     " --attempt {resources.attempt} --threads {threads} > {log:q} 2>&1"

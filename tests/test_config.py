@@ -64,8 +64,13 @@ def test_a_models_slurm_resources_reach_its_train_merge_and_predict_jobs(demo_co
     assert check_config(demo_config, REPO)["models"]["qlora"]["resources"]["gres"] == "gpu:h100:2"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(demo_config))
     dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "1",
-                              "--configfile", "config.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                              "--printshellcmds", "--configfile", "config.yaml"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert dry_run.returncode == 0, dry_run.stderr[-2000:]
+    # two GPUs a job: training runs one DDP process per GPU under torchrun; inference and merging run one
+    train_commands = [line for line in dry_run.stdout.splitlines() if "-m workflow_scripts.train " in line]
+    assert train_commands and all("gpu_devices --gpus 0 --torchrun -- " in line for line in train_commands)
+    assert "--torchrun" not in "".join(line for line in dry_run.stdout.splitlines() if ".predict " in line)
     resources_by_rule: dict[str, set[str]] = {}
     rule = None
     for line in dry_run.stdout.splitlines():

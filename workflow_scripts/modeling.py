@@ -137,7 +137,9 @@ def check_attn_implementation(attn_implementation: str | None) -> None:
 
 def model_input_device(model):
     """The device the model's inputs must be on: where its input embeddings live (the first device of a
-    model split by device_map)."""
+    model split by device_map); sees through a DistributedDataParallel wrapper."""
+    while not hasattr(model, "get_input_embeddings") and hasattr(model, "module"):
+        model = model.module
     return model.get_input_embeddings().weight.device
 
 

@@ -158,11 +158,15 @@ def training_accelerator(model_spec: ModelSpec):
     Under torchrun (WORLD_SIZE > 1) it joins the process group: NCCL on GPUs, gloo on the CPU.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from workflow_scripts.execution.device import accelerate_mixed_precision, resolve_device, resolve_precision
 
     device = resolve_device("auto")
     precision = resolve_precision(model_spec.precision, device)
+    # accelerate keeps one precision per process; a later train_model in the same process (tests, benches)
+    # may ask for another. The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=accelerate_mixed_precision(precision))
     return accelerator, precision
 
@@ -215,6 +219,8 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     base_lr = model_spec.require_lr()
     accelerator, precision = training_accelerator(model_spec)
     rank, world_size, is_writer = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    # a multi-process CPU run names its device cpu:0 on every rank; it is the CPU
+    device = accelerator.device if accelerator.device.type != "cpu" else torch.device("cpu")
 
     tokenizer = modeling.load_tokenizer(base_path, trust_remote_code=model_spec.trust_remote_code)
     official_mask = train["id"].is_in(list(row_ids)).to_numpy()
@@ -256,7 +262,7 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         base_path, num_labels=len(spec.probability_columns), kind=model_spec.kind,
         quantization=model_spec.quantization, lora=model_spec.lora_settings(),
         trust_remote_code=model_spec.trust_remote_code, seed=seed, dtype=torch_dtype_of(precision),
-        gradient_checkpointing=model_spec.gradient_checkpointing, device=accelerator.device,
+        gradient_checkpointing=model_spec.gradient_checkpointing, device=device,
         attn_implementation=model_spec.attn_implementation,
     )
     model.train()
@@ -334,14 +340,14 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
                     return {"stopped_at_step": step}
         position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": step}
     train_seconds = time.time() - started
-    report = DeviceReport.of(accelerator.device, precision)
+    report = DeviceReport.of(device, precision)
     summary = {
         "steps": step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
         "train_rows": {name: len(encoded[name]) for name in encoded},
         # rank 0's losses: its share of each step's rows
         "final_loss": float(np.mean(losses[-10:])) if losses else None,
         "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
-        "peak_gpu_memory_mb": peak_gpu_memory_mb(accelerator.device), "world_size": world_size,
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(device), "world_size": world_size,
     }
     # wall-time figures stay out of training.json, which manifests hash and verify rebuilds byte for byte:
     # they go to the log and to .training_speed.json (a dot-file, which manifests skip)

@@ -268,8 +268,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     lock_dir = args.lock_dir or default_lock_dir()
     env, lease = plan_environment(args.gpus, os.environ, lock_dir, args.timeout, args.when_no_gpu)
     if args.torchrun:
-        # one process per requested GPU (Slurm gives the job exactly that many)
-        command = with_launcher(command, max(1, args.gpus))
+        # one process per requested GPU; a Slurm job that asked through --gres has --gpus 0 here, and
+        # Slurm's CUDA_VISIBLE_DEVICES lists exactly the GPUs it was given
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        command = with_launcher(command, max(1, args.gpus or len(visible)))
     print(
         f"gpu_devices: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')} "
         f"for {' '.join(command)}", file=sys.stderr, flush=True,
