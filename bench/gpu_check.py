@@ -197,8 +197,8 @@ def plain_peft_loop(work: Path, model_config: dict, device: str, fold: int = 0) 
             "train_tokens_per_s": round(tokens / max(seconds, 1e-9), 1), "peak_gpu_memory_mb": peak}
 
 
-def resolved_model_config(configfiles: list[Path], model: str) -> dict:
-    """The model's settings as the workflow sees them: config files merged, defaults filled by config_check."""
+def resolved_model_config(configfiles: list[Path], model: str, work: Path) -> dict:
+    """The model's settings as the workflow in `work` sees them: config files merged, defaults filled."""
     import yaml
 
     from workflow_scripts.config_check import check_config
@@ -206,7 +206,7 @@ def resolved_model_config(configfiles: list[Path], model: str) -> dict:
     merged: dict = {}
     for path in configfiles:
         _deep_update(merged, yaml.safe_load(path.read_text()))
-    return check_config(merged, REPO)["models"][model]
+    return check_config(merged, work)["models"][model]
 
 
 def _deep_update(target: dict, update: dict) -> None:
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         problems.append(f"no training.json for {sorted(missing)}")
     for row in folds:
-        precision = resolved_model_config(configfiles, row["model"])["precision"]
+        precision = resolved_model_config(configfiles, row["model"], work)["precision"]
         if not str(row["device"]).startswith(args.device):
             problems.append(f"{row['model']} {row['fold']} ran on {row['device']}, not {args.device}")
         if row["precision"] != precision:
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (results / "oof" / f"{model}.parquet").exists():
             problems.append(f"no OOF for {model}")
 
-    qlora = resolved_model_config(configfiles, QLORA_MODEL)
+    qlora = resolved_model_config(configfiles, QLORA_MODEL, work)
     baseline = plain_peft_loop(work, qlora, args.device)
     oofline_rate = next((row["train_tokens_per_s"] for row in folds
                          if row["model"] == QLORA_MODEL and row["fold"] == baseline["fold"]), None)
