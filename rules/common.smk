@@ -401,13 +401,13 @@ def generator_options(wildcards):
     settings = GENERATORS[wildcards.generator]
     return " ".join(filter(None, [
         rule_params.generator_flags(settings, (config.get("task") or {}).get("text_template")),
-        language_model_precision(settings["model"]),
+        language_model_options(settings["model"]),
     ]))
 
 
-def language_model_precision(lm):
-    """`--precision P` when the language model sets one (absent: the step's default, auto)."""
-    return cli_flags({"precision": (LANGUAGE_MODELS.get(lm) or {}).get("precision")})
+def language_model_options(lm):
+    """The language model's precision, quantization and sampling settings (absent: the step's defaults)."""
+    return rule_params.language_model_flags(LANGUAGE_MODELS.get(lm) or {})
 
 
 def answer_problems_file():
@@ -448,7 +448,7 @@ def vote_submissions():
 
 def answer_options(wildcards, split="dev"):
     return " ".join(filter(None, [rule_params.answer_flags(ANSWERS, wildcards.prompt, split),
-                                  language_model_precision(wildcards.lm)]))
+                                  language_model_options(wildcards.lm)]))
 
 
 def vote_submission_options(wildcards):

@@ -229,6 +229,15 @@ def language_model_finetune_flags(name: str, finetune: Mapping[str, Any], answer
                       "solution_column": finetune.get("solution_column"), "system": answers.get("system")})
 
 
+LANGUAGE_MODEL_KEYS = ("precision", "quantization", "temperature", "top_p", "max_new_tokens")
+
+
+def language_model_flags(settings: Mapping[str, Any]) -> str:
+    """A language model's own precision, quantization and sampling settings; placed after the step's
+    flags, they win over the generator's or answers' values for that model."""
+    return cli_flags({key: settings[key] for key in LANGUAGE_MODEL_KEYS if key in settings})
+
+
 def vote_flags(settings: Mapping[str, Any]) -> str:
     return cli_flags({"strategies": settings.get("strategies") or None})
 
