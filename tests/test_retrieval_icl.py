@@ -1,0 +1,42 @@
+"""In-context examples for an ICL embedder when mining and scoring: drawn from training queries only, and
+really placed before every query (not before passages)."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from workflow_scripts.errors import OoflineError
+from workflow_scripts.retrieval.models import EmbedderSettings, encode_queries_and_corpus, pick_icl_examples
+
+QUERIES = pl.DataFrame({"id": ["q1", "q2", "q3", "q4"], "query": ["a plot twist", "dull acting", "great score", "weak end"],
+                        "positive_ids": [["p1"], ["p2", "p1"], ["p3"], ["p2"]], "fold": [0, 0, 1, 1]})
+CORPUS = pl.DataFrame({"id": ["p1", "p2", "p3"], "text": ["twists", "acting", "music"]})
+
+
+def test_examples_come_from_the_training_queries_with_their_first_positive():
+    training = QUERIES.filter(pl.col("fold") != 1)
+    examples = pick_icl_examples(training, CORPUS, 2, seed=0, instruction="Find the passage.")
+    assert sorted(e["query"] for e in examples) == ["a plot twist", "dull acting"]  # fold 1 is held out
+    assert {e["query"]: e["response"] for e in examples} == {"a plot twist": "twists", "dull acting": "acting"}
+    assert all(e["instruct"] == "Find the passage." for e in examples)
+    assert pick_icl_examples(training, CORPUS, 2, seed=0, instruction=None) == pick_icl_examples(
+        training, CORPUS, 2, seed=0, instruction=None)
+    assert pick_icl_examples(training, CORPUS, 0, seed=0, instruction=None) == ()
+    with pytest.raises(OoflineError, match="3 examples asked for, but only 2 training queries"):
+        pick_icl_examples(training, CORPUS, 3, seed=0, instruction=None)
+
+
+@pytest.mark.slow
+def test_an_icl_embedder_puts_the_examples_before_queries_only(tiny_llama_dir):
+    plain = EmbedderSettings(str(tiny_llama_dir), "decoder-only-icl", "last_token", "Find the passage.",
+                             "<instruct>{}\n<query>{}", batch_size=4, query_max_length=64, passage_max_length=32)
+    examples = pick_icl_examples(QUERIES, CORPUS, 2, seed=0, instruction="Find the passage.")
+    with_examples = EmbedderSettings(**{**plain.__dict__, "icl_examples": examples})
+    queries, passages = encode_queries_and_corpus(plain, ["weak end"], CORPUS["text"].to_list())
+    icl_queries, icl_passages = encode_queries_and_corpus(with_examples, ["weak end"], CORPUS["text"].to_list())
+    np.testing.assert_allclose(passages, icl_passages, atol=1e-5)  # passages carry no examples
+    assert not np.allclose(queries, icl_queries, atol=1e-3)  # the examples are in the query's context
+    with pytest.raises(OoflineError, match="need embedder_class decoder-only-icl"):
+        encode_queries_and_corpus(EmbedderSettings(**{**with_examples.__dict__, "model_class": "decoder-only-base"}),
+                                  ["weak end"], ["x"])
