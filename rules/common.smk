@@ -554,7 +554,7 @@ def finetune_inputs(wildcards):
 
 
 def finetune_options(wildcards):
-    return rule_params.finetune_flags(iteration(wildcards)[wildcards.role])
+    return rule_params.finetune_flags(iteration(wildcards)[wildcards.role], RETRIEVAL[wildcards.pipeline], wildcards.role)
 
 
 def evaluation_options(wildcards):

@@ -40,3 +40,28 @@ def test_an_icl_embedder_puts_the_examples_before_queries_only(tiny_llama_dir):
     with pytest.raises(OoflineError, match="need embedder_class decoder-only-icl"):
         encode_queries_and_corpus(EmbedderSettings(**{**with_examples.__dict__, "model_class": "decoder-only-base"}),
                                   ["weak end"], ["x"])
+
+
+def test_a_fine_tune_trains_on_the_instructions_and_prompt_it_is_scored_with():
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from workflow_scripts.rule_params import finetune_flags
+
+    repo = Path(__file__).resolve().parent.parent
+    pipeline = yaml.safe_load((repo / "recipes" / "eedi.yaml").read_text())["retrieval"]["misconceptions"]
+    iteration = pipeline["iterations"][0]
+    reranker = shlex.split(finetune_flags(iteration["reranker"], pipeline, "reranker"))
+    inference = pipeline["reranker_inference"]
+    assert reranker[reranker.index("--prompt") + 1] == inference["rerank_prompt"]
+    assert reranker[reranker.index("--query-instruction") + 1] == "A: "
+    assert reranker[reranker.index("--passage-instruction") + 1] == "B: "
+    embedder = shlex.split(finetune_flags(iteration["embedder"], pipeline, "embedder"))
+    assert embedder[embedder.index("--query-instruction") + 1] == pipeline["embedder_inference"]["query_instruction"]
+    assert embedder[embedder.index("--query-instruction-format") + 1] == "<instruct>{}\n<query>{}"
+    assert "--prompt" not in embedder
+    # a fine-tune's own setting wins over the inference one
+    own = shlex.split(finetune_flags({**iteration["reranker"], "prompt": "Yes or no?"}, pipeline, "reranker"))
+    assert own[own.index("--prompt") + 1] == "Yes or no?"
