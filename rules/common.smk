@@ -501,6 +501,12 @@ RETRIEVAL_STEP_RESOURCES = step_resources(
     lambda wildcards: RETRIEVAL[wildcards.pipeline].get("resources", {}), mem_mb=8000, runtime=60
 )
 
+# a fine-tune may set its own resources (the write-ups train the embedder on 2 GPUs, the reranker on 4)
+FINETUNE_RETRIEVER_RESOURCES = step_resources(
+    lambda wildcards: iteration(wildcards)[wildcards.role].get("resources")
+    or RETRIEVAL[wildcards.pipeline].get("resources", {}), mem_mb=8000, runtime=60
+)
+
 
 def mining_source(wildcards):
     """(embedder folder, suffix, mining settings) for this iteration's mining of the given purpose."""

@@ -65,3 +65,39 @@ def test_a_fine_tune_trains_on_the_instructions_and_prompt_it_is_scored_with():
     # a fine-tune's own setting wins over the inference one
     own = shlex.split(finetune_flags({**iteration["reranker"], "prompt": "Yes or no?"}, pipeline, "reranker"))
     assert own[own.index("--prompt") + 1] == "Yes or no?"
+
+
+def test_each_role_runs_on_its_own_gpu_count_under_torchrun(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from workflow_scripts.retrieval.finetune import FinetuneSettings, command_line
+
+    settings = FinetuneSettings("reranker", "decoder-only-base", "base", label_smoothing=0.2)
+    argv = command_line(settings, "train.jsonl", "out", processes=4)
+    assert argv[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
+    assert argv[6:9] == ["-m", "workflow_scripts.retrieval.finetune", "--launch"]  # label smoothing still patched
+    assert command_line(settings, "train.jsonl", "out")[1:3] == ["-m", "workflow_scripts.retrieval.finetune"]
+
+    import yaml
+
+    # the recipe's per-role GPUs, on the demo overlay's data and models (a dry run allocates nothing)
+    repo = Path(__file__).resolve().parent.parent
+    recipe = yaml.safe_load((repo / "recipes" / "eedi.yaml").read_text())["retrieval"]["misconceptions"]
+    overlay = yaml.safe_load((repo / "recipes" / "demo-models-eedi.yaml").read_text())
+    iteration = overlay["retrieval"]["misconceptions"]["iterations"][0]
+    for role in ("embedder", "reranker"):
+        iteration[role]["resources"] = recipe["iterations"][0][role]["resources"]
+    gpus = tmp_path / "gpus.yaml"
+    gpus.write_text(yaml.safe_dump({"retrieval": {"misconceptions": {"iterations": [iteration]}}}))
+    # --resources: the default profile caps a workstation at one GPU in use, which would lower gpu: 4 to 1
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--resources", "gpu=8",
+                              "--configfile", "recipes/eedi.yaml", "recipes/demo-models-eedi.yaml", str(gpus), "--",
+                              "results/eedi-demo/retrieval/misconceptions/iter0/reranker",
+                              "results/eedi-demo/retrieval/misconceptions/iter0/embedder"],
+                             cwd=repo, capture_output=True, text=True, timeout=300)
+    commands = [line for line in dry_run.stdout.splitlines() if "retrieval.finetune --kind" in line]
+    processes = {re.search(r"--kind (\w+)", c).group(1): re.search(r"--processes (\d+)", c).group(1) for c in commands}
+    assert processes == {"embedder": "2", "reranker": "4"}, dry_run.stdout[-2000:] + dry_run.stderr[-2000:]

@@ -299,7 +299,7 @@ def finetune_flags(role_settings: Mapping[str, Any], pipeline: Mapping[str, Any]
                    role: str | None = None) -> str:
     """A fine-tune's settings as flags (`base` and `mine` name its inputs instead), with the instructions and
     prompt of the pipeline's inference settings for `role` wherever the fine-tune sets none."""
-    settings = {key: value for key, value in role_settings.items() if key not in ("base", "mine")}
+    settings = {key: value for key, value in role_settings.items() if key not in ("base", "mine", "resources")}
     if pipeline is not None and role in INHERITED_INSTRUCTIONS:
         section, keys = INHERITED_INSTRUCTIONS[role]
         inference = pipeline.get(section) or {}
