@@ -93,6 +93,30 @@ def as_tokens(job: dict) -> dict:
     return {**job, "shell": shlex.split(job.get("shell", ""))}
 
 
+def print_differences(before: list[dict], after: list[dict]) -> None:
+    """Jobs with the same rule and outputs: the fields and shell words that differ; the rest in full."""
+    job_key = lambda job: (job["rule"], tuple(job.get("output", [])))  # noqa: E731
+    after_by_key = {job_key(job): job for job in after}
+    for job in before:
+        other = after_by_key.pop(job_key(job), None)
+        if other is None:
+            print("  only before:", json.dumps(job, sort_keys=True)[:400])
+            continue
+        print(f"  {job['rule']} {job.get('output', [''])[0]}:")
+        for field in sorted(set(job) | set(other)):
+            old, new = job.get(field), other.get(field)
+            if old == new:
+                continue
+            if field == "shell":
+                removed = [word for word in old if word not in new]
+                added = [word for word in new if word not in old]
+                print(f"    shell words before: {[w[:300] for w in removed]}\n    shell words after:  {[w[:300] for w in added]}")
+            else:
+                print(f"    {field} before: {old}\n    {field} after:  {new}")
+    for job in after_by_key.values():
+        print("  only after: ", json.dumps(job, sort_keys=True)[:400])
+
+
 def compare(before_dir: Path, after_dir: Path, renames: dict[str, str]) -> int:
     differing = 0
     for before_file in sorted(before_dir.glob("*.json")):
@@ -108,10 +132,7 @@ def compare(before_dir: Path, after_dir: Path, renames: dict[str, str]) -> int:
             continue
         differing += 1
         print(f"{before_file.stem}: DIFFERS ({len(before)} jobs before, {len(after)} after)")
-        for entry in sorted(before_jobs - after_jobs)[:5]:
-            print("  only before:", entry[:400])
-        for entry in sorted(after_jobs - before_jobs)[:5]:
-            print("  only after: ", entry[:400])
+        print_differences([json.loads(e) for e in before_jobs - after_jobs], [json.loads(e) for e in after_jobs - before_jobs])
     return 1 if differing else 0
 
 

@@ -110,3 +110,12 @@ def test_retrieval_flags_follow_the_pipeline_settings():
                                      "/merged")
     assert flags == "--batch-size 8 --negative-number 3 --valid-fold 0 --embedder results/x/iter0/embedder/merged"
     assert rule_params.finetune_flags({"base": "m", "mine": {}, "lora": False, "epochs": 1}) == "--lora false --epochs 1"
+
+
+def test_rule_files_hold_rules_only():
+    """Functions live in rules/common.smk (picking config sections) and rule_params (building what rules pass)."""
+    for rule_file in sorted((REPO / "rules").glob("*.smk")):
+        if rule_file.name != "common.smk":
+            assert "\ndef " not in rule_file.read_text(), rule_file.name
+    common = (REPO / "rules" / "common.smk").read_text()
+    assert "shlex" not in common, "flags are built by rule_params.cli_flags, not by hand in common.smk"
