@@ -415,13 +415,13 @@ def generator_options(wildcards):
     settings = GENERATORS[wildcards.generator]
     return " ".join(filter(None, [
         rule_params.generator_flags(settings, (config.get("task") or {}).get("text_template")),
-        language_model_precision(settings["model"]),
+        language_model_options(settings["model"]),
     ]))
 
 
-def language_model_precision(lm):
-    """`--precision P` when the language model sets one (absent: the step's default, auto)."""
-    return cli_flags({"precision": (LANGUAGE_MODELS.get(lm) or {}).get("precision")})
+def language_model_options(lm):
+    """The language model's precision, quantization and sampling settings (absent: the step's defaults)."""
+    return rule_params.language_model_flags(LANGUAGE_MODELS.get(lm) or {})
 
 
 def answer_problems_file():
@@ -462,7 +462,7 @@ def vote_submissions():
 
 def answer_options(wildcards, split="dev"):
     return " ".join(filter(None, [rule_params.answer_flags(ANSWERS, wildcards.prompt, split),
-                                  language_model_precision(wildcards.lm)]))
+                                  language_model_options(wildcards.lm)]))
 
 
 def vote_submission_options(wildcards):
@@ -513,6 +513,12 @@ def retrieval_data_options(wildcards, input):
 
 RETRIEVAL_STEP_RESOURCES = step_resources(
     lambda wildcards: RETRIEVAL[wildcards.pipeline].get("resources", {}), mem_mb=8000, runtime=60
+)
+
+# a fine-tune may set its own resources (the write-ups train the embedder on 2 GPUs, the reranker on 4)
+FINETUNE_RETRIEVER_RESOURCES = step_resources(
+    lambda wildcards: iteration(wildcards)[wildcards.role].get("resources")
+    or RETRIEVAL[wildcards.pipeline].get("resources", {}), mem_mb=8000, runtime=60
 )
 
 
@@ -568,7 +574,7 @@ def finetune_inputs(wildcards):
 
 
 def finetune_options(wildcards):
-    return rule_params.finetune_flags(iteration(wildcards)[wildcards.role])
+    return rule_params.finetune_flags(iteration(wildcards)[wildcards.role], RETRIEVAL[wildcards.pipeline], wildcards.role)
 
 
 def evaluation_options(wildcards):

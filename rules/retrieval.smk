@@ -113,9 +113,11 @@ rule finetune_retriever:
     params:
         code=code_digest("retrieval.finetune"),
         options=finetune_options,
+        # one process per GPU of the job
+        processes=lambda wildcards, resources: max(1, int(resources.gpu or 0)),
     threads: 2
     resources:
-        **RETRIEVAL_STEP_RESOURCES,
+        **FINETUNE_RETRIEVER_RESOURCES,
     log:
         out("logs/retrieval/{pipeline}/iter{iter}/{role}.log"),
     conda:
@@ -124,7 +126,8 @@ rule finetune_retriever:
         TRAIN_CONTAINER
     shell:
         ON_GPUS + ".retrieval.finetune --kind {wildcards.role} --base-model {input.base:q}"
-        " --train-data {input.data:q} {params.options} --output-dir {output:q} > {log:q} 2>&1"
+        " --train-data {input.data:q} {params.options} --processes {params.processes}"
+        " --output-dir {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_retrieval:

@@ -119,8 +119,8 @@ def test_editing_a_step_reruns_it_and_its_dependents_only(tmp_path):
 def test_editing_a_module_in_a_subpackage_reruns_its_step_and_its_dependents_only(tmp_path):
     pipeline = {"demo": {"n_passages": 12, "n_queries": 24, "n_test_queries": 4, "seed": 0}, "n_folds": 3,
                 "valid_fold": 0, "models": {"minilm": "packaged:minilm"},
-                "iterations": [{"mine": {"embedder": "minilm"}, "embedder": {"base": "minilm"},
-                                "reranker": {"base": "minilm"}}]}
+                "iterations": [{"mine": {"embedder": "minilm"}, "embedder": {"base": "minilm", "model_class": "encoder-only-base"},
+                                "reranker": {"base": "minilm", "model_class": "encoder-only-base"}}]}
     workflow = workflow_copy(tmp_path, {"retrieval": {"tiny": pipeline}})
     target = "results/retrieval/tiny/folds.parquet"
     build(workflow, target)

@@ -51,3 +51,14 @@ def test_cdc_round_two_trains_on_the_round_one_students_soft_labels_of_the_offic
     student = cdc["models"]["gemma_r2"]
     assert student["extra_data"]["official_soft"].endswith("soft_labels/gemma_r1/official.parquet")
     assert "official_soft" in student["stages"][0]["data"]
+
+
+def test_aimo_serves_its_largest_model_in_4bit_with_its_own_completion_budget():
+    qwen = recipe("aimo")["language_models"]["qwen3_32b"]
+    assert (qwen["quantization"], qwen["precision"], qwen["max_new_tokens"]) == ("4bit", "bf16", 8192)
+
+
+def test_eedi_mines_and_scores_with_in_context_examples():
+    eedi = recipe("eedi")["retrieval"]["misconceptions"]
+    assert eedi["embedder_inference"]["embedder_class"] == "decoder-only-icl"
+    assert eedi["embedder_inference"]["icl_examples"] > 0

@@ -229,6 +229,15 @@ def language_model_finetune_flags(name: str, finetune: Mapping[str, Any], answer
                       "solution_column": finetune.get("solution_column"), "system": answers.get("system")})
 
 
+LANGUAGE_MODEL_KEYS = ("precision", "quantization", "temperature", "top_p", "max_new_tokens")
+
+
+def language_model_flags(settings: Mapping[str, Any]) -> str:
+    """A language model's own precision, quantization and sampling settings; placed after the step's
+    flags, they win over the generator's or answers' values for that model."""
+    return cli_flags({key: settings[key] for key in LANGUAGE_MODEL_KEYS if key in settings})
+
+
 def vote_flags(settings: Mapping[str, Any]) -> str:
     return cli_flags({"strategies": settings.get("strategies") or None})
 
@@ -273,9 +282,31 @@ def mining_flags(pipeline: Mapping[str, Any], mining_settings: Mapping[str, Any]
     ]))
 
 
-def finetune_flags(role_settings: Mapping[str, Any]) -> str:
-    """A fine-tune's settings as flags; `base` and `mine` name its inputs instead."""
-    return cli_flags({key: value for key, value in role_settings.items() if key not in ("base", "mine")})
+# A fine-tune trains on the instructions its model is scored with: the pipeline's inference settings
+# fill the fine-tune's instruction keys it leaves unset (role -> {fine-tune key: inference key}).
+INHERITED_INSTRUCTIONS = {
+    "embedder": ("embedder_inference", {"query_instruction": "query_instruction",
+                                        "query_instruction_format": "query_instruction_format"}),
+    "reranker": ("reranker_inference", {"query_instruction": "rerank_query_instruction",
+                                        "query_instruction_format": "rerank_query_instruction_format",
+                                        "passage_instruction": "rerank_passage_instruction",
+                                        "passage_instruction_format": "rerank_passage_instruction_format",
+                                        "prompt": "rerank_prompt"}),
+}
+
+
+def finetune_flags(role_settings: Mapping[str, Any], pipeline: Mapping[str, Any] | None = None,
+                   role: str | None = None) -> str:
+    """A fine-tune's settings as flags (`base` and `mine` name its inputs instead), with the instructions and
+    prompt of the pipeline's inference settings for `role` wherever the fine-tune sets none."""
+    settings = {key: value for key, value in role_settings.items() if key not in ("base", "mine", "resources")}
+    if pipeline is not None and role in INHERITED_INSTRUCTIONS:
+        section, keys = INHERITED_INSTRUCTIONS[role]
+        inference = pipeline.get(section) or {}
+        inherited = {key: inference[source] for key, source in keys.items()
+                     if key not in settings and inference.get(source) not in (None, "")}
+        settings = {**inherited, **settings}
+    return cli_flags(settings)
 
 
 def evaluation_flags(pipeline: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from workflow_scripts.execution.device import PRECISIONS
 from workflow_scripts.generated.generate import (Completion, load_causal_lm, load_vllm, render_prompt, sample_completions,
                                        sample_completions_vllm, vllm_available)
 from workflow_scripts.io import read_table, write_parquet
+from workflow_scripts.modeling import QUANTIZATIONS
 from workflow_scripts.generated.voting import canonical_answer
 
 PROMPTS = {
@@ -151,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 on a GPU that supports it, fp32 on the CPU")
+    parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS, help="bitsandbytes weights")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
 
@@ -182,16 +184,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    args.prompt_name)
     settings = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                     seed=args.seed, label=f"answers[{args.prompt_name}]")
-    if vllm_available():
+    if vllm_available() and args.quantization != "8bit":  # vLLM has no 8-bit bitsandbytes path
         from transformers import AutoTokenizer
 
         from workflow_scripts.modeling import resolve_model_path
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model)[0])
         prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
-        completions = sample_completions_vllm(load_vllm(args.model, args.precision), prompts, **settings)
+        completions = sample_completions_vllm(load_vllm(args.model, args.precision, args.quantization), prompts, **settings)
     else:
-        model, tokenizer = load_causal_lm(args.model, args.precision)
+        model, tokenizer = load_causal_lm(args.model, args.precision, args.quantization)
         prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
         completions = sample_completions(model, tokenizer, prompts, batch_size=args.batch_size, **settings)
     frame = answer_rows(problems, completions, args.samples, args.prompt_name, tokenizer, args.answer_regex)

@@ -30,6 +30,7 @@ import polars as pl
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.execution.device import PRECISIONS
 from workflow_scripts.io import read_table, write_json, write_parquet
+from workflow_scripts.modeling import QUANTIZATIONS
 
 FORMATS = ("json", "lines", "text")
 EXAMPLES_PLACEHOLDER = "{examples}"
@@ -53,23 +54,27 @@ def generation_device_and_precision(precision: str = "auto") -> tuple[str, str]:
     return str(device), resolve_precision(precision, device)
 
 
-def load_causal_lm(model_path: str | Path, precision: str = "auto"):
-    """(model, tokenizer) from a local folder (or a prepare_model pointer) on the job's device in `precision`,
-    eval mode, left padding."""
+def load_causal_lm(model_path: str | Path, precision: str = "auto", quantization: str = "none"):
+    """(model, tokenizer) from a local folder (or a prepare_model pointer) on the job's device in `precision`
+    (4-bit nf4 / 8-bit bitsandbytes weights with `quantization`), eval mode, left padding."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from workflow_scripts.execution.device import torch_dtype_of
-    from workflow_scripts.modeling import resolve_model_path
+    from workflow_scripts.modeling import _quantization_config, resolve_model_path
 
     device, resolved = generation_device_and_precision(precision)
     name, revision = resolve_model_path(model_path)
     kwargs = {"device_map": {"": device}} if device != "cpu" else {}  # weights go straight to the GPU
+    quantization_config = _quantization_config(quantization, torch_dtype_of(resolved))
+    if quantization_config is not None:  # bitsandbytes places quantized weights itself, the CPU included
+        kwargs = {"device_map": {"": device}, "quantization_config": quantization_config}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch_dtype_of(resolved), **kwargs)
     except OSError as error:
         raise OoflineError(f"cannot load causal LM from {model_path}: {error}") from error
-    print(f"causal LM {model_path} on {device} in {resolved}", flush=True)
+    print(f"causal LM {model_path} on {device} in {resolved}"
+          + (f", weights {quantization}" if quantization_config is not None else ""), flush=True)
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
     if tokenizer.pad_token is None:
@@ -149,15 +154,17 @@ def sample_completions(
     return completions
 
 
-def load_vllm(model_path: str | Path, precision: str = "auto"):
-    """A vLLM engine for a local model folder (GPU hosts only) in `precision`."""
+def load_vllm(model_path: str | Path, precision: str = "auto", quantization: str = "none"):
+    """A vLLM engine for a local model folder (GPU hosts only) in `precision`; 4-bit weights through vLLM's
+    in-flight bitsandbytes quantization (8-bit has no vLLM path: transformers serves it)."""
     from vllm import LLM
 
     from workflow_scripts.modeling import resolve_model_path
 
     _, resolved = generation_device_and_precision(precision)
     name, revision = resolve_model_path(model_path)
-    return LLM(model=name, revision=revision, dtype=VLLM_DTYPES[resolved])
+    extra = {"quantization": "bitsandbytes"} if quantization == "4bit" else {}
+    return LLM(model=name, revision=revision, dtype=VLLM_DTYPES[resolved], **extra)
 
 
 def sample_completions_vllm(llm, prompts, *, temperature, top_p, max_new_tokens, seed, label="sample"):
@@ -404,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 on a GPU that supports it, fp32 on the CPU")
+    parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS, help="bitsandbytes weights")
     parser.add_argument("--output", required=True, help="parquet, one row per attempt")
     parser.add_argument("--report", required=True, help="json: attempts, valid, failures by reason")
     args = parser.parse_args(argv)
@@ -419,14 +427,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_attempts=args.max_attempts, seed=args.seed, name=args.generator, text_template=args.text_template,
     )
     train = read_table(args.train)
-    if vllm_available():
+    if vllm_available() and args.quantization != "8bit":
         backend = "vllm"
         from transformers import AutoTokenizer
 
         from workflow_scripts.modeling import resolve_model_path
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model)[0])
-        llm = load_vllm(args.model, args.precision)
+        llm = load_vllm(args.model, args.precision, args.quantization)
 
         def sample(prompts, seed):
             return sample_completions_vllm(llm, [render_prompt(tokenizer, p, args.system) for p in prompts],
@@ -434,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                            max_new_tokens=args.max_new_tokens, seed=seed, label="generate")
     else:
         backend = "transformers"
-        model, tokenizer = load_causal_lm(args.model, args.precision)
+        model, tokenizer = load_causal_lm(args.model, args.precision, args.quantization)
 
         def sample(prompts, seed):
             return sample_completions(model, tokenizer, [render_prompt(tokenizer, p, args.system) for p in prompts],

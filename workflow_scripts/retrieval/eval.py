@@ -129,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         held_out = queries.head(0) if fold is None else queries.filter(pl.col("fold") == fold)
         if held_out.height == 0 and fold is not None:
             raise OoflineError(f"{args.folds}: fold {fold} (from --valid-folds) has no queries")
-        settings = embedder_settings(args, args.embedders[position])
+        # in-context examples from the queries this fold's models trained on, never the held-out ones
+        training = queries if fold is None else queries.filter(pl.col("fold") != fold)
+        settings = embedder_settings(args, args.embedders[position], training_queries=training, corpus=corpus)
         test = None
         if position == 0 and args.test_queries:
             test = validate_queries(read_table(args.test_queries), corpus["id"].to_list(), args.test_queries, False)

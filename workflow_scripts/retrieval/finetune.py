@@ -172,15 +172,21 @@ def flagembedding_arguments(settings: FinetuneSettings, train_data: str | Path, 
     return args + list(s.extra_args)
 
 
-def command_line(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path) -> list[str]:
-    """argv of the training subprocess (never a shell string)."""
+def command_line(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path,
+                 processes: int = 1) -> list[str]:
+    """argv of the training subprocess (never a shell string); `processes` > 1 runs it under torchrun, one
+    process per GPU of the job (the per-device batch is `batch_size`, so the total is batch_size x processes)."""
     module = ENTRY_POINTS[(settings.kind, settings.model_class)]
     arguments = flagembedding_arguments(settings, train_data, output_dir)
+    launcher = [sys.executable, "-m"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                    "-m"]
     if settings.label_smoothing:
         # FlagEmbedding's reranker loss has no smoothing: run its entry point through oofline's patching launcher
-        return [sys.executable, "-m", "workflow_scripts.retrieval.finetune", "--launch", module,
+        return [*launcher, "workflow_scripts.retrieval.finetune", "--launch", module,
                 "--launch-label-smoothing", str(settings.label_smoothing), "--", *arguments]
-    return [sys.executable, "-m", module, *arguments]
+    return [*launcher, module, *arguments]
 
 
 def prepare_training_data(source: str | Path, target: Path, settings: FinetuneSettings) -> int:
@@ -228,8 +234,11 @@ def _move_model_files(source: Path, target: Path) -> None:
         shutil.move(str(item), target / item.name)
 
 
-def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path) -> Path:
-    """Train, then lay out `merged/` (+ `adapter/` for LoRA) and settings.json in output_dir."""
+def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path, processes: int = 1) -> Path:
+    """Train (under torchrun when `processes` > 1), then lay out `merged/` (+ `adapter/` for LoRA) and
+    settings.json in output_dir."""
+    if processes < 1:
+        raise OoflineError(f"--processes must be >= 1; got {processes}")
     settings.validate()
     settings = settings.resolved()
     print(f"fine-tuning on {settings.device} in {settings.precision}", flush=True)
@@ -242,7 +251,7 @@ def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str
         data = work / "train.jsonl"
         n_rows = prepare_training_data(train_data, data, settings)
         run_dir = work / "run"
-        argv = command_line(settings, data, run_dir)
+        argv = command_line(settings, data, run_dir, processes)
         print(f"fine-tuning {settings.kind} ({settings.model_class}) on {n_rows} rows: {' '.join(argv[:4])} ...", flush=True)
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", WANDB_DISABLED="true")
         if settings.device == "cpu":
@@ -315,11 +324,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "passage_instruction_format", "prompt", "icl_suffix", "device", "precision"):
         parser.add_argument("--" + name.replace("_", "-"), default=getattr(defaults, name))
     parser.add_argument("--lora-target-modules", nargs="+", default=list(DEFAULT_LORA_TARGETS))
+    parser.add_argument("--processes", type=int, default=1, help="GPUs of the job: > 1 trains under torchrun")
     args = parser.parse_args(argv)
     values = vars(args)
     train_data, output_dir = values.pop("train_data"), values.pop("output_dir")
+    processes = values.pop("processes")
     values["lora_target_modules"] = tuple(values["lora_target_modules"])
-    finetune(FinetuneSettings(**values), train_data, output_dir)
+    finetune(FinetuneSettings(**values), train_data, output_dir, processes)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_table
 from workflow_scripts.retrieval.data import load_task, with_query_folds
 from workflow_scripts.execution.device import PRECISIONS
-from workflow_scripts.retrieval.models import EMBEDDER_CLASSES, EmbedderSettings, encode_queries_and_corpus
+from workflow_scripts.retrieval.models import (EMBEDDER_CLASSES, EmbedderSettings, encode_queries_and_corpus,
+                                               pick_icl_examples)
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -240,13 +241,23 @@ def add_embedder_arguments(parser: argparse.ArgumentParser, with_model: bool = T
     parser.add_argument("--devices", default=None)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 on a GPU that supports it, fp32 on the CPU")
+    parser.add_argument("--icl-examples", type=int, default=0,
+                        help="decoder-only-icl: this many training (query, positive) pairs as in-context examples")
+    parser.add_argument("--icl-seed", type=int, default=0)
+    parser.add_argument("--examples-instruction-format", default="<instruct>{}\n<query>{}\n<response>{}")
 
 
-def embedder_settings(args: argparse.Namespace, model_path: str | None = None) -> EmbedderSettings:
+def embedder_settings(args: argparse.Namespace, model_path: str | None = None, training_queries=None,
+                      corpus=None) -> EmbedderSettings:
+    """The embedder of the CLI arguments; in-context examples come from `training_queries` only."""
+    examples = ()
+    if args.icl_examples:
+        examples = pick_icl_examples(training_queries, corpus, args.icl_examples, args.icl_seed,
+                                     args.query_instruction or None)
     return EmbedderSettings(
         model_path or args.embedder, args.embedder_class, args.pooling_method, args.query_instruction or None,
         args.query_instruction_format, args.embed_batch_size, args.query_max_length, args.passage_max_length,
-        args.devices, args.precision,
+        args.devices, args.precision, examples, args.examples_instruction_format,
     )
 
 
@@ -270,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     queries = training_queries(queries, args.folds, args.valid_fold)
     check_range_fits(lo_hi, corpus.height)  # fail before the (slow) encoding
     query_vecs, passage_vecs = encode_queries_and_corpus(
-        embedder_settings(args), queries["query"].to_list(), corpus["text"].to_list()
+        embedder_settings(args, training_queries=queries, corpus=corpus), queries["query"].to_list(),
+        corpus["text"].to_list()
     )
     mined = mine_hard_negatives(
         queries, corpus, query_vecs, passage_vecs, lo_hi, args.negative_number, args.seed,

@@ -27,6 +27,24 @@ class EmbedderSettings:
     passage_max_length: int = 512
     devices: str | None = None
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 (execution.device.resolve_precision)
+    # decoder-only-icl: in-context (instruct, query, response) examples put before every query
+    icl_examples: tuple[dict, ...] = ()
+    examples_instruction_format: str = "<instruct>{}\n<query>{}\n<response>{}"
+
+
+def pick_icl_examples(queries, corpus, n_examples: int, seed: int, instruction: str | None) -> tuple[dict, ...]:
+    """`n_examples` (instruct, query, response) examples for an ICL embedder, drawn seeded from `queries`
+    (training queries only: a held-out query must never be its own example); the response is the query's
+    first positive passage."""
+    if n_examples <= 0:
+        return ()
+    if queries.height < n_examples:
+        raise OoflineError(f"icl_examples: {n_examples} examples asked for, but only {queries.height} training queries")
+    passages = dict(zip(corpus["id"].to_list(), corpus["text"].to_list()))
+    order = np.random.default_rng(seed).permutation(queries.height)[:n_examples]
+    rows = queries[sorted(order.tolist())]
+    return tuple({"instruct": instruction or "", "query": query, "response": passages[positives[0]]}
+                 for query, positives in zip(rows["query"].to_list(), rows["positive_ids"].to_list()))
 
 
 @dataclass(frozen=True)
@@ -78,9 +96,17 @@ def load_embedder(settings: EmbedderSettings):
     path = _check_model(settings.model_path, "embedder", settings.model_class, EMBEDDER_CLASSES)
     precision = inference_precision(settings.precision, settings.devices)
     print(f"embedder {settings.model_path} in {precision}", flush=True)
+    examples = {}
+    if settings.icl_examples:
+        if settings.model_class != "decoder-only-icl":
+            raise OoflineError(f"icl_examples: in-context examples need embedder_class decoder-only-icl, "
+                               f"not {settings.model_class}")
+        examples = {"examples_for_task": [dict(e) for e in settings.icl_examples],
+                    "examples_instruction_format": settings.examples_instruction_format}
     return FlagAutoModel.from_finetuned(
         path,
         model_class=settings.model_class,
+        **examples,
         pooling_method=settings.pooling_method,
         normalize_embeddings=True,
         **half_precision_flags(precision),
