@@ -3,7 +3,6 @@ that the answers step loads as a language model."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,11 +10,13 @@ import polars as pl
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_workflow import snakemake  # noqa: E402
+
 from workflow_scripts.config_check import language_model_problems
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.generated.finetune_lm import IGNORE, encode_example, split_rows
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 class CharTokenizer:
@@ -75,9 +76,7 @@ def test_fine_tuned_model_keeps_its_best_step_and_answers_through_the_workflow(t
     from workflow_scripts.modeling import resolve_model_path
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "--cores", "2", "results/votes/sft/score.json"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    run = snakemake(tmp_path, "results/votes/sft/score.json")
     assert run.returncode == 0, run.stderr[-4000:]
     model_dir = tmp_path / "results" / "lms" / "tiny_sft" / "base"
     report = json.loads((model_dir / "finetune.json").read_text())

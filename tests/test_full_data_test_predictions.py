@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,21 +9,23 @@ import polars as pl
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from movies_workflow import movies_config  # noqa: E402
+from test_workflow import snakemake  # noqa: E402
+
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
 
 REPO = Path(__file__).resolve().parent.parent
 
-CONFIG = {
-    "demo": {"dataset": "movies", "n_train": 40, "n_test": 8, "seed": 0},
-    "data": {"train": "results/demo/train.csv", "test": "results/demo/test.csv",
-             "sample_submission": "results/demo/sample_submission.csv"},
-    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "accuracy"},
-    "folds": {"scheme": "stratified", "n_folds": 2, "seed": 0},
-    "model_defaults": {"max_length": 24, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
-    "models": {"full_fit": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3, "train_full": True,
+CONFIG = movies_config(
+    n_train=40, n_test=8,
+    task={"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "accuracy"},
+    folds={"scheme": "stratified", "n_folds": 2, "seed": 0},
+    model_defaults={"max_length": 24, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
+    models={"full_fit": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3, "train_full": True,
                             "test_predictions": "full"}},
-}
+)
 
 
 def test_full_test_predictions_need_a_full_data_model():
@@ -37,9 +38,7 @@ def test_full_test_predictions_need_a_full_data_model():
 @pytest.mark.slow
 def test_test_file_is_the_full_data_models_and_the_leaderboard_says_so(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "--cores", "2", "results/test/full_fit.parquet", "results/leaderboard.csv"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    run = snakemake(tmp_path, "results/test/full_fit.parquet", "results/leaderboard.csv")
     assert run.returncode == 0, run.stderr[-4000:]
     results = tmp_path / "results"
     test = pl.read_parquet(results / "test" / "full_fit.parquet")

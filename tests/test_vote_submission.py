@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,11 +9,13 @@ import polars as pl
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_workflow import snakemake  # noqa: E402
+
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.generated.vote_submission import chosen_strategy, submission_answers
 from workflow_scripts.generated.voting import vote
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_best_takes_the_dev_splits_best_strategy_and_a_named_one_is_kept():
@@ -52,9 +53,7 @@ CONFIG = {
 @pytest.mark.slow
 def test_a_vote_writes_a_submission_for_unlabelled_problems(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                          "--cores", "2", "results/submissions/both/submission.csv"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    run = snakemake(tmp_path, "results/submissions/both/submission.csv")
     assert run.returncode == 0, run.stderr[-4000:]
     results = tmp_path / "results"
     test = pl.read_parquet(results / "data" / "math_test_problems.parquet")

@@ -88,6 +88,17 @@ def check_weights(names: Sequence[str], weights: Sequence[float], where: str = "
 
 # ---------------------------------------------------------------------------------------------- members
 
+
+def aligned_test_members(test_frames, names, columns, blend, member_top_k, spec):
+    """(test ids, prepared member arrays) in member order, or (None, None) without test predictions."""
+    if test_frames is None:
+        return None, None
+    missing = [name for name in names if name not in test_frames]
+    if missing:
+        raise OoflineError(f"test predictions missing for members {missing}")
+    test_keys, test_members = align_members({n: test_frames[n] for n in names}, columns, "test")
+    return test_keys, prepare(test_members, blend, member_top_k, spec)
+
 def align_members(frames: dict[str, pl.DataFrame], columns: list[str], kind: str) -> tuple[pl.DataFrame, list[np.ndarray]]:
     """Check members list the same ids (and folds); return (id[/fold] frame, per-member (n, c) float32 arrays).
 
@@ -445,13 +456,7 @@ def build_ensemble(
     oof_members = prepare(oof_members, blend, member_top_k, spec)
     member_scores = {name: metrics.task_scores(spec, m, targets, metric)["score"] for name, m in zip(names, oof_members)}
     if method == "stack":
-        test_keys, test_members = None, None
-        if test_frames is not None:
-            missing = [name for name in names if name not in test_frames]
-            if missing:
-                raise OoflineError(f"test predictions missing for members {missing}")
-            test_keys, test_members = align_members({n: test_frames[n] for n in names}, columns, "test")
-            test_members = prepare(test_members, blend, member_top_k, spec)
+        test_keys, test_members = aligned_test_members(test_frames, names, columns, blend, member_top_k, spec)
         oof_stack, test_stack, weight_record, score = build_stack(spec, names, oof_members, test_members, targets,
                                                                   folds, metric, stack_c, log)
         score["blend"] = blend
@@ -496,12 +501,8 @@ def build_ensemble(
     }
     oof_out = oof_keys.hstack(pl.DataFrame(oof_blend, schema=columns))
     test_out = None
-    if test_frames is not None:
-        missing = [name for name in names if name not in test_frames]
-        if missing:
-            raise OoflineError(f"test predictions missing for members {missing}")
-        test_keys, test_members = align_members({n: test_frames[n] for n in names}, columns, "test")
-        test_members = prepare(test_members, blend, member_top_k, spec)
+    test_keys, test_members = aligned_test_members(test_frames, names, columns, blend, member_top_k, spec)
+    if test_members is not None:
         test_out = test_keys.select("id").hstack(pl.DataFrame(blend_arrays(test_members, final), schema=columns))
     return oof_out, test_out, weight_record, score
 
