@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from movies_workflow import movies_config
+from movies_workflow import hand_map_at_3, movies_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_workflow import hand_map_at_3, snakemake  # noqa: E402
+from test_workflow import snakemake  # noqa: E402
 
 CONFIG = movies_config(
     n_train=60,
