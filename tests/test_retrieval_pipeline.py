@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from test_retrieval_workflow import apk
+from reference_metrics import apk
 
 from workflow_scripts.errors import run_cli
 from workflow_scripts.retrieval import data as retrieval_data
