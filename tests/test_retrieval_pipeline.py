@@ -5,6 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from reference_metrics import apk
 
 from workflow_scripts.errors import run_cli
 from workflow_scripts.retrieval import data as retrieval_data
@@ -89,6 +90,11 @@ def test_lora_reranker_teacher_scores_and_eval(workdir):
     assert sorted(oof["reranked_ids"][0]) == sorted(oof["embedder_ids"][0])
     score = json.loads((workdir / "score.json").read_text())
     assert set(score["overall"]) == {"embedder", "reranked"} and set(score["folds"]) == {"0"}
-    assert 0 <= score["overall"]["reranked"]["map@5"] <= score["overall"]["reranked"]["recall@5"] <= 1
+    # MAP@5 of both rankings recomputed from the OOF rows and the queries' positives (ml_metrics' apk)
+    positives = dict(pl.read_parquet(workdir / "queries.parquet").select("id", "positive_ids").iter_rows())
+    for ranking, name in (("embedder_ids", "embedder"), ("reranked_ids", "reranked")):
+        expected = np.mean([apk(positives[row_id], ranked, 5) for row_id, ranked in zip(oof["id"], oof[ranking])])
+        assert score["overall"][name]["map@5"] == pytest.approx(expected, abs=1e-12)
+        assert score["folds"]["0"][name]["map@5"] == pytest.approx(expected, abs=1e-12)
     test = pl.read_parquet(workdir / "test.parquet")
     assert test.height == 4 and test["ranked_ids"].list.len().max() == 5

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_metrics import apk  # noqa: E402
 from test_workflow import planned_jobs, snakemake  # noqa: E402
 
 FINETUNE = {"base": "minilm", "model_class": "encoder-only-base", "epochs": 1, "batch_size": 4,
@@ -62,7 +63,15 @@ def test_two_iterations_build_scores_and_a_submission(finished_run):
     assert all(len(row["neg_scores"]) == len(row["neg"]) for row in scored)
     for iteration in (0, 1):
         score = json.loads((root / f"iter{iteration}" / "score.json").read_text())
-        assert 0 <= score["overall"]["embedder"]["map@5"] <= 1
+        # MAP@5 and recall@5 recomputed from the OOF rankings and the queries' positives (ml_metrics' apk)
+        oof = pl.read_parquet(root / f"iter{iteration}" / "oof.parquet")
+        assert sorted(oof["id"].to_list()) == sorted(held_out) and score["n_queries"] == len(held_out)
+        for ranking, name in (("embedder_ids", "embedder"), ("reranked_ids", "reranked")):
+            pairs = [(positives[row_id], ranked) for row_id, ranked in zip(oof["id"], oof[ranking])]
+            assert score["overall"][name]["map@5"] == pytest.approx(
+                sum(apk(actual, ranked, 5) for actual, ranked in pairs) / len(pairs), abs=1e-12)
+            assert score["overall"][name]["recall@5"] == pytest.approx(
+                sum(len(set(actual) & set(ranked[:5])) / len(actual) for actual, ranked in pairs) / len(pairs), abs=1e-12)
         assert (root / f"iter{iteration}" / "embedder" / "merged").is_dir()
     submission = pl.read_csv(finished_run / "results" / "submissions" / "plots" / "submission.csv")
     assert submission.height == 4 and all(len(row.split()) == 5 for row in submission["ranked_ids"])
