@@ -16,7 +16,9 @@ from workflow_scripts.errors import OoflineError
 try:
     config.update(check_config(config, base_dir=Path.cwd()))
 except OoflineError as error:
-    raise WorkflowError(str(error)) from None
+    # the problem lines alone, as the last output: no Snakemake frame around them, and nothing runs
+    print(f"oofline error: {error}", file=sys.stderr)
+    raise SystemExit(1)
 
 OUT = config["output_dir"]
 MODELS = config.get("models", {})

@@ -181,9 +181,7 @@ def test_a_typo_in_a_nested_block_is_one_line_naming_its_full_path(edit, expecte
     edit(config)
     with pytest.raises(OoflineError) as error:
         check_config(config, REPO)
-    lines = str(error.value).splitlines()
-    assert lines[0] == "invalid config" and len(lines) == 2
-    assert lines[1].startswith(expected)
+    assert len(str(error.value).splitlines()) == 1 and str(error.value).startswith(expected)
 
 
 def test_a_retrieval_final_fit_mines_every_query_and_evaluates_none(tmp_path):

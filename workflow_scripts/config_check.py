@@ -68,6 +68,11 @@ def _fill_defaults(schema: dict[str, Any], instance: dict[str, Any]) -> None:
             _fill_defaults(sub, instance[key])
 
 
+def _problems_message(problems: list[str]) -> str:
+    """One problem: its line alone; several: a header and one line each."""
+    return problems[0] if len(problems) == 1 else f"invalid config: {len(problems)} problems\n" + "\n".join(problems)
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in override.items():
@@ -80,20 +85,26 @@ def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str
     listing every problem, one per line."""
     config = copy.deepcopy(config)
     schema = load_schema()
+    validator = Draft202012Validator(schema)
     models = config.get("models") or {}
-    defaults = deep_merge(MODEL_DEFAULTS, config.get("model_defaults") or {})
+    model_defaults = config.get("model_defaults") or {}
+    # a bad model_defaults is reported once, there, not again in every model that would inherit it
+    defaults_valid = validator.is_valid({"model_defaults": model_defaults})
+    defaults = deep_merge(MODEL_DEFAULTS, model_defaults if defaults_valid and isinstance(model_defaults, dict) else {})
     if isinstance(models, dict):
         config["models"] = {name: deep_merge(defaults, entry) if isinstance(entry, dict) else entry
                             for name, entry in models.items()}
-    validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    unknown_at = {tuple(e.absolute_path) for e in errors if e.validator == "additionalProperties"}
+    # a misspelt required key is one problem: the unknown-key line already lists the allowed keys
+    errors = [e for e in errors if not (e.validator == "required" and tuple(e.absolute_path) in unknown_at)]
     problems = [line for error in errors for line in _problem_lines(error)]
     if problems:
-        raise OoflineError("invalid config\n" + "\n".join(problems))
+        raise OoflineError(_problems_message(problems))
     _fill_defaults(schema, config)
     problems = semantic_problems(config, Path(base_dir))
     if problems:
-        raise OoflineError("invalid config\n" + "\n".join(problems))
+        raise OoflineError(_problems_message(problems))
     return config
 
 
