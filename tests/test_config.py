@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,24 @@ def test_a_retrieval_final_fit_mines_every_query_and_evaluates_none(tmp_path):
     evaluation = [line for line in commands if "workflow_scripts.retrieval.eval" in line]
     assert len(mining) == 3 and not any("--valid-fold" in line for line in mining)
     assert len(evaluation) == 2 and all("--final-fit" in line and "--valid-folds" not in line for line in evaluation)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["ensembles"].update(outer={"members": ["searched", "minilm"], "method": "search"}),
+     "config: ensembles.outer.members: 'searched' holds the search ensemble 'searched'"),
+    (lambda c: c["ensembles"].update(mid={"members": ["searched", "minilm"]}, outer={"members": ["mid", "blend"], "method": "search"}),
+     "config: ensembles.outer.members: 'mid' holds the search ensemble 'searched'"),
+])
+def test_a_search_over_a_searched_ensemble_is_refused(demo_config, edit, expected):
+    edit(demo_config)
+    with pytest.raises(OoflineError, match=re.escape(expected)):
+        check_config(demo_config, REPO)
+
+
+def test_thresholds_on_a_searched_ensemble_are_refused_and_a_mean_over_one_is_fine():
+    debates = yaml.safe_load((REPO / "demo" / "debates.yaml").read_text())
+    debates["ensembles"]["outer"] = {"members": ["searched", "minilm"], "method": "mean"}
+    check_config(debates, REPO)  # a mean over it fits nothing: the nested OOF it reads stays out of fold
+    debates["thresholds"]["outer"] = {"method": "grid"}
+    with pytest.raises(OoflineError, match=re.escape("config: thresholds.outer: 'outer' holds the search ensemble 'searched'")):
+        check_config(debates, REPO)

@@ -176,8 +176,22 @@ def output_problems(config: dict[str, Any]) -> list[str]:
             check_ensemble_config(name, entry, sources)
         except OoflineError as error:
             problems.append(f"config: {error}")
+    for name, entry in ensembles.items():
+        if isinstance(entry, dict) and entry.get("method") == "search":
+            for member in _member_names(entry):
+                below = searched_ensembles(member, ensembles)
+                if below:
+                    problems.append(
+                        f"config: ensembles.{name}.members: {member!r} holds the search ensemble {below[0]!r}: a search "
+                        f"over it fits each fold's weights on values whose weights saw that fold's labels (use method "
+                        f"mean or rank in ensembles.{name} or in ensembles.{below[0]})")
     task_type = (config.get("task") or {}).get("type")
     for name, entry in (config.get("thresholds") or {}).items():
+        below = searched_ensembles(name, ensembles)
+        if below:
+            problems.append(f"config: thresholds.{name}: {name!r} holds the search ensemble {below[0]!r}: thresholds tuned "
+                            "on it would score each fold with weights that saw that fold's labels (threshold a mean or "
+                            "rank ensemble)")
         if name not in sources:
             problems.append(f"config: thresholds.{name}: no model or ensemble is called {name!r} (have {sources})")
         if task_type == "multiclass":
@@ -196,3 +210,19 @@ def output_problems(config: dict[str, Any]) -> list[str]:
         if submission not in (config.get("submissions") or {}):
             problems.append(f"config: register.{record}: no submission is called {submission!r}")
     return problems
+
+
+def _member_names(entry: Any) -> list[str]:
+    members = entry.get("members") if isinstance(entry, dict) else None
+    return list(members) if isinstance(members, (list, dict)) else []
+
+
+def searched_ensembles(source: str, ensembles: dict[str, Any], seen: frozenset = frozenset()) -> list[str]:
+    """The `search` ensembles in `source` (itself first, then its members' recursively); [] for a model."""
+    entry = ensembles.get(source)
+    if not isinstance(entry, dict) or source in seen:  # a model, or a cycle (reported elsewhere)
+        return []
+    found = [source] if entry.get("method") == "search" else []
+    for member in _member_names(entry):
+        found += [e for e in searched_ensembles(member, ensembles, seen | {source}) if e not in found]
+    return found
