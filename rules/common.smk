@@ -10,6 +10,9 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 from workflow_scripts.execution.code_version import code_digest  # rules pass it as a param: editing a step reruns it
+from workflow_scripts.execution.failures import print_user_errors  # the Snakefile's onerror
+
+RUN_STARTED = __import__("time").time()  # logs written since then belong to this run
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
 

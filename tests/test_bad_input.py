@@ -287,3 +287,21 @@ def test_a_csv_with_a_byte_order_mark_keeps_its_id_column_and_ids(tmp_path):
     (tmp_path / "test.csv").write_bytes(b"\xef\xbb\xbfid,text\n0900000,x\n0900001,y\n")
     frame = read_table(tmp_path / "test.csv")
     assert frame.columns == ["id", "text"] and frame["id"].to_list() == ["0900000", "0900001"]
+
+
+def test_a_failed_run_ends_with_the_steps_one_line_and_its_log(tmp_path):
+    """A data error in the first job: Snakemake's report (the shell command twice, ~60 lines) comes first, and
+    the run's last line is the step's `oofline error:` line with the log to open."""
+    (tmp_path / "train.csv").write_text(csv_text(TRAIN))
+    (tmp_path / "test.csv").write_text(csv_text(TEST.rename({"text": "Text"})))
+    config = {"data": {"train": "train.csv", "test": "test.csv"}, "task": MULTICLASS,
+              "folds": {"scheme": "stratified", "n_folds": 2},
+              "models": {"tiny": {"source": "tiny:llama", "kind": "encoder_full"}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "1",
+                             "results/folds.parquet"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "oofline error: test.csv: column(s) ['text'] used by task.text_template are missing (have ['id', 'Text'])"
+        " (log: results/logs/prepare_data.log)")
+    assert not (tmp_path / "results" / "data").exists() and not (tmp_path / "results" / "folds.parquet").exists()
