@@ -219,3 +219,25 @@ def test_thresholds_on_a_searched_ensemble_are_refused_and_a_mean_over_one_is_fi
     debates["thresholds"]["outer"] = {"method": "grid"}
     with pytest.raises(OoflineError, match=re.escape("config: thresholds.outer: 'outer' holds the search ensemble 'searched'")):
         check_config(debates, REPO)
+
+
+def test_offline_a_hub_model_outside_the_cache_is_one_line_at_validation(demo_config, tmp_path, monkeypatch):
+    """Kaggle inference is offline: an uncached `org/name` is reported once, before any job, not as training jobs
+    retrying HTTP and being resubmitted with more memory."""
+    for section in ("ensembles", "submissions", "register", "retrieval"):
+        demo_config.pop(section, None)
+    demo_config["models"] = {"qwen": {"source": "Qwen/Qwen3-0.6B", "kind": "decoder_lora"}}
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    check_config(demo_config, REPO)  # online, the step downloads it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OoflineError) as error:
+        check_config(demo_config, REPO)
+    assert str(error.value).startswith("config: models.qwen.source: 'Qwen/Qwen3-0.6B' is not in the local hub cache")
+    assert len(str(error.value).splitlines()) == 1
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--Qwen--Qwen3-0.6B" / "refs").mkdir()
+    (tmp_path / "hub" / "models--Qwen--Qwen3-0.6B" / "refs" / "main").write_text("abc123")
+    check_config(demo_config, REPO)  # cached: the offline run can use it

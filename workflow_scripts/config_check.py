@@ -6,6 +6,7 @@ expected, so we run jsonschema ourselves and phrase each error as `config: <key 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,7 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
             problems.append(f"config: retrieval.{name}.valid_fold: {valid_fold} is not below n_folds={n_folds} "
                             "(null trains on every query)")
     problems += resource_problems(config)
+    problems += offline_hub_problems(config, base_dir)
     problems += output_problems(config)
     return problems
 
@@ -226,3 +228,35 @@ def searched_ensembles(source: str, ensembles: dict[str, Any], seen: frozenset =
     for member in _member_names(entry):
         found += [e for e in searched_ensembles(member, ensembles, seen | {source}) if e not in found]
     return found
+
+
+def hub_cache_dir(env: dict[str, str]) -> Path:
+    """The Hugging Face hub cache the steps will read (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache)."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    home = Path(env["HF_HOME"]).expanduser() if env.get("HF_HOME") else Path.home() / ".cache" / "huggingface"
+    return home / "hub"
+
+
+def offline_hub_problems(config: dict[str, Any], base_dir: Path, env: dict[str, str] | None = None) -> list[str]:
+    """With HF_HUB_OFFLINE set (Kaggle inference), a hub source must already be in the local cache: said once
+    here, naming the key, instead of every training job retrying HTTP and being resubmitted."""
+    env = dict(os.environ) if env is None else env
+    if env.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    sources = [(f"models.{name}.source", entry.get("source")) for name, entry in (config.get("models") or {}).items()]
+    sources += [(f"language_models.{name}.source", entry.get("source"))
+                for name, entry in (config.get("language_models") or {}).items()]
+    sources += [(f"retrieval.{name}.models.{base}", source) for name, pipeline in (config.get("retrieval") or {}).items()
+                for base, source in (pipeline.get("models") or {}).items()]
+    cache, problems = hub_cache_dir(env), []
+    for key, source in sources:
+        if not isinstance(source, str) or not HUB_ID.match(source) or (base_dir / source).is_dir():
+            continue
+        name, _, revision = source.partition("@")
+        if not isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache, revision=revision or None), str):
+            problems.append(f"config: {key}: {source!r} is not in the local hub cache {cache} and HF_HUB_OFFLINE is set, "
+                            "so it cannot be downloaded (cache it first, or give a local folder)")
+    return problems
