@@ -24,6 +24,12 @@ include: "rules/retrieval.smk"
 include: "rules/report.smk"
 
 
+# a step's one-line user error (bad data, a missing model) and its log path end the output of a failed run
+# (at exit: Snakemake prints its own summary after this handler)
+onerror:
+    __import__("atexit").register(print_user_errors, out("logs"), RUN_STARTED)
+
+
 rule all:
     input:
         final_targets(),

@@ -12,6 +12,9 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 from workflow_scripts.execution.code_version import code_digest  # rules pass it as a param: editing a step reruns it
+from workflow_scripts.execution.failures import print_user_errors  # the Snakefile's onerror
+
+RUN_STARTED = __import__("time").time()  # logs written since then belong to this run
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
 from workflow_scripts import rule_params
@@ -20,7 +23,9 @@ from workflow_scripts.rule_params import cli_flags
 try:
     config.update(check_config(config, base_dir=Path.cwd()))
 except OoflineError as error:
-    raise WorkflowError(str(error)) from None
+    # the problem lines alone, as the last output: no Snakemake frame around them, and nothing runs
+    print(f"oofline error: {error}", file=sys.stderr)
+    raise SystemExit(1)
 
 OUT = config["output_dir"]
 MODELS = config.get("models", {})

@@ -194,3 +194,24 @@ def test_stack_out_of_fold_predictions_never_see_their_folds_labels():
     # test rows: the level 2 fitted on every OOF row
     full = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(features, targets.argmax(1))
     np.testing.assert_allclose(probs_of(test), full.predict_proba(features), atol=1e-4)
+
+
+def test_a_searched_ensembles_oof_never_uses_weights_that_saw_that_folds_labels():
+    """The OOF a search ensemble writes (read by outer ensembles, thresholds, label correction) is the nested
+    blend: relabelling fold f so that the noisy member looks perfect there leaves fold f's OOF rows unchanged."""
+    frames, targets, _ = make_members(n=400, noise=(0.6, 3.0, 3.0))
+    names = ["m0", "m1", "m2"]
+    oof, _, weights, _ = ens.build_ensemble(SPEC, names, frames, None, targets, "map@3", "search")
+    folds = oof["fold"].to_numpy()
+    for fold in range(4):
+        relabelled = targets.copy()
+        rows = folds == fold
+        relabelled[rows] = np.eye(len(CLASSES), dtype=np.float32)[probs_of(frames["m1"])[rows].argmax(1)]
+        changed, _, changed_weights, _ = ens.build_ensemble(SPEC, names, frames, None, relabelled, "map@3", "search")
+        assert changed_weights["weights"] != weights["weights"]  # the final (all-rows) weights did see fold f
+        np.testing.assert_array_equal(probs_of(changed)[rows], probs_of(oof)[rows])
+    # and each fold's rows are exactly that fold's nested weights applied to the members
+    for fold, fold_weights in weights["nested_weights"].items():
+        rows = folds == int(fold)
+        expected = ens.blend_arrays([probs_of(frames[n])[rows] for n in names], np.array([fold_weights[n] for n in names]))
+        np.testing.assert_allclose(probs_of(oof)[rows], expected, rtol=1e-6)

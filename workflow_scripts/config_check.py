@@ -6,6 +6,7 @@ expected, so we run jsonschema ourselves and phrase each error as `config: <key 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,11 @@ def _fill_defaults(schema: dict[str, Any], instance: dict[str, Any]) -> None:
             _fill_defaults(sub, instance[key])
 
 
+def _problems_message(problems: list[str]) -> str:
+    """One problem: its line alone; several: a header and one line each."""
+    return problems[0] if len(problems) == 1 else f"invalid config: {len(problems)} problems\n" + "\n".join(problems)
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in override.items():
@@ -76,20 +82,26 @@ def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str
     listing every problem, one per line."""
     config = copy.deepcopy(config)
     schema = load_schema()
+    validator = Draft202012Validator(schema)
     models = config.get("models") or {}
-    defaults = deep_merge(MODEL_DEFAULTS, config.get("model_defaults") or {})
+    model_defaults = config.get("model_defaults") or {}
+    # a bad model_defaults is reported once, there, not again in every model that would inherit it
+    defaults_valid = validator.is_valid({"model_defaults": model_defaults})
+    defaults = deep_merge(MODEL_DEFAULTS, model_defaults if defaults_valid and isinstance(model_defaults, dict) else {})
     if isinstance(models, dict):
         config["models"] = {name: deep_merge(defaults, entry) if isinstance(entry, dict) else entry
                             for name, entry in models.items()}
-    validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    unknown_at = {tuple(e.absolute_path) for e in errors if e.validator == "additionalProperties"}
+    # a misspelt required key is one problem: the unknown-key line already lists the allowed keys
+    errors = [e for e in errors if not (e.validator == "required" and tuple(e.absolute_path) in unknown_at)]
     problems = [line for error in errors for line in _problem_lines(error)]
     if problems:
-        raise OoflineError("invalid config\n" + "\n".join(problems))
+        raise OoflineError(_problems_message(problems))
     _fill_defaults(schema, config)
     problems = semantic_problems(config, Path(base_dir))
     if problems:
-        raise OoflineError("invalid config\n" + "\n".join(problems))
+        raise OoflineError(_problems_message(problems))
     return config
 
 
@@ -137,6 +149,7 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
             problems.append(f"config: retrieval.{name}.valid_fold: {valid_fold} is not below n_folds={n_folds} "
                             "(null trains on every query)")
     problems += resource_problems(config)
+    problems += offline_hub_problems(config, base_dir)
     problems += output_problems(config)
     return problems
 
@@ -171,8 +184,23 @@ def output_problems(config: dict[str, Any]) -> list[str]:
         except OoflineError as error:
             problems.append(f"config: {error}")
     problems += ensemble_cycle_problems(well_formed)
+    for name, entry in ensembles.items():
+        if isinstance(entry, dict) and entry.get("method") in FITTED_METHODS:
+            for member in _member_names(entry):
+                below = searched_ensembles(member, ensembles)
+                if below:
+                    problems.append(
+                        f"config: ensembles.{name}.members: {member!r} holds the {ensembles[below[0]]['method']} "
+                        f"ensemble {below[0]!r}: a {entry['method']} over it fits each fold on values that saw that "
+                        f"fold's labels (use method mean or rank in ensembles.{name} or in ensembles.{below[0]})")
     task_type = (config.get("task") or {}).get("type")
     for name, entry in (config.get("thresholds") or {}).items():
+        below = searched_ensembles(name, ensembles)
+        if below:
+            problems.append(f"config: thresholds.{name}: {name!r} holds the {ensembles[below[0]]['method']} ensemble "
+                            f"{below[0]!r}: thresholds tuned "
+                            "on it would score each fold with weights that saw that fold's labels (threshold a mean or "
+                            "rank ensemble)")
         if name not in sources:
             problems.append(f"config: thresholds.{name}: no model or ensemble is called {name!r} (have {sources})")
         if task_type == "multiclass":
@@ -235,3 +263,56 @@ def language_model_problems(config: dict[str, Any]) -> list[str]:
             seen.append(base)
             current = language_models[base]
     return sorted(set(problems))
+
+
+def _member_names(entry: Any) -> list[str]:
+    members = entry.get("members") if isinstance(entry, dict) else None
+    return list(members) if isinstance(members, (list, dict)) else []
+
+
+# ensembles fitted on OOF labels: their other folds' rows carry values fitted with fold f's labels
+FITTED_METHODS = ("search", "stack")
+
+
+def searched_ensembles(source: str, ensembles: dict[str, Any], seen: frozenset = frozenset()) -> list[str]:
+    """The fitted (`search` or `stack`) ensembles in `source` (itself first, then its members' recursively);
+    [] for a model."""
+    entry = ensembles.get(source)
+    if not isinstance(entry, dict) or source in seen:  # a model, or a cycle (reported elsewhere)
+        return []
+    found = [source] if entry.get("method") in FITTED_METHODS else []
+    for member in _member_names(entry):
+        found += [e for e in searched_ensembles(member, ensembles, seen | {source}) if e not in found]
+    return found
+
+
+def hub_cache_dir(env: dict[str, str]) -> Path:
+    """The Hugging Face hub cache the steps will read (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache)."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    home = Path(env["HF_HOME"]).expanduser() if env.get("HF_HOME") else Path.home() / ".cache" / "huggingface"
+    return home / "hub"
+
+
+def offline_hub_problems(config: dict[str, Any], base_dir: Path, env: dict[str, str] | None = None) -> list[str]:
+    """With HF_HUB_OFFLINE set (Kaggle inference), a hub source must already be in the local cache: said once
+    here, naming the key, instead of every training job retrying HTTP and being resubmitted."""
+    env = dict(os.environ) if env is None else env
+    if env.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    sources = [(f"models.{name}.source", entry.get("source")) for name, entry in (config.get("models") or {}).items()]
+    sources += [(f"language_models.{name}.source", entry.get("source"))
+                for name, entry in (config.get("language_models") or {}).items()]
+    sources += [(f"retrieval.{name}.models.{base}", source) for name, pipeline in (config.get("retrieval") or {}).items()
+                for base, source in (pipeline.get("models") or {}).items()]
+    cache, problems = hub_cache_dir(env), []
+    for key, source in sources:
+        if not isinstance(source, str) or not HUB_ID.match(source) or (base_dir / source).is_dir():
+            continue
+        name, _, revision = source.partition("@")
+        if not isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache, revision=revision or None), str):
+            problems.append(f"config: {key}: {source!r} is not in the local hub cache {cache} and HF_HUB_OFFLINE is set, "
+                            "so it cannot be downloaded (cache it first, or give a local folder)")
+    return problems

@@ -82,6 +82,10 @@ def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[st
 
     def clean(frame: pl.DataFrame, source: str) -> pl.DataFrame:
         """`id`, the rendered `text`, then every other column as given (labels, groups, raw text)."""
+        if "fold" in frame.columns:
+            # folds are oofline's (folds.parquet); a data column of that name would shadow them downstream
+            raise OoflineError(f"{source}: column 'fold' is reserved for oofline's folds (rename it; "
+                               "for predefined groups use folds.group_column)")
         ids = validate_ids(frame, id_column, source)
         texts = render_texts(frame, template, source)
         # a row is empty when every column the template uses is blank, whatever fixed words it adds

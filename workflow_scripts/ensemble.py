@@ -4,7 +4,10 @@
 score does not flatter the search, weights are also chosen with nested cross-validation: for each fold f,
 weights are searched on the other folds and scored on f; score.json reports that out-of-sample score
 (`score`, `out_of_sample_score`) beside the in-sample score of the final weights (`in_sample_score`).
-The written OOF/test files use the final weights (searched on all OOF rows).
+The written test file uses the final weights (searched on all OOF rows); the written OOF is the nested blend
+(each fold's rows with the weights searched without them), so whatever reads it downstream stays out of fold.
+A search or stack over a searched or stacked ensemble, or thresholds tuned on one, are refused by config
+validation: their own folds would see values fitted with those folds' labels.
 
 `stack` fits a level-2 logistic regression per head (linear_heads) on the members' OOF log-probabilities. Its
 OOF file is out of fold: each fold's rows are predicted by a level-2 model fitted on the other folds only,
@@ -353,7 +356,7 @@ def nested_search(spec: LabelSpec, metric: str, members: list[np.ndarray], targe
     overall = metrics.task_scores(spec, out_of_sample, targets, metric)["score"]
     return {"score": overall, "folds": score_per_fold, "weights": weights_per_fold,
             "fold_mean": float(np.mean(list(score_per_fold.values()))),
-            "fold_std": float(np.std(list(score_per_fold.values())))}
+            "fold_std": float(np.std(list(score_per_fold.values()))), "blend": out_of_sample}
 
 
 STACK_FLOOR = 1e-6
@@ -470,6 +473,7 @@ def build_ensemble(
     if method == "search":
         make = objective_factory(spec, metric, oof_members, targets)
         nested = nested_search(spec, metric, oof_members, targets, folds, given, log, make)
+        nested_blend = nested.pop("blend")
         final, evaluations = search_weights(spec, metric, oof_members, targets, initial=given, make=make)
         log(f"ensemble: final search on all folds: {evaluations} evaluations")
     oof_blend = blend_arrays(oof_members, final)
@@ -499,7 +503,9 @@ def build_ensemble(
         "weights": dict(zip(names, final.tolist())),
         "nested_weights": ({fold: dict(zip(names, w)) for fold, w in nested["weights"].items()} if nested else None),
     }
-    oof_out = oof_keys.hstack(pl.DataFrame(oof_blend, schema=columns))
+    # what downstream steps read must be out of fold: a searched ensemble's rows carry their own fold's nested
+    # weights (fitted without that fold's labels), never the final weights fitted on every row
+    oof_out = oof_keys.hstack(pl.DataFrame(nested_blend if nested else oof_blend, schema=columns))
     test_out = None
     test_keys, test_members = aligned_test_members(test_frames, names, columns, blend, member_top_k, spec)
     if test_members is not None:

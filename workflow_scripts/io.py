@@ -137,7 +137,8 @@ def read_table(path: str | Path, text_columns: Sequence[str] = ("id",)) -> pl.Da
     except OoflineError:
         raise
     except Exception as error:  # polars raises many types; the user needs the file name
-        raise OoflineError(f"cannot read {path}: {error}") from error
+        reason = " ".join(str(error).split())  # polars messages span lines; the user gets one
+        raise OoflineError(f"cannot read {path}: {reason[:300]}") from error
     # typed formats keep their types; a numeric id column becomes its text (no padding was ever stored)
     return frame.with_columns(pl.col(c).cast(pl.String) for c in as_text
                               if c in frame.columns and frame[c].dtype != pl.String and not frame[c].dtype.is_nested())
