@@ -197,6 +197,22 @@ def step_resources(settings_of, mem_mb=None, runtime=None):
 MODEL_STEP_RESOURCES = step_resources(lambda wildcards: MODELS[wildcards.model]["resources"])
 
 
+def train_mem_mb(wildcards, attempt=1):
+    """Training's mem_mb: grown per retry, except retries after a user error, which the trainer records in
+    its work folder (bad input fails the same way with more memory)."""
+    from workflow_scripts.execution.oom import mem_mb_after_failures
+
+    mem_mb = MODELS[wildcards.model]["resources"].get("mem_mb")
+    if mem_mb is None:
+        return None
+    record = Path(out(f"work/{wildcards.model}/{wildcards.split}/user_errors.json"))
+    user_errors = len(json.loads(record.read_text())["attempts"]) if record.exists() else 0
+    return mem_mb_after_failures(int(mem_mb), attempt, user_errors)
+
+
+TRAIN_STEP_RESOURCES = {**MODEL_STEP_RESOURCES, "mem_mb": train_mem_mb}
+
+
 def model_threads(wildcards):
     return MODELS[wildcards.model]["resources"].get("threads", 2)
 

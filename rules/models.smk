@@ -36,7 +36,7 @@ rule train_adapter:
     # on Slurm the retry is a new job (so it gets the larger mem_mb), not a retry inside the job
     retries: 0 if workflow.remote_exec else 2
     resources:
-        **MODEL_STEP_RESOURCES,
+        **TRAIN_STEP_RESOURCES,
         attempt=lambda wildcards, attempt: attempt,
     log:
         out("logs/train/{model}/{split}.log"),

@@ -181,3 +181,29 @@ def test_real_training_retries_an_oom_with_half_the_micro_batch_and_more_memory(
     assert (summary["attempt"], summary["micro_batch"], summary["grad_accum"]) == (2, 4, 2)
     assert summary["steps"] == -(-summary["train_rows"]["official"] // 8)  # one epoch of 8-row steps
     assert not (tmp_path / "results" / "work" / "qlora" / "fold0").exists()
+
+
+@pytest.mark.slow
+def test_a_retry_after_a_user_error_asks_for_the_same_memory(tmp_path):
+    """Bad input (an OoflineError, exit 2) is retried by Snakemake like any failure, but its mem_mb does not
+    grow: only an out-of-memory exit (or a kill) earns more memory."""
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(oom_config()))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "1",
+         "results/models/qlora/fold0/adapter"],
+        cwd=tmp_path, env=snakemake_env(OOFLINE_INJECT_USER_ERROR="1"), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "returned non-zero exit status 2" in result.stderr
+    runs = job_resources(result.stderr)[("train_adapter", "model=qlora, split=fold0")]
+    assert [(run["attempt"], run["mem_mb"]) for run in runs] == [("1", "1000"), ("2", "1000")]
+    assert not (tmp_path / "results" / "work" / "qlora" / "fold0").exists()  # the record goes with the work folder
+
+
+def test_memory_grows_per_attempt_less_the_user_error_attempts():
+    assert oom.mem_mb_after_failures(1000, 1, 0) == 1000
+    assert oom.mem_mb_after_failures(1000, 2, 0) == 1500
+    assert oom.mem_mb_after_failures(1000, 2, 1) == 1000
+    assert oom.mem_mb_after_failures(1000, 3, 1) == 1500

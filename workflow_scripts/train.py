@@ -58,6 +58,18 @@ def record_out_of_memory(work_dir: str | Path, key: str, attempt: int) -> None:
     write_json({"key": key, "attempts": attempts}, Path(work_dir) / OOM_RECORD)
 
 
+# Attempts that failed on bad input (an OoflineError), beside the OOM record: the rule's mem_mb does not grow
+# for them, so a typo or a missing model is not resubmitted with ever more memory.
+USER_ERROR_RECORD = "user_errors.json"
+
+
+def record_user_error(work_dir: str | Path, attempt: int) -> None:
+    path = Path(work_dir) / USER_ERROR_RECORD
+    attempts = json.loads(path.read_text())["attempts"] if path.exists() else []
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    write_json({"attempts": sorted({*attempts, attempt})}, path)
+
+
 def training_rows(folds: pl.DataFrame, fold: str) -> set[str]:
     if fold == "full":
         return set(folds["id"].to_list())
@@ -281,9 +293,10 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         attn_implementation=model_spec.attn_implementation,
     )
     model.train()
-    from workflow_scripts.execution.oom import maybe_inject_oom
+    from workflow_scripts.execution.oom import maybe_inject_oom, maybe_inject_user_error
 
     maybe_inject_oom(attempt)
+    maybe_inject_user_error(attempt)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=model_spec.weight_decay)
     # places the model on this rank's device (a quantized one is already there), wraps its forward in
@@ -440,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BaseException as error:  # noqa: BLE001 - recorded for the retry, then re-raised
         if is_out_of_memory(error):
             record_out_of_memory(args.work_dir, oom_key, args.attempt)
+        elif isinstance(error, OoflineError):
+            record_user_error(args.work_dir, args.attempt)
         raise
     print(f"finished: {json.dumps(summary, sort_keys=True)}", flush=True)
 

@@ -29,6 +29,7 @@ from workflow_scripts.errors import OoflineError, run_cli
 # 2 (OoflineError), 124/137 (timeout/SIGKILL).
 OOM_EXIT_CODE = 75
 INJECT_ENV = "OOFLINE_INJECT_OOM"
+INJECT_USER_ERROR_ENV = "OOFLINE_INJECT_USER_ERROR"
 DEFAULT_MEM_GROWTH = 1.5
 
 
@@ -107,6 +108,22 @@ def maybe_inject_oom(attempt: int, env: dict[str, str] | None = None) -> None:
         raise OoflineError(f"{INJECT_ENV} must be an integer (attempts that fail), got {raw!r}") from None
     if attempt <= failing_attempts:
         raise InjectedOutOfMemory(f"CUDA out of memory (injected by {INJECT_ENV}={raw} on attempt {attempt})")
+
+
+def maybe_inject_user_error(attempt: int, env: dict[str, str] | None = None) -> None:
+    """Raise an OoflineError when $OOFLINE_INJECT_USER_ERROR=N and attempt <= N (tests: a retry after a user
+    error must not ask for more memory)."""
+    env = os.environ if env is None else env
+    raw = env.get(INJECT_USER_ERROR_ENV, "").strip()
+    if raw and attempt <= int(raw):
+        raise OoflineError(f"injected user error on attempt {attempt} ({INJECT_USER_ERROR_ENV}={raw})")
+
+
+def mem_mb_after_failures(mem_mb: int, attempt: int, user_error_attempts: int,
+                          growth: float = DEFAULT_MEM_GROWTH) -> int:
+    """Memory for `attempt` when `user_error_attempts` of the earlier ones failed on bad input: those do not
+    grow it (an out-of-memory exit, a host OOM-kill or a preemption does, as before)."""
+    return mem_mb_for_attempt(mem_mb, max(1, attempt - user_error_attempts), growth)
 
 
 def run_cli_with_oom(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
