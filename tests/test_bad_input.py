@@ -75,7 +75,7 @@ CONFIG_CASES = [
     ("movies", setting("ensembles.blend.membrs", ["minilm"]), "config: ensembles.blend: unknown key 'membrs'"),
     ("movies", setting("ensembles.blend.members", []), "config: ensembles.blend.members: [] is not valid"),
     ("movies", setting("ensembles.blend.members", ["nosuch"]), "config: ensembles.blend.members: unknown model(s) ['nosuch']"),
-    ("movies", setting("ensembles.blend.method", "median"), "config: ensembles.blend.method: 'median' is unknown"),
+    ("movies", setting("ensembles.blend.method", "median"), "config: ensembles.blend.method: 'median' is not one of"),
     ("movies", setting("ensembles.blend.member_top_k", 0), "config: ensembles.blend.member_top_k: 0 is less than"),
     ("movies", setting("submissions.blend_top3.format", "csv"), "config: submissions.blend_top3.format: 'csv' is not one of"),
     ("movies", setting("submissions.blend_top3.source", "nosuch"), "config: submissions.blend_top3.source: 'nosuch' is not a model"),
@@ -107,7 +107,7 @@ CONFIG_CASES = [
     ("generated", setting("votes.smol_all.strategies", ["mode"]), "config: votes.smol_all.strategies[0]: 'mode' is not one of"),
     ("generated", setting("votes.smol_all.answers", []), "config: votes.smol_all.answers: [] should be non-empty"),
     ("generated", setting("answers.samples", 0), "config: answers.samples: 0 is less than the minimum of 1"),
-    ("generated", setting("answers.prompts", {"mine": 5}), "config: answers.prompts.mine: 5 is not of type"),
+    ("generated", setting("answers.prompts", {"mine": 5}), "config: answers.prompts.mine: 5 is not valid under any of the given schemas"),
 ]
 
 

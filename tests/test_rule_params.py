@@ -68,7 +68,7 @@ def test_check_config_reports_an_ensemble_cycle_on_one_line(demo_config):
     config["ensembles"]["blend"]["members"] = {"blend": 1.0, "minilm": 1.0}
     with pytest.raises(OoflineError) as error:
         check_config(config, REPO)
-    assert str(error.value).splitlines()[1:] == ["config: ensembles.blend.members: ensembles form a cycle (blend -> blend)"]
+    assert str(error.value) == "config: ensembles.blend.members: ensembles form a cycle (blend -> blend)"
 
 
 def test_a_dry_run_of_a_config_with_an_ensemble_cycle_names_the_key(tmp_path):
