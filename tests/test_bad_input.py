@@ -153,7 +153,7 @@ def train_frame(n=8):
                          "category": ["a", "b"] * (n // 2), "sad": [0, 1] * (n // 2), "fear": [1, 0, 0, 1] * (n // 4)})
 
 
-def testset_frame(n=4):
+def competition_test_frame(n=4):
     return pl.DataFrame({"id": [f"t{i}" for i in range(n)], "text": [f"test {i}" for i in range(n)]})
 
 
@@ -171,11 +171,11 @@ def with_value(frame, column, row, value):
 # (name, task, {file name: bytes or None (absent)}, fragments the one line must hold)
 def data_case(name, task=MULTICLASS, train=None, test=None, expected=()):
     files = {"train.csv": csv_text(train_frame()).encode() if train is None else train,
-             "test.csv": csv_text(testset_frame()).encode() if test is None else test}
+             "test.csv": csv_text(competition_test_frame()).encode() if test is None else test}
     return pytest.param(task, files, expected, id=name)
 
 
-TRAIN, TEST = train_frame(), testset_frame()
+TRAIN, TEST = train_frame(), competition_test_frame()
 DATA_CASES = [
     data_case("missing train file", train=b"<absent>", expected=("file not found", "train.csv")),
     data_case("missing test file", test=b"<absent>", expected=("file not found", "test.csv")),
