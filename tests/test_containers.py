@@ -148,8 +148,9 @@ fi
 exec "$@"
 """
 
-# differ by design: manifests record the packages of the environment that wrote them; logs hold paths
-NOT_COMPARED = ("manifest.json", ".log")
+# differ by design: manifests record the packages of the environment that wrote them; logs hold paths;
+# the training speed file holds wall time (tokens/s)
+NOT_COMPARED = ("manifest.json", ".log", ".training_speed.json")
 
 
 def run_demo_subset(work: Path, containers: dict[str, str] | None, env: dict[str, str]) -> subprocess.CompletedProcess:
