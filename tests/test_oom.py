@@ -159,22 +159,28 @@ def test_every_gpu_step_of_the_real_rules_takes_the_models_resources(tmp_path):
         assert "gpu" not in resources and "slurm_partition" not in resources, (job, resources)
 
 
-@pytest.mark.slow
-def test_real_training_retries_an_oom_with_half_the_micro_batch_and_more_memory(tmp_path):
-    """The real train rule: attempt 1 runs out of memory (injected) and exits 75, recording the OOM; Snakemake
-    retries it with 1.5 x mem_mb, and attempt 2 trains with half the micro-batch and twice the accumulation
-    (the same 8 rows per optimizer step, so the same number of steps), then clears its OOM record."""
+def train_fold0_with_injected_failure(tmp_path, variable: str, exit_code: int):
+    """The real train rule on fold 0 with its first attempt failing through `variable`: the train job's
+    resources per attempt."""
     import yaml
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(oom_config()))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "1",
          "results/models/qlora/fold0/adapter"],
-        cwd=tmp_path, env=snakemake_env(OOFLINE_INJECT_OOM="1"), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=snakemake_env(**{variable: "1"}), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "returned non-zero exit status 75" in result.stderr
-    runs = job_resources(result.stderr)[("train_adapter", "model=qlora, split=fold0")]
+    assert f"returned non-zero exit status {exit_code}" in result.stderr
+    return job_resources(result.stderr)[("train_adapter", "model=qlora, split=fold0")]
+
+
+@pytest.mark.slow
+def test_real_training_retries_an_oom_with_half_the_micro_batch_and_more_memory(tmp_path):
+    """The real train rule: attempt 1 runs out of memory (injected) and exits 75, recording the OOM; Snakemake
+    retries it with 1.5 x mem_mb, and attempt 2 trains with half the micro-batch and twice the accumulation
+    (the same 8 rows per optimizer step, so the same number of steps), then clears its OOM record."""
+    runs = train_fold0_with_injected_failure(tmp_path, "OOFLINE_INJECT_OOM", exit_code=75)
     assert [(run["attempt"], run["mem_mb"]) for run in runs] == [("1", "1000"), ("2", "1500")]
     summary = json.loads((tmp_path / "results" / "models" / "qlora" / "fold0" / "adapter" / "training.json")
                          .read_text())["summary"]
@@ -187,17 +193,7 @@ def test_real_training_retries_an_oom_with_half_the_micro_batch_and_more_memory(
 def test_a_retry_after_a_user_error_asks_for_the_same_memory(tmp_path):
     """Bad input (an OoflineError, exit 2) is retried by Snakemake like any failure, but its mem_mb does not
     grow: only an out-of-memory exit (or a kill) earns more memory."""
-    import yaml
-
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(oom_config()))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "1",
-         "results/models/qlora/fold0/adapter"],
-        cwd=tmp_path, env=snakemake_env(OOFLINE_INJECT_USER_ERROR="1"), capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "returned non-zero exit status 2" in result.stderr
-    runs = job_resources(result.stderr)[("train_adapter", "model=qlora, split=fold0")]
+    runs = train_fold0_with_injected_failure(tmp_path, "OOFLINE_INJECT_USER_ERROR", exit_code=2)
     assert [(run["attempt"], run["mem_mb"]) for run in runs] == [("1", "1000"), ("2", "1000")]
     assert not (tmp_path / "results" / "work" / "qlora" / "fold0").exists()  # the record goes with the work folder
 

@@ -61,4 +61,4 @@ def test_aimo_serves_its_largest_model_in_4bit_with_its_own_completion_budget():
 def test_eedi_mines_and_scores_with_in_context_examples():
     eedi = recipe("eedi")["retrieval"]["misconceptions"]
     assert eedi["embedder_inference"]["embedder_class"] == "decoder-only-icl"
-    assert eedi["embedder_inference"]["icl_examples"] > 0
+    assert eedi["embedder_inference"]["icl_examples"] == 5
