@@ -41,7 +41,7 @@ def generated_config(n_models: int, n_folds: int, n_train: int = 60, n_test: int
         "model_defaults": {"max_length": 32, "epochs": 1, "batch_size": 8, "seed": 0, "resources": {"threads": 1}},
         "models": {
             f"model{i}": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "none", "r": 4,
-                          "alpha": 8, "lr": 2e-3 * (1 + i / 10)}
+                          "alpha": 8, "lr": 2e-3 * (1 + i / 10), "merge": True}
             for i in range(n_models)
         },
     }

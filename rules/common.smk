@@ -17,6 +17,7 @@ from workflow_scripts.execution.failures import print_user_errors  # the Snakefi
 RUN_STARTED = __import__("time").time()  # logs written since then belong to this run
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
+from workflow_scripts.model_spec import ModelSpec
 from workflow_scripts import rule_params
 from workflow_scripts.rule_params import cli_flags
 
@@ -147,7 +148,7 @@ def fold_predictions(wildcards):
 def model_targets(name):
     model = MODELS[name]
     targets = [out(f"oof/{name}.parquet"), out(f"test/{name}.parquet"), out(f"scores/{name}.json")]
-    if name in LORA_MODELS and model.get("merge", True):
+    if name in LORA_MODELS and ModelSpec.from_config(model).builds_merged:
         targets += [out(f"models/{name}/fold{k}/merged") for k in model_folds(name)]
     if model.get("train_full") and name in LORA_MODELS + FULL_MODELS:
         targets.append(out(f"models/{name}/full/{'adapter' if name in LORA_MODELS else 'model'}"))
@@ -245,11 +246,7 @@ def extra_arguments(wildcards, input):
 
 
 def model_gpu_count(name):
-    """GPUs one job of a model asks for: `gpu`, or the count at the end of `gres` (gpu:h100:2)."""
-    resources = MODELS[name]["resources"]
-    gres = resources.get("gres") or ""
-    count = gres.rsplit(":", 1)[-1] if gres.count(":") >= 1 else ""
-    return int(resources.get("gpu") or 0) or (int(count) if count.isdigit() else 1 if gres else 0)
+    return ModelSpec.from_config(MODELS[name]).gpu_count
 
 
 def train_launcher(wildcards):
@@ -535,6 +532,13 @@ def retrieval_data_options(wildcards, input):
 RETRIEVAL_STEP_RESOURCES = step_resources(
     lambda wildcards: RETRIEVAL[wildcards.pipeline].get("resources", {}), mem_mb=8000, runtime=60
 )
+
+def retrieval_threads(wildcards):
+    """CPU threads of a retrieval step (Snakemake sets OMP_NUM_THREADS from it): a fine-tune's own
+    `resources.threads`, else the pipeline's, else 2."""
+    own = iteration(wildcards)[wildcards.role].get("resources") if hasattr(wildcards, "role") else None
+    return (own or RETRIEVAL[wildcards.pipeline].get("resources") or {}).get("threads", 2)
+
 
 # a fine-tune may set its own resources (the write-ups train the embedder on 2 GPUs, the reranker on 4)
 FINETUNE_RETRIEVER_RESOURCES = step_resources(

@@ -25,7 +25,7 @@ TWO_MODELS_AND_A_SUBMISSION = movies_config(
     model_defaults={"max_length": 32, "epochs": 1, "batch_size": 8, "resources": {"threads": 1}},
     models={
         "qlora": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8,
-                  "lr": 2e-3},
+                  "lr": 2e-3, "merge": True},
         "full": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3},
     },
     ensembles={"pair": {"members": {"qlora": 1.0, "full": 1.2}, "method": "mean"}},

@@ -38,3 +38,42 @@ def test_unknown_or_missing_keys_are_one_line_errors():
         ModelSpec.from_config({"source": "x"})
     with pytest.raises(OoflineError, match="key 'lr' is required"):
         ModelSpec.from_config({"source": "x", "kind": "encoder_full"}).require_lr()
+
+
+@pytest.mark.parametrize("resources, merge, expected", [
+    ({"gpu": 0}, None, False),              # the CPU default: prediction reads base + adapter, no export copy
+    ({"gpu": 1}, None, True),               # on a GPU the merged model is what users ship
+    ({"gres": "gpu:h100:2"}, None, True),   # a Slurm gres asks for GPUs too
+    ({"gpu": 0}, True, True),               # asked for on the CPU
+    ({"gpu": 2}, False, False),             # declined on a GPU
+])
+def test_merged_folders_are_built_on_a_gpu_or_when_asked(resources, merge, expected):
+    entry = {"source": "tiny:llama", "kind": "decoder_lora", "resources": resources}
+    if merge is not None:
+        entry["merge"] = merge
+    assert ModelSpec.from_config(entry).builds_merged is expected
+
+
+def test_the_cpu_demo_plans_no_merge_jobs_and_a_gpu_model_plans_one_per_fold(tmp_path):
+    """A dry run of the real rules: the demo's CPU LoRA model gets no merge job; the same model with
+    `resources.gpu: 1` gets one per fold."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config = {key: config[key] for key in ("demo", "data", "task", "folds", "model_defaults")} | {
+        "models": {"qlora": config["models"]["tiny_llama_qlora"]}}
+    plans = {}
+    for gpu in (0, 1):
+        config["models"]["qlora"]["resources"] = {"gpu": gpu}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-n", "--cores", "1",
+                                 "--configfile", "config.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        plans[gpu] = result.stdout.count("rule merge_adapter:")
+    assert plans == {0: 0, 1: config["folds"]["n_folds"]}

@@ -61,7 +61,9 @@ class ModelSpec:
     folds: tuple[int, ...] | None = None
     train_full: bool = False
     test_predictions: str = "folds"  # folds: the fold models' mean; full: the full-data model's
-    merge: bool = True
+    # None: a merged/ copy for GPU models only; on the CPU prediction reads base + adapter anyway, so a
+    # merged copy is only an export that costs a job per fold (`merge: true` asks for it)
+    merge: bool | None = None
     trust_remote_code: bool = False
     corrected_by: str | None = None
     extra_data: Mapping[str, str] = field(default_factory=dict)
@@ -111,6 +113,19 @@ class ModelSpec:
     @property
     def is_lora(self) -> bool:
         return self.kind in LORA_KINDS
+
+    @property
+    def builds_merged(self) -> bool:
+        """Whether the workflow builds merged/ folders for this LoRA model (see `merge`)."""
+        return self.merge if self.merge is not None else self.gpu_count > 0
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs one job of the model asks for: `gpu`, or the count at the end of `gres` (gpu:h100:2)."""
+        resources = self.resources or {}
+        gres = resources.get("gres") or ""
+        count = gres.rsplit(":", 1)[-1] if gres.count(":") >= 1 else ""
+        return int(resources.get("gpu") or 0) or (int(count) if count.isdigit() else 1 if gres else 0)
 
     @property
     def prediction_batch_size(self) -> int:
