@@ -68,7 +68,7 @@ rule mine_negatives:
     params:
         code=code_digest("retrieval.mining"),
         options=mining_options,
-    threads: 2
+    threads: retrieval_threads
     resources:
         **RETRIEVAL_STEP_RESOURCES,
     log:
@@ -91,7 +91,7 @@ rule teacher_scores:
     params:
         code=code_digest("retrieval.teacher_scores"),
         options=lambda wildcards: reranker_inference_options(wildcards.pipeline),
-    threads: 2
+    threads: retrieval_threads
     resources:
         **RETRIEVAL_STEP_RESOURCES,
     log:
@@ -115,7 +115,7 @@ rule finetune_retriever:
         options=finetune_options,
         # one process per GPU of the job
         processes=lambda wildcards, resources: max(1, int(resources.gpu or 0)),
-    threads: 2
+    threads: retrieval_threads
     resources:
         **FINETUNE_RETRIEVER_RESOURCES,
     log:
@@ -145,7 +145,7 @@ rule evaluate_retrieval:
     params:
         code=code_digest("retrieval.eval"),
         options=evaluation_options,
-    threads: 2
+    threads: retrieval_threads
     resources:
         **RETRIEVAL_STEP_RESOURCES,
     log:
