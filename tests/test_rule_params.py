@@ -73,28 +73,28 @@ def test_check_config_reports_an_ensemble_cycle_on_one_line(demo_config):
 
 def test_a_dry_run_of_a_config_with_an_ensemble_cycle_names_the_key(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["ensembles"]["tiny_blend"]["members"] = ["searched", "minilm"]
-    config["ensembles"]["searched"]["members"] = ["tiny_blend", "minilm"]
+    config["ensembles"]["blend"]["members"] = ["searched", "minilm"]
+    config["ensembles"]["searched"]["members"] = ["blend", "minilm"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--configfile",
                              "config.yaml", "--directory", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "config: ensembles.tiny_blend.members: ensembles form a cycle (searched -> tiny_blend -> searched)" in output
+    assert "config: ensembles.blend.members: ensembles form a cycle (searched -> blend -> searched)" in output
     assert "RecursionError" not in output and "Traceback" not in output
 
 
 def test_the_manifest_slice_holds_what_the_submission_is_built_from(demo_config):
     config = copy.deepcopy(demo_config)
-    config["ensembles"]["outer"] = {"members": ["tiny_blend", "minilm"]}
+    config["ensembles"]["outer"] = {"members": ["blend", "minilm"]}
     config["submissions"]["outer_sub"] = {"source": "outer", "format": "top_k"}
     config_slice = rule_params.submission_config_slice(config, "outer_sub")
-    assert sorted(config_slice["models"]) == ["minilm", "tiny_llama_full", "tiny_llama_qlora"]
-    assert sorted(config_slice["ensembles"]) == ["outer", "tiny_blend"]
+    assert sorted(config_slice["models"]) == ["minilm", "tiny_llama_qlora"]
+    assert sorted(config_slice["ensembles"]) == ["blend", "outer"]
     assert config_slice["thresholds"] == {} and config_slice["task"] == config["task"]
     flags = shlex.split(rule_params.submission_flags(config, "outer_sub", None))
-    base_models = flags[flags.index("--base-models") + 1:flags.index("--base-models") + 4]
-    assert base_models == ["minilm=packaged:minilm", "tiny_llama_full=tiny:llama", "tiny_llama_qlora=tiny:llama"]
+    base_models = flags[flags.index("--base-models") + 1:flags.index("--base-models") + 3]
+    assert base_models == ["minilm=packaged:minilm", "tiny_llama_qlora=tiny:llama"]
     assert "--thresholds" not in flags
 
 
