@@ -119,8 +119,16 @@ def test_a_best_epoch_model_and_what_is_built_on_it_are_flagged_optimistic(tmp_p
     flagged = board.filter(pl.col("cv_optimistic") == True)  # noqa: E712
     assert sorted(set(flagged.select("kind", "name").iter_rows())) == [
         ("ensemble", "outer"), ("ensemble", "pair"), ("fold", "qwen"), ("model", "qwen"), ("submission", "sub2")]
+    prior = tmp_path / "scores" / "prior.json"
+    write_json({"metric": "map@3", "score": 0.55}, prior)
+    board = lb.build_leaderboard(
+        list(paths.values()),
+        [tmp_path / "ensembles" / name / "score.json" for name in ("blend", "outer", "pair")],
+        [tmp_path / "submissions" / name / "manifest.json" for name in ("sub1", "sub2")], prior_scores=prior)
     model = board.filter((pl.col("kind") == "model") & (pl.col("name") == "qwen")).row(0, named=True)
     assert model["cv_plain"] == 0.5
+    # its optimistic CV would beat the prior; its plain CV, the one the lift is taken from, does not
+    assert model["cv"] > 0.55 and model["lift_over_prior"] == pytest.approx(-0.05) and model["beats_prior"] is False
     assert board.filter(pl.col("kind") == "fold").filter(pl.col("name") == "qwen")["cv_plain"].to_list() == [0.4] * 3
     markdown = lb.to_markdown(board)
     assert "**Optimistic CV**" in markdown

@@ -81,5 +81,8 @@ def test_best_epoch_per_fold_is_kept_scored_as_applied_and_flagged(tmp_path):
     assert ("model", "last") not in flagged
     row = board.filter((pl.col("kind") == "model") & (pl.col("name") == "best")).row(0, named=True)
     assert row["cv_plain"] == pytest.approx(scores["plain"]["score"], abs=1e-6)
+    # the lift over the prior is the plain CV's, in score.json and on the board
+    assert scores["lift_over_prior"] == pytest.approx(scores["plain"]["score"] - scores["prior_score"], abs=1e-9)
+    assert row["lift_over_prior"] == pytest.approx(scores["lift_over_prior"], abs=1e-6)
     markdown = (results / "leaderboard.md").read_text()
     assert "**Optimistic CV**" in markdown and "model best, ensemble pair" in markdown
