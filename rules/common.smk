@@ -142,7 +142,12 @@ def fold_predictions(wildcards):
         test = [out(f"predictions/{wildcards.model}/full/test.parquet")]
     else:
         test = [out(f"predictions/{wildcards.model}/fold{k}/test.parquet") for k in folds]
-    return {"valid": [out(f"predictions/{wildcards.model}/fold{k}/valid.parquet") for k in folds], "test": test}
+    inputs = {"valid": [out(f"predictions/{wildcards.model}/fold{k}/valid.parquet") for k in folds], "test": test}
+    if MODELS[wildcards.model].get("select_epoch") == "best":
+        # the fold models' epoch histories and last-epoch predictions: the plain CV beside the optimistic one
+        subdir = "adapter" if wildcards.model in LORA_MODELS else "model"
+        inputs["trained"] = [out(f"models/{wildcards.model}/fold{k}/{subdir}") for k in folds]
+    return inputs
 
 
 def model_targets(name):
@@ -232,6 +237,9 @@ def train_inputs(wildcards):
         "base": base_model(wildcards),
     }
     inputs.update(extra_training_data(wildcards.model))
+    if MODELS[wildcards.model].get("select_epoch") == "best":
+        # each epoch's held-out fold is scored against the targets OOF scoring reads (not corrected labels)
+        inputs["held_out_targets"] = out("targets.parquet")
     return inputs
 
 
@@ -260,6 +268,8 @@ train_params = dict(
     model_config=model_json,
     base=base_model_path,
     extra=extra_arguments,
+    epoch_selection=lambda wildcards, input: rule_params.epoch_selection_flags(
+        MODELS[wildcards.model], config["task"]["metric"], input.get("held_out_targets")),
     work_dir=lambda wildcards: out(f"work/{wildcards.model}/{wildcards.split}"),
 )
 
@@ -270,7 +280,7 @@ ON_GPUS = "{PY}.execution.gpu_devices --gpus {resources.gpu} -- python -m workfl
 TRAIN_COMMAND = (
     "{PY}.execution.gpu_devices --gpus {resources.gpu} {params.launcher} -- python -m workflow_scripts.train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
     " --labels {input.labels:q} --fold {params.fold} --model-config {params.model_config:q}"
-    " --base {params.base:q} {params.extra} --out {output:q} --work-dir {params.work_dir:q}"
+    " --base {params.base:q} {params.extra} {params.epoch_selection} --out {output:q} --work-dir {params.work_dir:q}"
     " --attempt {resources.attempt} --threads {threads} > {log:q} 2>&1"
 )
 

@@ -50,6 +50,7 @@ rule oof:
         code=code_digest("oof"),
         metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
         test_source=lambda wildcards: test_source(wildcards.model),
+        selected_epochs=lambda wildcards, input: rule_params.selected_epoch_flags(input.get("trained", [])),
     log:
         out("logs/oof/{model}.log"),
     conda:
@@ -60,7 +61,7 @@ rule oof:
         "{PY}.oof --valid {input.valid:q} --test {input.test:q} --folds {input.folds:q}"
         " --targets {input.targets:q} --labels {input.labels:q} --metric {params.metric:q} --name {wildcards.model}"
         " --prior-scores {input.prior:q}"
-        " --test-source {params.test_source}"
+        " --test-source {params.test_source} {params.selected_epochs}"
         " --oof-out {output.oof:q} --test-out {output.test:q} --scores-out {output.scores:q} > {log:q} 2>&1"
 
 

@@ -108,6 +108,9 @@ CONFIG_CASES = [
     ("generated", setting("votes.smol_all.answers", []), "config: votes.smol_all.answers: [] should be non-empty"),
     ("generated", setting("answers.samples", 0), "config: answers.samples: 0 is less than the minimum of 1"),
     ("generated", setting("answers.prompts", {"mine": 5}), "config: answers.prompts.mine: 5 is not valid under any of the given schemas"),
+    ("movies", setting("models.minilm.select_epoch", "Best"), "config: models.minilm.select_epoch: 'Best' is not one of ['last', 'best']"),
+    ("movies", setting("models.minilm_embed.select_epoch", "best"),
+     "config: models.minilm_embed.select_epoch: best needs a fine-tune kind (embedding_head fits once"),
 ]
 
 

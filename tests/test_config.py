@@ -48,6 +48,12 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
     (lambda c: c["models"]["minilm"].update(resources={"gpu": 1, "gres": "gpu:h100:1"}),
      "config: models.minilm.resources.gres: set either gres or gpu/gpu_model, not both"),
     (lambda c: c["models"]["minilm"].update(resources={"gres": "'gpu:1'"}), "config: models.minilm.resources.gres:"),
+    (lambda c: c["models"]["minilm"].update(select_epoch="first"),
+     "config: models.minilm.select_epoch: 'first' is not one of ['last', 'best']"),
+    (lambda c: c["models"]["tfidf"].update(select_epoch="best"),
+     "config: models.tfidf.select_epoch: best needs a fine-tune kind"),
+    (lambda c: c["models"]["minilm"].update(select_epoch="best", train_full=True),
+     "config: models.minilm.select_epoch: best cannot pick an epoch for the full-data model"),
     (lambda c: c["submissions"].update(movie_plots=c["submissions"]["blend_top3"]),
      "config: submissions.movie_plots: retrieval.movie_plots also writes submissions/movie_plots/"),
 ])

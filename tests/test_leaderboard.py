@@ -97,3 +97,42 @@ def test_a_thresholded_submission_shows_its_thresholded_cv(tmp_path, monkeypatch
                               "--out", "tuned/submission.csv", "--manifest-out", "tuned/manifest.json"]) == 0
     row = lb.build_leaderboard(manifests=["tuned/manifest.json"]).row(0, named=True)
     assert (row["cv"], row["cv_thresholded"], row["cv_thresholded_nested"]) == (0.61, 0.67, 0.65)
+
+
+def test_a_best_epoch_model_and_what_is_built_on_it_are_flagged_optimistic(tmp_path):
+    paths = write_inputs(tmp_path)
+    optimistic = json.loads(paths["qwen"].read_text())
+    plain = {"score": 0.5, "folds": {fold: {"score": 0.4} for fold in optimistic["folds"]}}
+    optimistic.update(selection="best_epoch_on_valid_fold", cv_optimistic=True, plain=plain)
+    write_json(optimistic, paths["qwen"])
+    write_json({"ensemble": "pair", "metric": "map@3", "score": 0.8, "members": ["qwen", "deberta"]},
+               tmp_path / "ensembles" / "pair" / "score.json")
+    write_json({"ensemble": "outer", "metric": "map@3", "score": 0.8, "members": ["pair"]},
+               tmp_path / "ensembles" / "outer" / "score.json")
+    manifest = {"hashed": {"submission": "sub2", "config": {"models": {"qwen": {"select_epoch": "best"}}},
+                           "oof_scores": {}}}
+    write_json(manifest, tmp_path / "submissions" / "sub2" / "manifest.json")
+    board = lb.build_leaderboard(
+        list(paths.values()),
+        [tmp_path / "ensembles" / name / "score.json" for name in ("blend", "outer", "pair")],
+        [tmp_path / "submissions" / name / "manifest.json" for name in ("sub1", "sub2")])
+    flagged = board.filter(pl.col("cv_optimistic") == True)  # noqa: E712
+    assert sorted(set(flagged.select("kind", "name").iter_rows())) == [
+        ("ensemble", "outer"), ("ensemble", "pair"), ("fold", "qwen"), ("model", "qwen"), ("submission", "sub2")]
+    prior = tmp_path / "scores" / "prior.json"
+    write_json({"metric": "map@3", "score": 0.55}, prior)
+    board = lb.build_leaderboard(
+        list(paths.values()),
+        [tmp_path / "ensembles" / name / "score.json" for name in ("blend", "outer", "pair")],
+        [tmp_path / "submissions" / name / "manifest.json" for name in ("sub1", "sub2")], prior_scores=prior)
+    model = board.filter((pl.col("kind") == "model") & (pl.col("name") == "qwen")).row(0, named=True)
+    assert model["cv_plain"] == 0.5
+    # its optimistic CV would beat the prior; its plain CV, the one the lift is taken from, does not
+    assert model["cv"] > 0.55 and model["lift_over_prior"] == pytest.approx(-0.05) and model["beats_prior"] is False
+    assert board.filter(pl.col("kind") == "fold").filter(pl.col("name") == "qwen")["cv_plain"].to_list() == [0.4] * 3
+    markdown = lb.to_markdown(board)
+    assert "**Optimistic CV**" in markdown
+    assert "model qwen, ensemble outer, ensemble pair, submission sub2" in markdown
+    # a board without such models shows neither the note nor the columns
+    honest = lb.to_markdown(lb.build_leaderboard([paths["deberta"]]))
+    assert "Optimistic" not in honest and "cv_plain" not in honest

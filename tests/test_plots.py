@@ -237,6 +237,11 @@ def test_leaderboard_html_lists_every_row_escaped(inputs, tmp_path):
     weird = pl.DataFrame({"kind": ["model"], "name": ["<b>&x"], "metric": ["m"], "cv": [0.5], "lb_public": [None],
                           "lb_private": [None]})
     assert "&lt;b&gt;&amp;x" in plots.leaderboard_html(weird)
+    assert "Optimistic CV" not in page
+    flagged = pl.DataFrame({"kind": ["model", "fold"], "name": ["best", "best"], "cv": [0.5, 0.5],
+                            "cv_optimistic": [True, True]})
+    assert "<b>Optimistic CV</b> (select_epoch: best" in plots.leaderboard_html(flagged)
+    assert "model best</p>" in plots.leaderboard_html(flagged)
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent

@@ -85,6 +85,8 @@ def test_unlp_recipe_keeps_the_write_up_settings():
     assert sorted(gemma["target_modules"]) == sorted(
         ["o_proj", "v_proj", "q_proj", "k_proj", "gate_proj", "down_proj", "up_proj"])
     assert config["thresholds"]["folds_mean"] == {"method": "hybrid", "weight": 0.5}
+    # oofline's choice (the write-up does not say which epoch a fold kept): the best epoch per fold, flagged optimistic
+    assert gemma["select_epoch"] == "best"
 
 
 def test_eedi_recipe_keeps_the_write_up_settings():

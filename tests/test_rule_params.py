@@ -119,3 +119,12 @@ def test_rule_files_hold_rules_only():
             assert "\ndef " not in rule_file.read_text(), rule_file.name
     common = (REPO / "rules" / "common.smk").read_text()
     assert "shlex" not in common, "flags are built by rule_params.cli_flags, not by hand in common.smk"
+
+
+def test_epoch_selection_flags_only_for_select_epoch_best():
+    assert rule_params.epoch_selection_flags({"kind": "encoder_full"}, "map@3", None) == ""
+    assert rule_params.epoch_selection_flags({"select_epoch": "last"}, "map@3", "t.parquet") == ""
+    assert (rule_params.epoch_selection_flags({"select_epoch": "best"}, "map@3", "results/targets.parquet")
+            == "--metric map@3 --held-out-targets results/targets.parquet")
+    assert rule_params.selected_epoch_flags([]) == ""
+    assert rule_params.selected_epoch_flags(["m/fold0/adapter", "m/fold1/adapter"]) == "--trained m/fold0/adapter m/fold1/adapter"

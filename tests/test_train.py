@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from safetensors.numpy import load_file
@@ -11,7 +12,7 @@ from safetensors.numpy import load_file
 from workflow_scripts.data import prepare_frames
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.predict import load_trained, predict_probabilities
-from workflow_scripts.train import train_model, training_rows
+from workflow_scripts.train import chosen_epoch, held_out_fold, train_model, training_rows
 
 TASK = {"type": "multiclass", "text_template": "{text}", "label_column": "category"}
 QLORA = {"kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8, "dropout": 0.1, "lr": 5e-3,
@@ -164,3 +165,62 @@ def test_staged_training_sees_the_extra_rows_in_stage_one_only(tmp_path, prepare
     steps = logged_steps(capsys.readouterr().out)
     assert [(stage, step) for stage, step, _ in steps] == [(1, k) for k in range(1, 7)] + [(2, k) for k in range(7, 11)]
     assert summary["train_rows"] == {"official": 32, "generated": 16}
+
+
+def test_the_chosen_epoch_is_the_first_best_in_the_metrics_direction():
+    history = [{"epoch": 1, "score": 0.5}, {"epoch": 2, "score": 0.7}, {"epoch": 3, "score": 0.7},
+               {"epoch": 4, "score": 0.6}]
+    assert chosen_epoch(history, "map@3") == 2  # argmax; the tie with epoch 3 goes to the earlier epoch
+    assert chosen_epoch(history, "log_loss") == 1  # a loss: the lowest wins
+    assert chosen_epoch([{"epoch": 1, "score": float("nan")}, {"epoch": 2, "score": 0.1}], "accuracy") == 2
+    with pytest.raises(OoflineError, match="no epoch was scored"):
+        chosen_epoch([], "accuracy")
+
+
+def test_the_full_data_model_has_no_fold_to_pick_an_epoch_on(prepared):
+    train, _, spec, targets = prepared
+    folds = pl.DataFrame({"id": train["id"], "fold": [i % 2 for i in range(train.height)]})
+    targets_frame = pl.DataFrame({"id": train["id"]}).hstack(pl.DataFrame(targets, schema=spec.probability_columns))
+    with pytest.raises(OoflineError, match="select_epoch: best needs a held-out fold; fold 'full' has none"):
+        held_out_fold(train, targets_frame, folds, "full", spec, "map@3")
+    held_out = held_out_fold(train, targets_frame, folds, "1", spec, "map@3")
+    assert held_out.ids == train["id"].to_list()[1::2] and held_out.targets.shape == (train.height // 2, 3)
+
+
+@pytest.mark.slow
+def test_best_epoch_is_kept_recorded_and_survives_a_resume(tmp_path, prepared, tiny_llama_dir):
+    from workflow_scripts.metrics import task_scores
+
+    train, _, spec, targets = prepared
+    folds = pl.DataFrame({"id": train["id"], "fold": [i % 2 for i in range(train.height)]})
+    targets_frame = pl.DataFrame({"id": train["id"]}).hstack(pl.DataFrame(targets, schema=spec.probability_columns))
+    held_out = held_out_fold(train, targets_frame, folds, "0", spec, "map@3")
+    rows = set(training_rows(folds, "0"))
+    config = {"kind": "encoder_full", "lr": 1e-2, "epochs": 3, "batch_size": 8, "max_length": 32, "seed": 3,
+              "select_epoch": "best"}
+    uninterrupted = tmp_path / "uninterrupted"
+    summary = train_model(train, targets, spec, rows, config, str(tiny_llama_dir), uninterrupted, tmp_path / "work_a",
+                          held_out=held_out)
+    selection = summary["epoch_selection"]
+    history = [entry["score"] for entry in selection["history"]]
+    assert [(e["epoch"], e["stage"], e["stage_epoch"]) for e in selection["history"]] == [(1, 1, 1), (2, 1, 2), (3, 1, 3)]
+    assert selection["chosen_epoch"] == int(np.argmax(history)) + 1 and selection["last_epoch"] == 3
+    # the saved model is the chosen epoch's: predicting the fold with it scores what training recorded
+    model, tokenizer = load_trained(str(uninterrupted), str(tiny_llama_dir), config, 3)
+    probabilities = predict_probabilities(model, tokenizer, held_out.texts, spec, 32, 16)
+    applied = task_scores(spec, probabilities, held_out.targets, "map@3")["score"]
+    assert applied == pytest.approx(history[selection["chosen_epoch"] - 1], abs=1e-6)
+    last_epoch = pl.read_parquet(uninterrupted / "last_epoch_valid.parquet")
+    last_scored = task_scores(spec, last_epoch.select(spec.probability_columns).to_numpy(), held_out.targets, "map@3")
+    assert last_epoch["fold"].unique().to_list() == [0] and last_scored["score"] == pytest.approx(history[-1], abs=1e-9)
+    # killed in epoch 2 (last checkpoint: the end of epoch 1), resumed: the same history, choice and weights
+    interrupted = tmp_path / "interrupted"
+    train_model(train, targets, spec, rows, config, str(tiny_llama_dir), interrupted, tmp_path / "work_b",
+                checkpoint_every=100, stop_after_steps=6, held_out=held_out)
+    train_model(train, targets, spec, rows, config, str(tiny_llama_dir), interrupted, tmp_path / "work_b",
+                checkpoint_every=100, held_out=held_out)
+    assert (uninterrupted / "training.json").read_bytes() == (interrupted / "training.json").read_bytes()
+    first = load_file(str(uninterrupted / "model.safetensors"))
+    second = load_file(str(interrupted / "model.safetensors"))
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])

@@ -137,6 +137,15 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
                                 "nor a hub id like org/name")
         if model["kind"] == "encoder_full" and model.get("quantization") not in (None, "none"):
             problems.append(f"config: models.{name}.quantization: {model['quantization']} needs a LoRA kind (full fine-tunes train every weight)")
+        if model.get("select_epoch") == "best":
+            if model["kind"] in ("tfidf_linear", "embedding_head"):
+                problems.append(f"config: models.{name}.select_epoch: best needs a fine-tune kind "
+                                f"({model['kind']} fits once, with no epochs to pick from)")
+            if model.get("train_full"):
+                # a fallback to the last epoch would give the full-data model a schedule no CV measured
+                problems.append(f"config: models.{name}.select_epoch: best cannot pick an epoch for the full-data "
+                                f"model (train_full: it has no held-out fold); drop train_full, or use "
+                                f"select_epoch: last with the epochs the fold models chose")
         if model.get("test_predictions") == "full" and not model.get("train_full"):
             problems.append(f"config: models.{name}.test_predictions: 'full' needs models.{name}.train_full: true")
         n_folds = config.get("folds", {}).get("n_folds", 5)

@@ -24,6 +24,14 @@ SCHEMA = {
 }
 # where a model's test predictions come from; its CV always comes from its fold models
 SCHEMA["test_predictions"] = pl.String
+# select_epoch: best. cv_optimistic is true on a row whose CV rests on epochs picked on the folds they score (the
+# model, its folds, ensembles over it, submissions from them); cv_plain is the model's CV with its last epochs.
+# Honest rows leave both empty, so a board without such models has the columns it always had, empty.
+SCHEMA["cv_optimistic"] = pl.Boolean
+SCHEMA["cv_plain"] = pl.Float64
+OPTIMISTIC_NOTE = ("**Optimistic CV** (select_epoch: best: each fold's epoch was picked on that fold's labels; "
+                   "compare cv_plain, the last epoch's CV, with other rows (a model's lift over the prior is taken "
+                   "from it), and read ensembles and submissions over these models as optimistic too): ")
 
 
 def load_lb_scores(path: str | Path | None) -> dict[str, dict[str, float | None]]:
@@ -69,12 +77,20 @@ def model_rows(path: str | Path) -> list[dict]:
     name = payload.get("model") or Path(path).stem
     if "score" not in payload:
         raise OoflineError(f"{path}: model score file has no 'score' key")
+    from workflow_scripts.oof import OPTIMISTIC_SELECTION
+
+    optimistic = payload.get("selection") == OPTIMISTIC_SELECTION
+    plain = (payload.get("plain") or {}) if optimistic else {}
+    flag = True if optimistic else None
     rows = [_row(kind="model", name=name, metric=payload.get("metric"), cv=_number(payload["score"]),
                  cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
-                 test_predictions=payload.get("test_predictions"), source=Path(path).as_posix())]
+                 test_predictions=payload.get("test_predictions"), cv_optimistic=flag,
+                 cv_plain=_number(plain.get("score")), source=Path(path).as_posix())]
     for fold, scores in sorted(payload.get("folds", {}).items(), key=lambda item: int(item[0])):
         rows.append(_row(kind="fold", name=name, fold=str(fold), metric=payload.get("metric"),
-                         cv=_number(scores.get("score")), source=Path(path).as_posix()))
+                         cv=_number(scores.get("score")), cv_optimistic=flag,
+                         cv_plain=_number((plain.get("folds") or {}).get(fold, {}).get("score")),
+                         source=Path(path).as_posix()))
     return rows
 
 
@@ -84,6 +100,26 @@ def ensemble_rows(path: str | Path) -> list[dict]:
     return [_row(kind="ensemble", name=name, metric=payload.get("metric"), cv=_number(payload.get("score")),
                  cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
                  cv_in_sample=_number(payload.get("in_sample_score")), source=Path(path).as_posix())]
+
+
+def ensemble_members_of(path: str | Path) -> tuple[str, list[str]]:
+    payload = read_json(path)
+    return payload.get("ensemble") or Path(path).parent.name, list(payload.get("members") or [])
+
+
+def flag_optimistic_sources(rows: list[dict], members: dict[str, list[str]]) -> None:
+    """Mark ensembles with an optimistic member (a model or ensemble, at any depth) cv_optimistic."""
+    optimistic = {row["name"] for row in rows if row["kind"] == "model" and row["cv_optimistic"]}
+    changed = True
+    while changed:  # members may be ensembles listed later
+        changed = False
+        for name, names in members.items():
+            if name not in optimistic and optimistic & set(names):
+                optimistic.add(name)
+                changed = True
+    for row in rows:
+        if row["kind"] == "ensemble" and row["name"] in optimistic:
+            row["cv_optimistic"] = True
 
 
 def submission_row(path: str | Path) -> dict:
@@ -98,8 +134,12 @@ def submission_row(path: str | Path) -> dict:
         if "oof_score_after" in scores:
             thresholded = _number(scores["oof_score_after"])
             thresholded_nested = _number(scores.get("oof_score_after_nested"))
+    # its source's models, as hashed: one picked its epochs on the folds it is scored on
+    models = (hashed.get("config") or {}).get("models") or {}
+    optimistic = any(isinstance(m, dict) and m.get("select_epoch") == "best" for m in models.values()) or None
     return _row(kind="submission", name=name, metric=metric, cv=cv, cv_in_sample=in_sample,
-                cv_thresholded=thresholded, cv_thresholded_nested=thresholded_nested, source=Path(path).as_posix())
+                cv_thresholded=thresholded, cv_thresholded_nested=thresholded_nested, cv_optimistic=optimistic,
+                source=Path(path).as_posix())
 
 
 def prior_row(path: str | Path) -> dict:
@@ -118,8 +158,16 @@ def add_lift(rows: list[dict], prior: dict) -> None:
     for row in rows:
         if row["kind"] in ("prior", "fold") or row["cv"] is None or row["metric"] != prior["metric"]:
             continue
-        row["lift_over_prior"] = lift_over_prior(row["cv"], prior["cv"], prior["metric"])
+        # a best-epoch model is measured by its plain CV: the optimistic one would flatter it
+        honest = row["cv_plain"] if row["cv_plain"] is not None else row["cv"]
+        row["lift_over_prior"] = lift_over_prior(honest, prior["cv"], prior["metric"])
         row["beats_prior"] = row["lift_over_prior"] > 0
+
+
+def optimistic_rows(board: pl.DataFrame) -> list[str]:
+    """`kind name` of every model, ensemble and submission row whose CV is optimistic (select_epoch: best)."""
+    flagged = board.filter((pl.col("cv_optimistic") == True) & (pl.col("kind") != "fold"))  # noqa: E712
+    return [f"{kind} {name}" for kind, name in flagged.select("kind", "name").iter_rows()]
 
 
 def not_beating_prior(board: pl.DataFrame) -> list[str]:
@@ -135,6 +183,7 @@ def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: 
     rows = [prior_row(prior_scores)] if prior_scores else []
     rows += [row for path in model_scores for row in model_rows(path)]
     rows += [row for path in ensemble_scores for row in ensemble_rows(path)]
+    flag_optimistic_sources(rows, dict(ensemble_members_of(path) for path in ensemble_scores))
     rows += [submission_row(path) for path in manifests]
     lb_scores = lb_scores or {}
     submitted = {row["name"] for row in rows if row["kind"] == "submission"}
@@ -166,6 +215,9 @@ def to_markdown(board: pl.DataFrame) -> str:
     if flagged:
         parts += ["**Not better than the prior baseline** (learned nothing usable on the task metric): "
                   + ", ".join(flagged), ""]
+    optimistic = optimistic_rows(board)
+    if optimistic:
+        parts += [OPTIMISTIC_NOTE + ", ".join(optimistic), ""]
     for kind in KINDS:
         rows = board.filter(pl.col("kind") == kind).drop("kind", "source")
         if rows.height == 0:
@@ -198,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"leaderboard: {board.height} rows -> {args.out_csv}, {args.out_md}", flush=True)
     for row in not_beating_prior(board):
         print(f"WARNING: {row} does not beat the prior baseline", flush=True)
+    for row in optimistic_rows(board):
+        print(f"NOTE: {row} has an optimistic CV (select_epoch: best; see cv_plain)", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ class ModelSpec:
     label_smoothing: float = 0.0
     max_grad_norm: float = 1.0
     epochs: int = 1
+    # None is `last`: left out of the merged defaults, so a config that does not set it plans the same jobs
+    select_epoch: str | None = None
     batch_size: int = 16
     predict_batch_size: int | None = None  # None: twice batch_size (no gradients, so twice fits)
     grad_accum: int = 1
@@ -126,6 +128,11 @@ class ModelSpec:
         gres = resources.get("gres") or ""
         count = gres.rsplit(":", 1)[-1] if gres.count(":") >= 1 else ""
         return int(resources.get("gpu") or 0) or (int(count) if count.isdigit() else 1 if gres else 0)
+
+    @property
+    def selects_best_epoch(self) -> bool:
+        """select_epoch: best: keep the epoch that scored best on the held-out fold (an optimistic CV)."""
+        return self.select_epoch == "best"
 
     @property
     def prediction_batch_size(self) -> int:

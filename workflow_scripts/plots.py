@@ -393,6 +393,15 @@ def leaderboard_html(board: pl.DataFrame) -> str:
             parts.append("<p><b>Not better than the prior baseline</b> (learned nothing usable on the task metric): "
                          + html.escape(", ".join(f"{k} {n}" for k, n in flagged.select("kind", "name").iter_rows()))
                          + "</p>")
+    if "cv_optimistic" in board.columns:
+        from workflow_scripts.leaderboard import OPTIMISTIC_NOTE
+
+        optimistic = board.filter((pl.col("cv_optimistic").cast(pl.String).str.to_lowercase() == "true")
+                                  & (pl.col("kind") != "fold"))
+        if optimistic.height:
+            names = ", ".join(f"{k} {n}" for k, n in optimistic.select("kind", "name").iter_rows())
+            parts.append("<p><b>Optimistic CV</b> " + html.escape(OPTIMISTIC_NOTE.removeprefix("**Optimistic CV** ") + names)
+                         + "</p>")
     kinds = [k for k in titles if k in set(board["kind"].to_list())]
     kinds += sorted(set(board["kind"].to_list()) - set(kinds))
     for kind in kinds:

@@ -49,6 +49,21 @@ def cli_flags(settings: Mapping[str, Any] | Iterable[tuple[str, Any]], keys: Ite
     return " ".join(flags)
 
 
+def epoch_selection_flags(model: Mapping[str, Any], metric: str, held_out_targets: str | None) -> str:
+    """Training's flags for `select_epoch: best` (the metric and targets each epoch's held-out fold is scored
+    on); nothing for `last`, so those jobs' commands stay as they were."""
+    if model.get("select_epoch") != "best":
+        return ""
+    return cli_flags({"metric": metric, "held_out_targets": held_out_targets})
+
+
+def selected_epoch_flags(trained_dirs: Iterable[str]) -> str:
+    """The oof step's flag naming the fold models of a `select_epoch: best` model (their last-epoch predictions
+    and epoch history); nothing for other models."""
+    trained_dirs = list(trained_dirs)
+    return cli_flags({"trained": trained_dirs}) if trained_dirs else ""
+
+
 # ---- the ensemble graph: a source is a model or an ensemble of sources ----
 
 

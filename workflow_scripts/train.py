@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,9 +21,10 @@ import numpy as np
 import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.io import atomic_path, read_table, write_json
+from workflow_scripts.io import atomic_path, read_table, write_json, write_parquet
 from workflow_scripts.labels import LabelSpec
 from workflow_scripts.model_spec import OFFICIAL, ModelSpec
+from workflow_scripts.predict import prediction_frame
 
 
 def effective_batching(model_spec: ModelSpec, out_of_memory_retries: int) -> tuple[int, int]:
@@ -78,6 +80,94 @@ def training_rows(folds: pl.DataFrame, fold: str) -> set[str]:
     return set(folds.filter(pl.col("fold") != int(fold))["id"].to_list())
 
 
+# select_epoch: best. The best epoch's trainable weights and the latest epoch's held-out predictions wait in the
+# work folder (so a resumed run keeps them); the output gets the chosen weights and the last epoch's predictions,
+# whose score is the plain (not optimistic) CV of the fold.
+BEST_EPOCH_WEIGHTS = "best_epoch.safetensors"
+LATEST_EPOCH_VALID = "latest_epoch_valid.parquet"
+LAST_EPOCH_VALID = "last_epoch_valid.parquet"
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out fold a `select_epoch: best` model is scored on after every epoch.
+
+    targets: (n_rows, n_columns) in the label spec's column order, from the file OOF scoring reads."""
+
+    ids: list[Any]  # as the training file types them, like predict's held-out predictions
+    texts: list[str]
+    targets: np.ndarray
+    fold: int
+    metric: str
+
+
+def held_out_fold(train: pl.DataFrame, targets: pl.DataFrame, folds: pl.DataFrame, fold: str, spec: LabelSpec,
+                  metric: str) -> HeldOut:
+    """The rows of fold `fold` (a number: the full-data model has no held-out rows to pick an epoch on)."""
+    if not fold.isdigit():
+        raise OoflineError(f"select_epoch: best needs a held-out fold; fold {fold!r} has none "
+                           "(train the full-data model with select_epoch: last)")
+    # the same rows, in the same order, as predict's held-out predictions
+    held_out_ids = set(folds.filter(pl.col("fold") == int(fold))["id"].to_list())
+    rows = train.filter(pl.col("id").is_in(list(held_out_ids)))
+    if rows.height == 0:
+        raise OoflineError(f"fold {fold} has no rows to pick an epoch on")
+    keyed = targets.with_columns(pl.col("id").cast(pl.String).alias("_key"))
+    aligned = rows.select(pl.col("id").cast(pl.String).alias("_key")).join(keyed, on="_key", how="left",
+                                                                             maintain_order="left")
+    values = aligned.select(spec.probability_columns).to_numpy().astype(np.float32)
+    if np.isnan(values).any():
+        raise OoflineError(f"held-out targets: {int(np.isnan(values).any(axis=1).sum())} rows of fold {fold} have none")
+    return HeldOut(rows["id"].to_list(), rows["text"].to_list(), values, int(fold), metric)
+
+
+def chosen_epoch(history: list[dict[str, Any]], metric: str) -> int:
+    """The epoch whose held-out score is best in the metric's direction; ties go to the earliest, NaN never wins.
+
+    history: one {"epoch": n, "score": value, ...} per evaluated epoch, in training order."""
+    from workflow_scripts.metrics import metric_direction
+
+    if not history:
+        raise OoflineError("select_epoch: best: no epoch was scored on the held-out fold")
+    direction = metric_direction(metric)
+    best = history[0]
+    for entry in history[1:]:
+        value = entry["score"]
+        if not math.isnan(value) and (math.isnan(best["score"]) or direction * value > direction * best["score"]):
+            best = entry
+    return int(best["epoch"])
+
+
+def held_out_score(model, tokenizer, held_out: HeldOut, spec: LabelSpec, model_spec: ModelSpec,
+                   precision: str) -> tuple[float, np.ndarray]:
+    """The task metric on the held-out fold and its probabilities (n_rows, n_columns): the same prediction
+    and scoring code as predict and oof, so the chosen epoch's score is what its OOF predictions score."""
+    from workflow_scripts.metrics import task_scores
+    from workflow_scripts.predict import predict_probabilities
+
+    probabilities = predict_probabilities(model, tokenizer, held_out.texts, spec, model_spec.max_length,
+                                          model_spec.prediction_batch_size, label="held-out", precision=precision)
+    model.train()
+    return float(task_scores(spec, probabilities, held_out.targets, held_out.metric)["score"]), probabilities
+
+
+def save_trainable(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path, durable=True) as tmp:
+        save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}, str(tmp))
+
+
+def load_weights(model, weights: dict[str, Any]) -> None:
+    """Copy saved tensors into the model's parameters of the same names."""
+    import torch
+
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            parameters[name].copy_(tensor)
+
+
 def config_fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -101,11 +191,7 @@ class Checkpointer:
             print("checkpoint is from a different configuration: starting fresh", flush=True)
             shutil.rmtree(self.directory, ignore_errors=True)
             return None
-        weights = load_file(str(self.directory / "trainable.safetensors"))
-        parameters = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                parameters[name].copy_(tensor)
+        load_weights(model, load_file(str(self.directory / "trainable.safetensors")))
         optimizer_tensors = load_file(str(self.directory / "optimizer.safetensors"))
         optimizer_state = {"state": {}, "param_groups": state["param_groups"]}
         for key, tensor in optimizer_tensors.items():
@@ -215,7 +301,7 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
                 model_spec: ModelSpec | dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
                 extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
                 checkpoint_every: int | None = None, stop_after_steps: int | None = None,
-                out_of_memory_retries: int = 0) -> dict[str, Any]:
+                out_of_memory_retries: int = 0, held_out: HeldOut | None = None) -> dict[str, Any]:
     """Train and save a model; returns a summary. targets: (n_rows, n_columns) aligned with `train`.
 
     One path for the CPU and GPUs: accelerate puts the model on this rank's device, runs the forward
@@ -227,6 +313,10 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
 
     extra_sets: name -> frame with `id`, `text` and the probability columns as (soft) targets, used by
     stages that list the name in their `data`.
+
+    held_out: with `select_epoch: best`, the fold scored after every epoch (of every stage); the output keeps
+    the best epoch's weights, training.json records every epoch's score and the choice, and
+    last_epoch_valid.parquet holds the last epoch's predictions of the fold (its plain CV).
     """
     import torch
 
@@ -235,6 +325,10 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     from workflow_scripts.execution.device import DeviceReport, peak_gpu_memory_mb, torch_dtype_of
 
     model_spec = ModelSpec.from_config(model_spec)
+    if model_spec.selects_best_epoch and held_out is None:
+        raise OoflineError("select_epoch: best needs the held-out fold to score each epoch on")
+    if held_out is not None and not model_spec.selects_best_epoch:
+        held_out = None  # select_epoch: last keeps the last epoch and scores nothing while training
     checkpoint_every = checkpoint_every or model_spec.checkpoint_every
     extra_sets = extra_sets or {}
     seed = model_spec.seed
@@ -310,6 +404,7 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     position = resumed or {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
     # the loss tail is part of the checkpoint: training.json's final_loss must not depend on a resume
     losses = list(position.get("recent_losses", []))
+    epoch_scores = list(position.get("epoch_scores", []))  # select_epoch: best, one entry per finished epoch
     if resumed:
         print(f"resuming from checkpoint at stage {position['stage']} epoch {position['epoch']} "
               f"batch {position['batch']} (step {position['step']})", flush=True)
@@ -360,15 +455,42 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
                 next_position = {"stage": stage_index, "epoch": epoch, "batch": batch_index + 1, "step": step}
                 if last_in_epoch:
                     next_position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": step}
+                if last_in_epoch and held_out is not None:
+                    epoch_number = sum(s.epochs for s in stages[:stage_index]) + epoch + 1
+                    score, probabilities = held_out_score(unwrapped, tokenizer, held_out, spec, model_spec, precision)
+                    epoch_scores.append({"epoch": epoch_number, "stage": stage_index + 1, "stage_epoch": epoch + 1,
+                                         "score": score})
+                    best = chosen_epoch(epoch_scores, held_out.metric)
+                    print(f"epoch {epoch_number}: held-out fold {held_out.fold} {held_out.metric} {score:.5f} "
+                          f"(best so far: epoch {best})", flush=True)
+                    if is_writer:
+                        if best == epoch_number:
+                            save_trainable(unwrapped, work_dir / BEST_EPOCH_WEIGHTS)
+                        frame = prediction_frame(held_out.ids, probabilities, spec, held_out.fold)
+                        write_parquet(frame, work_dir / LATEST_EPOCH_VALID)
                 if step % checkpoint_every == 0 or last_in_epoch:
                     if is_writer:
-                        checkpointer.save(unwrapped, optimizer, dict(next_position, recent_losses=losses[-loss_tail:]))
+                        checkpointer.save(unwrapped, optimizer, dict(next_position, recent_losses=losses[-loss_tail:],
+                                                                     epoch_scores=epoch_scores))
                     accelerator.wait_for_everyone()
                 if stop_after_steps is not None and step >= stop_after_steps:
                     return {"stopped_at_step": step}
         position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": step}
     train_seconds = time.time() - started
     report = DeviceReport.of(device, precision)
+    selection = None
+    if held_out is not None:
+        best = chosen_epoch(epoch_scores, held_out.metric)
+        selection = {"select_epoch": "best", "metric": held_out.metric, "fold": held_out.fold,
+                     "held_out_rows": len(held_out.ids), "history": epoch_scores, "chosen_epoch": best,
+                     "last_epoch": epoch_scores[-1]["epoch"]}
+        if best != epoch_scores[-1]["epoch"]:
+            from safetensors.torch import load_file
+
+            load_weights(unwrapped, load_file(str(work_dir / BEST_EPOCH_WEIGHTS)))
+        scores_text = ", ".join(f"{entry['score']:.5f}" for entry in epoch_scores)
+        print(f"select_epoch best: keeping epoch {best} of {epoch_scores[-1]['epoch']} (held-out "
+              f"{held_out.metric} per epoch: {scores_text})", flush=True)
     summary = {
         "steps": step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
         "train_rows": {name: len(encoded[name]) for name in encoded},
@@ -377,6 +499,8 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
         "peak_gpu_memory_mb": peak_gpu_memory_mb(device), "world_size": world_size,
     }
+    if selection is not None:
+        summary["epoch_selection"] = selection
     # wall-time figures stay out of training.json, which manifests hash and verify rebuilds byte for byte:
     # they go to the log and to .training_speed.json (a dot-file, which manifests skip)
     speed = {"train_tokens_per_s": round(seen_tokens / max(1e-9, train_seconds), 1),
@@ -391,6 +515,8 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
             (tmp / "training.json").write_text(json.dumps({"model_config": model_spec.to_config(), "summary": summary,
                                                              "labels": spec.to_dict()}, indent=2, sort_keys=True))
             (tmp / TRAINING_SPEED).write_text(json.dumps(speed, indent=2, sort_keys=True))
+            if held_out is not None:
+                shutil.copyfile(work_dir / LATEST_EPOCH_VALID, tmp / LAST_EPOCH_VALID)
         shutil.rmtree(work_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -424,6 +550,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--attempt", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--metric", help="select_epoch best: the task metric each epoch's held-out fold is scored on")
+    parser.add_argument("--held-out-targets",
+                        help="select_epoch best: the targets OOF scoring reads (default --targets)")
     args = parser.parse_args(argv)
     import torch
 
@@ -436,6 +565,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if targets_frame["id"].to_list() != train["id"].to_list():
         raise OoflineError(f"{args.targets}: ids do not match {args.train} (rebuild both from the same data)")
     folds = read_table(args.folds)
+    held_out = None
+    if model_spec.selects_best_epoch:
+        if not args.metric:
+            raise OoflineError("select_epoch: best needs --metric (the task metric to pick the epoch on)")
+        scoring_targets = read_table(args.held_out_targets) if args.held_out_targets else targets_frame
+        held_out = held_out_fold(train, scoring_targets, folds, args.fold, spec, args.metric)
     extra_sets = {}
     for item in args.extra:
         name, _, path = item.partition("=")
@@ -448,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             train, targets_frame.select(spec.probability_columns).to_numpy().astype(np.float32), spec,
             training_rows(folds, args.fold), model_spec, args.base, args.out, args.work_dir, extra_sets,
             attempt=args.attempt,
-            out_of_memory_retries=len(recorded_out_of_memory(args.work_dir, oom_key)),
+            out_of_memory_retries=len(recorded_out_of_memory(args.work_dir, oom_key)), held_out=held_out,
         )
     except BaseException as error:  # noqa: BLE001 - recorded for the retry, then re-raised
         if is_out_of_memory(error):
