@@ -108,6 +108,10 @@ CONFIG_CASES = [
     ("generated", setting("votes.smol_all.answers", []), "config: votes.smol_all.answers: [] should be non-empty"),
     ("generated", setting("answers.samples", 0), "config: answers.samples: 0 is less than the minimum of 1"),
     ("generated", setting("answers.prompts", {"mine": 5}), "config: answers.prompts.mine: 5 is not valid under any of the given schemas"),
+    ("movies", setting(ITER0 + ".embedder.select_checkpoint", "top"),
+     "config: retrieval.movie_plots.iterations[0].embedder.select_checkpoint: 'top' is not one of ['last', 'best']"),
+    ("movies", lambda c: [setting(RETRIEVAL + ".valid_fold", None)(c), setting(ITER0 + ".reranker.select_checkpoint", "best")(c)],
+     "config: retrieval.movie_plots.iterations[0].reranker.select_checkpoint: best chooses an epoch on the valid fold"),
 ]
 
 
