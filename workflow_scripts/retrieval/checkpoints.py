@@ -31,7 +31,7 @@ MODEL_ARGUMENTS = {
     "FlagEmbedding.finetune.reranker.decoder_only.base": "RerankerModelArguments",
 }
 OPTIMISTIC_NOTE = ("checkpoints were chosen by their score on this validation fold, so the fold's score of the "
-                   "chosen model is optimistic; last_score is the score without the choice")
+                   "chosen model is optimistic; last_score is the last epoch's score, without that fine-tune's choice")
 
 CheckpointScorer = Callable[[Path], dict]  # model folder -> {"map@k": ..., "recall@k": ...}
 
