@@ -188,3 +188,46 @@ def test_real_lora_reranker_merges_each_epoch_and_lays_out_the_chosen_one(tiny_l
     files = [path.name for path in output.rglob("*")]
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
     assert sorted(path.name for path in output.iterdir()) == ["adapter", "checkpoints.json", "merged", "settings.json"]
+
+
+class DistanceFromBase:
+    """A stand-in scorer for a full fine-tune: minus the distance of a fixed text's embedding from the base
+    model's, so the epochs score differently (the earlier, less trained one higher)."""
+    metric, scored_by = "map@5", "minus a fixed text's embedding distance from the base model's"
+
+    def __init__(self, base):
+        self.reference = self.embed(base)
+
+    @staticmethod
+    def embed(model):
+        from workflow_scripts.retrieval.models import EmbedderSettings, encode_queries_and_corpus
+
+        settings = EmbedderSettings(str(model), devices="cpu", precision="fp32", query_max_length=16, passage_max_length=16)
+        return encode_queries_and_corpus(settings, ["review of movie 1"], ["plot of movie 1"])[0][0]
+
+    def __call__(self, model):
+        return {"map@5": -float(np.linalg.norm(self.embed(model) - self.reference))}
+
+
+@pytest.mark.slow
+def test_real_full_finetune_lays_out_the_chosen_epoch_not_the_last(tiny_bert, tmp_path):
+    """A full (non-LoRA) fine-tune: the epochs score differently, and merged/ scores exactly the chosen epoch's
+    recorded score (computed == applied), with the checkpoint's pickled training arguments left out."""
+    from test_retrieval_finetune import tiny_training_data
+
+    from workflow_scripts.retrieval.finetune import finetune
+
+    settings = FinetuneSettings("embedder", "encoder-only-base", tiny_bert, epochs=2, batch_size=4, train_group_size=3,
+                                query_max_len=16, passage_max_len=16, learning_rate=1e-3, device="cpu",
+                                select_checkpoint="best")
+    scorer = DistanceFromBase(tiny_bert)
+    output = finetune(settings, tiny_training_data(tmp_path / "mined.jsonl"), tmp_path / "embedder", 1, scorer, 0)
+    record = json.loads((output / "checkpoints.json").read_text())
+    scores = [entry["map@5"] for entry in record["epochs"]]
+    assert [entry["epoch"] for entry in record["epochs"]] == [1, 2] and scores[0] != scores[1]
+    assert record["chosen_epoch"] == 1 + int(np.argmax(scores))
+    assert scorer(output / "merged")["map@5"] == pytest.approx(record["chosen_score"], abs=1e-6)
+    files = [path.name for path in output.rglob("*")]
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert sorted(path.name for path in output.iterdir()) == ["checkpoints.json", "merged", "settings.json"]
+    print(record["epochs"], record["chosen_epoch"])
