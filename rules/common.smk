@@ -605,15 +605,31 @@ def training_data(pipeline, index, role):
 def finetune_inputs(wildcards):
     settings = iteration(wildcards)[wildcards.role]
     base, _ = model_reference(wildcards.pipeline, settings["base"])
-    return {"base": base, "data": training_data(wildcards.pipeline, int(wildcards.iter), wildcards.role)}
+    inputs = {"base": base, "data": training_data(wildcards.pipeline, int(wildcards.iter), wildcards.role)}
+    if rule_params.selects_best_checkpoint(settings):
+        # the valid fold its epochs are scored on; a reranker reranks this iteration's embedder's candidates
+        data = f"retrieval/{wildcards.pipeline}"
+        inputs.update(queries=out(f"{data}/data/queries.parquet"), corpus=out(f"{data}/data/corpus.parquet"),
+                      folds=out(f"{data}/folds.parquet"))
+        if wildcards.role == "reranker":
+            inputs["candidate_embedder"] = out(f"{data}/iter{wildcards.iter}/embedder")
+    return inputs
 
 
 def finetune_options(wildcards):
     return rule_params.finetune_flags(iteration(wildcards)[wildcards.role], RETRIEVAL[wildcards.pipeline], wildcards.role)
 
 
-def evaluation_options(wildcards):
-    return rule_params.evaluation_flags(RETRIEVAL[wildcards.pipeline])
+def checkpoint_validation_options(wildcards, input):
+    if not rule_params.selects_best_checkpoint(iteration(wildcards)[wildcards.role]):
+        return ""
+    return rule_params.checkpoint_validation_flags(RETRIEVAL[wildcards.pipeline], wildcards.role, dict(input.items()))
+
+
+def evaluation_options(wildcards, input):
+    records = {role: f"{getattr(input, role)}/checkpoints.json" for role in ("embedder", "reranker")
+               if rule_params.selects_best_checkpoint(iteration(wildcards)[role])}
+    return rule_params.evaluation_flags(RETRIEVAL[wildcards.pipeline], records)
 
 
 def retrieval_artifacts(wildcards):

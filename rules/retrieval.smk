@@ -113,6 +113,8 @@ rule finetune_retriever:
     params:
         code=code_digest("retrieval.finetune"),
         options=finetune_options,
+        # select_checkpoint best: " --validation ..." (the valid fold its epochs are scored on); else empty
+        validation=checkpoint_validation_options,
         # one process per GPU of the job
         processes=lambda wildcards, resources: max(1, int(resources.gpu or 0)),
     threads: retrieval_threads
@@ -127,7 +129,7 @@ rule finetune_retriever:
     shell:
         ON_GPUS + ".retrieval.finetune --kind {wildcards.role} --base-model {input.base:q}"
         " --train-data {input.data:q} {params.options} --processes {params.processes}"
-        " --output-dir {output:q} > {log:q} 2>&1"
+        " --output-dir {output:q}{params.validation} > {log:q} 2>&1"
 
 
 rule evaluate_retrieval:

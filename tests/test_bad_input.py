@@ -111,6 +111,10 @@ CONFIG_CASES = [
     ("movies", setting("models.minilm.select_epoch", "Best"), "config: models.minilm.select_epoch: 'Best' is not one of ['last', 'best']"),
     ("movies", setting("models.minilm_embed.select_epoch", "best"),
      "config: models.minilm_embed.select_epoch: best needs a fine-tune kind (embedding_head fits once"),
+    ("movies", setting(ITER0 + ".embedder.select_checkpoint", "top"),
+     "config: retrieval.movie_plots.iterations[0].embedder.select_checkpoint: 'top' is not one of ['last', 'best']"),
+    ("movies", lambda c: [setting(RETRIEVAL + ".valid_fold", None)(c), setting(ITER0 + ".reranker.select_checkpoint", "best")(c)],
+     "config: retrieval.movie_plots.iterations[0].reranker.select_checkpoint: best chooses an epoch on the valid fold"),
 ]
 
 

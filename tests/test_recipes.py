@@ -107,7 +107,11 @@ def test_eedi_recipe_keeps_the_write_up_settings():
         assert (reranker["model_class"], reranker["learning_rate"], reranker["batch_size"],
                 reranker["gradient_accumulation_steps"], reranker["max_len"]) == ("decoder-only-base", 2e-4, 1, 8, 512)
         assert (reranker["mine"]["range_for_sampling"], reranker["mine"]["negative_number"]) == ("2-100", 15)
-    assert first["embedder"]["epochs"] == 3
+    assert first["embedder"]["epochs"] == 3 and first["embedder"].get("select_checkpoint", "last") == "last"
+    # 4 epochs, keeping the best on the valid fold (the write-up's lora_epoch_2 / epoch 3 by its validation results)
+    for chosen in (first["reranker"], second["embedder"], second["reranker"]):
+        assert (chosen["epochs"], chosen["select_checkpoint"]) == (4, "best")
+    assert pipeline["valid_fold"] == 0
     assert not first["embedder"].get("knowledge_distillation") and second["embedder"]["knowledge_distillation"]
     assert second["reranker"]["knowledge_distillation"] and second["reranker"]["label_smoothing"] == 0.2
     assert (pipeline["reranker_inference"]["rerank_query_instruction"],

@@ -157,6 +157,18 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         if valid_fold is not None and valid_fold >= n_folds:
             problems.append(f"config: retrieval.{name}.valid_fold: {valid_fold} is not below n_folds={n_folds} "
                             "(null trains on every query)")
+        for index, step in enumerate(pipeline.get("iterations") or []):
+            for role in ("embedder", "reranker"):
+                settings = step.get(role) or {}
+                if settings.get("select_checkpoint") != "best":
+                    continue
+                key = f"config: retrieval.{name}.iterations[{index}].{role}"
+                if valid_fold is None:
+                    problems.append(f"{key}.select_checkpoint: best chooses an epoch on the valid fold, but "
+                                    f"retrieval.{name}.valid_fold is null (a final fit has none; use last)")
+                if not float(settings.get("epochs", 1)).is_integer():
+                    problems.append(f"{key}.epochs: {settings['epochs']} is not a whole number "
+                                    "(select_checkpoint: best keeps one checkpoint per epoch)")
     problems += resource_problems(config)
     problems += offline_hub_problems(config, base_dir)
     problems += output_problems(config)

@@ -324,7 +324,8 @@ def finetune_flags(role_settings: Mapping[str, Any], pipeline: Mapping[str, Any]
     return cli_flags(settings)
 
 
-def evaluation_flags(pipeline: Mapping[str, Any]) -> str:
+def evaluation_flags(pipeline: Mapping[str, Any], checkpoint_records: Mapping[str, str] | None = None) -> str:
+    """`checkpoint_records`: {role: its fine-tune's checkpoints.json} for roles with select_checkpoint best."""
     valid_fold = pipeline.get("valid_fold", 0)  # None: a final fit, no held-out queries to score
     return " ".join(filter(None, [
         "--final-fit" if valid_fold is None else "",
@@ -332,4 +333,26 @@ def evaluation_flags(pipeline: Mapping[str, Any]) -> str:
                    "top_n": int(pipeline.get("top_n", 50))}),
         cli_flags(pipeline.get("embedder_inference", {})),
         cli_flags(pipeline.get("reranker_inference", {})),
+        cli_flags({f"{role}_checkpoints": path for role, path in (checkpoint_records or {}).items()}),
     ]))
+
+
+def selects_best_checkpoint(role_settings: Mapping[str, Any]) -> bool:
+    return role_settings.get("select_checkpoint", "last") == "best"
+
+
+def checkpoint_validation_flags(pipeline: Mapping[str, Any], role: str, inputs: Mapping[str, str]) -> str:
+    """` --validation ...` (leading space; it ends the fine-tune's command line): the valid fold a
+    `select_checkpoint: best` fine-tune scores its epochs on, with evaluate_retrieval's k, top_n and inference
+    settings; a reranker reranks the candidates of `inputs["candidate_embedder"]` (this iteration's embedder)."""
+    flags = [
+        "--validation",
+        cli_flags({"queries": inputs["queries"], "corpus": inputs["corpus"], "folds": inputs["folds"],
+                   "valid_fold": int(pipeline.get("valid_fold", 0)), "k": int(pipeline.get("k", 25)),
+                   "top_n": int(pipeline.get("top_n", 50))}),
+        cli_flags(pipeline.get("embedder_inference", {})),
+    ]
+    if role == "reranker":
+        flags += [cli_flags(pipeline.get("reranker_inference", {})),
+                  cli_flags({"candidate_embedder": inputs["candidate_embedder"] + "/merged"})]
+    return " " + " ".join(filter(None, flags))

@@ -4,6 +4,9 @@ oof.parquet: `id`, `fold`, `embedder_ids` (list[str], best first), `reranked_ids
 reranker). score.json: MAP@k and Recall@k (metrics.py, Kaggle rules) per fold and overall, for the
 embedder alone and for embedder+reranker. test.parquet: `id`, `ranked_ids` (top k, best first).
 With --final-fit (config `valid_fold: null`) the models saw every query: only test.parquet has rankings.
+A fine-tune that chose its epoch on the valid fold (`select_checkpoint: best`, --embedder-checkpoints /
+--reranker-checkpoints) adds `checkpoint_selection` (chosen and last epoch's scores) and
+`selected_on_valid_fold: true` to score.json.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import polars as pl
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import read_table, write_json, write_parquet
 from workflow_scripts.metrics import map_at_k, recall_at_k
+from workflow_scripts.retrieval.checkpoints import OPTIMISTIC_NOTE, read_records, score_summary
 from workflow_scripts.retrieval.mining import add_embedder_arguments, embedder_settings, top_k_inner_product
 from workflow_scripts.retrieval.data import load_task, validate_queries, with_query_folds
 from workflow_scripts.retrieval.models import (
@@ -84,7 +88,8 @@ def evaluate_fold(
     )
 
 
-def _reranker_for(path: str | None, args: argparse.Namespace) -> ScorePairs | None:
+def reranker_scorer(path: str | None, args: argparse.Namespace) -> ScorePairs | None:
+    """Raw reranker scores of (query, passage) pairs with the CLI's reranker settings; None without a path."""
     if not path:
         return None
     settings: RerankerSettings = reranker_settings(args, path)
@@ -108,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--score-out", required=True)
     parser.add_argument("--test-queries", default=None, help="rank these with the first valid fold's models")
     parser.add_argument("--test-out", default=None)
+    parser.add_argument("--embedder-checkpoints", default=None,
+                        help="checkpoints.json of an embedder that chose its epoch on the valid fold")
+    parser.add_argument("--reranker-checkpoints", default=None,
+                        help="checkpoints.json of a reranker that chose its epoch on the valid fold")
     add_embedder_arguments(parser, with_model=False)
     add_reranker_arguments(parser, with_model=False)
     args = parser.parse_args(argv)
@@ -138,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         texts = held_out["query"].to_list() + (test["query"].to_list() if test is not None else [])
         all_query_vecs, passage_vecs = encode_queries_and_corpus(settings, texts, corpus["text"].to_list())
         query_vecs, test_vecs = all_query_vecs[:held_out.height], all_query_vecs[held_out.height:]
-        score_pairs = _reranker_for(args.rerankers[position] if args.rerankers else None, args)
+        score_pairs = reranker_scorer(args.rerankers[position] if args.rerankers else None, args)
         if fold is not None:
             parts.append(evaluate_fold(held_out, corpus, query_vecs, passage_vecs, score_pairs, fold, depth, args.top_n))
             print(f"fold {fold}: ranked {held_out.height} held-out queries", flush=True)
@@ -154,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         oof = pl.concat(parts).sort("fold", "id")
         score = score_oof(oof, queries, args.k)
+        records = read_records({"embedder": args.embedder_checkpoints, "reranker": args.reranker_checkpoints})
+        if records:
+            # the overall scores above are the chosen checkpoints'; the choice used this fold
+            score["checkpoint_selection"] = {role: score_summary(record) for role, record in records.items()}
+            score["selected_on_valid_fold"] = True
+            score["note"] = OPTIMISTIC_NOTE
     write_parquet(oof, args.oof_out)
     write_json(score, args.score_out)
     print(f"score: {score['overall']}", flush=True)

@@ -3,7 +3,9 @@
 Output folder (written atomically, so it exists only when training finished):
 - `merged/`   the model to load for inference (always present; safetensors + tokenizer);
 - `adapter/`  the LoRA adapter (LoRA runs only);
-- `settings.json` the settings and the exact FlagEmbedding command line.
+- `settings.json` the settings and the exact FlagEmbedding command line;
+- `checkpoints.json` (`select_checkpoint: best` only) every epoch's validation score and the chosen epoch,
+  whose model is the one in `merged/` (retrieval/checkpoints.py).
 Training data is rewritten first: a row's `prompt` field overrides the trainer's instruction in
 FlagEmbedding, so it is set to `--prompt` when given and removed otherwise (mined.jsonl feeds both the
 embedder, where `prompt` is the query instruction, and the reranker, where it is the yes/no question).
@@ -24,6 +26,10 @@ from typing import Sequence
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.execution.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from workflow_scripts.io import atomic_path
+from workflow_scripts.retrieval.checkpoints import (
+    CHECKPOINT_CHOICES, EpochCheckpoint, ValidationScorer, choose_checkpoint, epoch_checkpoints,
+    merge_lora_checkpoint,
+)
 
 ENTRY_POINTS = {
     ("embedder", "encoder-only-base"): "FlagEmbedding.finetune.embedder.encoder_only.base",
@@ -72,6 +78,8 @@ class FinetuneSettings:
     device: str = "auto"  # auto (the job's GPU when it has one) | cpu | cuda
     precision: str = "auto"  # auto | bf16 | fp16 | fp32: HF TrainingArguments --bf16 / --fp16
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # passed through verbatim (an escape hatch)
+    # last: the final model (one save); best: one checkpoint per epoch, the best on the valid fold
+    select_checkpoint: str = "last"
 
     def validate(self) -> None:
         if (self.kind, self.model_class) not in ENTRY_POINTS:
@@ -92,6 +100,12 @@ class FinetuneSettings:
             raise OoflineError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise OoflineError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.select_checkpoint not in CHECKPOINT_CHOICES:
+            raise OoflineError(f"select_checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)}, "
+                               f"got {self.select_checkpoint!r}")
+        if self.select_checkpoint == "best" and not float(self.epochs).is_integer():
+            raise OoflineError(f"select_checkpoint: best keeps one checkpoint per epoch: epochs must be whole, "
+                               f"got {self.epochs}")
 
     def resolved(self) -> "FinetuneSettings":
         """These settings with `device` and `precision` resolved for this job (cpu/cuda, fp32/bf16/fp16)."""
@@ -122,7 +136,9 @@ def flagembedding_arguments(settings: FinetuneSettings, train_data: str | Path, 
         "--seed", str(s.seed),
         "--data_seed", str(s.seed),
         "--logging_steps", "1",
-        "--save_strategy", "no",
+        # best: a checkpoint per epoch, weights only (no optimizer/scheduler/RNG pickles)
+        *(["--save_strategy", "epoch", "--save_only_model", "True"] if s.select_checkpoint == "best"
+          else ["--save_strategy", "no"]),
         "--report_to", "none",
         "--dataloader_num_workers", "0",
         "--disable_tqdm", "True",
@@ -165,7 +181,8 @@ def flagembedding_arguments(settings: FinetuneSettings, train_data: str | Path, 
             "--lora_alpha", str(s.lora_alpha),
             "--lora_dropout", str(s.lora_dropout),
             "--target_modules", *s.lora_target_modules,
-            "--save_merged_lora_model", "True",
+            # best: each epoch's checkpoint is merged after training instead (checkpoints.merge_lora_checkpoint)
+            "--save_merged_lora_model", _flag(s.select_checkpoint != "best"),
         ]
     elif s.model_class.startswith("decoder"):
         args += ["--use_lora", "False"]
@@ -229,17 +246,23 @@ def _move_model_files(source: Path, target: Path) -> None:
     """Move a saved model (not checkpoints, not pickles) from source to target."""
     target.mkdir(parents=True, exist_ok=True)
     for item in sorted(source.iterdir()):
-        if item.name.startswith("checkpoint-") or item.name in ("merged_model", "runs") or item.suffix in PICKLED_SUFFIXES:
+        if (item.name.startswith("checkpoint-") or item.name in ("merged_model", "runs", "trainer_state.json")
+                or item.suffix in PICKLED_SUFFIXES):
             continue
         shutil.move(str(item), target / item.name)
 
 
-def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path, processes: int = 1) -> Path:
+def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str | Path, processes: int = 1,
+             scorer: ValidationScorer | None = None, valid_fold: int | None = None) -> Path:
     """Train (under torchrun when `processes` > 1), then lay out `merged/` (+ `adapter/` for LoRA) and
-    settings.json in output_dir."""
+    settings.json in output_dir. With select_checkpoint best, `scorer` scores each epoch's checkpoint on the
+    valid fold and the best one is laid out (+ checkpoints.json)."""
     if processes < 1:
         raise OoflineError(f"--processes must be >= 1; got {processes}")
     settings.validate()
+    if (settings.select_checkpoint == "best") != (scorer is not None):
+        raise OoflineError("select_checkpoint: best needs the valid fold to score checkpoints on (--validation ...), "
+                           "and only best uses it")
     settings = settings.resolved()
     print(f"fine-tuning on {settings.device} in {settings.precision}", flush=True)
     from workflow_scripts.retrieval.models import resolve_model
@@ -259,7 +282,10 @@ def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str
         result = subprocess.run(argv, env=env, stdout=sys.stdout, stderr=sys.stderr, check=False)
         if result.returncode != 0:
             raise OoflineError(f"FlagEmbedding {settings.kind} fine-tune exited with code {result.returncode} (see the log above)")
-        if settings.lora:
+        if settings.select_checkpoint == "best":
+            record = lay_out_best_checkpoint(settings, run_dir, tmp, scorer, valid_fold)
+            (tmp / "checkpoints.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        elif settings.lora:
             if not (run_dir / "merged_model").exists():
                 raise OoflineError(f"LoRA fine-tune finished without {run_dir / 'merged_model'}")
             _move_model_files(run_dir / "merged_model", tmp / "merged")
@@ -274,6 +300,36 @@ def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str
         shutil.rmtree(work)
     print(f"fine-tune done -> {output_dir}/merged", flush=True)
     return Path(output_dir)
+
+
+def lay_out_best_checkpoint(settings: FinetuneSettings, run_dir: Path, target: Path, scorer: ValidationScorer,
+                            valid_fold: int | None) -> dict:
+    """Score each epoch's checkpoint, move the best one's model to target/merged (+ adapter/), return the record."""
+    checkpoints = epoch_checkpoints(run_dir)
+    if len(checkpoints) != int(settings.epochs):
+        raise OoflineError(f"select_checkpoint: best: expected {int(settings.epochs)} epoch checkpoints in {run_dir}, "
+                           f"found {[c.path.name for c in checkpoints]}")
+    if (run_dir / "embedding").exists():
+        # FlagEmbedding trained new token embeddings (extra special tokens): its checkpoints do not hold them
+        raise OoflineError("select_checkpoint: best cannot merge checkpoints of a run that trains token embeddings "
+                           f"({run_dir / 'embedding'}); use select_checkpoint: last")
+    entry_point = ENTRY_POINTS[(settings.kind, settings.model_class)]
+
+    def model_of(checkpoint: EpochCheckpoint) -> Path:
+        for item in checkpoint.path.iterdir():  # the trainer pickles its arguments; nothing reads them
+            if item.suffix in PICKLED_SUFFIXES:
+                item.unlink()
+        if settings.lora:
+            return merge_lora_checkpoint(entry_point, settings.base_model, checkpoint.path)
+        return checkpoint.path
+
+    chosen, record = choose_checkpoint(checkpoints, model_of, scorer, scorer.metric, valid_fold, scorer.scored_by)
+    if settings.lora:
+        _move_model_files(chosen.path / "merged_model", target / "merged")
+        _move_model_files(chosen.path, target / "adapter")
+    else:
+        _move_model_files(chosen.path, target / "merged")
+    return record
 
 
 def launch_with_label_smoothing(module: str, smoothing: float, arguments: Sequence[str]) -> None:
@@ -306,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         split = argv.index("--")
         launch_with_label_smoothing(argv[1], float(argv[3]), argv[split + 1:])
         return
+    # everything after --validation describes the valid fold that select_checkpoint best scores on
+    validation = argv[argv.index("--validation") + 1:] if "--validation" in argv else None
+    argv = argv[:argv.index("--validation")] if validation is not None else argv
     parser = argparse.ArgumentParser(description="Fine-tune an embedder or reranker with FlagEmbedding.")
     parser.add_argument("--kind", required=True, choices=["embedder", "reranker"])
     parser.add_argument("--model-class", required=True, choices=sorted({c for _, c in ENTRY_POINTS}))
@@ -321,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in ("knowledge_distillation", "lora", "icl_examples"):
         parser.add_argument("--" + name.replace("_", "-"), type=_bool, default=getattr(defaults, name))
     for name in ("pooling_method", "query_instruction", "query_instruction_format", "passage_instruction",
-                 "passage_instruction_format", "prompt", "icl_suffix", "device", "precision"):
+                 "passage_instruction_format", "prompt", "icl_suffix", "device", "precision", "select_checkpoint"):
         parser.add_argument("--" + name.replace("_", "-"), default=getattr(defaults, name))
     parser.add_argument("--lora-target-modules", nargs="+", default=list(DEFAULT_LORA_TARGETS))
     parser.add_argument("--processes", type=int, default=1, help="GPUs of the job: > 1 trains under torchrun")
@@ -330,7 +389,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_data, output_dir = values.pop("train_data"), values.pop("output_dir")
     processes = values.pop("processes")
     values["lora_target_modules"] = tuple(values["lora_target_modules"])
-    finetune(FinetuneSettings(**values), train_data, output_dir, processes)
+    settings = FinetuneSettings(**values)
+    settings.validate()
+    # read the valid fold before training, so a bad input fails now rather than after hours of it
+    scorer = ValidationScorer(settings.kind, validation) if validation is not None else None
+    finetune(settings, train_data, output_dir, processes, scorer, scorer.args.valid_fold if scorer else None)
 
 
 if __name__ == "__main__":
