@@ -127,7 +127,9 @@ def run_task(name: str, n_train: int, n_test: int, work: Path, log=print) -> dic
     plain = task_scores(spec, plain_tfidf_oof(train, pl.read_parquet(results / "folds.parquet"), spec, targets,
                                                overlay["task"]["text_template"]), targets, overlay["task"]["metric"])
     leaderboard = pl.read_csv(results / "leaderboard.csv")
-    rows = {row["name"]: row["cv"] for row in leaderboard.iter_rows(named=True)}
+    # one row per model, ensemble and the prior (fold rows and submissions left out: they repeat names)
+    rows = {row["name"]: row["cv"] for row in leaderboard.iter_rows(named=True)
+            if row["kind"] in ("prior", "model", "ensemble")}
     stacked = rows["stacked"]
     result = {"task": name, "rows": train.height, "metric": overlay["task"]["metric"], "workflow_wall_s": wall,
               "plain_tfidf_lr": plain["score"], "leaderboard": rows, "stacked_over_plain": stacked / plain["score"]}

@@ -50,3 +50,27 @@ def test_dag_dry_run_counts_the_jobs_of_the_generated_config(tmp_path):
     # at least: per model and fold one training, one merge and one prediction job
     assert result["dry_run_jobs"] >= 2 * 2 * 3
     assert result["dry_run_s"] > 0 and result["dry_run_cpu_s"] > 0
+
+
+def test_cpu_baseline_tasks_are_what_a_user_brings_and_the_plain_baseline_is_out_of_fold():
+    """bench/cpu_baseline.py: the multilabel task has several true labels per row, and the plain TF-IDF + LR
+    baseline's OOF depends on the fold partition only (fold numbers swapped: the same predictions)."""
+    import numpy as np
+    import polars as pl
+
+    from workflow_scripts.labels import build_label_spec
+
+    bench = load_bench("cpu_baseline")
+    train, test, overlay = bench.multilabel_task(120, 10)
+    labels = [c for c in train.columns if c.startswith("lab_")]
+    assert len(labels) >= 8 and not set(labels) & set(test.columns)
+    assert (train.select(labels).sum_horizontal() > 1).all()  # party or moderator, speaker and debate at least
+    spec = build_label_spec(overlay["task"], train)
+    targets = spec.targets(train)
+    folds = pl.DataFrame({"id": train["id"], "fold": np.arange(train.height) % 3})
+    oof = bench.plain_tfidf_oof(train, folds, spec, targets, "{text}")
+    assert oof.shape == targets.shape and ((oof >= 0) & (oof <= 1)).all()
+    moved = folds.with_columns(pl.when(pl.col("fold") == 0).then(1).when(pl.col("fold") == 1).then(0)
+                               .otherwise(pl.col("fold")).alias("fold"))
+    # swapping fold labels 0 and 1 leaves every row's training set the same: identical OOF
+    np.testing.assert_allclose(bench.plain_tfidf_oof(train, moved, spec, targets, "{text}"), oof)
