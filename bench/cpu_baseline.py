@@ -36,8 +36,11 @@ from workflow_scripts.prepare_demo import debates_frame, movies_frame, scatterte
 
 
 def _split(frame: pl.DataFrame, n_train: int, n_test: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if frame.height < n_test + 50:
+        raise SystemExit(f"the corpus has {frame.height} rows: too few for {n_test} test rows")
+    n_train = min(n_train, frame.height - n_test)  # the debates corpus has 820 usable rows
     rng = np.random.default_rng(seed)
-    picked = rng.choice(frame.height, size=min(n_train + n_test, frame.height), replace=False)
+    picked = rng.choice(frame.height, size=n_train + n_test, replace=False)
     frame = frame[picked.tolist()].with_row_index("row").with_columns(
         pl.format("r{}", pl.col("row").cast(pl.String).str.zfill(6)).alias("id")).drop("row")
     return frame[:n_train], frame[n_train:]

@@ -197,6 +197,8 @@ DATA_CASES = [
     data_case("ids shared by train and test", test=csv_text(with_value(TEST, "id", 2, "r3")).encode(), expected=("test.csv", "train.csv", "r3")),
     data_case("train id with a null", train=b"id,text,category\nr0,x,a\n,y,b\nr2,z,a\n", expected=("train.csv", "'id'", "empty ids")),
     data_case("test id with a null", test=b"id,text\nt0,x\n,y\n", expected=("test.csv", "'id'", "empty ids")),
+    data_case("test file with a header and no rows", test=b"id,text\n", expected=("test.csv", "no rows")),
+    data_case("train file with a header and no rows", train=b"id,text,category\n", expected=("train.csv", "no rows")),
     data_case("empty text", train=csv_text(with_value(TRAIN, "text", 2, "  ")).encode(), expected=("train.csv", "empty text", "text_template")),
     data_case("missing label", train=csv_text(with_value(TRAIN, "category", 2, None)).encode(), expected=("train.csv", "'category'", "missing labels")),
     data_case("labelled test with an unseen class", test=csv_text(TEST.with_columns(pl.lit("zzz").alias("category"))).encode(),

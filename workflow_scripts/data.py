@@ -82,6 +82,9 @@ def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[st
 
     def clean(frame: pl.DataFrame, source: str) -> pl.DataFrame:
         """`id`, the rendered `text`, then every other column as given (labels, groups, raw text)."""
+        if frame.height == 0:
+            # caught here, not as a tokenizer traceback in the first prediction hours later
+            raise OoflineError(f"{source}: the file has a header but no rows")
         if "fold" in frame.columns:
             # folds are oofline's (folds.parquet); a data column of that name would shadow them downstream
             raise OoflineError(f"{source}: column 'fold' is reserved for oofline's folds (rename it; "
