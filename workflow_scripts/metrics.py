@@ -7,6 +7,7 @@ Conventions used throughout:
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Collection, Hashable, Sequence
 
@@ -231,6 +232,13 @@ METRIC_NAMES = ("map@K", "accuracy", "log_loss", "macro_f1", "micro_f1", "mean_f
 def metric_direction(metric: str) -> int:
     """+1 when a larger value is better, -1 for losses."""
     return -1 if metric == "log_loss" else 1
+
+
+def best_index(scores: Sequence[float], direction: int = 1) -> int | None:
+    """Index of the best score (direction +1: highest, -1: lowest); ties go to the earliest, NaN never wins.
+    None when every score is NaN (or there are none). Picks epochs and checkpoints by validation score."""
+    finite = [(direction * score, -index) for index, score in enumerate(scores) if not math.isnan(score)]
+    return -max(finite)[1] if finite else None
 
 
 def check_metric(spec: LabelSpec, metric: str) -> None:

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from workflow_scripts.errors import OoflineError, run_cli
+from workflow_scripts.errors import OoflineError
 from workflow_scripts.io import atomic_path, read_table, write_json, write_parquet
 from workflow_scripts.labels import LabelSpec
 from workflow_scripts.model_spec import OFFICIAL, ModelSpec
@@ -125,17 +124,12 @@ def chosen_epoch(history: list[dict[str, Any]], metric: str) -> int:
     """The epoch whose held-out score is best in the metric's direction; ties go to the earliest, NaN never wins.
 
     history: one {"epoch": n, "score": value, ...} per evaluated epoch, in training order."""
-    from workflow_scripts.metrics import metric_direction
+    from workflow_scripts.metrics import best_index, metric_direction
 
     if not history:
         raise OoflineError("select_epoch: best: no epoch was scored on the held-out fold")
-    direction = metric_direction(metric)
-    best = history[0]
-    for entry in history[1:]:
-        value = entry["score"]
-        if not math.isnan(value) and (math.isnan(best["score"]) or direction * value > direction * best["score"]):
-            best = entry
-    return int(best["epoch"])
+    best = best_index([entry["score"] for entry in history], metric_direction(metric))
+    return int(history[best or 0]["epoch"])  # every score NaN: the first epoch, as before any comparison
 
 
 def held_out_score(model, tokenizer, held_out: HeldOut, spec: LabelSpec, model_spec: ModelSpec,
@@ -151,11 +145,16 @@ def held_out_score(model, tokenizer, held_out: HeldOut, spec: LabelSpec, model_s
     return float(task_scores(spec, probabilities, held_out.targets, held_out.metric)["score"]), probabilities
 
 
+def trainable_weights(model) -> dict[str, Any]:
+    """The weights that train (LoRA and head, or every weight of a full fine-tune), as CPU tensors by name."""
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def save_trainable(model, path: Path) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path, durable=True) as tmp:
-        save_file({n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}, str(tmp))
+        save_file(trainable_weights(model), str(tmp))
 
 
 def load_weights(model, weights: dict[str, Any]) -> None:
@@ -211,8 +210,7 @@ class Checkpointer:
 
         with atomic_path(self.directory, durable=True) as tmp:
             tmp.mkdir()
-            trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-            save_file(trainable, str(tmp / "trainable.safetensors"))
+            save_file(trainable_weights(model), str(tmp / "trainable.safetensors"))
             optimizer_state = optimizer.state_dict()
             tensors = {
                 f"{index}.{field}": value.contiguous().cpu() if torch.is_tensor(value) else torch.tensor(value)

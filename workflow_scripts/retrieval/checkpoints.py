@@ -22,6 +22,7 @@ import polars as pl
 
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.io import read_json
+from workflow_scripts.metrics import best_index
 
 CHECKPOINT_CHOICES = ("last", "best")
 # FlagEmbedding's LoRA merge (the one its runners call after training) for each decoder entry point
@@ -59,10 +60,10 @@ def pick_best(scores: Sequence[float]) -> int:
     """Index of the highest score; ties go to the earliest (fewer epochs). NaN scores are never picked."""
     if not scores:
         raise OoflineError("no checkpoint scores to choose from")
-    finite = [(score, index) for index, score in enumerate(scores) if not math.isnan(score)]
-    if not finite:
+    best = best_index(scores)
+    if best is None:
         raise OoflineError(f"every checkpoint scored NaN: {list(scores)}")
-    return max(finite, key=lambda pair: (pair[0], -pair[1]))[1]
+    return best
 
 
 def selection_record(epochs: Sequence[int], scores: Sequence[dict], metric: str, valid_fold: int,
