@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,14 +31,18 @@ def kaggle_tree(package_dir: Path, root: Path, competition_files: dict[str, Path
             "site": kaggle / "site-packages"}
 
 
-def run_notebook(tree: dict[str, Path], *args: str, timeout: int = 900) -> tuple[subprocess.CompletedProcess, float]:
+def run_notebook(tree: dict[str, Path], *args: str, timeout: int = 900
+                 ) -> tuple[subprocess.CompletedProcess, float, float]:
     """The notebook's script in a subprocess: no PYTHONPATH, cwd /kaggle/working, HF_HUB_OFFLINE=1, wheels
-    installed into the tree (the shared venv is never touched). Returns (result, wall seconds)."""
+    installed into the tree (the shared venv is never touched). Returns (result, wall seconds, CPU seconds of
+    the script and its pip: with one thread, what the run takes on an idle machine)."""
     environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
     environment.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
     command = [sys.executable, str(tree["script"]), "--input-root", str(tree["input"]),
                "--output-dir", str(tree["working"]), "--install-target", str(tree["site"]), *args]
-    started = time.time()
+    started, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, capture_output=True, text=True, cwd=tree["working"], env=environment,
                             timeout=timeout)
-    return result, time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return result, time.time() - started, cpu

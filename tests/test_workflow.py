@@ -171,7 +171,7 @@ def test_a_registered_record_becomes_a_kaggle_package_from_the_record_alone(fini
     demo = finished_run / "results" / "demo"
     tree = kaggle_tree(package, tmp_path, {"test.csv": demo / "test.csv",
                                            "sample_submission.csv": demo / "sample_submission.csv"})
-    run, _ = run_notebook(tree)
+    run, _, _ = run_notebook(tree)
     assert run.returncode == 0, run.stderr[-3000:]
     recorded = yaml.safe_load(frozen)["manifest"]["hashed"]["outputs"]["results/submissions/pair_top3/submission.csv"]
     assert hashlib.sha256((tree["working"] / "submission.csv").read_bytes()).hexdigest() == recorded

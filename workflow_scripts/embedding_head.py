@@ -52,7 +52,7 @@ def embed_texts(model, tokenizer, texts: list[str], pooling: str, max_length: in
     token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     batches = sorted_batches(np.array([len(ids) for ids in token_ids]), batch_size)
     embeddings = None
-    started = time.time()
+    started, started_cpu = time.time(), time.process_time()
     with torch.inference_mode():
         for number, rows in enumerate(batches, start=1):
             inputs = {k: v.to(device) for k, v in pad_batch(token_ids, rows, tokenizer.pad_token_id).items()}
@@ -67,7 +67,7 @@ def embed_texts(model, tokenizer, texts: list[str], pooling: str, max_length: in
                       flush=True)
     if stats is not None:
         stats.update(rows=len(texts), tokens=int(sum(len(ids) for ids in token_ids)),
-                     seconds=round(time.time() - started, 4))
+                     seconds=round(time.time() - started, 4), cpu_seconds=round(time.process_time() - started_cpu, 4))
     return embeddings if embeddings is not None else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -112,9 +112,10 @@ def embed_main(args) -> None:
     # imported before the clock: the load time is the model's, imports are paid once
     from transformers import AutoModel, AutoTokenizer  # noqa: F401
 
-    loading = time.time()
+    loading, loading_cpu = time.time(), time.process_time()
     model, tokenizer, device = load_encoder(args.base, model_config)
-    speed = {"load_seconds": round(time.time() - loading, 4), "device": str(device), "threads": torch.get_num_threads(),
+    speed = {"load_seconds": round(time.time() - loading, 4),
+             "load_cpu_seconds": round(time.process_time() - loading_cpu, 4), "device": str(device), "threads": torch.get_num_threads(),
              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     tensors = {split: embed_texts(model, tokenizer, frame["text"].to_list(), pooling, max_length, batch_size, device,
                                   label=f"embed {split}", stats=speed if split == "test" else None)
@@ -159,10 +160,11 @@ def fit_main(args) -> None:
     valid_ids = [i for i, keep in zip(train_ids, held_out) if keep]
     write_parquet(prediction_frame(valid_ids, predict_heads(spec, saved, train_x[held_out]), spec, args.fold),
                   args.valid_out)
-    predicting = time.time()
+    predicting, predicting_cpu = time.time(), time.process_time()
     write_parquet(prediction_frame(test_ids, predict_heads(spec, saved, test_x), spec, None), args.test_out)
     # the head alone: the embed step records the encoder's pass over the test rows
     write_inference_speed(args.test_out, {"rows": len(test_ids), "seconds": round(time.time() - predicting, 4),
+                                          "cpu_seconds": round(time.process_time() - predicting_cpu, 4),
                                           "load_seconds": 0.0, "device": "cpu", "threads": 1})
     print(f"embedding_head fold {args.fold}: fitted on {int(training.sum())} rows, predicted {len(valid_ids)} "
           f"held-out and {len(test_ids)} test rows in {time.time() - started:.1f}s", flush=True)

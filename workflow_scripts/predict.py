@@ -45,7 +45,7 @@ def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, m
     device = model_input_device(model)
     autocast = (torch.autocast(device.type, dtype=torch_dtype_of(precision)) if precision != "fp32"
                 else contextlib.nullcontext())
-    started = time.time()
+    started, started_cpu = time.time(), time.process_time()
     with torch.inference_mode(), autocast:
         for number, rows in enumerate(batches, start=1):
             inputs = pad_batch(token_ids, rows, tokenizer.pad_token_id, pad_to=pad_to)
@@ -56,7 +56,8 @@ def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, m
                 print(f"{label}: batch {number}/{len(batches)} {done / max(1e-9, time.time() - started):.1f} rows/s",
                       flush=True)
     if stats is not None:
-        stats.update(rows=len(texts), tokens=int(lengths.sum()), seconds=round(time.time() - started, 4))
+        stats.update(rows=len(texts), tokens=int(lengths.sum()), seconds=round(time.time() - started, 4),
+                     cpu_seconds=round(time.process_time() - started_cpu, 4))
     return probabilities
 
 
@@ -87,8 +88,8 @@ def load_trained(model_dir: str, base: str, model_spec: ModelSpec | dict[str, An
 
 
 def load_for_prediction(model_dir: str, base: str, model_spec: ModelSpec, num_labels: int):
-    """(model, tokenizer, device, precision, load seconds): a fold model on this process's device in the
-    model's resolved precision, as the predict step and a Kaggle package load it."""
+    """(model, tokenizer, device, precision, (load wall seconds, load CPU seconds)): a fold model on this
+    process's device in the model's resolved precision, as the predict step and a Kaggle package load it."""
     from workflow_scripts.execution.device import resolve_device, resolve_precision
 
     from pathlib import Path
@@ -101,9 +102,9 @@ def load_for_prediction(model_dir: str, base: str, model_spec: ModelSpec, num_la
 
     device = resolve_device("auto")
     precision = resolve_precision(model_spec.precision, device)
-    loading = time.time()
+    loading, loading_cpu = time.time(), time.process_time()
     model, tokenizer = load_trained(model_dir, base, model_spec, num_labels, device=device, precision=precision)
-    return model, tokenizer, device, precision, time.time() - loading
+    return model, tokenizer, device, precision, (time.time() - loading, time.process_time() - loading_cpu)
 
 
 def prediction_frame(ids: list[str], probabilities: np.ndarray, spec: LabelSpec, fold: int | None) -> pl.DataFrame:
@@ -160,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.valid_out:  # the full-data model has no held-out rows
         write_parquet(prediction_frame([], np.zeros((0, len(spec.probability_columns)), np.float32), spec, None),
                       args.valid_out)
-    speed = {"load_seconds": round(load_seconds, 4), "device": str(device), "precision": precision,
+    speed = {"load_seconds": round(load_seconds[0], 4), "load_cpu_seconds": round(load_seconds[1], 4),
+             "device": str(device), "precision": precision,
              "threads": torch.get_num_threads(),
              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     test_probs = predict_probabilities(model, tokenizer, test["text"].to_list(), spec, max_length, batch_size, label="test",

@@ -98,7 +98,7 @@ def model_test_probabilities(dataset_dir: Path, name: str, member: dict[str, Any
         for split, folder in member["splits"].items():
             model, tokenizer, device, precision, load_seconds = load_for_prediction(
                 str(dataset_dir / folder), base, model_spec, len(spec.probability_columns))
-            cost["load_seconds"] += load_seconds
+            cost["load_seconds"] += load_seconds[0]
             stats = {}
             probabilities = predict_probabilities(model, tokenizer, texts, spec, model_spec.max_length,
                                                   model_spec.prediction_batch_size, label=f"{name} {split}",

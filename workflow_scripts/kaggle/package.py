@@ -190,7 +190,8 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     public_rows = _public_rows(spec["public_test"])
     rows = kaggle.get("hidden_test_rows") or public_rows
     estimate = runtime_plan.estimate(speeds, rows, kaggle["accelerator"], kaggle["cpu_threads"],
-                                     kaggle["time_limit_hours"], kaggle.get("speed_factor"))
+                                     kaggle["time_limit_hours"], kaggle.get("speed_factor"),
+                                     runtime_plan.measure_startup([m["kind"] for m in spec["models"].values()]))
     commands = [f"kaggle datasets create -p {dataset} --dir-mode zip",
                 f"kaggle kernels push -p {notebook}"]
     plan = {"package": name, "submission": spec["submission"], "dataset_bytes": size,

@@ -3,7 +3,9 @@
 Every prediction step records how long its pass over the public test took (`io.inference_speed_path`:
 rows, tokens after truncation, seconds, model load seconds, device, threads). A member's hidden-test cost
 is its load time plus its measured seconds scaled by the hidden test's tokens over the public test's
-(the hidden rows are assumed to be as long as the public ones), divided by the accelerator factor:
+(the hidden rows are assumed to be as long as the public ones), divided by the accelerator factor. A
+one-thread CPU step counts its CPU seconds when they are less than its wall time, so other jobs sharing the
+machine do not inflate the plan.
 
     factor = speed(target accelerator) / speed(device the step ran on)
 
@@ -11,7 +13,8 @@ Speeds are in CPU-thread units: a CPU runs at its thread count (Kaggle's CPU not
 its dense fp16 tensor TFLOPS x THREADS_PER_TFLOPS. These are planning constants, not measurements: a
 user who has timed a model on Kaggle sets `kaggle.speed_factor` instead. TF-IDF members and logistic-
 regression heads run on the CPU in one thread: they are scaled by rows and not by the accelerator. A
-notebook also pays STARTUP_SECONDS (installing the wheels, importing torch and transformers).
+notebook also pays its start-up: importing torch and transformers, timed in a fresh interpreter when the
+package is built, plus PIP_INSTALL_SECONDS for installing the wheels.
 """
 from __future__ import annotations
 
@@ -31,7 +34,13 @@ GPU_TFLOPS = {"P100": 19.0, "T4": 65.0, "V100": 125.0, "A10": 125.0, "L4": 121.0
               "H100": 989.0, "H200": 989.0, "RTX 3090": 71.0, "RTX 4090": 165.0}
 # one TFLOPS of a GPU's tensor throughput in CPU threads of transformer inference (a planning constant)
 THREADS_PER_TFLOPS = 5.0
-STARTUP_SECONDS = 15.0
+# installing the wheels with pip: added to the measured import time
+PIP_INSTALL_SECONDS = 2.0
+# what a notebook imports before its first model loads: always, and per member kind
+STARTUP_IMPORTS = ("polars", "numpy", "safetensors")
+KIND_IMPORTS = {"tfidf_linear": ("sklearn.feature_extraction.text",), "embedding_head": ("torch", "transformers"),
+                "encoder_full": ("torch", "transformers"), "encoder_lora": ("torch", "transformers", "peft"),
+                "decoder_lora": ("torch", "transformers", "peft")}
 # members that run on the CPU whatever the accelerator (scaled by rows only)
 CPU_KINDS = ("tfidf_linear",)
 
@@ -58,6 +67,16 @@ def accelerator_speed(accelerator: str, cpu_threads: int) -> float:
     return float(cpu_threads) if settings["gpu"] is None else GPU_TFLOPS[settings["gpu"]] * THREADS_PER_TFLOPS
 
 
+def uncontended(record: dict[str, Any], wall_key: str, cpu_key: str) -> float:
+    """A measured duration without the waits of a shared CPU: for a one-thread CPU step, its CPU seconds when
+    they are less than its wall time (other jobs held the core); else the wall time (a many-thread step's CPU
+    seconds over its threads would flatter it when its threads idle)."""
+    wall = float(record.get(wall_key, 0.0))
+    if record.get("device_name", "cpu") == "cpu" and int(record.get("threads", 1)) == 1 and record.get(cpu_key) is not None:
+        return min(wall, float(record[cpu_key]))
+    return wall
+
+
 def scaled_seconds(record: dict[str, Any], rows: int, target_speed: float, speed_factor: float | None,
                    by_tokens: bool) -> float:
     """One measured pass (a speed record) scaled to `rows` hidden-test rows on the target device; plus load time.
@@ -70,14 +89,14 @@ def scaled_seconds(record: dict[str, Any], rows: int, target_speed: float, speed
         work = rows * tokens_per_row / record["tokens"]
     else:
         work = rows / measured_rows
-    seconds = float(record["seconds"]) * work
+    seconds = uncontended(record, "seconds", "cpu_seconds") * work
     if by_tokens:
         factor = speed_factor
         if factor is None:
             measured = device_speed(record.get("device_name", "cpu"), int(record.get("threads", 1)))
             factor = target_speed / measured if measured else 1.0
         seconds /= factor
-    return float(record.get("load_seconds", 0.0)) + seconds
+    return uncontended(record, "load_seconds", "load_cpu_seconds") + seconds
 
 
 def member_seconds(member: dict[str, Any], rows: int, target_speed: float, speed_factor: float | None) -> float:
@@ -92,17 +111,33 @@ def member_seconds(member: dict[str, Any], rows: int, target_speed: float, speed
     return total
 
 
+def measure_startup(kinds: list[str]) -> float:
+    """Seconds a fresh interpreter takes to import what the notebook imports for members of these kinds (its
+    CPU seconds when other jobs slow the wall clock), plus PIP_INSTALL_SECONDS: the notebook's fixed cost."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    modules = list(dict.fromkeys(STARTUP_IMPORTS + tuple(m for kind in kinds for m in KIND_IMPORTS.get(kind, ()))))
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    subprocess.run([sys.executable, "-c", "import " + ", ".join(modules)], check=True, capture_output=True)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - started
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return round(min(wall, cpu) + PIP_INSTALL_SECONDS, 3)
+
+
 def estimate(members: dict[str, dict[str, Any]], rows: int, accelerator: str, cpu_threads: int,
-             time_limit_hours: float, speed_factor: float | None = None) -> dict[str, Any]:
+             time_limit_hours: float, speed_factor: float | None = None, startup_seconds: float = 0.0) -> dict[str, Any]:
     """plan.json's estimate: seconds per member and in all, against the time limit. `members`: name ->
-    {kind, speeds: {split: speed record}, embed_speed: record | None}."""
+    {kind, speeds: {split: speed record}, embed_speed: record | None}; `startup_seconds` from measure_startup."""
     target = accelerator_speed(accelerator, cpu_threads)
     seconds = {name: round(member_seconds(member, rows, target, speed_factor), 3) for name, member in members.items()}
-    total = STARTUP_SECONDS + sum(seconds.values())
+    total = startup_seconds + sum(seconds.values())
     limit = time_limit_hours * 3600.0
     costliest = sorted(seconds, key=lambda name: -seconds[name])
     return {"rows": rows, "accelerator": accelerator, "cpu_threads": cpu_threads, "speed_factor": speed_factor,
-            "startup_seconds": STARTUP_SECONDS, "member_seconds": seconds, "estimated_seconds": round(total, 3),
+            "startup_seconds": startup_seconds, "member_seconds": seconds, "estimated_seconds": round(total, 3),
             "time_limit_seconds": limit, "over_limit": total > limit, "costliest_members": costliest[:3]}
 
 
