@@ -39,7 +39,7 @@ rule kaggle_record_package:
     params:
         code=code_digest("kaggle.package"),
         wheel=OOFLINE_CODE,
-        kaggle=lambda wildcards: json.dumps(rule_params.kaggle_settings(config, wildcards.record), sort_keys=True),
+        kaggle=lambda wildcards: json.dumps(KAGGLE[wildcards.record], sort_keys=True),  # as written: the rebuild validates it
         scratch=lambda wildcards: out(f"kaggle/{wildcards.record}.scratch"),
         snakefile=workflow.main_snakefile,
     threads: verify_threads

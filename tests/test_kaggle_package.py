@@ -254,3 +254,23 @@ def test_oofline_wheel_is_reproducible_and_installs_offline(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "site" / "workflow_scripts" / "kaggle" / "inference.py").exists()
+
+
+def test_package_spec_ships_adapters_with_their_base_or_merged_models_alone(tmp_path):
+    from movies_workflow import TWO_MODELS_AND_A_SUBMISSION
+
+    from workflow_scripts import rule_params
+    from workflow_scripts.config_check import check_config
+
+    settings = {"competition": "movies-demo", "dataset": "me/movies-pair", "kernel": "me/movies-pair-submit"}
+    for members, folder, base in (("adapter", "adapter", "results/models/qlora/base"), ("merged", "merged", None)):
+        config = check_config(dict(TWO_MODELS_AND_A_SUBMISSION, kaggle={"pair_top3": dict(settings, members=members)}),
+                              tmp_path)
+        spec = rule_params.kaggle_package_spec(config, "results", "pair_top3", ["tiny:llama"])
+        assert spec["models"]["qlora"]["splits"] == {f"fold{k}": f"results/models/qlora/fold{k}/{folder}" for k in (0, 1)}
+        assert spec["models"]["qlora"]["base"] == base
+        # a full fine-tune's fold folders hold the whole model: no base either way
+        assert spec["models"]["full"]["base"] is None
+        assert spec["ensembles"] == {"pair": "results/ensembles/pair/weights.json"}
+        inputs = rule_params.kaggle_package_inputs(spec, ["tiny:llama"])
+        assert ("results/models/qlora/base" in inputs) == (members == "adapter")

@@ -85,7 +85,8 @@ def model_test_probabilities(dataset_dir: Path, name: str, member: dict[str, Any
         embeddings = embed_texts(model, tokenizer, texts, pooling, max_length, batch_size, device,
                                  label=f"{name} embed", stats=stats)
         cost["tokens"] += stats["tokens"]
-        _release(model)
+        del model
+        _free_memory()
         for split, folder in member["splits"].items():
             heads, _ = load_heads(dataset_dir / folder)
             frames.append(_frame(ids, predict_heads(spec, heads, embeddings), spec))
@@ -105,7 +106,8 @@ def model_test_probabilities(dataset_dir: Path, name: str, member: dict[str, Any
                                                   precision=precision, stats=stats)
             cost["tokens"] += stats["tokens"]
             frames.append(_frame(ids, probabilities, spec))
-            _release(model)
+            del model
+            _free_memory()
     mean = average_test(frames, spec.probability_columns)
     cost["seconds"] = time.time() - started
     log(f"{name}: {len(member['splits'])} {'fold models' if len(frames) > 1 else 'model'} predicted "
@@ -119,9 +121,8 @@ def _frame(ids: list[str], probabilities: np.ndarray, spec) -> pl.DataFrame:
     return prediction_frame(ids, probabilities, spec, None)
 
 
-def _release(model) -> None:
+def _free_memory() -> None:
     """Free a member's weights before the next loads (a 14B model and the next one do not both fit)."""
-    del model
     gc.collect()
     try:
         import torch

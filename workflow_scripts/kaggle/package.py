@@ -178,7 +178,9 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     title = kaggle.get("title") or f"oofline {name}"
     write_json({"title": title, "id": kaggle["dataset"], "licenses": [{"name": "CC0-1.0"}]},
                dataset / "dataset-metadata.json")
-    write_json(kernel_metadata(kaggle, title), notebook / "kernel-metadata.json")
+    # Kaggle derives a notebook's slug from its title: the title is the slug's words
+    write_json(kernel_metadata(kaggle, kaggle["kernel"].split("/")[1].replace("-", " ")),
+               notebook / "kernel-metadata.json")
     threads = kaggle["cpu_threads"] if kaggle["accelerator"] == "cpu" else 0
     script = notebook_script({"package": name, "dataset": kaggle["dataset"], "competition": kaggle["competition"],
                               "test": kaggle["test"], "sample_submission": kaggle.get("sample_submission"),
