@@ -156,6 +156,7 @@ USER_NAMED_MAPS = {
     "properties/ensembles/additionalProperties/properties/members/oneOf/1", "properties/thresholds",
     "properties/thresholds/additionalProperties/properties/target_rates",
     "properties/thresholds/additionalProperties/properties/probe_f1", "properties/submissions", "properties/register",
+    "properties/kaggle",
     "properties/retrieval", "properties/retrieval/additionalProperties/properties/models", "properties/language_models",
     "properties/generators", "properties/soft_labels", "properties/label_correction", "properties/answers/properties/prompts",
     "properties/answers/properties/prompts/additionalProperties/oneOf/2/properties/templates",
