@@ -217,21 +217,16 @@ def test_confidences_equal_the_full_vocabulary_computation(tiny_llama):
     assert any(p < 0.5 for c in completions for p in c.token_probs)  # not the tempered/top-p distribution's 1.0s
 
 
-def _tensor_bytes(value, seen=None) -> int:
-    """Bytes of every tensor reachable from `value` (tuples, dicts, model outputs, caches, plain objects)."""
-    seen = set() if seen is None else seen
-    if id(value) in seen:
-        return 0
-    seen.add(id(value))
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_tensor_bytes(v, seen) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_tensor_bytes(v, seen) for v in value)
-    if hasattr(value, "__dict__") and not isinstance(value, (type, torch.nn.Module)):
-        return sum(_tensor_bytes(v, seen) for v in vars(value).values())
-    return 0
+def _tensor_bytes(value) -> int:
+    """bench/generation_memory.py's measure: bytes of every tensor reachable from `value`."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "generation_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_generation_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.tensor_bytes(value)
 
 
 def test_generation_keeps_per_token_floats_not_vocabulary_rows(tiny_llama, monkeypatch):
