@@ -304,11 +304,17 @@ class LLM:
 
 
 def _fake_vllm(tmp_path, monkeypatch, source=FAKE_VLLM):
+    """A `vllm` package on sys.path for this test only (found and imported the real way)."""
+    import importlib
+    import sys
+
     package = tmp_path / "fake_vllm" / "vllm"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(source)
     monkeypatch.syspath_prepend(str(package.parent))
-    monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # records the state before, restored at the test's end
+    del sys.modules["vllm"]  # so that the next import finds the fake package
+    importlib.invalidate_caches()
 
 
 def test_backend_is_transformers_without_vllm_and_vllm_only_where_it_imports_on_a_gpu(tmp_path, monkeypatch):
