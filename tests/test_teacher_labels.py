@@ -148,3 +148,35 @@ def test_cdc_on_the_demo_data_keeps_the_cheap_chain_and_flags_its_students(cdc):
     for student in ("gemma_r1", "gemma_r2", "gemma_r2_r64"):
         assert any("is not nested" in r for r in optimistic_reasons(config, student)), student
     assert optimistic_reasons(config, "gemma2_2b") == []
+
+
+def dry_run_commands(workdir: Path, *args: str) -> str:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n", "-p",
+               "--cores", "1", *args]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_cdc_demo_flags_its_students_on_their_scores_and_the_recipe_trains_the_inner_teachers(tmp_path):
+    """Through Snakemake's plan: the demo's oof steps pass the reasons (scores/MODEL.json, then the leaderboard,
+    flag them); the recipe at 5 folds trains the README's 55 models, inner teachers included."""
+    plan = dry_run_commands(REPO, "--configfile", "recipes/cdc.yaml", "recipes/demo-models-cdc.yaml",
+                            "--", "results/cdc-demo/leaderboard.csv")
+    oof_commands = {line.split("--name ")[1].split()[0]: line for line in plan.splitlines()
+                    if "workflow_scripts.oof " in line}
+    assert set(oof_commands) == {"deberta", "gemma_r1", "gemma_r2", "gemma_r2_r64", "gemma2_2b"}
+    for model, command in oof_commands.items():
+        assert ("--cv-optimistic-reason" in command) == (model in {"gemma_r1", "gemma_r2", "gemma_r2_r64"}), model
+    for name in ("train.csv", "test.csv", "submission_format.csv"):
+        (tmp_path / "data" / "cdc").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "cdc" / name).write_text("")
+    plan = dry_run_commands(tmp_path, "--configfile", str(REPO / "recipes" / "cdc.yaml"), "--quiet", "rules")
+    counts = {line.split()[0]: int(line.split()[1]) for line in plan.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["train_full_model"] == 5 + 10 + 10  # DeBERTa: fold models, without 2 folds, without 3
+    assert counts["train_adapter"] == 5 + 10 + 5 + 5 + 5  # round 1 and its inner models, three more students
