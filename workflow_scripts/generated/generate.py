@@ -1,6 +1,6 @@
 """Few-shot synthetic rows from a local causal LM, parsed and validated, every attempt kept.
 
-Each prompt shows official rows drawn at random (a new draw per prompt) as examples, rendered in the output format
+Each prompt shows official rows drawn at random (a new draw per prompt; never rows of --held-out-folds) as examples, rendered in the output format
 the model must answer in, added while the prompt stays within a word budget (the first example always goes in).
 Sampling runs in batches with `transformers` generate, or with vLLM when it is importable and a GPU is present.
 
@@ -377,11 +377,14 @@ class GeneratorSettings:
     text_template: str | None = None
 
 
-def generate_rows(train: pl.DataFrame, settings: GeneratorSettings, sample) -> tuple[pl.DataFrame, dict]:
+def generate_rows(train: pl.DataFrame, settings: GeneratorSettings, sample,
+                  held_out_ids: set[str] | None = None) -> tuple[pl.DataFrame, dict]:
     """Prompt, sample and parse until n_rows rows are valid or max_attempts are spent.
 
     `sample(prompts, seed) -> list[Completion]` does the sampling (a model, vLLM, or a test double).
     Returns every attempt (see the module docstring) and a report with counts per failure reason.
+    held_out_ids: rows never shown as examples (the held-out folds of the students the rows are for); they still
+    count as training rows an output must not copy.
     """
     s = settings
     if s.fmt not in FORMATS:
@@ -398,12 +401,15 @@ def generate_rows(train: pl.DataFrame, settings: GeneratorSettings, sample) -> t
         raise OoflineError(f"generator n_rows must be >= 1; got {s.n_rows}")
     max_attempts = s.max_attempts or 3 * s.n_rows
     rng = np.random.default_rng(s.seed)
-    examples = train.select(["id", *s.fields]).drop_nulls()
+    every_row = train.select(["id", *s.fields]).drop_nulls()
+    examples = every_row
+    if held_out_ids:
+        examples = every_row.filter(~pl.col("id").cast(pl.String).is_in(pl.Series(sorted(held_out_ids), dtype=pl.String).implode()))
     if examples.height == 0:
         raise OoflineError(f"training data: no row has every generator field {s.fields} filled (needed as examples)")
 
     content_fields = [f for f in s.fields if f not in s.label_fields] or list(s.fields)
-    training_hashes = {_content_hash(row, content_fields) for row in examples.to_dicts()}
+    training_hashes = {_content_hash(row, content_fields) for row in every_row.to_dicts()}
     attempts = {"raw_text": [], "example_ids": []}
     parsed, errors = [], []
     n_valid, round_index = 0, 0
@@ -482,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS, help="bitsandbytes weights")
     parser.add_argument("--output", required=True, help="parquet, one row per attempt")
     parser.add_argument("--report", required=True, help="json: attempts, valid, failures by reason")
+    parser.add_argument("--folds", default=None, help="with --held-out-folds: the folds file")
+    parser.add_argument("--held-out-folds", nargs="+", type=int, default=None,
+                        help="never show rows of these folds as examples (rows for students scored on them)")
     args = parser.parse_args(argv)
 
     import torch
@@ -495,6 +504,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_attempts=args.max_attempts, seed=args.seed, name=args.generator, text_template=args.text_template,
     )
     train = read_table(args.train)
+    held_out_ids = None
+    if args.held_out_folds:
+        if not args.folds:
+            raise OoflineError("--held-out-folds needs --folds")
+        folds = read_table(args.folds)
+        held_out_ids = set(folds.filter(pl.col("fold").is_in(args.held_out_folds))["id"].cast(pl.String).to_list())
     backend, why = generation_backend(args.quantization)
     print(f"generate[{args.generator} seed {args.seed}]: {backend} backend: {why}", flush=True)
     if backend == "vllm":
@@ -516,8 +531,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             return sample_completions(model, tokenizer, [render_prompt(tokenizer, p, args.system) for p in prompts],
                                       temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                                       seed=seed, batch_size=args.batch_size, label="generate")
-    frame, report = generate_rows(train, settings, sample)
-    report.update({"backend": backend, "model": str(args.model)})
+    frame, report = generate_rows(train, settings, sample, held_out_ids)
+    report.update({"backend": backend, "model": str(args.model), "held_out_folds": args.held_out_folds})
     write_parquet(frame, args.output)
     write_json(report, args.report)
 
