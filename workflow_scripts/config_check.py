@@ -169,6 +169,10 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
                 if not float(settings.get("epochs", 1)).is_integer():
                     problems.append(f"{key}.epochs: {settings['epochs']} is not a whole number "
                                     "(select_checkpoint: best keeps one checkpoint per epoch)")
+    if config.get("models"):
+        from workflow_scripts.generated.teacher_labels import chain_problems
+
+        problems += chain_problems(config)
     problems += resource_problems(config)
     problems += offline_hub_problems(config, base_dir)
     problems += output_problems(config)

@@ -117,7 +117,7 @@ def prediction_frame(ids: list[str], probabilities: np.ndarray, spec: LabelSpec,
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train", help="clean training data (needed with --valid-out)")
-    parser.add_argument("--test", required=True, help="rows to predict: the test set or any file with id and text")
+    parser.add_argument("--test", help="rows to predict: the test set or any file with id and text (with --test-out)")
     parser.add_argument("--folds", help="folds file (needed with --valid-out)")
     parser.add_argument("--labels", required=True)
     parser.add_argument("--fold", required=True, help="fold number, or 'full' (test only)")
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--base", required=True)
     parser.add_argument("--model-config", required=True)
     parser.add_argument("--valid-out", help="held-out fold predictions (omit to predict --test only)")
-    parser.add_argument("--test-out", required=True)
+    parser.add_argument("--test-out", help="test predictions (omit to predict the held-out fold only)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     import torch
@@ -134,9 +134,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     model_spec = ModelSpec.from_json(args.model_config)
     spec = LabelSpec.load(args.labels)
-    test = read_table(args.test)
+    if bool(args.test) != bool(args.test_out) or not (args.test_out or args.valid_out):
+        raise OoflineError("predict: give --test with --test-out, --valid-out, or both")
+    test = read_table(args.test) if args.test else None
     for column in ("id", "text"):
-        if column not in test.columns:
+        if test is not None and column not in test.columns:
             raise OoflineError(f"{args.test}: column {column!r} is missing (rows to predict need id and text)")
     model, tokenizer, device, precision, load_seconds = load_for_prediction(args.model_dir, args.base, model_spec,
                                                                            len(spec.probability_columns))
@@ -161,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.valid_out:  # the full-data model has no held-out rows
         write_parquet(prediction_frame([], np.zeros((0, len(spec.probability_columns)), np.float32), spec, None),
                       args.valid_out)
+    if test is None:
+        return
     speed = {"load_seconds": round(load_seconds[0], 4), "load_cpu_seconds": round(load_seconds[1], 4),
              "device": str(device), "precision": precision,
              "threads": torch.get_num_threads(),

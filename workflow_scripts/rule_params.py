@@ -49,12 +49,22 @@ def cli_flags(settings: Mapping[str, Any] | Iterable[tuple[str, Any]], keys: Ite
     return " ".join(flags)
 
 
-def epoch_selection_flags(model: Mapping[str, Any], metric: str, held_out_targets: str | None) -> str:
-    """Training's flags for `select_epoch: best` (the metric and targets each epoch's held-out fold is scored
-    on); nothing for `last`, so those jobs' commands stay as they were."""
+def epoch_selection_flags(model: Mapping[str, Any], metric: str, held_out_targets: str | None,
+                          official_train: str | None = None) -> str:
+    """Training's flags for `select_epoch: best` (the metric, targets and, for a corrected training file, the
+    official rows each epoch's held-out fold is scored on); nothing for `last`, so those jobs' commands stay as
+    they were."""
     if model.get("select_epoch") != "best":
         return ""
-    return cli_flags({"metric": metric, "held_out_targets": held_out_targets})
+    return cli_flags({"metric": metric, "held_out_targets": held_out_targets, "official_train": official_train})
+
+
+def cv_optimistic_flags(config: Mapping[str, Any], model: str) -> str:
+    """The oof step's `--cv-optimistic-reason` per reason a model's fold models may have learnt from labels of
+    the fold they are scored on (teacher-made labels that are not nested); nothing for an honest model."""
+    from workflow_scripts.generated.teacher_labels import optimistic_reasons
+
+    return cli_flags({"cv_optimistic_reason": optimistic_reasons(config, model) or None})
 
 
 def selected_epoch_flags(trained_dirs: Iterable[str]) -> str:
