@@ -174,7 +174,8 @@ def final_targets():
     targets = []
     for name in MODELS:
         targets += model_targets(name)
-    return targets + submission_targets() + plot_targets() + generated_targets() + retrieval_targets()
+    return (targets + submission_targets() + plot_targets() + generated_targets() + retrieval_targets()
+            + kaggle_targets())
 
 
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
@@ -675,3 +676,31 @@ def retrieval_targets():
         targets += [out(f"retrieval/{pipeline}/iter{i}/score.json") for i in range(len(settings["iterations"]))]
         targets.append(out(f"submissions/{pipeline}/submission.csv"))
     return targets
+
+
+# ---- Kaggle code-competition packages: a submission's (or a frozen record's) dataset + offline notebook ----
+
+KAGGLE = config.get("kaggle") or {}
+KAGGLE_SUBMISSIONS = [name for name in KAGGLE if name in SUBMISSIONS]
+KAGGLE_RECORDS = [name for name in KAGGLE if name not in SUBMISSIONS]
+
+
+def _oofline_code():
+    from workflow_scripts.kaggle.package import tree_digest
+
+    return tree_digest(Path(workflow.basedir) / "workflow_scripts")
+
+
+OOFLINE_CODE = _oofline_code() if KAGGLE else ""
+
+
+def kaggle_spec(wildcards):
+    return rule_params.kaggle_package_spec(config, OUT, wildcards.submission, LOCAL_SOURCES)
+
+
+def kaggle_inputs(wildcards):
+    return rule_params.kaggle_package_inputs(kaggle_spec(wildcards), LOCAL_SOURCES)
+
+
+def kaggle_targets():
+    return [out(f"kaggle/{name}/plan.json") for name in KAGGLE]
