@@ -24,7 +24,7 @@ ANSWER_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size"
                "problem_column", "system", "seed")
 SFT_SETTING_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "eval_every", "eval_fraction", "max_length", "r",
                     "alpha", "dropout", "quantization", "precision", "seed")
-RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed")
+RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed", "n_distractors")
 
 
 def cli_flags(settings: Mapping[str, Any] | Iterable[tuple[str, Any]], keys: Iterable[str] | None = None) -> str:
