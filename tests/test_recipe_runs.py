@@ -33,10 +33,16 @@ def run_recipe(name: str, workdir: Path) -> tuple[dict, Path]:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     print(f"recipe {name}: {time.monotonic() - start:.0f} s wall, {cpu:.0f} s CPU")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    config = {}
-    for path in configs:  # Snakemake's merge: mappings key by key, everything else replaced
-        merge(config, yaml.safe_load(path.read_text()))
+    config = recipe_config(name)
     return config, workdir / config["output_dir"]
+
+
+def recipe_config(name: str) -> dict:
+    """The recipe with its overlay laid over it, as Snakemake merges config files (mappings key by key)."""
+    config = {}
+    for path in (REPO / "recipes" / f"{name}.yaml", REPO / "recipes" / f"demo-models-{name}.yaml"):
+        merge(config, yaml.safe_load(path.read_text()))
+    return config
 
 
 def merge(base: dict, overlay: dict) -> None:
@@ -86,7 +92,10 @@ def hand_map_at_3(probabilities: np.ndarray, classes: list[str], labels: list[st
 
 @pytest.mark.slow
 def test_map_recipe_runs_end_to_end(tmp_path):
-    config, results = run_recipe("map", tmp_path)
+    check_map(*run_recipe("map", tmp_path))
+
+
+def check_map(config: dict, results: Path) -> None:
     spec = label_spec(results)
     train = pl.read_parquet(results / "data" / "train.parquet")
     labels = dict(zip(train["id"].to_list(), train["target"].to_list()))
@@ -113,7 +122,10 @@ def test_map_recipe_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_unlp_recipe_runs_end_to_end(tmp_path):
-    config, results = run_recipe("unlp", tmp_path)
+    check_unlp(*run_recipe("unlp", tmp_path))
+
+
+def check_unlp(config: dict, results: Path) -> None:
     spec = label_spec(results)
     train_ids = pl.read_parquet(results / "data" / "train.parquet")["id"].to_list()
     check_oof(results, "gemma2_27b", spec, train_ids, 2)
@@ -132,7 +144,10 @@ def test_unlp_recipe_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_cdc_recipe_runs_end_to_end(tmp_path):
-    config, results = run_recipe("cdc", tmp_path)
+    check_cdc(*run_recipe("cdc", tmp_path))
+
+
+def check_cdc(config: dict, results: Path) -> None:
     spec = label_spec(results)
     train_ids = pl.read_parquet(results / "data" / "train.parquet")["id"].to_list()
     datasets = {f"{g}-seed{s}" for g, settings in config["generators"].items() for s in settings.get("seeds", [0])}
@@ -144,9 +159,16 @@ def test_cdc_recipe_runs_end_to_end(tmp_path):
             check_probabilities(pl.read_parquet(results / "soft_labels" / teacher / f"{dataset}.parquet"), spec, dataset)
     for model in config["models"]:
         check_oof(results, model, spec, train_ids, 2)
-    check_oof(results, "final", spec, train_ids, 2)
+    final = check_oof(results, "final", spec, train_ids, 2).sort("id")
+    configured = config["ensembles"]["final"]["members"]
     weights = json.loads((results / "ensembles" / "final" / "weights.json").read_text())
-    assert set(weights["weights"] if "weights" in weights else weights) == set(config["ensembles"]["final"]["members"])
+    assert weights["blend"] == "mean" and set(weights["members"]) == set(configured)
+    total = sum(configured.values())
+    assert weights["given_weights"] == pytest.approx({name: w / total for name, w in configured.items()})
+    # the ensemble's OOF is the weighted mean of its members' OOF (computed == applied)
+    blended = sum(weight * pl.read_parquet(results / "oof" / f"{name}.parquet").sort("id")
+                  .select(spec.probability_columns).to_numpy() for name, weight in weights["given_weights"].items())
+    np.testing.assert_allclose(final.select(spec.probability_columns).to_numpy(), blended, atol=1e-5)
     submission = pl.read_csv(results / "submissions" / "final" / "submission.csv", infer_schema=False)
     assert submission["id"].to_list() == pl.read_parquet(results / "data" / "test.parquet")["id"].to_list()
     for head in spec.heads:
@@ -159,7 +181,10 @@ def test_cdc_recipe_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_eedi_recipe_runs_end_to_end(tmp_path):
-    config, results = run_recipe("eedi", tmp_path)
+    check_eedi(*run_recipe("eedi", tmp_path))
+
+
+def check_eedi(config: dict, results: Path) -> None:
     k = config["retrieval"]["misconceptions"]["k"]
     for pipeline in ("misconceptions", "misconceptions_cv"):
         root = results / "retrieval" / pipeline
@@ -216,11 +241,14 @@ def test_eedi_recipe_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_aimo_recipe_runs_end_to_end(tmp_path):
+    check_aimo(*run_recipe("aimo", tmp_path))
+
+
+def check_aimo(config: dict, results: Path) -> None:
     """Each vote's recorded dev accuracy per strategy equals a recount from the sampled answers, and each
     submission answers exactly the test problems with the dev-chosen strategy's vote of the test answers."""
     from workflow_scripts.generated.voting import canonical_answer, vote
 
-    config, results = run_recipe("aimo", tmp_path)
     problems = pl.read_parquet(results / "data" / "math_problems.parquet")
     truth = {row_id: canonical_answer(a) for row_id, a in problems.select("id", "answer").iter_rows()}
     test_ids = pl.read_parquet(results / "data" / "math_test_problems.parquet")["id"].to_list()
