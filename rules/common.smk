@@ -541,7 +541,8 @@ def generated_targets():
 
 # ---- retrieval pipelines ----
 
-RETRIEVAL = config.get("retrieval") or {}
+# each iteration's fine-tunes laid over the pipeline's embedder_defaults / reranker_defaults
+RETRIEVAL = {name: rule_params.resolved_pipeline(pipeline) for name, pipeline in (config.get("retrieval") or {}).items()}
 
 
 def iteration(wildcards):

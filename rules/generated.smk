@@ -457,7 +457,7 @@ rule answers:
     params:
         code=code_digest("generated.answers"),
         options=answer_options,
-    threads: 2
+    threads: lambda wildcards: ANSWERS.get("resources", {}).get("threads", 2)
     resources:
         **ANSWER_STEP_RESOURCES,
     log:
@@ -480,7 +480,7 @@ rule test_answers:
     params:
         code=code_digest("generated.answers"),
         options=lambda wildcards: answer_options(wildcards, split="test"),
-    threads: 2
+    threads: lambda wildcards: ANSWERS.get("resources", {}).get("threads", 2)
     resources:
         **ANSWER_STEP_RESOURCES,
     log:

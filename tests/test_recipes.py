@@ -37,6 +37,137 @@ def model_settings(config: dict, name: str) -> dict:
     return {**config.get("model_defaults", {}), **config["models"][name]}
 
 
+# ---- every value a write-up does not state is marked `oofline's choice` ----
+
+MARK = "oofline's choice"
+# The competition's own data and formats (file paths, columns, labels, metric, submission layout): no choice
+COMPETITION = ("output_dir", "data.*", "task.type", "task.id_column", "task.label_column", "task.label_columns.*",
+               "task.heads.*", "task.metric", "task.label_template", "submissions.*.source", "submissions.*.format",
+               "submissions.*.id_column", "submissions.*.prediction_columns.*", "submissions.*.thresholds",
+               "ensembles.*.members.[0-9]*", "retrieval.*.files.*", "retrieval.*.id_column",
+               "retrieval.*.prediction_column", "retrieval.*.k", "answers.problems", "answers.test_problems",
+               "*.select_checkpoint")  # select_checkpoint is checked against the write-up in the Eedi test below
+# What each write-up states (dotted key paths, * for any part): everything else must carry the mark
+STATED = {
+    "map.yaml": (  # 000: the model table (QLoRA-4bit r=8 alpha=32 lr 2e-4 bs 16; Ettin full 4e-5 bs 32), NFolds 5,
+                   # the ensemble tables and OOF Training table
+        "folds.n_folds", "model_defaults.kind", "model_defaults.quantization", "model_defaults.r", "model_defaults.alpha",
+        "model_defaults.lr", "model_defaults.batch_size", "models.*.source", "models.ettin_encoder_1b.*",
+        "models.qwen3_embedding_4b_lora.*", "models.qwen3_1_7b_full.*", "ensembles.five_top3.*",
+        "ensembles.six_top10.*", "ensembles.ratios.*", "ensembles.oof_best.*", "submissions.*.top_k"),
+    "unlp.yaml": (  # 001: MultilabelStratifiedKFold(5, shuffle, 42), the lora_config / train_args block, the hybrid
+        "folds.*", "models.gemma2_27b.source", "models.gemma2_27b.kind", "models.gemma2_27b.r", "models.gemma2_27b.alpha",
+        "models.gemma2_27b.dropout", "models.gemma2_27b.target_modules.*", "models.gemma2_27b.lr",
+        "models.gemma2_27b.weight_decay", "models.gemma2_27b.scheduler", "models.gemma2_27b.epochs",
+        "models.gemma2_27b.batch_size", "models.gemma2_27b.predict_batch_size", "models.gemma2_27b.grad_accum",
+        "thresholds.folds_mean.*"),
+    "cdc.yaml": (  # 004: 7 examples up to 2000 words, ~4000 rows a run; DeBERTa-v3-large; gemma2-9b / 2b LoRA;
+                   # first epoch on the extra data then official only; soft labels; relabelling high-loss rows
+        "language_models.*.source", "generators.*.model", "generators.*.fields.*", "generators.*.examples_per_prompt",
+        "generators.*.word_budget", "generators.*.n_rows", "models.*.source", "models.*.kind", "models.*.extra_data.*",
+        "models.*.stages.0.*", "models.*.stages.1.data.*", "soft_labels.*", "label_correction.deberta.action"),
+    "eedi.yaml": (  # 002: hn_mine.py / add_reranker_score.py arguments, the fine-tune commands, "No eval needed"
+        "retrieval.misconceptions.valid_fold", "retrieval.*.models.*",
+        *(f"retrieval.*.embedder_inference.{key}" for key in (
+            "embedder_class", "pooling_method", "query_instruction", "query_instruction_format", "embed_batch_size",
+            "query_max_length", "passage_max_length")),
+        *(f"retrieval.*.reranker_inference.{key}" for key in (
+            "reranker_class", "rerank_query_instruction", "rerank_passage_instruction", "rerank_prompt",
+            "rerank_max_length", "rerank_batch_size")),
+        *(f"retrieval.*.{role}_defaults.{key}" for role in ("embedder", "reranker") for key in (
+            "base", "model_class", "lora", "learning_rate", "batch_size", "gradient_accumulation_steps", "resources.gpu")),
+        "retrieval.*.embedder_defaults.icl_examples", "retrieval.*.embedder_defaults.pooling_method",
+        "retrieval.*.reranker_defaults.max_len", "retrieval.*.iterations.*.teacher",
+        "retrieval.*.iterations.*.mine.embedder", "retrieval.*.iterations.*.mine.range_for_sampling",
+        "retrieval.*.iterations.*.mine.negative_number",
+        *(f"retrieval.*.iterations.*.{role}.{key}" for role in ("embedder", "reranker")
+          for key in ("epochs", "knowledge_distillation")),
+        "retrieval.*.iterations.*.reranker.label_smoothing"),
+    "aimo.yaml": (  # 003: Gemma 3 12B ("RECOMMENDED") and Qwen 3 32B; batch_size=4, epochs=3, lr=5e-5, warmup=100
+                    # steps, mixed precision, validation every 500 steps; {prompt, target} rows; six voting strategies
+        "language_models.*.source", "language_models.gemma3_12b_sft.finetune.data",
+        *(f"language_models.gemma3_12b_sft.finetune.{key}" for key in (
+            "solution_column", "batch_size", "epochs", "lr", "warmup_steps", "eval_every", "precision")),
+        "votes.all_models.strategies.*"),
+}
+
+
+def yaml_leaves(node, path=(), ancestors=()):
+    """(dotted key path, line numbers whose comments may mark it) of every scalar in a composed YAML document:
+    the scalar's own line and the lines of the keys above it (a mark on a block's key marks the block)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        own = {key.value for key, _ in node.value if key.value != "<<"}
+        for key, value in node.value:
+            if key.value == "<<":  # a merged anchor: the keys this mapping does not set itself
+                merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                pairs = [(k, v) for source in merged for k, v in source.value if k.value not in own]
+                yield from yaml_leaves(yaml.MappingNode(node.tag, pairs), path, ancestors + (key.start_mark.line,))
+            else:
+                yield from yaml_leaves(value, path + (key.value,), ancestors + (key.start_mark.line,))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from yaml_leaves(item, path + (str(index),), ancestors)
+    else:
+        yield ".".join(path), (node.start_mark.line, *ancestors)
+
+
+def line_comment(line: str) -> str:
+    """The `# ...` part of a YAML line (a # outside quotes, after a space)."""
+    quote = None
+    for position, char in enumerate(line):
+        if char in "\"'" and quote in (None, char):
+            quote = None if quote else char
+        elif char == "#" and quote is None and (position == 0 or line[position - 1] in " \t"):
+            return line[position:]
+    return ""
+
+
+def marked(lines: list[str], number: int) -> bool:
+    """Line `number` or the comment-only lines right above it say oofline's choice."""
+    if MARK in line_comment(lines[number]):
+        return True
+    above = number - 1
+    while above >= 0 and lines[above].strip().startswith("#"):
+        if MARK in lines[above]:
+            return True
+        above -= 1
+    return False
+
+
+def unmarked_choices(name: str) -> list[str]:
+    import fnmatch
+
+    import yaml
+
+    text = (REPO / "recipes" / name).read_text()
+    lines = text.splitlines()
+    stated = COMPETITION + STATED[name]
+    problems = []
+    for path, numbers in yaml_leaves(yaml.compose(text)):
+        if any(fnmatch.fnmatchcase(path, pattern) for pattern in stated):
+            continue
+        if not any(marked(lines, number) for number in numbers):
+            problems.append(f"{name}:{numbers[0] + 1}: {path}")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(STATED))
+def test_every_value_the_write_up_does_not_state_is_marked_as_oofline_s_choice(name):
+    assert not unmarked_choices(name), "\n".join(unmarked_choices(name))
+
+
+def test_the_mark_check_finds_an_unmarked_value(tmp_path, monkeypatch):
+    """The check itself: a value the write-up does not state, with its mark removed, is reported by line."""
+    text = (REPO / "recipes" / "unlp.yaml").read_text()
+    assert "quantization: 4bit      # oofline's choice" in text
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "unlp.yaml").write_text(text.replace("quantization: 4bit      # oofline's choice", "quantization: 4bit #"))
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert [problem.split(": ", 1)[1] for problem in unmarked_choices("unlp.yaml")] == ["models.gemma2_27b.quantization"]
+
+
 # Each test below checks a recipe against the numbers in its write-up (/work/shared/seeds/00N_*.txt).
 
 def test_map_recipe_keeps_the_write_up_settings():
@@ -90,33 +221,42 @@ def test_unlp_recipe_keeps_the_write_up_settings():
 
 
 def test_eedi_recipe_keeps_the_write_up_settings():
-    """002: mining 2-200 with 15 negatives (2-100 for the reranker); ICL embedder LoRA lr 1e-4, batch 8, 3 epochs,
-    query/passage lengths 1024/512; reranker LoRA lr 2e-4, batch 1 x 8 accumulation; iteration 1 mines with
-    the iteration-0 embedder, distils from the iteration-0 reranker, reranker label smoothing 0.2; MAP@25."""
-    pipeline = recipe("eedi.yaml")["retrieval"]["misconceptions"]
-    assert (pipeline["k"], pipeline["models"]["bge_icl"], pipeline["models"]["qwen14b"]) == (
-        25, "BAAI/bge-en-icl", "Qwen/Qwen2.5-14B-Instruct")
-    first, second = pipeline["iterations"]
-    assert (first["mine"]["embedder"], second["mine"]["embedder"], second["teacher"]) == ("bge_icl", "iter0", "iter0")
-    for iteration in (first, second):
-        assert (iteration["mine"]["range_for_sampling"], iteration["mine"]["negative_number"]) == ("2-200", 15)
-        embedder, reranker = iteration["embedder"], iteration["reranker"]
-        assert (embedder["model_class"], embedder["learning_rate"], embedder["batch_size"], embedder["query_max_len"],
-                embedder["passage_max_len"], embedder["pooling_method"]) == (
-            "decoder-only-icl", 1e-4, 8, 1024, 512, "last_token")
-        assert (reranker["model_class"], reranker["learning_rate"], reranker["batch_size"],
-                reranker["gradient_accumulation_steps"], reranker["max_len"]) == ("decoder-only-base", 2e-4, 1, 8, 512)
-        assert (reranker["mine"]["range_for_sampling"], reranker["mine"]["negative_number"]) == ("2-100", 15)
-    assert first["embedder"]["epochs"] == 3 and first["embedder"].get("select_checkpoint", "last") == "last"
-    # 4 epochs, keeping the best on the valid fold (the write-up's lora_epoch_2 / epoch 3 by its validation results)
-    for chosen in (first["reranker"], second["embedder"], second["reranker"]):
-        assert (chosen["epochs"], chosen["select_checkpoint"]) == (4, "best")
-    assert pipeline["valid_fold"] == 0
-    assert not first["embedder"].get("knowledge_distillation") and second["embedder"]["knowledge_distillation"]
-    assert second["reranker"]["knowledge_distillation"] and second["reranker"]["label_smoothing"] == 0.2
-    assert (pipeline["reranker_inference"]["rerank_query_instruction"],
-            pipeline["reranker_inference"]["rerank_passage_instruction"],
-            pipeline["reranker_inference"]["rerank_max_length"]) == ("A: ", "B: ", 512)
+    """002: mining 2-200 with 15 negatives (2-100 for the reranker); ICL embedder LoRA lr 1e-4, batch 8 x 2 GPUs,
+    3 epochs, query/passage lengths 1024/512; reranker LoRA lr 2e-4, batch 1 x 8 accumulation x 4 GPUs;
+    iteration 1 mines with the iteration-0 embedder, distils from the iteration-0 reranker, reranker label
+    smoothing 0.2; MAP@25. The submission trains on every query ("No eval needed") and keeps epoch 3 of the
+    4-epoch fine-tunes; the validation run chose those epochs on a held-out fold."""
+    from workflow_scripts.rule_params import resolved_pipeline
+
+    retrieval = recipe("eedi.yaml")["retrieval"]
+    assert set(retrieval) == {"misconceptions", "misconceptions_cv"}
+    for name, pipeline in retrieval.items():
+        pipeline = resolved_pipeline(pipeline)
+        assert (pipeline["k"], pipeline["models"]["bge_icl"], pipeline["models"]["qwen14b"]) == (
+            25, "BAAI/bge-en-icl", "Qwen/Qwen2.5-14B-Instruct")
+        first, second = pipeline["iterations"]
+        assert (first["mine"]["embedder"], second["mine"]["embedder"], second["teacher"]) == ("bge_icl", "iter0", "iter0")
+        for iteration in (first, second):
+            assert (iteration["mine"]["range_for_sampling"], iteration["mine"]["negative_number"]) == ("2-200", 15)
+            embedder, reranker = iteration["embedder"], iteration["reranker"]
+            assert (embedder["base"], embedder["model_class"], embedder["lora"], embedder["learning_rate"],
+                    embedder["batch_size"], embedder["resources"]["gpu"], embedder["query_max_len"],
+                    embedder["passage_max_len"], embedder["pooling_method"]) == (
+                "qwen14b", "decoder-only-icl", True, 1e-4, 8, 2, 1024, 512, "last_token")
+            assert (reranker["base"], reranker["model_class"], reranker["lora"], reranker["learning_rate"],
+                    reranker["batch_size"], reranker["gradient_accumulation_steps"], reranker["resources"]["gpu"],
+                    reranker["max_len"]) == ("qwen14b", "decoder-only-base", True, 2e-4, 1, 8, 4, 512)
+            assert (reranker["mine"]["range_for_sampling"], reranker["mine"]["negative_number"]) == ("2-100", 15)
+        assert first["embedder"]["epochs"] == 3 and first["embedder"].get("select_checkpoint", "last") == "last"
+        chosen = "best" if name == "misconceptions_cv" else 3  # lora_epoch_2 (from 0) / "take epoch 3" / "Epoch 3"
+        for fine_tune in (first["reranker"], second["embedder"], second["reranker"]):
+            assert (fine_tune["epochs"], fine_tune["select_checkpoint"]) == (4, chosen), name
+        assert not first["embedder"].get("knowledge_distillation") and second["embedder"]["knowledge_distillation"]
+        assert second["reranker"]["knowledge_distillation"] and second["reranker"]["label_smoothing"] == 0.2
+        assert (pipeline["reranker_inference"]["rerank_query_instruction"],
+                pipeline["reranker_inference"]["rerank_passage_instruction"],
+                pipeline["reranker_inference"]["rerank_max_length"]) == ("A: ", "B: ", 512)
+    assert retrieval["misconceptions"]["valid_fold"] is None and retrieval["misconceptions_cv"]["valid_fold"] == 0
 
 
 def test_aimo_recipe_keeps_the_write_up_settings():
@@ -133,34 +273,45 @@ def test_aimo_recipe_keeps_the_write_up_settings():
 
 
 def test_cdc_recipe_keeps_the_write_up_settings():
-    """004: 21 binary + a 6-class and a 12-class variable, mean F1; few-shot generated narratives from gemma2 and
-    qwen2.5; a DeBERTa-v3-large teacher with label smoothing whose high-loss rows are relabelled; gemma2-9b LoRA
-    students whose first epoch also takes the generated rows, then official rows only; two more gemma2-9b and
-    a gemma2-2b with other LoRA parameters in a weighted ensemble; threshold search."""
+    """004: 21 binary + a 6-class and a 12-class variable, mean F1; few-shot generated narratives from gemma2,
+    qwen2.5 and mistral (7 examples, 2000 words, ~4000 rows a run, 20000 rows with the official ones); a
+    DeBERTa-v3-large teacher with label smoothing whose high-loss rows are relabelled; gemma2-9b LoRA students
+    whose first epoch also takes the generated rows, then official rows only; the final model (round 2) plus
+    two more gemma2-9b and a gemma2-2b with other LoRA parameters in a weighted ensemble; threshold search."""
     config = recipe("cdc.yaml")
     heads = config["task"]["heads"]
     assert config["task"]["metric"] == "mean_f1"
     assert [head["type"] for head in heads].count("binary") == 21
     assert [head["name"] for head in heads if head["type"] == "multiclass"] == ["InjuryLocationType", "WeaponType1"]
-    assert {lm["source"] for lm in config["language_models"].values()} == {"google/gemma-2-9b-it",
-                                                                           "Qwen/Qwen2.5-7B-Instruct"}
+    sources = {name: lm["source"] for name, lm in config["language_models"].items()}
+    assert {source.split("/")[0] for source in sources.values()} == {"google", "Qwen", "mistralai"}
+    assert "gemma-2" in sources["gemma2_9b_it"] and "Qwen2.5" in sources["qwen25_7b"] and "Mistral" in sources["mistral_7b"]
+    generators = config["generators"]
+    assert {generator["model"] for generator in generators.values()} == set(sources)
+    assert all((g["examples_per_prompt"], g["word_budget"], g["n_rows"]) == (7, 2000, 4000) for g in generators.values())
+    runs = sum(len(generator.get("seeds", [0])) for generator in generators.values())
+    assert runs * 4000 + 4000 == 20000  # "20000 pieces of data (including official data)", ~4000 official rows
     teacher = model_settings(config, "deberta")
     assert (teacher["source"], teacher["kind"]) == ("microsoft/deberta-v3-large", "encoder_full")
-    assert teacher["label_smoothing"] > 0 and "deberta" in config["label_correction"]
-    students = ["gemma_r1", "gemma_r2", "gemma_r2_r64"]
+    assert teacher["label_smoothing"] > 0 and config["label_correction"]["deberta"]["action"] == "relabel"
+    generated = {f"{name}-seed{seed}" for name, g in generators.items() for seed in g.get("seeds", [0])}
+    assert set(config["soft_labels"]["deberta"]["datasets"]) == set(config["soft_labels"]["gemma_r1"]["datasets"]) == generated
+    students = ["gemma_r1", "gemma_r2", "gemma_r2_r64", "gemma_r2_r8", "gemma2_2b"]
     for name in students:
         student = model_settings(config, name)
-        assert (student["source"], student["kind"]) == ("google/gemma-2-9b", "decoder_lora"), name
+        assert student["kind"] == "decoder_lora", name
+        assert student["source"] == ("google/gemma-2-2b" if name == "gemma2_2b" else "google/gemma-2-9b"), name
         first, *rest = student["stages"]
         # round 2 pretrains on the soft-labelled official rows in place of the hard ones ("soft labeling all the other data")
         official = "official_soft" if "official_soft" in student["extra_data"] else "official"
         assert first["epochs"] == 1 and set(first["data"]) == {official, *student["extra_data"]}, name
+        assert len(student["extra_data"]) - (official == "official_soft") == len(generated), name
         assert rest and all(stage["data"] == ["official"] for stage in rest), name
-    assert model_settings(config, "gemma_r1")["extra_data"]["gemma0"].startswith("results/cdc/soft_labels/deberta/")
-    assert model_settings(config, "gemma_r2")["extra_data"]["gemma0"].startswith("results/cdc/soft_labels/gemma_r1/")
-    loras = {(model_settings(config, name)["r"], model_settings(config, name)["alpha"]) for name in students}
-    assert len(loras) > 1  # "different lora parameters"
-    assert model_settings(config, "gemma2_2b")["source"] == "google/gemma-2-2b"
-    members = config["ensembles"]["final"]["members"]
-    assert set(members) == {*students, "gemma2_2b"} and len(set(members.values())) > 1  # weighted
+        teacher_name = "deberta" if name == "gemma_r1" else "gemma_r1"
+        assert all(path.startswith(f"results/cdc/soft_labels/{teacher_name}/") for path in student["extra_data"].values())
+    final = config["ensembles"]["final"]["members"]
+    # "2 more gemma2-9b models and 1 gemma2-2b model with different lora parameters ... combined with the final model"
+    assert set(final) == {"gemma_r2", "gemma_r2_r64", "gemma_r2_r8", "gemma2_2b"} and len(set(final.values())) > 1
+    loras = {(model_settings(config, name)["r"], model_settings(config, name)["alpha"]) for name in final}
+    assert len(loras) == len(final)  # each with its own LoRA parameters
     assert config["submissions"]["final"]["thresholds"] is True and "final" in config["thresholds"]

@@ -16,7 +16,7 @@ import yaml
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.retrieval.checkpoints import EpochCheckpoint, choose_checkpoint, pick_best, selection_record
-from workflow_scripts.retrieval.finetune import FinetuneSettings, flagembedding_arguments
+from workflow_scripts.retrieval.finetune import FinetuneSettings, command_line, flagembedding_arguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_retrieval_workflow import CONFIG  # noqa: E402
@@ -92,7 +92,7 @@ def best_config(epochs: int = 2) -> dict:
      "config: retrieval.plots.iterations[0].embedder.select_checkpoint: best chooses an epoch on the valid fold, but "
      "retrieval.plots.valid_fold is null"),
     (lambda p: p["iterations"][0]["reranker"].update(select_checkpoint="top"),
-     "config: retrieval.plots.iterations[0].reranker.select_checkpoint: 'top' is not one of ['last', 'best']"),
+     "config: retrieval.plots.iterations[0].reranker.select_checkpoint: 'top' is not last, best or a whole epoch number K"),
     (lambda p: p["iterations"][0]["embedder"].update(epochs=2.5),
      "config: retrieval.plots.iterations[0].embedder.epochs: 2.5 is not a whole number"),
 ])
@@ -104,6 +104,82 @@ def test_bad_select_checkpoint_settings_name_the_key(edit, expected):
     with pytest.raises(OoflineError) as error:
         check_config(config, REPO)
     assert len(str(error.value).splitlines()) == 1 and str(error.value).startswith(expected), str(error.value)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda p: p["iterations"][0]["embedder"].update(select_checkpoint=3),
+     "config: retrieval.plots.iterations[0].embedder.select_checkpoint: 3 is past the last epoch (epochs: 2"),
+    (lambda p: p["iterations"][0]["reranker"].update(select_checkpoint=0),
+     "config: retrieval.plots.iterations[0].reranker.select_checkpoint: 0 is less than the minimum of 1"),
+    (lambda p: p["iterations"][0]["embedder"].update(select_checkpoint=1, epochs=1.5),
+     "config: retrieval.plots.iterations[0].embedder.epochs: 1.5 is not a whole number (select_checkpoint: 1"),
+    (lambda p: p["embedder_defaults"].pop("base"),
+     "config: retrieval.plots.iterations[0].embedder.base: missing (set it there or in retrieval.plots.embedder_defaults)"),
+])
+def test_bad_fixed_epoch_settings_name_the_key(edit, expected):
+    config = fixed_epoch_config()
+    edit(config["retrieval"]["plots"])
+    with pytest.raises(OoflineError) as error:
+        check_config(config, REPO)
+    assert len(str(error.value).splitlines()) == 1 and str(error.value).startswith(expected), str(error.value)
+
+
+def fixed_epoch_config(epochs: int = 2, kept: int = 1) -> dict:
+    """best_config's pipeline as a final fit (valid_fold: null) keeping epoch `kept` of `epochs`; the shared
+    fine-tune settings come from embedder_defaults / reranker_defaults."""
+    config = best_config(epochs)
+    pipeline = config["retrieval"]["plots"]
+    pipeline["valid_fold"] = None
+    step = pipeline["iterations"][0]
+    pipeline["embedder_defaults"] = {key: value for key, value in step["embedder"].items() if key != "epochs"}
+    pipeline["reranker_defaults"] = dict(step["reranker"])
+    step["embedder"] = {"epochs": epochs, "select_checkpoint": kept}
+    step["reranker"] = {"select_checkpoint": kept}
+    return config
+
+
+def test_a_final_fit_keeps_a_fixed_epoch_without_a_valid_fold(tmp_path):
+    """select_checkpoint: K on valid_fold: null is a valid config; the fine-tunes take the defaults' settings,
+    keep epoch K (no --validation, nothing scored) and evaluation is a final fit with no checkpoint records."""
+    config = fixed_epoch_config()
+    check_config(copy.deepcopy(config), REPO)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    dry_run = snakemake(tmp_path, "-n", "-p")
+    assert dry_run.returncode == 0, dry_run.stdout[-2000:] + dry_run.stderr[-2000:]
+    commands = dry_run.stdout.splitlines()
+    finetunes = [line for line in commands if "workflow_scripts.retrieval.finetune" in line]
+    assert len(finetunes) == 2
+    for line in finetunes:
+        assert "--select-checkpoint 1" in line and "--validation" not in line and "--epochs 2" in line
+        assert "--batch-size 8" in line and "--base-model results/retrieval/plots/base/minilm" in line  # the defaults
+    evaluation = next(line for line in commands if "workflow_scripts.retrieval.eval" in line)
+    assert "--final-fit" in evaluation and "--valid-folds" not in evaluation and "-checkpoints" not in evaluation
+
+
+def test_a_fixed_epoch_saves_epoch_checkpoints_and_stops_after_the_kept_one():
+    fixed = FinetuneSettings("reranker", "decoder-only-base", "m", epochs=4, lora=True, device="cpu",
+                             select_checkpoint=3, label_smoothing=0.2)
+    argv = command_line(fixed, "d", "o")
+    assert argv[argv.index("--save_strategy") + 1] == "epoch" and argv[argv.index("--num_train_epochs") + 1] == "4"
+    assert argv[argv.index("--save_merged_lora_model") + 1] == "False"
+    launcher = argv[:argv.index("--")]
+    assert launcher[launcher.index("--launch-stop-after-epoch") + 1] == "3"
+    assert launcher[launcher.index("--launch-label-smoothing") + 1] == "0.2"
+    for bad, message in ((5, "5 is not an epoch of this fine-tune"), ("third", "must be last, best or a whole")):
+        with pytest.raises(OoflineError, match=message):
+            FinetuneSettings("embedder", "encoder-only-base", "m", epochs=4, select_checkpoint=bad).validate()
+
+
+def test_the_stop_callback_ends_training_after_the_kept_epoch_only():
+    from types import SimpleNamespace
+
+    from workflow_scripts.retrieval.finetune import stop_after_epoch_callback
+
+    callback = stop_after_epoch_callback(2)
+    for epoch, stops in ((1.0, False), (2.0, True), (3.0, True)):
+        control = SimpleNamespace(should_training_stop=False)
+        callback.on_epoch_end(None, SimpleNamespace(epoch=epoch), control)
+        assert control.should_training_stop is stops, epoch
 
 
 def test_best_scores_the_reranker_on_this_iterations_embedder_and_evaluation_records_both(tmp_path):
@@ -231,3 +307,37 @@ def test_real_full_finetune_lays_out_the_chosen_epoch_not_the_last(tiny_bert, tm
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
     assert sorted(path.name for path in output.iterdir()) == ["checkpoints.json", "merged", "settings.json"]
     print(record["epochs"], record["chosen_epoch"])
+
+
+@pytest.mark.slow
+def test_real_fixed_epoch_keeps_epoch_k_of_the_full_schedule(tiny_llama_dir, tmp_path):
+    """select_checkpoint: 2 of 3 epochs on a LoRA reranker: training stops after epoch 2 (no epoch-3 checkpoint
+    was ever written), the learning rate it ended on is the 3-epoch schedule's (not a 2-epoch schedule's), and merged/ is epoch 2's merge: it scores exactly what a merge of the
+    laid-out adapter onto the base scores."""
+    from test_retrieval_finetune import tiny_training_data
+
+    from workflow_scripts.retrieval.finetune import finetune
+
+    lr = 5e-3
+    settings = FinetuneSettings("reranker", "decoder-only-base", str(tiny_llama_dir), epochs=3, batch_size=4,
+                                train_group_size=3, max_len=32, lora=True, lora_rank=4, lora_alpha=8, warmup=0.0,
+                                learning_rate=lr, device="cpu", select_checkpoint=2)
+    output = finetune(settings, tiny_training_data(tmp_path / "mined.jsonl"), tmp_path / "reranker", 1)
+    record = json.loads((output / "checkpoints.json").read_text())
+    assert [entry["epoch"] for entry in record["epochs"]] == [1, 2]  # stopped after the kept epoch
+    assert (record["chosen_epoch"], record["planned_epochs"], record["selected_on_valid_fold"]) == (2, 3, False)
+    # linear decay over 3 epochs of 2 steps: step 4 of 6 trains at lr * 3/6 (a 2-epoch schedule's last step: lr / 4)
+    assert record["chosen_learning_rate"] == pytest.approx(lr * 3 / 6, rel=1e-6)
+    import shutil
+
+    from workflow_scripts.retrieval.checkpoints import merge_lora_checkpoint
+
+    shutil.copytree(output / "adapter", tmp_path / "again")
+    again = merge_lora_checkpoint("FlagEmbedding.finetune.reranker.decoder_only.base", str(tiny_llama_dir),
+                                  tmp_path / "again")
+    kept = FixedPairScore()(output / "merged")["map@5"]
+    assert kept == pytest.approx(FixedPairScore()(again)["map@5"], abs=1e-6)
+    assert kept != pytest.approx(FixedPairScore()(tiny_llama_dir)["map@5"], abs=1e-4)  # it trained
+    files = [path.name for path in output.rglob("*")]
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert sorted(path.name for path in output.iterdir()) == ["adapter", "checkpoints.json", "merged", "settings.json"]

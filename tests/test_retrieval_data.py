@@ -32,6 +32,20 @@ def test_demo_is_deterministic_and_seeded(raw):
     assert not first[0].equals(other[0])
 
 
+def test_distractor_plots_join_the_corpus_and_change_nothing_else(raw):
+    """n_distractors adds plots no query is about (a real corpus's passages are mostly nobody's positive), so a
+    recipe's deep mining range fits; queries, test queries and the reviewed movies' plots stay as they were."""
+    plain = build_demo_task(raw, 20, 40, 10, seed=0)
+    wide = build_demo_task(raw, 20, 40, 10, seed=0, n_distractors=180)
+    assert wide[0].equals(plain[0]) and wide[2].equals(plain[2])
+    assert wide[1].height == 200 and wide[1]["id"].is_unique().all()
+    assert plain[1].join(wide[1], on=["id", "text"], how="anti").height == 0  # every positive plot is kept
+    positives = {pid for ids in wide[0]["positive_ids"].to_list() + wide[2]["positive_ids"].to_list() for pid in ids}
+    assert len(set(wide[1]["id"]) - positives) >= 180
+    with pytest.raises(OoflineError, match="n_distractors=5000: the demo data has only"):
+        build_demo_task(raw, 20, 40, 10, seed=0, n_distractors=5000)
+
+
 def test_cli_writes_byte_identical_files(tmp_path):
     outputs = []
     for run in ("a", "b"):

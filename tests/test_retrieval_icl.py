@@ -48,10 +48,10 @@ def test_a_fine_tune_trains_on_the_instructions_and_prompt_it_is_scored_with():
 
     import yaml
 
-    from workflow_scripts.rule_params import finetune_flags
+    from workflow_scripts.rule_params import finetune_flags, resolved_pipeline
 
     repo = Path(__file__).resolve().parent.parent
-    pipeline = yaml.safe_load((repo / "recipes" / "eedi.yaml").read_text())["retrieval"]["misconceptions"]
+    pipeline = resolved_pipeline(yaml.safe_load((repo / "recipes" / "eedi.yaml").read_text())["retrieval"]["misconceptions"])
     iteration = pipeline["iterations"][0]
     reranker = shlex.split(finetune_flags(iteration["reranker"], pipeline, "reranker"))
     inference = pipeline["reranker_inference"]
@@ -86,18 +86,16 @@ def test_each_role_runs_on_its_own_gpu_count_under_torchrun(tmp_path):
     # the recipe's per-role GPUs, on the demo overlay's data and models (a dry run allocates nothing)
     repo = Path(__file__).resolve().parent.parent
     recipe = yaml.safe_load((repo / "recipes" / "eedi.yaml").read_text())["retrieval"]["misconceptions"]
-    overlay = yaml.safe_load((repo / "recipes" / "demo-models-eedi.yaml").read_text())
-    iteration = overlay["retrieval"]["misconceptions"]["iterations"][0]
-    for role in ("embedder", "reranker"):
-        iteration[role]["resources"] = recipe["iterations"][0][role]["resources"]
     gpus = tmp_path / "gpus.yaml"
-    gpus.write_text(yaml.safe_dump({"retrieval": {"misconceptions": {"iterations": [iteration]}}}))
+    gpus.write_text(yaml.safe_dump({"retrieval": {"misconceptions": {
+        f"{role}_defaults": {"resources": recipe[f"{role}_defaults"]["resources"]} for role in ("embedder", "reranker")}}}))
     # --resources: the default profile caps a workstation at one GPU in use, which would lower gpu: 4 to 1
-    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--resources", "gpu=8",
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--nolock", "-p", "--cores", "1", "--resources", "gpu=8",
                               "--configfile", "recipes/eedi.yaml", "recipes/demo-models-eedi.yaml", str(gpus), "--",
                               "results/eedi-demo/retrieval/misconceptions/iter0/reranker",
                               "results/eedi-demo/retrieval/misconceptions/iter0/embedder"],
                              cwd=repo, capture_output=True, text=True, timeout=300)
-    commands = [line for line in dry_run.stdout.splitlines() if "retrieval.finetune --kind" in line]
+    # a command may span lines (the ICL instruction format holds a newline): split at "Shell command:"
+    commands = [block for block in dry_run.stdout.split("Shell command:") if "retrieval.finetune --kind" in block]
     processes = {re.search(r"--kind (\w+)", c).group(1): re.search(r"--processes (\d+)", c).group(1) for c in commands}
     assert processes == {"embedder": "2", "reranker": "4"}, dry_run.stdout[-2000:] + dry_run.stderr[-2000:]

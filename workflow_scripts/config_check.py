@@ -152,23 +152,39 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
         if bad_folds:
             problems.append(f"config: models.{name}.folds: {bad_folds} not below folds.n_folds={n_folds}")
+    from workflow_scripts.retrieval.checkpoints import fixed_epoch
+    from workflow_scripts.rule_params import FINETUNE_ROLES, resolved_pipeline
+
     for name, pipeline in (config.get("retrieval") or {}).items():
         valid_fold, n_folds = pipeline.get("valid_fold", 0), pipeline.get("n_folds", 5)
         if valid_fold is not None and valid_fold >= n_folds:
             problems.append(f"config: retrieval.{name}.valid_fold: {valid_fold} is not below n_folds={n_folds} "
                             "(null trains on every query)")
-        for index, step in enumerate(pipeline.get("iterations") or []):
-            for role in ("embedder", "reranker"):
-                settings = step.get(role) or {}
-                if settings.get("select_checkpoint") != "best":
-                    continue
+        for index, step in enumerate(resolved_pipeline(pipeline)["iterations"]):
+            for role in FINETUNE_ROLES:
+                settings = step[role]
                 key = f"config: retrieval.{name}.iterations[{index}].{role}"
-                if valid_fold is None:
+                for required in ("base", "model_class"):
+                    if required not in settings:
+                        problems.append(f"{key}.{required}: missing (set it there or in "
+                                        f"retrieval.{name}.{role}_defaults)")
+                choice, epochs = settings.get("select_checkpoint", "last"), settings.get("epochs", 1)
+                if choice == "last":
+                    continue
+                if fixed_epoch(choice) is None and choice != "best":
+                    problems.append(f"{key}.select_checkpoint: {choice!r} is not last, best or a whole epoch "
+                                    "number K (keep epoch K, 1 to epochs)")
+                    continue
+                if choice == "best" and valid_fold is None:
                     problems.append(f"{key}.select_checkpoint: best chooses an epoch on the valid fold, but "
-                                    f"retrieval.{name}.valid_fold is null (a final fit has none; use last)")
-                if not float(settings.get("epochs", 1)).is_integer():
-                    problems.append(f"{key}.epochs: {settings['epochs']} is not a whole number "
-                                    "(select_checkpoint: best keeps one checkpoint per epoch)")
+                                    f"retrieval.{name}.valid_fold is null (a final fit has none; use last, or "
+                                    "the epoch K chosen beforehand)")
+                if not float(epochs).is_integer():
+                    problems.append(f"{key}.epochs: {epochs} is not a whole number "
+                                    f"(select_checkpoint: {choice} keeps one checkpoint per epoch)")
+                elif fixed_epoch(choice) is not None and fixed_epoch(choice) > epochs:
+                    problems.append(f"{key}.select_checkpoint: {choice} is past the last epoch "
+                                    f"(epochs: {epochs:g}; it keeps epoch K of 1 to epochs)")
     if config.get("models"):
         from workflow_scripts.generated.teacher_labels import chain_problems
 

@@ -24,7 +24,7 @@ ANSWER_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size"
                "problem_column", "system", "seed")
 SFT_SETTING_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "eval_every", "eval_fraction", "max_length", "r",
                     "alpha", "dropout", "quantization", "precision", "seed")
-RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed")
+RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed", "n_distractors")
 
 
 def cli_flags(settings: Mapping[str, Any] | Iterable[tuple[str, Any]], keys: Iterable[str] | None = None) -> str:
@@ -285,6 +285,20 @@ def optional_input_flag(flag: str, path: str | None) -> str:
 
 # ---- retrieval ----
 
+FINETUNE_ROLES = ("embedder", "reranker")
+
+
+def resolved_pipeline(pipeline: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline with each iteration's embedder and reranker laid over `embedder_defaults` /
+    `reranker_defaults` (an iteration's own keys win), so every step reads one complete fine-tune entry."""
+    iterations = []
+    for step in pipeline.get("iterations") or []:
+        step = dict(step)
+        for role in FINETUNE_ROLES:
+            step[role] = {**(pipeline.get(f"{role}_defaults") or {}), **(step.get(role) or {})}
+        iterations.append(step)
+    return {**pipeline, "iterations": iterations}
+
 
 def retrieval_uses_demo(pipeline: Mapping[str, Any]) -> bool:
     """A `demo` section wins over `files`, so a demo overlay can swap in the demo task."""
@@ -359,6 +373,7 @@ def evaluation_flags(pipeline: Mapping[str, Any], checkpoint_records: Mapping[st
 
 
 def selects_best_checkpoint(role_settings: Mapping[str, Any]) -> bool:
+    """best scores epochs on the valid fold; last and a fixed epoch K score nothing."""
     return role_settings.get("select_checkpoint", "last") == "best"
 
 

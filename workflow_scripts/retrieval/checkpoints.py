@@ -1,4 +1,5 @@
-"""Pick a fine-tune's checkpoint by its validation score (`select_checkpoint: best`).
+"""Pick a fine-tune's checkpoint: by its validation score (`select_checkpoint: best`) or a fixed epoch
+(`select_checkpoint: K`, chosen beforehand: what a final fit on every query, `valid_fold: null`, keeps).
 
 The fine-tune keeps one checkpoint per epoch (HF `save_strategy epoch`, model weights only: safetensors);
 each is scored on the pipeline's validation fold with the inference settings and metric code of
@@ -6,6 +7,9 @@ each is scored on the pipeline's validation fold with the inference settings and
 `top_n` candidates of the iteration's (already chosen) embedder, as evaluate_retrieval does. The best
 epoch (ties: the earliest) becomes the fine-tune's model. The choice is made on the validation fold, so
 that fold's score of the chosen model is optimistic; checkpoints.json and score.json say so.
+With a fixed K (1-based, at most `epochs`) nothing is scored: training keeps the learning-rate schedule of all
+`epochs` and stops after epoch K (the write-ups' "early stop after 3 epochs"), and epoch K's checkpoint is the
+model; no fold is used, so no score is optimistic.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from workflow_scripts.errors import OoflineError
 from workflow_scripts.io import read_json
 from workflow_scripts.metrics import best_index
 
-CHECKPOINT_CHOICES = ("last", "best")
+CHECKPOINT_CHOICES = ("last", "best")  # or a whole number K: keep epoch K (1-based)
 # FlagEmbedding's LoRA merge (the one its runners call after training) for each decoder entry point
 MODEL_ARGUMENTS = {
     "FlagEmbedding.finetune.embedder.decoder_only.base": "DecoderOnlyEmbedderModelArguments",
@@ -35,6 +39,33 @@ OPTIMISTIC_NOTE = ("checkpoints were chosen by their score on this validation fo
                    "chosen model is optimistic; last_score is the last epoch's score, without that fine-tune's choice")
 
 CheckpointScorer = Callable[[Path], dict]  # model folder -> {"map@k": ..., "recall@k": ...}
+
+
+def fixed_epoch(select_checkpoint: str | int) -> int | None:
+    """K for `select_checkpoint: K` (a 1-based epoch fixed beforehand); None for last and best."""
+    if isinstance(select_checkpoint, bool):
+        return None
+    if isinstance(select_checkpoint, int):
+        return select_checkpoint
+    return int(select_checkpoint) if str(select_checkpoint).isdigit() else None
+
+
+def parse_select_checkpoint(text: str) -> str | int:
+    """The command line's --select-checkpoint: last, best or a whole number K."""
+    return int(text) if text.isdigit() else text
+
+
+def checkpoint_problem(select_checkpoint: object, epochs: float) -> str | None:
+    """Why a select_checkpoint value cannot be used with this many epochs (a sentence), or None."""
+    epoch = fixed_epoch(select_checkpoint) if isinstance(select_checkpoint, (str, int)) else None
+    if epoch is None and select_checkpoint not in CHECKPOINT_CHOICES:
+        return (f"select_checkpoint must be last, best or a whole epoch number (1 to epochs), "
+                f"got {select_checkpoint!r}")
+    if select_checkpoint != "last" and not float(epochs).is_integer():
+        return f"select_checkpoint: {select_checkpoint} keeps one checkpoint per epoch: epochs must be whole, got {epochs}"
+    if epoch is not None and not 1 <= epoch <= epochs:
+        return f"select_checkpoint: {epoch} is not an epoch of this fine-tune (1 to epochs={epochs:g})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,24 @@ def selection_record(epochs: Sequence[int], scores: Sequence[dict], metric: str,
         "last_score": scores[-1][metric],
         "selected_on_valid_fold": True,
         "note": OPTIMISTIC_NOTE,
+    }
+
+
+def fixed_epoch_record(checkpoints: Sequence[EpochCheckpoint], chosen_epoch: int, planned_epochs: int) -> dict:
+    """checkpoints.json of `select_checkpoint: K`: the epochs trained (1..K of a schedule of planned_epochs),
+    the kept one and the learning rate it ended on (above 0 when K < planned_epochs: the schedule ran on)."""
+    chosen = next(checkpoint for checkpoint in checkpoints if checkpoint.epoch == chosen_epoch)
+    history = json.loads((chosen.path / "trainer_state.json").read_text()).get("log_history", [])
+    rates = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+    return {
+        "select_checkpoint": chosen_epoch,
+        "epochs": [{"epoch": checkpoint.epoch, "step": checkpoint.step} for checkpoint in checkpoints],
+        "chosen_epoch": chosen_epoch,
+        "planned_epochs": planned_epochs,
+        "chosen_learning_rate": rates[-1] if rates else None,
+        "selected_on_valid_fold": False,
+        "note": f"epoch {chosen_epoch} of a {planned_epochs}-epoch schedule was fixed in the config before "
+                "training; no checkpoint was scored",
     }
 
 

@@ -42,9 +42,12 @@ def load_rotten_tomatoes(path: str | Path | None = None) -> pl.DataFrame:
 
 
 def build_demo_task(
-    raw: pl.DataFrame, n_passages: int = 150, n_queries: int = 300, n_test_queries: int = 100, seed: int = 0
+    raw: pl.DataFrame, n_passages: int = 150, n_queries: int = 300, n_test_queries: int = 100, seed: int = 0,
+    n_distractors: int = 0,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(queries, corpus, test_queries): passage = a movie's plot, query = one review of it, positive = that movie."""
+    """(queries, corpus, test_queries): passage = a movie's plot, query = one review of it, positive = that movie.
+    `n_distractors` more plots, of movies no query is about, join the corpus (as most of a real corpus's
+    passages are nobody's positive), so that deep mining ranges fit."""
     plots = (
         raw.filter((pl.col("category") == "plot") & pl.col("text").is_not_null() & (pl.col("text").str.len_chars() > 0))
         .unique("movie_name", keep="first", maintain_order=True)
@@ -58,7 +61,13 @@ def build_demo_task(
         raise OoflineError(f"n_passages={n_passages}: the demo data has only {len(movies)} movies with plot and reviews")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(movies, size=n_passages, replace=False).tolist())
-    corpus = plots.filter(pl.col("id").is_in(chosen)).sort("id")
+    others = sorted(set(plots["id"].to_list()) - set(movies))
+    if n_distractors > len(others):
+        raise OoflineError(f"n_distractors={n_distractors}: the demo data has only {len(others)} other movie plots")
+    # their own stream, so that queries and positives are the same with or without them
+    distractor_rng = np.random.default_rng([seed, 1])
+    distractors = distractor_rng.choice(others, size=n_distractors, replace=False).tolist() if n_distractors else []
+    corpus = plots.filter(pl.col("id").is_in(chosen + distractors)).sort("id")
     pool = reviews.filter(pl.col("movie_name").is_in(chosen)).sort("movie_name", "text").unique(
         "text", keep="first", maintain_order=True
     )
@@ -168,13 +177,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-queries", type=int, default=300)
     parser.add_argument("--n-test-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-distractors", type=int, default=0, help="demo: plots no query is about, added to the corpus")
     parser.add_argument("--out-queries", required=True)
     parser.add_argument("--out-corpus", required=True)
     parser.add_argument("--out-test-queries", required=True)
     args = parser.parse_args(argv)
     if args.source == "demo":
         queries, corpus, test = build_demo_task(
-            load_rotten_tomatoes(), args.n_passages, args.n_queries, args.n_test_queries, args.seed
+            load_rotten_tomatoes(), args.n_passages, args.n_queries, args.n_test_queries, args.seed, args.n_distractors
         )
     else:
         for key in ("queries", "corpus", "test_queries"):

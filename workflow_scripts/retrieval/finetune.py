@@ -4,8 +4,9 @@ Output folder (written atomically, so it exists only when training finished):
 - `merged/`   the model to load for inference (always present; safetensors + tokenizer);
 - `adapter/`  the LoRA adapter (LoRA runs only);
 - `settings.json` the settings and the exact FlagEmbedding command line;
-- `checkpoints.json` (`select_checkpoint: best` only) every epoch's validation score and the chosen epoch,
-  whose model is the one in `merged/` (retrieval/checkpoints.py).
+- `checkpoints.json` (`select_checkpoint: best` or `K` only) every epoch's validation score and the chosen
+  epoch (best), or the fixed epoch K and its learning rate (K); that epoch's model is the one in `merged/`
+  (retrieval/checkpoints.py).
 Training data is rewritten first: a row's `prompt` field overrides the trainer's instruction in
 FlagEmbedding, so it is set to `--prompt` when given and removed otherwise (mined.jsonl feeds both the
 embedder, where `prompt` is the query instruction, and the reranker, where it is the yes/no question).
@@ -27,8 +28,8 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.execution.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from workflow_scripts.io import atomic_path
 from workflow_scripts.retrieval.checkpoints import (
-    CHECKPOINT_CHOICES, EpochCheckpoint, ValidationScorer, choose_checkpoint, epoch_checkpoints,
-    merge_lora_checkpoint,
+    EpochCheckpoint, ValidationScorer, checkpoint_problem, choose_checkpoint, epoch_checkpoints, fixed_epoch,
+    fixed_epoch_record, merge_lora_checkpoint, parse_select_checkpoint,
 )
 
 ENTRY_POINTS = {
@@ -78,8 +79,9 @@ class FinetuneSettings:
     device: str = "auto"  # auto (the job's GPU when it has one) | cpu | cuda
     precision: str = "auto"  # auto | bf16 | fp16 | fp32: HF TrainingArguments --bf16 / --fp16
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # passed through verbatim (an escape hatch)
-    # last: the final model (one save); best: one checkpoint per epoch, the best on the valid fold
-    select_checkpoint: str = "last"
+    # last: the final model (one save); best: one checkpoint per epoch, the best on the valid fold;
+    # K (int): epoch K of the `epochs` schedule, fixed beforehand (training stops after it)
+    select_checkpoint: str | int = "last"
 
     def validate(self) -> None:
         if (self.kind, self.model_class) not in ENTRY_POINTS:
@@ -100,12 +102,14 @@ class FinetuneSettings:
             raise OoflineError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise OoflineError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.select_checkpoint not in CHECKPOINT_CHOICES:
-            raise OoflineError(f"select_checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)}, "
-                               f"got {self.select_checkpoint!r}")
-        if self.select_checkpoint == "best" and not float(self.epochs).is_integer():
-            raise OoflineError(f"select_checkpoint: best keeps one checkpoint per epoch: epochs must be whole, "
-                               f"got {self.epochs}")
+        problem = checkpoint_problem(self.select_checkpoint, self.epochs)
+        if problem:
+            raise OoflineError(problem)
+
+    @property
+    def saves_epoch_checkpoints(self) -> bool:
+        """best and K keep a checkpoint per epoch (weights only) and lay out one of them after training."""
+        return self.select_checkpoint != "last"
 
     def resolved(self) -> "FinetuneSettings":
         """These settings with `device` and `precision` resolved for this job (cpu/cuda, fp32/bf16/fp16)."""
@@ -136,8 +140,8 @@ def flagembedding_arguments(settings: FinetuneSettings, train_data: str | Path, 
         "--seed", str(s.seed),
         "--data_seed", str(s.seed),
         "--logging_steps", "1",
-        # best: a checkpoint per epoch, weights only (no optimizer/scheduler/RNG pickles)
-        *(["--save_strategy", "epoch", "--save_only_model", "True"] if s.select_checkpoint == "best"
+        # best / K: a checkpoint per epoch, weights only (no optimizer/scheduler/RNG pickles)
+        *(["--save_strategy", "epoch", "--save_only_model", "True"] if s.saves_epoch_checkpoints
           else ["--save_strategy", "no"]),
         "--report_to", "none",
         "--dataloader_num_workers", "0",
@@ -181,8 +185,8 @@ def flagembedding_arguments(settings: FinetuneSettings, train_data: str | Path, 
             "--lora_alpha", str(s.lora_alpha),
             "--lora_dropout", str(s.lora_dropout),
             "--target_modules", *s.lora_target_modules,
-            # best: each epoch's checkpoint is merged after training instead (checkpoints.merge_lora_checkpoint)
-            "--save_merged_lora_model", _flag(s.select_checkpoint != "best"),
+            # best / K: the kept epoch's checkpoint is merged after training instead (checkpoints.merge_lora_checkpoint)
+            "--save_merged_lora_model", _flag(not s.saves_epoch_checkpoints),
         ]
     elif s.model_class.startswith("decoder"):
         args += ["--use_lora", "False"]
@@ -199,10 +203,16 @@ def command_line(settings: FinetuneSettings, train_data: str | Path, output_dir:
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                     "-m"]
+    patches = []
     if settings.label_smoothing:
-        # FlagEmbedding's reranker loss has no smoothing: run its entry point through oofline's patching launcher
-        return [*launcher, "workflow_scripts.retrieval.finetune", "--launch", module,
-                "--launch-label-smoothing", str(settings.label_smoothing), "--", *arguments]
+        # FlagEmbedding's reranker loss has no smoothing: oofline's launcher patches it
+        patches += ["--launch-label-smoothing", str(settings.label_smoothing)]
+    if fixed_epoch(settings.select_checkpoint) is not None:
+        # keep the schedule of every epoch but stop after the kept one: the later epochs would be thrown away
+        patches += ["--launch-stop-after-epoch", str(fixed_epoch(settings.select_checkpoint))]
+    if patches:
+        # run FlagEmbedding's entry point in oofline's patching launcher
+        return [*launcher, "workflow_scripts.retrieval.finetune", "--launch", module, *patches, "--", *arguments]
     return [*launcher, module, *arguments]
 
 
@@ -282,8 +292,8 @@ def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str
         result = subprocess.run(argv, env=env, stdout=sys.stdout, stderr=sys.stderr, check=False)
         if result.returncode != 0:
             raise OoflineError(f"FlagEmbedding {settings.kind} fine-tune exited with code {result.returncode} (see the log above)")
-        if settings.select_checkpoint == "best":
-            record = lay_out_best_checkpoint(settings, run_dir, tmp, scorer, valid_fold)
+        if settings.saves_epoch_checkpoints:
+            record = lay_out_epoch_checkpoint(settings, run_dir, tmp, scorer, valid_fold)
             (tmp / "checkpoints.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         elif settings.lora:
             if not (run_dir / "merged_model").exists():
@@ -302,17 +312,20 @@ def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str
     return Path(output_dir)
 
 
-def lay_out_best_checkpoint(settings: FinetuneSettings, run_dir: Path, target: Path, scorer: ValidationScorer,
-                            valid_fold: int | None) -> dict:
-    """Score each epoch's checkpoint, move the best one's model to target/merged (+ adapter/), return the record."""
+def lay_out_epoch_checkpoint(settings: FinetuneSettings, run_dir: Path, target: Path,
+                             scorer: ValidationScorer | None, valid_fold: int | None) -> dict:
+    """best: score each epoch's checkpoint; K: take epoch K's. Move that model to target/merged (+ adapter/) and
+    return the record (checkpoints.json)."""
+    kept = fixed_epoch(settings.select_checkpoint)
     checkpoints = epoch_checkpoints(run_dir)
-    if len(checkpoints) != int(settings.epochs):
-        raise OoflineError(f"select_checkpoint: best: expected {int(settings.epochs)} epoch checkpoints in {run_dir}, "
-                           f"found {[c.path.name for c in checkpoints]}")
+    expected = kept if kept is not None else int(settings.epochs)  # K stops after epoch K
+    if [c.epoch for c in checkpoints] != list(range(1, expected + 1)):
+        raise OoflineError(f"select_checkpoint: {settings.select_checkpoint}: expected checkpoints of epochs 1 to "
+                           f"{expected} in {run_dir}, found {[c.path.name for c in checkpoints]}")
     if (run_dir / "embedding").exists():
         # FlagEmbedding trained new token embeddings (extra special tokens): its checkpoints do not hold them
-        raise OoflineError("select_checkpoint: best cannot merge checkpoints of a run that trains token embeddings "
-                           f"({run_dir / 'embedding'}); use select_checkpoint: last")
+        raise OoflineError(f"select_checkpoint: {settings.select_checkpoint} cannot merge checkpoints of a run that "
+                           f"trains token embeddings ({run_dir / 'embedding'}); use select_checkpoint: last")
     entry_point = ENTRY_POINTS[(settings.kind, settings.model_class)]
 
     def model_of(checkpoint: EpochCheckpoint) -> Path:
@@ -323,7 +336,14 @@ def lay_out_best_checkpoint(settings: FinetuneSettings, run_dir: Path, target: P
             return merge_lora_checkpoint(entry_point, settings.base_model, checkpoint.path)
         return checkpoint.path
 
-    chosen, record = choose_checkpoint(checkpoints, model_of, scorer, scorer.metric, valid_fold, scorer.scored_by)
+    if kept is None:
+        chosen, record = choose_checkpoint(checkpoints, model_of, scorer, scorer.metric, valid_fold, scorer.scored_by)
+    else:
+        chosen = checkpoints[kept - 1]
+        record = fixed_epoch_record(checkpoints, kept, int(settings.epochs))
+        model_of(chosen)
+        print(f"kept epoch {kept} of {int(settings.epochs)} (fixed in the config; learning rate at its end "
+              f"{record['chosen_learning_rate']})", flush=True)
     if settings.lora:
         _move_model_files(chosen.path / "merged_model", target / "merged")
         _move_model_files(chosen.path, target / "adapter")
@@ -332,8 +352,8 @@ def lay_out_best_checkpoint(settings: FinetuneSettings, run_dir: Path, target: P
     return record
 
 
-def launch_with_label_smoothing(module: str, smoothing: float, arguments: Sequence[str]) -> None:
-    """Run a FlagEmbedding reranker entry point in this process with a label-smoothed cross-entropy."""
+def patch_label_smoothing(smoothing: float) -> None:
+    """FlagEmbedding's reranker loss becomes a label-smoothed cross-entropy."""
     import torch.nn as nn
     from FlagEmbedding.abc.finetune.reranker import AbsRerankerModel
 
@@ -344,8 +364,53 @@ def launch_with_label_smoothing(module: str, smoothing: float, arguments: Sequen
         self.cross_entropy = nn.CrossEntropyLoss(reduction="mean", label_smoothing=smoothing)
 
     AbsRerankerModel.__init__ = init_with_smoothing
-    sys.argv = [module, *arguments]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def stop_after_epoch_callback(epoch: int):
+    """A TrainerCallback that ends training at the end of `epoch` (after that epoch's checkpoint is saved: the
+    trainer saves after on_epoch_end), leaving the learning-rate schedule of every configured epoch untouched."""
+    from transformers import TrainerCallback
+
+    class StopAfterEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if state.epoch is not None and round(state.epoch) >= epoch:
+                control.should_training_stop = True
+            return control
+
+    return StopAfterEpoch()
+
+
+def patch_stop_after_epoch(epoch: int) -> None:
+    """Every transformers Trainer (FlagEmbedding's subclass them) gets stop_after_epoch_callback(epoch)."""
+    import functools
+
+    from transformers import Trainer
+
+    original_init = Trainer.__init__
+
+    @functools.wraps(original_init)  # FlagEmbedding inspects the signature (processing_class or tokenizer)
+    def init_with_stop(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(stop_after_epoch_callback(epoch))
+
+    Trainer.__init__ = init_with_stop
+
+
+def launch(argv: Sequence[str]) -> None:
+    """`--launch MODULE [--launch-label-smoothing E] [--launch-stop-after-epoch K] -- ARGS`: run a FlagEmbedding
+    entry point in this process with oofline's patches."""
+    split = list(argv).index("--")
+    parser = argparse.ArgumentParser(prog="finetune --launch")
+    parser.add_argument("--launch", required=True)
+    parser.add_argument("--launch-label-smoothing", type=float, default=0.0)
+    parser.add_argument("--launch-stop-after-epoch", type=int, default=None)
+    options = parser.parse_args(argv[:split])
+    if options.launch_label_smoothing:
+        patch_label_smoothing(options.launch_label_smoothing)
+    if options.launch_stop_after_epoch is not None:
+        patch_stop_after_epoch(options.launch_stop_after_epoch)
+    sys.argv = [options.launch, *argv[split + 1:]]
+    runpy.run_module(options.launch, run_name="__main__", alter_sys=True)
 
 
 def _bool(text: str) -> bool:
@@ -358,9 +423,8 @@ def _bool(text: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--launch"]:  # internal: the label-smoothing launcher
-        split = argv.index("--")
-        launch_with_label_smoothing(argv[1], float(argv[3]), argv[split + 1:])
+    if argv[:1] == ["--launch"]:  # internal: the patching launcher
+        launch(argv)
         return
     # everything after --validation describes the valid fold that select_checkpoint best scores on
     validation = argv[argv.index("--validation") + 1:] if "--validation" in argv else None
@@ -380,8 +444,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in ("knowledge_distillation", "lora", "icl_examples"):
         parser.add_argument("--" + name.replace("_", "-"), type=_bool, default=getattr(defaults, name))
     for name in ("pooling_method", "query_instruction", "query_instruction_format", "passage_instruction",
-                 "passage_instruction_format", "prompt", "icl_suffix", "device", "precision", "select_checkpoint"):
+                 "passage_instruction_format", "prompt", "icl_suffix", "device", "precision"):
         parser.add_argument("--" + name.replace("_", "-"), default=getattr(defaults, name))
+    parser.add_argument("--select-checkpoint", type=parse_select_checkpoint, default=defaults.select_checkpoint,
+                        help="last, best (scored on --validation's fold) or K: keep epoch K")
     parser.add_argument("--lora-target-modules", nargs="+", default=list(DEFAULT_LORA_TARGETS))
     parser.add_argument("--processes", type=int, default=1, help="GPUs of the job: > 1 trains under torchrun")
     args = parser.parse_args(argv)
