@@ -7,6 +7,12 @@
 3. Checks every fold's training.json: it ran on the asked device in the configured precision.
 4. Times a plain peft + bitsandbytes loop on the same QLoRA model and fold-0 batches, and prints oofline's
    training tokens/s against it and the peak GPU memory. Writes <out>/gpu_check.json.
+5. In the same Snakemake run, one fold of a tiny model of every family the recipes name (workflow_scripts.
+   tiny_models, built here as `source: tiny:<family>` builds them: DeBERTa-v2 and ModernBERT full fine-tunes,
+   Llama, Mistral, Qwen2, Qwen3, Gemma-2 and Gemma-3 QLoRA 4-bit), all in bf16, with flash_attention_2 where
+   flash_attn is installed and the family has it, else the kernel transformers chooses (sdpa, or eager for
+   DeBERTa and Gemma-2); each fold's training.json must name the device, the precision and that kernel, and its
+   OOF rows must sum to 1.
 
 Exit 0 when the workflow finished and every check held; 1 otherwise (one line per failed check).
 """
@@ -44,6 +50,13 @@ QLORA_MODEL = "llama_qlora"
 # merged adapters exercise merging on the device. Plots and the leaderboard are left out (no device facts).
 TARGETS = ["results/submissions/pair_top3/submission.csv", "results/models/llama_qlora/fold0/merged",
            "results/models/llama_qlora/fold1/merged"]
+
+
+FAMILY_PREFIX = "family_"
+
+
+def family_model_name(family: str) -> str:
+    return FAMILY_PREFIX + family.replace("-", "")
 
 
 def log(message: str) -> None:
@@ -112,11 +125,93 @@ def build_models(models_dir: Path, texts: list[str], sizes: dict, seed: int = 0)
     return parameters
 
 
-def run_workflow(work: Path, configfiles: list[Path], device: str, cores: int) -> float:
+def build_family_models(models_dir: Path, corpus: Path, seed: int = 0) -> None:
+    """A tiny model of every family in models/tiny-<family>/, built as `source: tiny:<family>` builds it
+    (prepare_model.materialise), its tokenizer trained on the task's training text."""
+    from workflow_scripts.prepare_model import materialise
+    from workflow_scripts.tiny_models import TINY_FAMILIES
+
+    for family in TINY_FAMILIES:
+        folder = models_dir / f"tiny-{family}"
+        if not (folder / "config.json").exists():  # a rerun keeps the folder, so Snakemake's outputs stay valid
+            materialise(f"tiny:{family}", folder, seed=seed, corpus=corpus)
+
+
+def expected_attention(family: str, device: str) -> tuple[str | None, str]:
+    """(the attn_implementation to configure, the kernel training.json must name) for a family on `device`:
+    flash_attention_2 where flash_attn is installed on a GPU and the family has it; else the key is left out
+    and transformers picks sdpa, or eager where the family has no sdpa (DeBERTa-v2, Gemma-2)."""
+    import importlib.util
+
+    from workflow_scripts.modeling import supported_attn_implementations
+    from workflow_scripts.tiny_models import MODEL_TYPES
+
+    supported = supported_attn_implementations(MODEL_TYPES[family])
+    if device == "cuda" and importlib.util.find_spec("flash_attn") and "flash_attention_2" in supported:
+        return "flash_attention_2", "flash_attention_2"
+    return None, "sdpa" if "sdpa" in supported else "eager"
+
+
+def family_config(work: Path, device: str) -> Path:
+    """families.yaml: one fold of each tiny family in bf16 (encoders fully fine-tuned, decoders QLoRA 4-bit)."""
+    import yaml
+
+    from workflow_scripts.tiny_models import ENCODER_FAMILIES, TINY_FAMILIES
+
+    resources = {"gpu": 1, "mem_mb": 16000, "runtime": 30} if device == "cuda" else {"gpu": 0, "threads": 1}
+    models = {}
+    for family in TINY_FAMILIES:
+        entry = {"source": f"models/tiny-{family}", "folds": [0], "batch_size": 16 if device == "cuda" else 8,
+                 "resources": dict(resources)}
+        if family in ENCODER_FAMILIES:
+            entry.update(kind="encoder_full", lr=1e-4)
+        else:
+            entry.update(kind="decoder_lora", quantization="4bit", r=8, alpha=16, lr=1e-3)
+        kernel, _ = expected_attention(family, device)
+        if kernel:
+            entry["attn_implementation"] = kernel
+        models[family_model_name(family)] = entry
+    path = work / "families.yaml"
+    path.write_text(yaml.safe_dump({"models": models}, sort_keys=True))
+    return path
+
+
+def family_reports(results: Path, folds: list[dict], device: str) -> tuple[list[dict], list[str]]:
+    """One row per family (its fold-0 facts) and the problems found: a missing fold, the wrong kernel, OOF
+    probabilities that do not sum to 1."""
+    import numpy as np
+    import polars as pl
+
+    from workflow_scripts.tiny_models import TINY_FAMILIES
+
+    rows, problems = [], []
+    by_model = {row["model"]: row for row in folds if row["fold"] == "fold0"}
+    for family in TINY_FAMILIES:
+        name = family_model_name(family)
+        _, kernel = expected_attention(family, device)
+        row = by_model.get(name)
+        if row is None:
+            problems.append(f"{name}: no fold0 training.json")
+            continue
+        rows.append({"family": family, **row})
+        if row["attn_implementation"] != kernel:
+            problems.append(f"{name}: trained with attention {row['attn_implementation']}, not {kernel}")
+        oof_path = results / "oof" / f"{name}.parquet"
+        if not oof_path.exists():
+            problems.append(f"{name}: no OOF file")
+            continue
+        oof = pl.read_parquet(oof_path)
+        sums = oof.select(list(CLASSES)).sum_horizontal().to_numpy()
+        if not len(sums) or not np.allclose(sums, 1.0, atol=1e-4):
+            problems.append(f"{name}: OOF rows do not sum to 1 ({len(sums)} rows)")
+    return rows, problems
+
+
+def run_workflow(work: Path, configfiles: list[Path], device: str, cores: int, targets: list[str]) -> float:
     """`snakemake` over the whole config in `work`; returns its wall time in seconds."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
                "--cores", str(cores), "--resources", f"gpu={1 if device == 'cuda' else 0}",
-               "--configfile", *map(str, configfiles), "--scheduler", "greedy", *TARGETS]
+               "--configfile", *map(str, configfiles), "--scheduler", "greedy", *targets]
     log("running: " + " ".join(command[1:]))
     started = time.time()
     result = subprocess.run(command, cwd=work, stdout=sys.stdout, stderr=subprocess.STDOUT)
@@ -137,7 +232,8 @@ def fold_reports(results: Path) -> list[dict]:
         speed = json.loads(speed_file.read_text()) if speed_file.exists() else {}
         rows.append({"model": training.parts[-4], "fold": training.parts[-3], **{
             key: summary.get(key) for key in ("device", "gpu_name", "precision", "peak_gpu_memory_mb", "world_size",
-                                              "steps")}, "train_tokens_per_s": speed.get("train_tokens_per_s")})
+                                              "steps", "attn_implementation")},
+                     "train_tokens_per_s": speed.get("train_tokens_per_s")})
     return rows
 
 
@@ -232,15 +328,21 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.out or REPO / "bench" / "out" / f"gpu-check-{args.device}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     sizes = SIZES[args.device]
-    configfiles = [REPO / "bench" / "gpu.yaml"] + ([REPO / "bench" / "gpu-cpu.yaml"] if args.device == "cpu" else [])
     texts = synthetic_task(work / "data", sizes["n_train"], sizes["n_test"], sizes["words"])
     parameters = build_models(work / "models", texts, sizes)
-    workflow_seconds = run_workflow(work, configfiles, args.device, args.cores)
+    build_family_models(work / "models", work / "data" / "train.csv")
+    configfiles = [REPO / "bench" / "gpu.yaml"] + ([REPO / "bench" / "gpu-cpu.yaml"] if args.device == "cpu" else [])
+    configfiles.append(family_config(work, args.device))
+    from workflow_scripts.tiny_models import TINY_FAMILIES
+
+    targets = TARGETS + [f"results/oof/{family_model_name(family)}.parquet" for family in TINY_FAMILIES]
+    workflow_seconds = run_workflow(work, configfiles, args.device, args.cores, targets)
 
     problems = []
     results = work / "results"
     folds = fold_reports(results)
     expected = {(model, f"fold{k}") for model in ("llama_qlora", "bert_full") for k in (0, 1)}
+    expected |= {(family_model_name(family), "fold0") for family in TINY_FAMILIES}
     missing = expected - {(row["model"], row["fold"]) for row in folds}
     if missing:
         problems.append(f"no training.json for {sorted(missing)}")
@@ -250,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"{row['model']} {row['fold']} ran on {row['device']}, not {args.device}")
         if row["precision"] != precision:
             problems.append(f"{row['model']} {row['fold']} trained in {row['precision']}, not {precision}")
+    families, family_problems = family_reports(results, folds, args.device)
+    problems += family_problems
     submission = results / "submissions" / "pair_top3" / "submission.csv"
     if not submission.exists():
         problems.append(f"no submission at {submission}")
@@ -263,10 +367,14 @@ def main(argv: list[str] | None = None) -> int:
                          if row["model"] == QLORA_MODEL and row["fold"] == baseline["fold"]), None)
     ratio = round(oofline_rate / baseline["train_tokens_per_s"], 3) if oofline_rate else None
 
-    print("\nmodel        fold   device  gpu                    precision  tokens/s   peak MiB", flush=True)
+    print("\nmodel              fold   device  gpu                    precision  attention          tokens/s   peak MiB",
+          flush=True)
     for row in folds:
-        print(f"{row['model']:<12} {row['fold']:<6} {row['device']:<7} {str(row['gpu_name'] or '-')[:22]:<22} "
-              f"{row['precision']:<10} {row['train_tokens_per_s'] or '-':<10} {row['peak_gpu_memory_mb'] or '-'}")
+        print(f"{row['model']:<18} {row['fold']:<6} {row['device']:<7} {str(row['gpu_name'] or '-')[:22]:<22} "
+              f"{row['precision']:<10} {str(row['attn_implementation']):<18} {row['train_tokens_per_s'] or '-':<10} "
+              f"{row['peak_gpu_memory_mb'] or '-'}")
+    print(f"families: {len(families)} of {len(TINY_FAMILIES)} trained one fold and predicted "
+          f"({', '.join(row['family'] for row in families)})")
     print(f"plain peft+bitsandbytes loop, {QLORA_MODEL} {baseline['fold']}: {baseline['train_tokens_per_s']} tokens/s, "
           f"peak {baseline['peak_gpu_memory_mb'] or '-'} MiB")
     goal = "meets" if ratio is not None and ratio >= 1.0 else "BELOW"
@@ -274,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "device": args.device, "gpu_name": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "torch": torch.__version__, "parameters": parameters, "workflow_seconds": round(workflow_seconds, 1),
-        "total_seconds": round(time.time() - started, 1), "folds": folds, "plain_peft_loop": baseline,
+        "total_seconds": round(time.time() - started, 1), "folds": folds, "families": families,
+        "plain_peft_loop": baseline,
         "oofline_over_plain_tokens_per_s": ratio, "problems": problems,
     }
     (work / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")

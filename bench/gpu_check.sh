@@ -3,7 +3,9 @@
 #
 # On a CUDA host it runs bench/gpu.yaml through Snakemake end to end (a random ~0.7B Llama with QLoRA 4-bit
 # bf16 over 2 folds, a random BERT-base-width encoder with a bf16 full fine-tune, OOF, an ensemble, a
-# submission), checks from every training.json that each fold ran on cuda in bf16, and prints oofline's
+# submission) plus one fold of a tiny model of every family the recipes name (DeBERTa-v2, ModernBERT, Llama,
+# Mistral, Qwen2, Qwen3, Gemma-2, Gemma-3; the decoders QLoRA 4-bit), checks from every training.json that each
+# fold ran on cuda in bf16 with the expected attention kernel, and prints oofline's
 # training tokens/s against a plain peft + bitsandbytes loop on the same model and batches, and peak GPU
 # memory (bench/gpu_check.py does the work). `--device cpu` runs the same workflow on tiny models, to prove
 # the script itself works (tests/test_gpu_check.py).

@@ -38,7 +38,7 @@ TFIDF_MODELS = [name for name, model in MODELS.items() if model["kind"] == "tfid
 EMBEDDING_HEAD_MODELS = [name for name, model in MODELS.items() if model["kind"] == "embedding_head"]
 HEAD_FOLDERS = {"tfidf_linear": "linear", "embedding_head": "head"}
 FULL_MODELS = [name for name, model in MODELS.items() if model["kind"] not in LORA_KINDS + tuple(HEAD_FOLDERS)]
-LOCAL_SOURCES = ("packaged:minilm", "packaged:smollm2", "tiny:llama")
+from workflow_scripts.prepare_model import LOCAL_SOURCES  # packaged:* and tiny:* sources, built by prepare_model
 PY = "python -m workflow_scripts"
 # Step-group images (config `container: {train, cpu}`): used under --sdm apptainer, ignored otherwise.
 TRAIN_CONTAINER = (config.get("container") or {}).get("train")

@@ -120,6 +120,15 @@ CONFIG_CASES = [
      "config: retrieval.movie_plots.iterations[0].embedder.select_checkpoint: 'top' is not one of ['last', 'best']"),
     ("movies", lambda c: [setting(RETRIEVAL + ".valid_fold", None)(c), setting(ITER0 + ".reranker.select_checkpoint", "best")(c)],
      "config: retrieval.movie_plots.iterations[0].reranker.select_checkpoint: best chooses an epoch on the valid fold"),
+    # a kernel the family has no implementation of: DeBERTa-v2/v3 runs eager only, Gemma-2 eager or flash
+    ("movies", setting("models.minilm", {"source": "tiny:deberta-v2", "kind": "encoder_full", "lr": 1e-4,
+                                         "attn_implementation": "sdpa"}),
+     "config: models.minilm.attn_implementation: sdpa is not available for tiny:deberta-v2 (model_type deberta-v2; "
+     "it runs eager)"),
+    ("movies", lambda c: [setting("models.tiny_llama_qlora.source", "tiny:gemma2")(c),
+                          setting("models.tiny_llama_qlora.attn_implementation", "sdpa")(c)],
+     "config: models.tiny_llama_qlora.attn_implementation: sdpa is not available for tiny:gemma2 (model_type gemma2; "
+     "it runs flash_attention_2 or eager)"),
 ]
 
 

@@ -21,7 +21,7 @@ def test_defaults_come_from_the_spec_and_round_trip_through_json():
     spec = ModelSpec.from_config({"source": "tiny:llama", "kind": "decoder_lora", "lr": 1e-3,
                                   "target_modules": ["q_proj", "v_proj"],
                                   "stages": [{"epochs": 1, "data": ["official", "gen"]}, {"epochs": 2}]})
-    assert (spec.precision, spec.gradient_checkpointing, spec.attn_implementation) == ("auto", True, "sdpa")
+    assert (spec.precision, spec.gradient_checkpointing, spec.attn_implementation) == ("auto", True, None)
     assert spec.prediction_batch_size == 32 and spec.scheduler == "linear"
     assert spec.training_stages == (StageSpec(1, ("official", "gen")), StageSpec(2, ("official",)))
     assert spec.lora_settings()["target_modules"] == ["q_proj", "v_proj"]

@@ -148,3 +148,42 @@ def test_smollm2_resaved_loads_without_gguf_and_generates(tmp_path):
         generated = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     continuation = tokenizer.decode(generated[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in continuation
+
+
+# what sets each family apart, read back from the saved config.json and tokenizer
+FAMILY_TRAITS = {
+    "deberta-v2": lambda c, t: (c["relative_attention"] and c["pos_att_type"] == ["p2c", "c2p"]
+                                and not c["position_biased_input"] and c["type_vocab_size"] == 2
+                                and "token_type_ids" in t("a", "b")),
+    "modernbert": lambda c, t: {"full_attention", "sliding_attention"} <= set(c["layer_types"])
+                               and c["local_attention"] < 24,
+    "mistral": lambda c, t: c["sliding_window"] < 24 and t.pad_token is None and "[INST]" in t.chat_template,
+    "qwen2": lambda c, t: c["tie_word_embeddings"] and t.bos_token is None and "<|im_start|>" in t.chat_template,
+    "qwen3": lambda c, t: c["head_dim"] * c["num_attention_heads"] != c["hidden_size"] and "<think>" in t.get_vocab(),
+    "gemma2": lambda c, t: (c["attn_logit_softcapping"], c["final_logit_softcapping"]) == (50.0, 30.0)
+                           and "sliding_attention" in c["layer_types"] and "<start_of_turn>" in t.chat_template,
+    "gemma3": lambda c, t: c["model_type"] == "gemma3_text" and set(c["rope_parameters"]) == {
+        "full_attention", "sliding_attention"},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TRAITS))
+def test_every_tiny_family_keeps_its_traits_and_classifies(tmp_path, corpus, family):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from workflow_scripts import modeling
+
+    out = prepare_model.materialise(f"tiny:{family}", tmp_path / "a", seed=3, corpus=corpus, text_column="review")
+    again = prepare_model.materialise(f"tiny:{family}", tmp_path / "b", seed=3, corpus=corpus, text_column="review")
+    assert _files(out) == _files(again)  # same seed and corpus: byte-identical
+    config = json.loads((out / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert config["hidden_size"] == 64 and config["vocab_size"] == len(tokenizer)
+    assert FAMILY_TRAITS[family](config, tokenizer), config
+    # no attn_implementation: every family loads as a classifier through modeling, and forwards a padded batch
+    model = modeling.load_base_classifier(out, 3)
+    assert isinstance(model, AutoModelForSequenceClassification._model_mapping[type(model.config)])
+    padded = modeling.load_tokenizer(out)(["A warm film.", "Wooden acting, a dull plot."], padding=True,
+                                          return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**padded).logits).all()

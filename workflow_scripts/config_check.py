@@ -16,9 +16,10 @@ from jsonschema import Draft202012Validator
 
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.model_spec import config_defaults
+from workflow_scripts.prepare_model import LOCAL_SOURCES
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
-PACKAGED_SOURCES = ("packaged:minilm", "packaged:smollm2", "tiny:llama")
+PACKAGED_SOURCES = LOCAL_SOURCES
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 # one place for model defaults: the typed spec's fields
 MODEL_DEFAULTS = config_defaults()
@@ -190,8 +191,58 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
 
         problems += chain_problems(config)
     problems += resource_problems(config)
+    problems += attention_problems(config, base_dir)
     problems += offline_hub_problems(config, base_dir)
     problems += output_problems(config)
+    return problems
+
+
+PACKAGED_MODEL_TYPES = {"packaged:minilm": "bert", "packaged:smollm2": "llama"}
+
+
+def source_model_type(source: str, base_dir: Path) -> str | None:
+    """config.json's model_type of a model source, where it is known without loading anything: a packaged or
+    tiny source, a local folder, or a hub id already in the local cache; else None."""
+    import json
+
+    from workflow_scripts.tiny_models import MODEL_TYPES
+
+    if source in PACKAGED_MODEL_TYPES:
+        return PACKAGED_MODEL_TYPES[source]
+    if source.startswith("tiny:"):
+        return MODEL_TYPES.get(source[len("tiny:"):])
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    config_file = path / "config.json"
+    if not config_file.exists() and HUB_ID.match(source):
+        from huggingface_hub import try_to_load_from_cache
+
+        name, _, revision = source.partition("@")
+        cached = try_to_load_from_cache(name, "config.json", cache_dir=hub_cache_dir(dict(os.environ)),
+                                        revision=revision or None)
+        config_file = Path(cached) if isinstance(cached, str) else config_file
+    try:
+        return json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def attention_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
+    """An `attn_implementation` the model's family cannot run (sdpa on DeBERTa-v2/v3 or Gemma-2) is one line
+    here, not a ValueError from transformers in every training job."""
+    from workflow_scripts.modeling import supported_attn_implementations
+
+    problems = []
+    for name, model in (config.get("models") or {}).items():
+        kernel, source = model.get("attn_implementation"), model.get("source")
+        if kernel is None or not isinstance(source, str):
+            continue
+        model_type = source_model_type(source, base_dir)
+        supported = supported_attn_implementations(model_type) if model_type else None
+        if supported is not None and kernel not in supported:
+            problems.append(f"config: models.{name}.attn_implementation: {kernel} is not available for {source} "
+                            f"(model_type {model_type}; it runs {' or '.join(supported)}); leave the key out to let "
+                            "transformers choose")
     return problems
 
 

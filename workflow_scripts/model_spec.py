@@ -59,7 +59,9 @@ class ModelSpec:
     # on: recomputing activations in the backward costs ~20-30% compute but is what lets a 7-14B
     # decoder train on long rows in one GPU's memory; gradients are the same (tests/test_device_training.py)
     gradient_checkpointing: bool = True
-    attn_implementation: str = "sdpa"
+    # None: transformers chooses (sdpa where the family has it, else eager: DeBERTa-v2/v3, Gemma-2); left out of
+    # the merged defaults. config_check rejects a kernel the model's family cannot use.
+    attn_implementation: str | None = None
     folds: tuple[int, ...] | None = None
     train_full: bool = False
     test_predictions: str = "folds"  # folds: the fold models' mean; full: the full-data model's

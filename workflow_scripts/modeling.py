@@ -135,6 +135,21 @@ def check_attn_implementation(attn_implementation: str | None) -> None:
                                "installed here (pip install flash-attn on a CUDA host, or use 'sdpa')")
 
 
+def supported_attn_implementations(model_type: str) -> tuple[str, ...] | None:
+    """The kernels a family's sequence classifier can run (`eager` always), from the class's own flags;
+    None when transformers has no sequence classifier for `model_type`."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    class_name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
+    model_class = getattr(transformers, class_name, None) if class_name else None
+    if model_class is None:
+        return None
+    flags = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn"}
+    return tuple(kernel for kernel in ATTN_IMPLEMENTATIONS
+                 if kernel == "eager" or getattr(model_class, flags[kernel], False))
+
+
 def model_input_device(model):
     """The device the model's inputs must be on: where its input embeddings live (the first device of a
     model split by device_map); sees through a DistributedDataParallel wrapper."""

@@ -6,6 +6,8 @@ Sources:
   and re-saved as float32 safetensors with its tokenizer (loads without `gguf` afterwards);
 - `tiny:llama`       a random LlamaForCausalLM (hidden 64, 2 layers) with a byte-level BPE tokenizer
   trained here on the corpus; same seed and corpus -> byte-identical files;
+- `tiny:<family>`    the same for every family the recipes name (deberta-v2, modernbert, mistral, qwen2,
+  qwen3, gemma2, gemma3): see `tiny_models`;
 - a local folder     validated (config.json present); the output holds a `source.json` pointer to it;
 - a hub id           (`org/name`, optionally `org/name@revision`) left for transformers to resolve at
   train time; the output holds a `source.json` pointer.
@@ -26,9 +28,12 @@ from typing import Sequence
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_table, write_json
+from workflow_scripts.tiny_models import TINY_SOURCES, build_tiny_family
 
 PACKAGED = ("packaged:minilm", "packaged:smollm2")
-TINY = ("tiny:llama",)
+TINY = TINY_SOURCES
+# sources prepare_model builds into the base folder itself (rules/common.smk, config_check)
+LOCAL_SOURCES = PACKAGED + TINY
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Hub ids: `name` or `org/name`, optional `@revision`; anything with path syntax is a local path.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
@@ -224,7 +229,7 @@ def materialise(source: str, out_dir: str | Path, seed: int = 0, corpus: str | P
                 text_column: str = "text") -> Path:
     """Write `out_dir` (atomically) as a local model folder or a `source.json` pointer; returns out_dir."""
     kind, location, revision = classify_source(source)
-    texts = corpus_texts(corpus, text_column) if source == "tiny:llama" else None
+    texts = corpus_texts(corpus, text_column) if kind == "tiny" else None
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         if source == "packaged:minilm":
@@ -235,6 +240,8 @@ def materialise(source: str, out_dir: str | Path, seed: int = 0, corpus: str | P
                 resave_smollm2(tmp)
             elif source == "tiny:llama":
                 build_tiny_llama(tmp, seed, texts)
+            elif kind == "tiny":
+                build_tiny_family(source.split(":", 1)[1], tmp, seed, texts)
         pointer = {"source": source, "kind": kind, "location": location, "revision": revision}
         if kind == "tiny":
             pointer["seed"] = seed
@@ -248,7 +255,7 @@ def materialise(source: str, out_dir: str | Path, seed: int = 0, corpus: str | P
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True,
-                        help="packaged:minilm | packaged:smollm2 | tiny:llama | local folder | hub id")
+                        help=f"{' | '.join(LOCAL_SOURCES)} | local folder | hub id")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed for tiny models")
     parser.add_argument("--corpus", default=None, help="csv/parquet/jsonl whose text trains the tiny tokenizer")

@@ -522,6 +522,8 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         "final_loss": float(np.mean(losses[-10:])) if losses else None,
         "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
         "peak_gpu_memory_mb": peak_gpu_memory_mb(device), "world_size": world_size,
+        # the kernel transformers ran (attn_implementation left out: sdpa where the family has it, else eager)
+        "attn_implementation": getattr(unwrapped.config, "_attn_implementation", None),
     }
     used_sources = {name: sources for name, sources in label_sources.items()
                     if sources and any(name in stage.data for stage in stages)}

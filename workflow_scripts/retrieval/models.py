@@ -90,6 +90,17 @@ def half_precision_flags(precision: str) -> dict[str, bool]:
     return {"use_fp16": precision == "fp16", "use_bf16": precision == "bf16"}
 
 
+def ensure_pad_token(tokenizer) -> None:
+    """A decoder tokenizer without a pad token (Mistral's, Llama-3's) pads with unk, else eos: what FlagEmbedding's
+    own fine-tunes set (finetune/*/decoder_only/*/runner.py), so a model is scored as it was trained; its
+    inference classes leave it unset and fail at the first padded batch."""
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.unk_token or tokenizer.eos_token
+        if fallback is None:
+            raise OoflineError(f"tokenizer {tokenizer.name_or_path} has no pad, unk or eos token to pad with")
+        tokenizer.pad_token = fallback
+
+
 def load_embedder(settings: EmbedderSettings):
     from FlagEmbedding import FlagAutoModel
 
@@ -103,7 +114,7 @@ def load_embedder(settings: EmbedderSettings):
                                f"not {settings.model_class}")
         examples = {"examples_for_task": [dict(e) for e in settings.icl_examples],
                     "examples_instruction_format": settings.examples_instruction_format}
-    return FlagAutoModel.from_finetuned(
+    embedder = FlagAutoModel.from_finetuned(
         path,
         model_class=settings.model_class,
         **examples,
@@ -117,6 +128,8 @@ def load_embedder(settings: EmbedderSettings):
         passage_max_length=settings.passage_max_length,
         devices=settings.devices,
     )
+    ensure_pad_token(embedder.tokenizer)
+    return embedder
 
 
 def _dense(vectors) -> np.ndarray:
@@ -164,6 +177,7 @@ def load_reranker(settings: RerankerSettings):
         import torch
 
         reranker.model.to(torch.bfloat16)
+    ensure_pad_token(reranker.tokenizer)
     return reranker
 
 
