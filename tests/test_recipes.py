@@ -315,3 +315,39 @@ def test_cdc_recipe_keeps_the_write_up_settings():
     loras = {(model_settings(config, name)["r"], model_settings(config, name)["alpha"]) for name in final}
     assert len(loras) == len(final)  # each with its own LoRA parameters
     assert config["submissions"]["final"]["thresholds"] is True and "final" in config["thresholds"]
+
+
+# ---- each overlay swaps in a tiny model of the real model's own family ----
+
+# the family of each hub model the recipes name, by a part of its id (the write-ups' models)
+HUB_FAMILIES = {"gemma-3": "gemma3", "gemma-2": "gemma2", "qwen3": "qwen3", "qwen2.5": "qwen2", "nemotron": "qwen2",
+                "mistral": "mistral", "bge-en-icl": "mistral", "deberta-v3": "deberta-v2", "ettin-encoder": "modernbert",
+                "llama-3": "llama", "deepseek-math": "llama"}
+
+
+def hub_family(source: str) -> str:
+    matches = [family for part, family in HUB_FAMILIES.items() if part in source.lower()]
+    assert len(matches) == 1, f"{source}: no single known family ({matches})"
+    return matches[0]
+
+
+def swapped_sources(real, demo, path=()):
+    """(path, real source, demo source) for every model source the overlay replaces."""
+    if isinstance(real, dict) and isinstance(demo, dict):
+        for key in real.keys() & demo.keys():
+            yield from swapped_sources(real[key], demo[key], path + (key,))
+    elif isinstance(real, str) and isinstance(demo, str) and "/" in real and demo.startswith(("tiny:", "packaged:")):
+        yield ".".join(path), real, demo
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_demo_overlay_swaps_in_a_tiny_model_of_the_real_model_s_family(name):
+    from workflow_scripts.tiny_models import TINY_SOURCES
+
+    swaps = list(swapped_sources(recipe(name), recipe(f"demo-models-{name}")))
+    if name == "cpu-baseline.yaml":
+        assert swaps == []  # its models are the packaged MiniLM already
+        return
+    assert swaps, f"{name}: the overlay swaps no model"
+    for path, real, demo in swaps:
+        assert demo in TINY_SOURCES and demo == f"tiny:{hub_family(real)}", (path, real, demo)
