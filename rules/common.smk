@@ -17,7 +17,7 @@ from workflow_scripts.execution.failures import print_user_errors  # the Snakefi
 RUN_STARTED = __import__("time").time()  # logs written since then belong to this run
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.model_spec import ModelSpec
+from workflow_scripts.model_spec import EMBED, FIT, MERGE, PREDICT, TRAIN, ModelSpec
 from workflow_scripts import rule_params
 from workflow_scripts.rule_params import cli_flags
 
@@ -83,8 +83,15 @@ def task_json():
     return json.dumps(config["task"], sort_keys=True)
 
 
-def model_json(wildcards):
-    return json.dumps(MODELS[wildcards.model], sort_keys=True)
+def model_step_config(step):
+    """A params function: the model settings `step` reads (model_spec: what its output depends on), as JSON."""
+    return lambda wildcards: json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).step_config(step), sort_keys=True)
+
+
+def model_run_settings(wildcards):
+    """How a model's jobs run, not what they make (log and checkpoint frequency, inference batch sizes):
+    a `resources:` string, which Snakemake does not track, so changing one reruns nothing."""
+    return json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).run_settings(), sort_keys=True)
 
 
 def demo_submission_columns():
@@ -200,7 +207,8 @@ def step_resources(settings_of, mem_mb=None, runtime=None):
     return {key: lookup(key, default) for key, default in defaults.items()}
 
 
-MODEL_STEP_RESOURCES = step_resources(lambda wildcards: MODELS[wildcards.model]["resources"])
+MODEL_STEP_RESOURCES = {**step_resources(lambda wildcards: MODELS[wildcards.model]["resources"]),
+                        "run_settings": model_run_settings}
 
 
 def train_mem_mb(wildcards, attempt=1):
@@ -216,7 +224,15 @@ def train_mem_mb(wildcards, attempt=1):
     return mem_mb_after_failures(int(mem_mb), attempt, user_errors)
 
 
-TRAIN_STEP_RESOURCES = {**MODEL_STEP_RESOURCES, "mem_mb": train_mem_mb}
+def train_launcher(wildcards):
+    """`--torchrun` for a model that trains on more than one GPU: one process per GPU (DDP). A resource, not
+    a param: the batches and their order do not depend on the number of processes (train.rank_share)."""
+    return "--torchrun" if model_gpu_count(wildcards.model) > 1 else ""
+
+
+# scratch folders and how a job runs go to resources, which Snakemake does not track: changing them reruns nothing
+TRAIN_STEP_RESOURCES = {**MODEL_STEP_RESOURCES, "mem_mb": train_mem_mb, "launcher": train_launcher,
+                        "work_dir": lambda wildcards: out(f"work/{wildcards.model}/{wildcards.split}")}
 
 
 def model_threads(wildcards):
@@ -257,20 +273,13 @@ def model_gpu_count(name):
     return ModelSpec.from_config(MODELS[name]).gpu_count
 
 
-def train_launcher(wildcards):
-    """`--torchrun` for a model that trains on more than one GPU: one process per GPU (DDP)."""
-    return "--torchrun" if model_gpu_count(wildcards.model) > 1 else ""
-
-
 train_params = dict(
-    launcher=train_launcher,
     fold=lambda wildcards: "full" if wildcards.split == "full" else wildcards.split[len("fold"):],
-    model_config=model_json,
+    model_config=model_step_config(TRAIN),
     base=base_model_path,
     extra=extra_arguments,
     epoch_selection=lambda wildcards, input: rule_params.epoch_selection_flags(
         MODELS[wildcards.model], config["task"]["metric"], input.get("held_out_targets")),
-    work_dir=lambda wildcards: out(f"work/{wildcards.model}/{wildcards.split}"),
 )
 
 # GPU steps go through the allocator: each job gets its own free GPUs (CUDA_VISIBLE_DEVICES); under
@@ -278,9 +287,9 @@ train_params = dict(
 ON_GPUS = "{PY}.execution.gpu_devices --gpus {resources.gpu} -- python -m workflow_scripts"
 
 TRAIN_COMMAND = (
-    "{PY}.execution.gpu_devices --gpus {resources.gpu} {params.launcher} -- python -m workflow_scripts.train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
-    " --labels {input.labels:q} --fold {params.fold} --model-config {params.model_config:q}"
-    " --base {params.base:q} {params.extra} {params.epoch_selection} --out {output:q} --work-dir {params.work_dir:q}"
+    "{PY}.execution.gpu_devices --gpus {resources.gpu} {resources.launcher} -- python -m workflow_scripts.train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
+    " --labels {input.labels:q} --fold {params.fold} --model-config {params.model_config:q} --run-settings {resources.run_settings:q}"
+    " --base {params.base:q} {params.extra} {params.epoch_selection} --out {output:q} --work-dir {resources.work_dir:q}"
     " --attempt {resources.attempt} --threads {threads} > {log:q} 2>&1"
 )
 

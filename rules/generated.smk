@@ -126,7 +126,7 @@ rule teacher_predictions:
         code=code_digest("predict"),
         fold=lambda wildcards: wildcards.split[len("fold"):],
         base=base_model_path,
-        model_config=model_json,
+        model_config=model_step_config(PREDICT),
     threads: model_threads
     resources:
         **MODEL_STEP_RESOURCES,
@@ -139,7 +139,7 @@ rule teacher_predictions:
     shell:
         ON_GPUS + ".predict --test {input.rows:q} --labels {input.labels:q} --fold {params.fold}"
         " --model-dir {input.model:q} --base {params.base:q} --model-config {params.model_config:q}"
-        " --test-out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --run-settings {resources.run_settings:q} --test-out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule soft_labels:

@@ -66,7 +66,7 @@ rule merge_adapter:
     params:
         code=code_digest("merge"),
         base=base_model_path,
-        model_config=model_json,
+        model_config=model_step_config(MERGE),
     resources:
         **MODEL_STEP_RESOURCES,
     log:
@@ -98,7 +98,7 @@ rule tfidf_linear_fold:
     params:
         code=code_digest("linear_models"),
         fold=lambda wildcards: wildcards.split[len("fold"):],
-        model_config=model_json,
+        model_config=model_step_config(FIT),
     log:
         out("logs/train/{model}/{split}.log"),
     conda:
@@ -124,7 +124,7 @@ rule embed_texts:
     params:
         code=code_digest("embedding_head"),
         base=base_model_path,
-        model_config=model_json,
+        model_config=model_step_config(EMBED),
     threads: model_threads
     resources:
         **MODEL_STEP_RESOURCES,
@@ -136,7 +136,7 @@ rule embed_texts:
         TRAIN_CONTAINER
     shell:
         ON_GPUS + ".embedding_head embed --train {input.train:q} --test {input.test:q} --base {params.base:q}"
-        " --model-config {params.model_config:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --model-config {params.model_config:q} --run-settings {resources.run_settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule embedding_head_fold:
@@ -155,7 +155,7 @@ rule embedding_head_fold:
     params:
         code=code_digest("embedding_head"),
         fold=lambda wildcards: wildcards.split[len("fold"):],
-        model_config=model_json,
+        model_config=model_step_config(FIT),
     log:
         out("logs/train/{model}/{split}.log"),
     conda:
