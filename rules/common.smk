@@ -278,8 +278,9 @@ train_params = dict(
     model_config=model_step_config(TRAIN),
     base=base_model_path,
     extra=extra_arguments,
-    epoch_selection=lambda wildcards, input: rule_params.epoch_selection_flags(
-        MODELS[wildcards.model], config["task"]["metric"], input.get("held_out_targets")),
+    # of wildcards only: a param whose function takes `input` is not tracked, and the metric must be
+    epoch_selection=lambda wildcards: rule_params.epoch_selection_flags(
+        MODELS[wildcards.model], config["task"]["metric"], train_inputs(wildcards).get("held_out_targets")),
 )
 
 # GPU steps go through the allocator: each job gets its own free GPUs (CUDA_VISIBLE_DEVICES); under
@@ -384,9 +385,10 @@ def submission_config_slice(name):
     return rule_params.submission_config_slice(config, name)
 
 
-def submission_options(wildcards, input):
-    thresholds = input.thresholds if "thresholds" in input.keys() else None
-    return rule_params.submission_flags(config, wildcards.submission, thresholds)
+def submission_options(wildcards):
+    """The submission's flags; a params function of wildcards only, so a format or column change reruns it."""
+    inputs = submission_inputs(wildcards)
+    return rule_params.submission_flags(config, wildcards.submission, inputs.get("thresholds"))
 
 
 def leaderboard_inputs(wildcards):
@@ -544,8 +546,10 @@ def retrieval_data_inputs(wildcards):
     return dict(RETRIEVAL[wildcards.pipeline]["files"])
 
 
-def retrieval_data_options(wildcards, input):
-    return rule_params.retrieval_data_flags(RETRIEVAL[wildcards.pipeline], input)
+# Params functions take only wildcards: Snakemake tracks no param whose function takes input, output,
+# threads or resources (a "derived" param), so a config flag built there would change without a rerun.
+def retrieval_data_options(wildcards):
+    return rule_params.retrieval_data_flags(RETRIEVAL[wildcards.pipeline], retrieval_data_inputs(wildcards))
 
 
 RETRIEVAL_STEP_RESOURCES = step_resources(
@@ -588,9 +592,9 @@ def mining_inputs(wildcards):
     }
 
 
-def mining_options(wildcards, input):
-    _, suffix, settings = mining_source(wildcards)
-    return rule_params.mining_flags(RETRIEVAL[wildcards.pipeline], settings, input.embedder, suffix)
+def mining_options(wildcards):
+    folder, suffix, settings = mining_source(wildcards)
+    return rule_params.mining_flags(RETRIEVAL[wildcards.pipeline], settings, folder, suffix)
 
 
 def teacher_reranker(wildcards):
@@ -629,14 +633,16 @@ def finetune_options(wildcards):
     return rule_params.finetune_flags(iteration(wildcards)[wildcards.role], RETRIEVAL[wildcards.pipeline], wildcards.role)
 
 
-def checkpoint_validation_options(wildcards, input):
+def checkpoint_validation_options(wildcards):
     if not rule_params.selects_best_checkpoint(iteration(wildcards)[wildcards.role]):
         return ""
-    return rule_params.checkpoint_validation_flags(RETRIEVAL[wildcards.pipeline], wildcards.role, dict(input.items()))
+    return rule_params.checkpoint_validation_flags(RETRIEVAL[wildcards.pipeline], wildcards.role,
+                                                   finetune_inputs(wildcards))
 
 
-def evaluation_options(wildcards, input):
-    records = {role: f"{getattr(input, role)}/checkpoints.json" for role in ("embedder", "reranker")
+def evaluation_options(wildcards):
+    folder = out(f"retrieval/{wildcards.pipeline}/iter{wildcards.iter}")
+    records = {role: f"{folder}/{role}/checkpoints.json" for role in ("embedder", "reranker")
                if rule_params.selects_best_checkpoint(iteration(wildcards)[role])}
     return rule_params.evaluation_flags(RETRIEVAL[wildcards.pipeline], records)
 

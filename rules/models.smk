@@ -21,7 +21,9 @@ rule prepare_model:
         " --corpus {input.corpus:q} > {log:q} 2>&1"
 
 
-# Both train rules run TRAIN_COMMAND (rules/common.smk); train_full_model below reuses this definition.
+# Both train rules run TRAIN_COMMAND (rules/common.smk): train_adapter trains LoRA/QLoRA adapters,
+# train_all_weights below (the same definition) a full fine-tune; either on one fold's rows or, with the
+# key train_full, on every row (split `full`).
 rule train_adapter:
     input:
         unpack(train_inputs),
@@ -48,8 +50,9 @@ rule train_adapter:
         TRAIN_COMMAND
 
 
-# a full fine-tune trains the same way; only its output folder (model/, not adapter/) and its models differ
-use rule train_adapter as train_full_model with:
+# a full fine-tune (every weight trains) runs the same way; only its output folder (model/, not adapter/)
+# and its models differ
+use rule train_adapter as train_all_weights with:
     output:
         directory(out("models/{model}/{split}/model")),
     wildcard_constraints:

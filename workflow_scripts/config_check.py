@@ -78,11 +78,12 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def with_model_defaults(entry: Any, model_defaults: dict[str, Any]) -> Any:
     """A model entry over its kind's defaults and the `model_defaults` keys that its kind has (one place
     for defaults: the kind's spec); an entry without a known kind is left for the schema to report."""
-    if not isinstance(entry, dict) or entry.get("kind") not in SPEC_BY_KIND:
+    kind = entry.get("kind", model_defaults.get("kind")) if isinstance(entry, dict) else None
+    if kind not in SPEC_BY_KIND:
         return entry
-    keys = kind_keys(entry["kind"])
+    keys = kind_keys(kind)  # `kind` itself among them: model_defaults may give every model its kind
     shared = {key: value for key, value in model_defaults.items() if key in keys}
-    return deep_merge(deep_merge(config_defaults(entry["kind"]), shared), entry)
+    return deep_merge(deep_merge(config_defaults(kind), shared), entry)
 
 
 def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str, Any]:
@@ -239,6 +240,10 @@ def output_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"config: submissions.{name}.format: {entry.get('format')!r} is not one of {list(FORMATS)}")
         if entry.get("thresholds") and entry.get("source") not in (config.get("thresholds") or {}):
             problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
+        for key, formats in SUBMISSION_FORMAT_KEYS.items():  # a key its format does not read is no silent no-op
+            if key in entry and entry.get("format", "argmax") not in formats:
+                problems.append(f"config: submissions.{name}.{key}: a key of {' and '.join(formats)} submissions "
+                                f"(this one's format is {entry.get('format', 'argmax')})")
     for name in sorted(set(config.get("submissions") or {}) & set(config.get("retrieval") or {})):
         problems.append(f"config: submissions.{name}: retrieval.{name} also writes submissions/{name}/ (rename one)")
     problems += vote_problems(config)
@@ -296,6 +301,8 @@ def _member_names(entry: Any) -> list[str]:
     return list(members) if isinstance(members, (list, dict)) else []
 
 
+# submission keys that only some formats read
+SUBMISSION_FORMAT_KEYS = {"top_k": ("top_k",), "separator": ("top_k", "joined")}
 # ensembles fitted on OOF labels: their other folds' rows carry values fitted with fold f's labels
 FITTED_METHODS = ("search", "stack")
 

@@ -12,7 +12,8 @@ Each kind has its own keys and no others (`SPEC_BY_KIND`):
 Every field says who reads it, which is what decides when a change of it reruns a job:
 - `steps`: the steps whose output it changes (train, predict, merge, embed, fit). A rule hands a step
   those fields only (`step_config`), as a param, so changing one reruns exactly those steps' jobs.
-- no steps: the rules alone read it (which jobs and inputs exist: folds, train_full, merge, ...).
+- no steps: the rules alone read it (which jobs and inputs exist: folds, train_full, merge, ...);
+  `export` marks those that only add artifacts no prediction reads (merge, train_full).
 - `run`: how a job runs, not what it makes (resources, log and checkpoint frequency, inference batch
   sizes, gradient checkpointing). Rules hand these to steps through `resources:` (`run_settings`), which
   Snakemake does not track, so changing one reruns nothing.
@@ -38,9 +39,11 @@ TRAIN, PREDICT, MERGE, EMBED, FIT = "train", "predict", "merge", "embed", "fit"
 STEPS = (TRAIN, PREDICT, MERGE, EMBED, FIT)
 
 
-def setting(default: Any = None, *, steps: tuple[str, ...] = (), run: bool = False, factory=None) -> Any:
-    """A spec field: read by `steps` (a change reruns them), by the rules only (no steps), or a run setting."""
-    metadata = {"steps": steps, "run": run}
+def setting(default: Any = None, *, steps: tuple[str, ...] = (), run: bool = False, export: bool = False,
+            factory=None) -> Any:
+    """A spec field: read by `steps` (a change reruns them), by the rules only (no steps), or a run setting.
+    export: it only adds artifacts that no prediction reads (merged/ copies, the full-data model)."""
+    metadata = {"steps": steps, "run": run, "export": export}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -59,7 +62,7 @@ class StageSpec:
 class ModelSpec:
     """The keys every kind has. `ModelSpec.from_config` builds the spec of the entry's kind."""
 
-    kind: str = field(metadata={"steps": STEPS, "run": False})
+    kind: str = field(metadata={"steps": STEPS, "run": False, "export": False})
     seed: int = setting(42, steps=(TRAIN, FIT))
     folds: tuple[int, ...] | None = setting(None)  # which fold jobs exist
     # gpu, mem_mb, runtime, threads and the Slurm keys: where and how long a job runs
@@ -118,10 +121,12 @@ class ModelSpec:
         return {f.name: config[f.name] for f in dataclasses.fields(self)
                 if f.metadata["run"] and f.name != "resources" and config[f.name] is not None}
 
-    def tracked_config(self) -> dict[str, Any]:
-        """Every setting but the run settings: what a model's artifacts depend on (manifests hash it)."""
+    def prediction_config(self) -> dict[str, Any]:
+        """What the model's predictions depend on: every setting but run settings and export-only keys
+        (a submission's manifest hashes it)."""
         config = self.to_config()
-        return {f.name: config[f.name] for f in dataclasses.fields(self) if not f.metadata["run"]}
+        return {f.name: config[f.name] for f in dataclasses.fields(self)
+                if not (f.metadata["run"] or f.metadata["export"])}
 
     @property
     def gpu_count(self) -> int:
@@ -197,7 +202,7 @@ class FineTuneSpec(TransformerSpec):
     # decoder train on long rows in one GPU's memory; the gradients are the same to rounding
     # (tests/test_device_training.py), so it is a run setting
     gradient_checkpointing: bool = setting(True, run=True)
-    train_full: bool = setting(False)
+    train_full: bool = setting(False, export=True)  # test_predictions: full is what makes predictions read it
     test_predictions: str = setting("folds")  # folds: the fold models' mean; full: the full-data model's
     corrected_by: str | None = setting(None)  # the rules read label_correction/NAME instead of the labels
     extra_data: Mapping[str, str] = setting(factory=dict)  # the rules hand the files as --extra NAME=PATH
@@ -239,7 +244,7 @@ class LoraSpec(FineTuneSpec):
     target_modules: str | tuple[str, ...] = setting("all-linear", steps=(TRAIN,))
     # None: a merged/ copy for GPU models only; on the CPU prediction reads base + adapter anyway, so a
     # merged copy is only an export that costs a job per fold (`merge: true` asks for it)
-    merge: bool | None = setting(None)
+    merge: bool | None = setting(None, export=True)
 
     is_lora: ClassVar[bool] = True
 

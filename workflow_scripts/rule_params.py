@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from workflow_scripts.errors import OoflineError
+from workflow_scripts.model_spec import ModelSpec
 
 # mining settings the mining CLI takes; the rest of a `mine:` block (`embedder`) names its inputs
 MINING_KEYS = ("range_for_sampling", "negative_number", "seed", "prompt", "query_chunk", "passage_chunk")
@@ -128,7 +129,8 @@ def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, A
         "data": config.get("data"),
         "demo": config.get("demo"),
         "folds": config.get("folds"),
-        "models": {m: config["models"][m] for m in models},
+        # what their predictions depend on: not resources, logging or export-only keys (merge, train_full)
+        "models": {m: ModelSpec.from_config(config["models"][m]).prediction_config() for m in models},
         "ensembles": {e: config["ensembles"][e] for e in ensembles},
         "thresholds": {source: config["thresholds"][source]} if settings.get("thresholds") else {},
     }
