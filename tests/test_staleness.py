@@ -170,7 +170,7 @@ JOINT_CHANGES = {
 }
 # what a key needs elsewhere in the config
 TOP_LEVEL = {"corrected_by": {"label_correction": {"tfidf": {}}}}
-RESOURCES = {"gpu": 1, "mem_mb": 9000, "runtime": 240, "threads": 2, "gpu_model": "h100", "cpus_per_gpu": 4,
+RESOURCES = {"mem_mb": 9000, "runtime": 240, "threads": 2, "gpu_model": "h100", "cpus_per_gpu": 4,
              "slurm_partition": "gpu", "slurm_account": "lab"}
 
 
@@ -187,10 +187,12 @@ def model_rows():
                 value, expected = MODEL_KEYS[key]
                 change = {key: value}
             rows.append((f"models.{model}.{key}", {"models": {model: change}, **TOP_LEVEL.get(key, {})}, expected(model)))
-        for key, value in RESOURCES.items():
-            # with `merge` unset, a LoRA model on a GPU also builds merged/ export copies (nothing reruns)
-            expected = merged(model) | {job("all")} if key == "gpu" and SPEC_BY_KIND[entry["kind"]].is_lora else NOTHING
-            rows.append((f"models.{model}.resources.{key}", {"models": {model: {"resources": {key: value}}}}, expected))
+        # with `merge` unset, a LoRA model on a GPU also builds merged/ export copies (nothing reruns)
+        for key, value in (("gpu", 1), ("gres", "gpu:a100:1")):
+            rows.append((f"models.{model}.resources.{key}", {"models": {model: {"resources": {key: value}}}},
+                         merged(model) | {job("all")} if SPEC_BY_KIND[entry["kind"]].is_lora else NOTHING))
+        # the other resource keys together: a change that plans nothing has no part that plans something
+        rows.append((f"models.{model}.resources.other", {"models": {model: {"resources": RESOURCES}}}, NOTHING))
     return rows
 
 

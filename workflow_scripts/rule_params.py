@@ -117,6 +117,10 @@ def ensemble_cycle_problems(ensembles: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# ensemble keys accepted for compatibility that no step reads (the task metric and each submission's top_k are)
+ENSEMBLE_UNREAD_KEYS = ("top_k", "metric")
+
+
 def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The part of the config that determines submission `name` (hashed into its manifest): the task,
     data, folds, and the models, ensembles and thresholds its source is built from."""
@@ -131,7 +135,8 @@ def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, A
         "folds": config.get("folds"),
         # what their predictions depend on: not resources, logging or export-only keys (merge, train_full)
         "models": {m: ModelSpec.from_config(config["models"][m]).prediction_config() for m in models},
-        "ensembles": {e: config["ensembles"][e] for e in ensembles},
+        "ensembles": {e: {key: value for key, value in config["ensembles"][e].items() if key not in ENSEMBLE_UNREAD_KEYS}
+                      for e in ensembles},
         "thresholds": {source: config["thresholds"][source]} if settings.get("thresholds") else {},
     }
 
