@@ -241,7 +241,7 @@ def output_problems(config: dict[str, Any]) -> list[str]:
         if entry.get("thresholds") and entry.get("source") not in (config.get("thresholds") or {}):
             problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
         for key, formats in SUBMISSION_FORMAT_KEYS.items():  # a key its format does not read is no silent no-op
-            if key in entry and entry.get("format", "argmax") not in formats:
+            if key in entry and entry.get("format", "argmax") in FORMATS and entry.get("format", "argmax") not in formats:
                 problems.append(f"config: submissions.{name}.{key}: a key of {' and '.join(formats)} submissions "
                                 f"(this one's format is {entry.get('format', 'argmax')})")
     for name in sorted(set(config.get("submissions") or {}) & set(config.get("retrieval") or {})):
