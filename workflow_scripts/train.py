@@ -582,6 +582,32 @@ def save_trained(trainer: Trainer, out_dir: str | Path, model_spec: ModelSpec, s
     trainer.accelerator.end_training()
 
 
+def training_summary(progress: Progress, data: TrainingData, micro_batch: int, grad_accum: int, attempt: int,
+                     device, precision: str, world_size: int, selection: dict[str, Any] | None,
+                     train_seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training.json's summary, wall-time figures). The figures stay out of training.json, which manifests
+    hash and verify rebuilds byte for byte: they go to the log and to .training_speed.json (a dot-file,
+    which manifests skip)."""
+    from workflow_scripts.execution.device import DeviceReport, peak_gpu_memory_mb
+
+    report = DeviceReport.of(device, precision)
+    summary = {
+        "steps": progress.step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
+        "train_rows": {name: len(ids) for name, ids in data.token_ids.items()},
+        # rank 0's losses: its share of each step's rows
+        "final_loss": float(np.mean(progress.losses[-10:])) if progress.losses else None,
+        "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(device), "world_size": world_size,
+    }
+    if selection is not None:
+        summary["epoch_selection"] = selection
+    speed = {"train_tokens_per_s": round(progress.seen_tokens / max(1e-9, train_seconds), 1),
+             "train_seconds": round(train_seconds, 1), "train_tokens": progress.seen_tokens}
+    print(f"trained in {train_seconds:.1f} s, {speed['train_tokens_per_s']} tokens/s on {report.device} "
+          f"({report.gpu_name or 'cpu'}, {precision}, {world_size} process(es))", flush=True)
+    return summary, speed
+
+
 def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_ids: set[str],
                 model_spec: ModelSpec | dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
                 extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
@@ -606,7 +632,6 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     import torch
 
     from workflow_scripts import modeling
-    from workflow_scripts.execution.device import DeviceReport, peak_gpu_memory_mb
 
     model_spec = ModelSpec.from_config(model_spec)
     if model_spec.selects_best_epoch and held_out is None:
@@ -637,23 +662,8 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
         return {"stopped_at_step": progress.step}
     train_seconds = time.time() - progress.started
     selection = keep_selected_epoch(trainer, progress.epoch_scores, held_out) if held_out is not None else None
-    report = DeviceReport.of(device, precision)
-    summary = {
-        "steps": progress.step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
-        "train_rows": {name: len(ids) for name, ids in data.token_ids.items()},
-        # rank 0's losses: its share of each step's rows
-        "final_loss": float(np.mean(progress.losses[-10:])) if progress.losses else None,
-        "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
-        "peak_gpu_memory_mb": peak_gpu_memory_mb(device), "world_size": accelerator.num_processes,
-    }
-    if selection is not None:
-        summary["epoch_selection"] = selection
-    # wall-time figures stay out of training.json, which manifests hash and verify rebuilds byte for byte:
-    # they go to the log and to .training_speed.json (a dot-file, which manifests skip)
-    speed = {"train_tokens_per_s": round(progress.seen_tokens / max(1e-9, train_seconds), 1),
-             "train_seconds": round(train_seconds, 1), "train_tokens": progress.seen_tokens}
-    print(f"trained in {train_seconds:.1f} s, {speed['train_tokens_per_s']} tokens/s on {report.device} "
-          f"({report.gpu_name or 'cpu'}, {precision}, {accelerator.num_processes} process(es))", flush=True)
+    summary, speed = training_summary(progress, data, micro_batch, grad_accum, attempt, device, precision,
+                                      accelerator.num_processes, selection, train_seconds)
     save_trained(trainer, out_dir, model_spec, spec, summary, speed, held_out)
     return summary
 
