@@ -152,7 +152,7 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
                 problems.append(f"config: models.{name}.select_epoch: best cannot pick an epoch for the full-data "
                                 f"model (train_full: it has no held-out fold); drop train_full, or use "
                                 f"select_epoch: last with the epochs the fold models chose")
-        if model.get("test_predictions") == "full" and not model.get("train_full"):
+        if "test_predictions" in kind_keys(model["kind"]) and model.get("test_predictions") == "full" and not model.get("train_full"):
             problems.append(f"config: models.{name}.test_predictions: 'full' needs models.{name}.train_full: true")
         n_folds = config.get("folds", {}).get("n_folds", 5)
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
