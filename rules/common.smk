@@ -90,8 +90,9 @@ def model_step_config(step):
 
 def model_run_settings(wildcards):
     """How a model's jobs run, not what they make (log and checkpoint frequency, inference batch sizes):
-    a `resources:` string, which Snakemake does not track, so changing one reruns nothing."""
-    return json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).run_settings(), sort_keys=True)
+    a `resources:` string, which Snakemake does not track, so changing one reruns nothing. Compact, so that
+    Snakemake's `resources: a=1, b=2` job line stays one item per resource."""
+    return json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).run_settings(), sort_keys=True, separators=(",", ":"))
 
 
 def demo_submission_columns():
