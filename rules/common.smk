@@ -17,7 +17,7 @@ from workflow_scripts.execution.failures import print_user_errors  # the Snakefi
 RUN_STARTED = __import__("time").time()  # logs written since then belong to this run
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.model_spec import ModelSpec
+from workflow_scripts.model_spec import EMBED, FIT, MERGE, PREDICT, TRAIN, ModelSpec
 from workflow_scripts import rule_params
 from workflow_scripts.rule_params import cli_flags
 from workflow_scripts.generated import teacher_labels
@@ -84,8 +84,16 @@ def task_json():
     return json.dumps(config["task"], sort_keys=True)
 
 
-def model_json(wildcards):
-    return json.dumps(MODELS[wildcards.model], sort_keys=True)
+def model_step_config(step):
+    """A params function: the model settings `step` reads (model_spec: what its output depends on), as JSON."""
+    return lambda wildcards: json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).step_config(step), sort_keys=True)
+
+
+def model_run_settings(wildcards):
+    """How a model's jobs run, not what they make (log and checkpoint frequency, inference batch sizes):
+    a `resources:` string, which Snakemake does not track, so changing one reruns nothing. Compact, so that
+    Snakemake's `resources: a=1, b=2` job line stays one item per resource."""
+    return json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).run_settings(), sort_keys=True, separators=(",", ":"))
 
 
 def demo_submission_columns():
@@ -202,7 +210,8 @@ def step_resources(settings_of, mem_mb=None, runtime=None):
     return {key: lookup(key, default) for key, default in defaults.items()}
 
 
-MODEL_STEP_RESOURCES = step_resources(lambda wildcards: MODELS[wildcards.model]["resources"])
+MODEL_STEP_RESOURCES = {**step_resources(lambda wildcards: MODELS[wildcards.model]["resources"]),
+                        "run_settings": model_run_settings}
 
 
 def train_mem_mb(wildcards, attempt=1):
@@ -218,7 +227,15 @@ def train_mem_mb(wildcards, attempt=1):
     return mem_mb_after_failures(int(mem_mb), attempt, user_errors)
 
 
-TRAIN_STEP_RESOURCES = {**MODEL_STEP_RESOURCES, "mem_mb": train_mem_mb}
+def train_launcher(wildcards):
+    """`--torchrun` for a model that trains on more than one GPU: one process per GPU (DDP). A resource, not
+    a param: the batches and their order do not depend on the number of processes (train.rank_share)."""
+    return "--torchrun" if model_gpu_count(wildcards.model) > 1 else ""
+
+
+# scratch folders and how a job runs go to resources, which Snakemake does not track: changing them reruns nothing
+TRAIN_STEP_RESOURCES = {**MODEL_STEP_RESOURCES, "mem_mb": train_mem_mb, "launcher": train_launcher,
+                        "work_dir": lambda wildcards: out(f"work/{wildcards.model}/{wildcards.split}")}
 
 
 def model_threads(wildcards):
@@ -256,20 +273,15 @@ def model_gpu_count(name):
     return ModelSpec.from_config(MODELS[name]).gpu_count
 
 
-def train_launcher(wildcards):
-    """`--torchrun` for a model that trains on more than one GPU: one process per GPU (DDP)."""
-    return "--torchrun" if model_gpu_count(wildcards.model) > 1 else ""
-
-
 train_params = dict(
-    launcher=train_launcher,
     fold=lambda wildcards: "full" if wildcards.split == "full" else wildcards.split[len("fold"):],
-    model_config=model_json,
+    model_config=model_step_config(TRAIN),
     base=base_model_path,
     extra=extra_arguments,
-    epoch_selection=lambda wildcards, input: rule_params.epoch_selection_flags(
-        MODELS[wildcards.model], config["task"]["metric"], input.get("held_out_targets"), input.get("official_train")),
-    work_dir=lambda wildcards: out(f"work/{wildcards.model}/{wildcards.split}"),
+    # of wildcards only: a param whose function takes `input` is not tracked, and the metric must be
+    epoch_selection=lambda wildcards: rule_params.epoch_selection_flags(
+        MODELS[wildcards.model], config["task"]["metric"], train_inputs(wildcards).get("held_out_targets"),
+        train_inputs(wildcards).get("official_train")),
 )
 
 # GPU steps go through the allocator: each job gets its own free GPUs (CUDA_VISIBLE_DEVICES); under
@@ -277,9 +289,9 @@ train_params = dict(
 ON_GPUS = "{PY}.execution.gpu_devices --gpus {resources.gpu} -- python -m workflow_scripts"
 
 TRAIN_COMMAND = (
-    "{PY}.execution.gpu_devices --gpus {resources.gpu} {params.launcher} -- python -m workflow_scripts.train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
-    " --labels {input.labels:q} --fold {params.fold} --model-config {params.model_config:q}"
-    " --base {params.base:q} {params.extra} {params.epoch_selection} --out {output:q} --work-dir {params.work_dir:q}"
+    "{PY}.execution.gpu_devices --gpus {resources.gpu} {resources.launcher} -- python -m workflow_scripts.train --train {input.train:q} --targets {input.targets:q} --folds {input.folds:q}"
+    " --labels {input.labels:q} --fold {params.fold} --model-config {params.model_config:q} --run-settings {resources.run_settings:q}"
+    " --base {params.base:q} {params.extra} {params.epoch_selection} --out {output:q} --work-dir {resources.work_dir:q}"
     " --attempt {resources.attempt} --threads {threads} > {log:q} 2>&1"
 )
 
@@ -374,9 +386,10 @@ def submission_config_slice(name):
     return rule_params.submission_config_slice(config, name)
 
 
-def submission_options(wildcards, input):
-    thresholds = input.thresholds if "thresholds" in input.keys() else None
-    return rule_params.submission_flags(config, wildcards.submission, thresholds)
+def submission_options(wildcards):
+    """The submission's flags; a params function of wildcards only, so a format or column change reruns it."""
+    inputs = submission_inputs(wildcards)
+    return rule_params.submission_flags(config, wildcards.submission, inputs.get("thresholds"))
 
 
 def leaderboard_inputs(wildcards):
@@ -567,8 +580,10 @@ def retrieval_data_inputs(wildcards):
     return dict(RETRIEVAL[wildcards.pipeline]["files"])
 
 
-def retrieval_data_options(wildcards, input):
-    return rule_params.retrieval_data_flags(RETRIEVAL[wildcards.pipeline], input)
+# Params functions take only wildcards: Snakemake tracks no param whose function takes input, output,
+# threads or resources (a "derived" param), so a config flag built there would change without a rerun.
+def retrieval_data_options(wildcards):
+    return rule_params.retrieval_data_flags(RETRIEVAL[wildcards.pipeline], retrieval_data_inputs(wildcards))
 
 
 RETRIEVAL_STEP_RESOURCES = step_resources(
@@ -611,9 +626,9 @@ def mining_inputs(wildcards):
     }
 
 
-def mining_options(wildcards, input):
-    _, suffix, settings = mining_source(wildcards)
-    return rule_params.mining_flags(RETRIEVAL[wildcards.pipeline], settings, input.embedder, suffix)
+def mining_options(wildcards):
+    folder, suffix, settings = mining_source(wildcards)
+    return rule_params.mining_flags(RETRIEVAL[wildcards.pipeline], settings, folder, suffix)
 
 
 def teacher_reranker(wildcards):
@@ -652,14 +667,16 @@ def finetune_options(wildcards):
     return rule_params.finetune_flags(iteration(wildcards)[wildcards.role], RETRIEVAL[wildcards.pipeline], wildcards.role)
 
 
-def checkpoint_validation_options(wildcards, input):
+def checkpoint_validation_options(wildcards):
     if not rule_params.selects_best_checkpoint(iteration(wildcards)[wildcards.role]):
         return ""
-    return rule_params.checkpoint_validation_flags(RETRIEVAL[wildcards.pipeline], wildcards.role, dict(input.items()))
+    return rule_params.checkpoint_validation_flags(RETRIEVAL[wildcards.pipeline], wildcards.role,
+                                                   finetune_inputs(wildcards))
 
 
-def evaluation_options(wildcards, input):
-    records = {role: f"{getattr(input, role)}/checkpoints.json" for role in ("embedder", "reranker")
+def evaluation_options(wildcards):
+    folder = out(f"retrieval/{wildcards.pipeline}/iter{wildcards.iter}")
+    records = {role: f"{folder}/{role}/checkpoints.json" for role in ("embedder", "reranker")
                if rule_params.selects_best_checkpoint(iteration(wildcards)[role])}
     return rule_params.evaluation_flags(RETRIEVAL[wildcards.pipeline], records)
 

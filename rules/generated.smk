@@ -168,7 +168,7 @@ rule teacher_predictions:
         code=code_digest("predict"),
         fold=lambda wildcards: wildcards.split[len("fold"):],
         base=base_model_path,
-        model_config=model_json,
+        model_config=model_step_config(PREDICT),
     threads: model_threads
     resources:
         **MODEL_STEP_RESOURCES,
@@ -181,7 +181,7 @@ rule teacher_predictions:
     shell:
         ON_GPUS + ".predict --test {input.rows:q} --labels {input.labels:q} --fold {params.fold}"
         " --model-dir {input.model:q} --base {params.base:q} --model-config {params.model_config:q}"
-        " --test-out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --run-settings {resources.run_settings:q} --test-out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 # a nested generator's rows for a held-out set, predicted by the teacher trained without that set
@@ -291,7 +291,7 @@ rule inner_predictions:
     params:
         code=code_digest("predict"),
         base=base_model_path,
-        model_config=model_json,
+        model_config=model_step_config(PREDICT),
     threads: model_threads
     resources:
         **MODEL_STEP_RESOURCES,
@@ -304,7 +304,8 @@ rule inner_predictions:
     shell:
         ON_GPUS + ".predict --train {input.train:q} --folds {input.folds:q} --fold {wildcards.fold}"
         " --labels {input.labels:q} --model-dir {input.model:q} --base {params.base:q}"
-        " --model-config {params.model_config:q} --valid-out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --model-config {params.model_config:q} --run-settings {resources.run_settings:q} --valid-out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule inner_oof:

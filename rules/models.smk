@@ -21,7 +21,9 @@ rule prepare_model:
         " --corpus {input.corpus:q} > {log:q} 2>&1"
 
 
-# Both train rules run TRAIN_COMMAND (rules/common.smk); train_full_model below reuses this definition.
+# Both train rules run TRAIN_COMMAND (rules/common.smk): train_adapter trains LoRA/QLoRA adapters,
+# train_all_weights below (the same definition) a full fine-tune; either on one fold's rows or, with the
+# key train_full, on every row (split `full`).
 rule train_adapter:
     input:
         unpack(train_inputs),
@@ -48,8 +50,9 @@ rule train_adapter:
         TRAIN_COMMAND
 
 
-# a full fine-tune trains the same way; only its output folder (model/, not adapter/) and its models differ
-use rule train_adapter as train_full_model with:
+# a full fine-tune (every weight trains) runs the same way; only its output folder (model/, not adapter/)
+# and its models differ
+use rule train_adapter as train_all_weights with:
     output:
         directory(out("models/{model}/{split}/model")),
     wildcard_constraints:
@@ -66,7 +69,7 @@ rule merge_adapter:
     params:
         code=code_digest("merge"),
         base=base_model_path,
-        model_config=model_json,
+        model_config=model_step_config(MERGE),
     resources:
         **MODEL_STEP_RESOURCES,
     log:
@@ -98,7 +101,7 @@ rule tfidf_linear_fold:
     params:
         code=code_digest("linear_models"),
         fold=lambda wildcards: wildcards.split[len("fold"):],
-        model_config=model_json,
+        model_config=model_step_config(FIT),
     log:
         out("logs/train/{model}/{split}.log"),
     conda:
@@ -124,7 +127,7 @@ rule embed_texts:
     params:
         code=code_digest("embedding_head"),
         base=base_model_path,
-        model_config=model_json,
+        model_config=model_step_config(EMBED),
     threads: model_threads
     resources:
         **MODEL_STEP_RESOURCES,
@@ -136,7 +139,7 @@ rule embed_texts:
         TRAIN_CONTAINER
     shell:
         ON_GPUS + ".embedding_head embed --train {input.train:q} --test {input.test:q} --base {params.base:q}"
-        " --model-config {params.model_config:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --model-config {params.model_config:q} --run-settings {resources.run_settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule embedding_head_fold:
@@ -155,7 +158,7 @@ rule embedding_head_fold:
     params:
         code=code_digest("embedding_head"),
         fold=lambda wildcards: wildcards.split[len("fold"):],
-        model_config=model_json,
+        model_config=model_step_config(FIT),
     log:
         out("logs/train/{model}/{split}.log"),
     conda:

@@ -18,7 +18,7 @@ rule predict_fold:
         code=code_digest("predict"),
         fold=lambda wildcards: "full" if wildcards.split == "full" else wildcards.split[len("fold"):],
         base=base_model_path,
-        model_config=model_json,
+        model_config=model_step_config(PREDICT),
     threads: model_threads
     resources:
         **MODEL_STEP_RESOURCES,
@@ -31,7 +31,7 @@ rule predict_fold:
     shell:
         ON_GPUS + ".predict --train {input.train:q} --test {input.test:q} --folds {input.folds:q}"
         " --labels {input.labels:q} --fold {params.fold} --model-dir {input.model:q} --base {params.base:q}"
-        " --model-config {params.model_config:q} --valid-out {output.valid:q} --test-out {output.test:q}"
+        " --model-config {params.model_config:q} --run-settings {resources.run_settings:q} --valid-out {output.valid:q} --test-out {output.test:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 

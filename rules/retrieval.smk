@@ -115,8 +115,9 @@ rule finetune_retriever:
         options=finetune_options,
         # select_checkpoint best: " --validation ..." (the valid fold its epochs are scored on); else empty
         validation=checkpoint_validation_options,
-        # one process per GPU of the job
-        processes=lambda wildcards, resources: max(1, int(resources.gpu or 0)),
+        # one process per GPU of the job: a param, as the batch is batch_size per process (a function of
+        # wildcards only, as Snakemake does not track a param whose function takes `resources`)
+        processes=lambda wildcards: max(1, int(FINETUNE_RETRIEVER_RESOURCES["gpu"](wildcards) or 0)),
     threads: retrieval_threads
     resources:
         **FINETUNE_RETRIEVER_RESOURCES,

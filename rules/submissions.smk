@@ -109,9 +109,11 @@ rule verify_submission:
         out("verify/{record}.ok"),
     params:
         code=code_digest("registry"),
-        scratch=lambda wildcards: out(f"verify/{wildcards.record}.scratch"),
         snakefile=workflow.main_snakefile,
     threads: verify_threads
+    resources:
+        # a scratch folder is where the job works, not what it makes: untracked
+        scratch=lambda wildcards: out(f"verify/{wildcards.record}.scratch"),
     log:
         out("logs/verify/{record}.log"),
     # the rebuild runs its whole graph (training included) in this image: it has snakemake and every step's deps
@@ -119,7 +121,7 @@ rule verify_submission:
         TRAIN_CONTAINER
     shell:
         "{PY}.registry verify --record {input.record:q} --snakefile {params.snakefile:q}"
-        " --scratch {params.scratch:q} --cores {threads} --out {output:q} > {log:q} 2>&1"
+        " --scratch {resources.scratch:q} --cores {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule leaderboard:

@@ -29,6 +29,24 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
     assert config["models"]["tiny_llama_qlora"]["quantization"] == "4bit"
 
 
+def test_model_defaults_reach_only_the_kinds_that_have_the_key(demo_config):
+    """model_defaults.r is LoRA's: the TF-IDF, embedding-head and full fine-tune entries stay without it,
+    while the same key set on the TF-IDF model itself is one line naming the model and the key."""
+    demo_config["model_defaults"].update(r=4, target_modules=["q_proj"], C=2.0, quantization="8bit")
+    models = check_config(demo_config, REPO)["models"]
+    assert models["tiny_llama_qlora"]["target_modules"] == ["q_proj"]
+    assert (models["tiny_llama_qlora"]["r"], models["tiny_llama_qlora"]["quantization"]) == (8, "4bit")  # its own win
+    assert {"r", "target_modules", "quantization"} & (
+        set(models["tfidf"]) | set(models["minilm_embed"]) | set(models["minilm"])) == set()
+    assert models["tfidf"]["C"] == models["minilm_embed"]["C"] == 2.0 and "C" not in models["minilm"]
+    assert "max_length" not in models["tfidf"]  # model_defaults.max_length: the models that tokenize
+    demo_config["models"]["tfidf"]["r"] = 4
+    with pytest.raises(OoflineError) as error:
+        check_config(demo_config, REPO)
+    assert str(error.value) == ("config: models.tfidf.r: tfidf_linear models have no r "
+                                "(a key of encoder_lora, decoder_lora)")
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda c: c["models"]["minilm"].update(lr="fast"), "config: models.minilm.lr: 'fast' is not of type 'number'"),
     (lambda c: c["retrieval"]["movie_plots"]["embedder_inference"].update(precision="half"),
@@ -43,7 +61,8 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
     (lambda c: c["task"].update(metric="f2"), "config: task.metric: 'f2' has characters"),
     (lambda c: c["task"].pop("label_column"), "config: task.label_column: required for task.type multiclass"),
     (lambda c: c["models"]["minilm"].update(source="/no/such/model"), "models.minilm.source: '/no/such/model' is not a model folder"),
-    (lambda c: c["models"]["minilm"].update(quantization="4bit"), "models.minilm.quantization: 4bit needs a LoRA kind"),
+    (lambda c: c["models"]["minilm"].update(quantization="4bit"),
+     "config: models.minilm.quantization: encoder_full models have no quantization (a key of encoder_lora, decoder_lora)"),
     (lambda c: c["models"].update({"bad; rm -rf ~": c["models"]["minilm"]}), "config: models: 'bad; rm -rf ~'"),
     (lambda c: c["models"]["minilm"].update(resources={"gpu": 1, "gres": "gpu:h100:1"}),
      "config: models.minilm.resources.gres: set either gres or gpu/gpu_model, not both"),
@@ -51,7 +70,11 @@ def test_demo_config_is_valid_and_gets_defaults(demo_config):
     (lambda c: c["models"]["minilm"].update(select_epoch="first"),
      "config: models.minilm.select_epoch: 'first' is not one of ['last', 'best']"),
     (lambda c: c["models"]["tfidf"].update(select_epoch="best"),
-     "config: models.tfidf.select_epoch: best needs a fine-tune kind"),
+     "config: models.tfidf.select_epoch: tfidf_linear models have no select_epoch (a key of encoder_full, encoder_lora, "
+     "decoder_lora)"),
+    (lambda c: c["models"]["tfidf"].update(source="packaged:minilm"),
+     "config: models.tfidf.source: tfidf_linear models have no source (a key of embedding_head, encoder_full, "),
+    (lambda c: c["models"]["minilm_embed"].update(lr=1e-3), "config: models.minilm_embed.lr: embedding_head models have no lr"),
     (lambda c: c["models"]["minilm"].update(select_epoch="best", train_full=True),
      "config: models.minilm.select_epoch: best cannot pick an epoch for the full-data model"),
     (lambda c: c["submissions"].update(movie_plots=c["submissions"]["blend_top3"]),

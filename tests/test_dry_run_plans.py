@@ -48,8 +48,8 @@ def test_compare_ignores_spacing_and_applies_renames(tmp_path, capsys):
     (tmp_path / "after").mkdir()
     job = {"rule": "train_full_model", "output": ["m"], "shell": "python -m train --a 1"}
     (tmp_path / "before" / "demo.json").write_text(json.dumps([job]))
-    (tmp_path / "after" / "demo.json").write_text(json.dumps([{**job, "rule": "train_model", "shell": "python -m train  --a 1"}]))
-    assert compare(tmp_path / "before", tmp_path / "after", {"train_full_model": "train_model"}) == 0
+    (tmp_path / "after" / "demo.json").write_text(json.dumps([{**job, "rule": "train_all_weights", "shell": "python -m train  --a 1"}]))
+    assert compare(tmp_path / "before", tmp_path / "after", {"train_full_model": "train_all_weights"}) == 0
     (tmp_path / "after" / "demo.json").write_text(json.dumps([{**job, "shell": "python -m train --a 2"}]))
     assert compare(tmp_path / "before", tmp_path / "after", {}) == 1
     assert "shell words before: ['1']" in capsys.readouterr().out

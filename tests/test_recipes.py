@@ -33,8 +33,11 @@ def recipe(name: str) -> dict:
 
 
 def model_settings(config: dict, name: str) -> dict:
-    """A model's settings as the workflow sees them: model_defaults overlaid by the model's own keys."""
-    return {**config.get("model_defaults", {}), **config["models"][name]}
+    """A model's settings as the workflow sees them: its kind's defaults, the model_defaults keys its kind
+    has, then the model's own keys."""
+    from workflow_scripts.config_check import with_model_defaults
+
+    return with_model_defaults(config["models"][name], config.get("model_defaults", {}))
 
 
 # ---- every value a write-up does not state is marked `oofline's choice` ----
@@ -185,8 +188,9 @@ def test_map_recipe_keeps_the_write_up_settings():
         assert (model["source"], model["kind"], model["quantization"], model["r"], model["alpha"], model["lr"],
                 model["batch_size"]) == (source, "decoder_lora", "4bit", 8, 32, 2e-4, 16), name
     ettin = model_settings(config, "ettin_encoder_1b")
-    assert (ettin["source"], ettin["kind"], ettin["quantization"], ettin["lr"], ettin["batch_size"]) == (
-        "jhu-clsp/ettin-encoder-1b", "encoder_full", "none", 4e-5, 32)
+    assert (ettin["source"], ettin["kind"], ettin["lr"], ettin["batch_size"]) == (
+        "jhu-clsp/ettin-encoder-1b", "encoder_full", 4e-5, 32)
+    assert "quantization" not in ettin  # a full fine-tune: model_defaults' 4-bit LoRA keys do not reach it
     # the "OOF Training" table adds a plain-LoRA Qwen3-Embedding-4B (batch 8) and a full Qwen3-1.7B (lr 4e-5, batch 16)
     assert set(config["models"]) == set(decoders) | {"ettin_encoder_1b", "qwen3_embedding_4b_lora", "qwen3_1_7b_full"}
     five = ["qwen3_14b", "deepseek_r1_qwen3_8b", "deepseek_math_7b", "gemma2_9b", "qwen3_embedding_4b"]

@@ -179,5 +179,5 @@ def test_cdc_demo_flags_its_students_on_their_scores_and_the_recipe_trains_the_i
     plan = dry_run_commands(tmp_path, "--configfile", str(REPO / "recipes" / "cdc.yaml"), "--quiet", "rules")
     counts = {line.split()[0]: int(line.split()[1]) for line in plan.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["train_full_model"] == 5 + 10 + 10  # DeBERTa: fold models, without 2 folds, without 3
+    assert counts["train_all_weights"] == 5 + 10 + 10  # DeBERTa: fold models, without 2 folds, without 3
     assert counts["train_adapter"] == 5 + 10 + 5 * 4  # round 1 and its inner models, four more students

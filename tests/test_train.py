@@ -18,6 +18,8 @@ TASK = {"type": "multiclass", "text_template": "{text}", "label_column": "catego
 QLORA = {"kind": "decoder_lora", "quantization": "4bit", "r": 4, "alpha": 8, "dropout": 0.1, "lr": 5e-3,
          "epochs": 2, "batch_size": 8, "grad_accum": 1, "max_length": 48, "seed": 3, "scheduler": "cosine",
          "warmup_ratio": 0.1}
+# the same schedule as a full fine-tune, which has no LoRA keys
+FULL = {**{k: v for k, v in QLORA.items() if k not in ("quantization", "r", "alpha", "dropout")}, "kind": "encoder_full"}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def test_a_retry_with_a_smaller_micro_batch_resumes_the_same_checkpoint(tmp_path
 @pytest.mark.slow
 def test_sorted_batches_give_the_same_predictions_in_input_order(tmp_path, prepared, tiny_llama_dir):
     train, test, spec, targets = prepared
-    config = {**QLORA, "kind": "encoder_full", "quantization": "none", "epochs": 1}
+    config = {**FULL, "epochs": 1}
     train_model(train, targets, spec, set(train["id"].to_list()), config, str(tiny_llama_dir), tmp_path / "m", tmp_path / "w")
     model, tokenizer = load_trained(str(tmp_path / "m"), str(tiny_llama_dir), config, len(spec.probability_columns))
     texts = test["text"].to_list()
@@ -117,8 +119,8 @@ def test_cosine_schedule_and_weight_decay_reach_the_optimizer(tmp_path, prepared
 
     train, _, spec, targets = prepared
     train, targets = train.head(32), targets[:32]
-    config = {**QLORA, "kind": "encoder_full", "quantization": "none", "epochs": 1, "batch_size": 4, "lr": 1e-2,
-              "weight_decay": 2.0, "scheduler": "cosine", "warmup_ratio": 0.0, "log_every": 1, "dropout": 0.0}
+    config = {**FULL, "epochs": 1, "batch_size": 4, "lr": 1e-2,
+              "weight_decay": 2.0, "scheduler": "cosine", "warmup_ratio": 0.0, "log_every": 1}
     capsys.readouterr()
     summary = train_model(train, targets, spec, set(train["id"].to_list()), config, str(tiny_llama_dir),
                           tmp_path / "m", tmp_path / "w")
@@ -157,7 +159,7 @@ def test_staged_training_sees_the_extra_rows_in_stage_one_only(tmp_path, prepare
     train, targets = train.head(32), targets[:32]
     extra = test.select("id", "text").with_columns(
         [pl.lit(1 / len(spec.probability_columns), dtype=pl.Float32).alias(c) for c in spec.probability_columns])
-    config = {**QLORA, "kind": "encoder_full", "quantization": "none", "batch_size": 8, "log_every": 1,
+    config = {**FULL, "batch_size": 8, "log_every": 1,
               "stages": [{"epochs": 1, "data": ["official", "generated"]}, {"epochs": 1, "data": ["official"]}]}
     capsys.readouterr()
     summary = train_model(train, targets, spec, set(train["id"].to_list()), config, str(tiny_llama_dir),

@@ -15,14 +15,12 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.model_spec import config_defaults
+from workflow_scripts.model_spec import SPEC_BY_KIND, config_defaults, kind_keys, unknown_key_problem
 from workflow_scripts.prepare_model import LOCAL_SOURCES
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 PACKAGED_SOURCES = LOCAL_SOURCES
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-# one place for model defaults: the typed spec's fields
-MODEL_DEFAULTS = config_defaults()
 
 
 def load_schema() -> dict[str, Any]:
@@ -78,6 +76,17 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def with_model_defaults(entry: Any, model_defaults: dict[str, Any]) -> Any:
+    """A model entry over its kind's defaults and the `model_defaults` keys that its kind has (one place
+    for defaults: the kind's spec); an entry without a known kind is left for the schema to report."""
+    kind = entry.get("kind", model_defaults.get("kind")) if isinstance(entry, dict) else None
+    if kind not in SPEC_BY_KIND:
+        return entry
+    keys = kind_keys(kind)  # `kind` itself among them: model_defaults may give every model its kind
+    shared = {key: value for key, value in model_defaults.items() if key in keys}
+    return deep_merge(deep_merge(config_defaults(kind), shared), entry)
+
+
 def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str, Any]:
     """Return the normalised config (defaults filled, model defaults merged) or raise one OoflineError
     listing every problem, one per line."""
@@ -88,10 +97,9 @@ def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str
     model_defaults = config.get("model_defaults") or {}
     # a bad model_defaults is reported once, there, not again in every model that would inherit it
     defaults_valid = validator.is_valid({"model_defaults": model_defaults})
-    defaults = deep_merge(MODEL_DEFAULTS, model_defaults if defaults_valid and isinstance(model_defaults, dict) else {})
+    shared = model_defaults if defaults_valid and isinstance(model_defaults, dict) else {}
     if isinstance(models, dict):
-        config["models"] = {name: deep_merge(defaults, entry) if isinstance(entry, dict) else entry
-                            for name, entry in models.items()}
+        config["models"] = {name: with_model_defaults(entry, shared) for name, entry in models.items()}
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     unknown_at = {tuple(e.absolute_path) for e in errors if e.validator == "additionalProperties"}
     # a misspelt required key is one problem: the unknown-key line already lists the allowed keys
@@ -125,7 +133,7 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         if name == "prior":  # results/scores/prior.json is the prior baseline every run scores
             problems.append("config: models.prior: the name 'prior' is reserved for the prior baseline; rename the model")
         source = model.get("source")
-        if source is None:  # tfidf_linear reads no model (the schema requires a source of every other kind)
+        if source is None or "source" not in kind_keys(model["kind"]):  # tfidf_linear reads no model
             pass
         elif source in PACKAGED_SOURCES or HUB_ID.match(source):
             pass
@@ -136,18 +144,16 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
             if not (path / "config.json").exists():
                 problems.append(f"config: models.{name}.source: {source!r} is not a model folder (no config.json there) "
                                 "nor a hub id like org/name")
-        if model["kind"] == "encoder_full" and model.get("quantization") not in (None, "none"):
-            problems.append(f"config: models.{name}.quantization: {model['quantization']} needs a LoRA kind (full fine-tunes train every weight)")
+        # a key its kind does not use would be a silent no-op (model_defaults apply only the kind's own keys)
+        problems += [f"config: models.{name}.{key}: {unknown_key_problem(model['kind'], key)}"
+                     for key in model if key not in kind_keys(model["kind"])]
         if model.get("select_epoch") == "best":
-            if model["kind"] in ("tfidf_linear", "embedding_head"):
-                problems.append(f"config: models.{name}.select_epoch: best needs a fine-tune kind "
-                                f"({model['kind']} fits once, with no epochs to pick from)")
             if model.get("train_full"):
                 # a fallback to the last epoch would give the full-data model a schedule no CV measured
                 problems.append(f"config: models.{name}.select_epoch: best cannot pick an epoch for the full-data "
                                 f"model (train_full: it has no held-out fold); drop train_full, or use "
                                 f"select_epoch: last with the epochs the fold models chose")
-        if model.get("test_predictions") == "full" and not model.get("train_full"):
+        if "test_predictions" in kind_keys(model["kind"]) and model.get("test_predictions") == "full" and not model.get("train_full"):
             problems.append(f"config: models.{name}.test_predictions: 'full' needs models.{name}.train_full: true")
         n_folds = config.get("folds", {}).get("n_folds", 5)
         bad_folds = [f for f in model.get("folds", []) if f >= n_folds]
@@ -305,6 +311,10 @@ def output_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"config: submissions.{name}.format: {entry.get('format')!r} is not one of {list(FORMATS)}")
         if entry.get("thresholds") and entry.get("source") not in (config.get("thresholds") or {}):
             problems.append(f"config: submissions.{name}.thresholds: add thresholds.{entry.get('source')} to tune them")
+        for key, formats in SUBMISSION_FORMAT_KEYS.items():  # a key its format does not read is no silent no-op
+            if key in entry and entry.get("format", "argmax") in FORMATS and entry.get("format", "argmax") not in formats:
+                problems.append(f"config: submissions.{name}.{key}: a key of {' and '.join(formats)} submissions "
+                                f"(this one's format is {entry.get('format', 'argmax')})")
     for name in sorted(set(config.get("submissions") or {}) & set(config.get("retrieval") or {})):
         problems.append(f"config: submissions.{name}: retrieval.{name} also writes submissions/{name}/ (rename one)")
     problems += vote_problems(config)
@@ -378,6 +388,8 @@ def _member_names(entry: Any) -> list[str]:
     return list(members) if isinstance(members, (list, dict)) else []
 
 
+# submission keys that only some formats read
+SUBMISSION_FORMAT_KEYS = {"top_k": ("top_k",), "separator": ("top_k", "joined")}
 # ensembles fitted on OOF labels: their other folds' rows carry values fitted with fold f's labels
 FITTED_METHODS = ("search", "stack")
 

@@ -21,9 +21,12 @@ from workflow_scripts.io import atomic_path, read_table, write_inference_speed, 
 from workflow_scripts.labels import LabelSpec
 from workflow_scripts.linear_heads import fit_heads, fold_rows, load_heads, predict_heads, prediction_frame, save_heads
 from workflow_scripts.metrics import aligned_targets
+from workflow_scripts.model_spec import EmbeddingHeadSpec
 
 POOLINGS = ("mean", "cls", "last")
-HEAD_DEFAULTS = {"C": 1.0, "max_iter": 1000, "seed": 42}
+# the spec holds the defaults (an entry the rules hand over has them all; tests may leave keys out)
+EMBEDDING_DEFAULTS = EmbeddingHeadSpec(kind="embedding_head").to_config()
+HEAD_DEFAULTS = {key: EMBEDDING_DEFAULTS[key] for key in ("C", "max_iter", "seed")}
 
 
 def pool(hidden, attention_mask, pooling: str):
@@ -77,14 +80,16 @@ def load_encoder(base: str, model_config: dict[str, Any]):
     from transformers import AutoModel
 
     from workflow_scripts.execution.device import resolve_device, resolve_precision, torch_dtype_of
-    from workflow_scripts.modeling import load_tokenizer, resolve_model_path
+    from workflow_scripts.modeling import check_attn_implementation, load_tokenizer, resolve_model_path
 
     trust = bool(model_config.get("trust_remote_code", False))
     device = resolve_device(model_config.get("device", "auto"))
     precision = resolve_precision(model_config.get("precision", "auto"), device)
     name, revision = resolve_model_path(base)
-    model = AutoModel.from_pretrained(name, revision=revision, trust_remote_code=trust,
-                                      dtype=torch_dtype_of(precision))
+    attention = model_config.get("attn_implementation")
+    check_attn_implementation(attention)
+    model = AutoModel.from_pretrained(name, revision=revision, trust_remote_code=trust, dtype=torch_dtype_of(precision),
+                                      **({"attn_implementation": attention} if attention else {}))
     model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -94,10 +99,11 @@ def load_encoder(base: str, model_config: dict[str, Any]):
 
 def embedding_settings(model_config: dict[str, Any]) -> tuple[str, int, int]:
     """(pooling, max_length, batch size) of a model's embed pass (the embed step and a Kaggle package)."""
-    pooling = model_config.get("pooling", "mean")
+    settings = {**EMBEDDING_DEFAULTS, **model_config}
+    pooling = settings["pooling"]
     if pooling not in POOLINGS:
         raise OoflineError(f"models: pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
-    return pooling, int(model_config.get("max_length", 256)), int(model_config.get("embed_batch_size", 64))
+    return pooling, int(settings["max_length"]), int(settings["embed_batch_size"])
 
 
 def embed_main(args) -> None:
@@ -106,7 +112,8 @@ def embed_main(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_config = json.loads(args.model_config)
+    # the settings the embeddings depend on, and how the job runs (rows per forward pass)
+    model_config = {**EMBEDDING_DEFAULTS, **json.loads(args.model_config), **json.loads(args.run_settings)}
     pooling, max_length, batch_size = embedding_settings(model_config)
     train, test = read_table(args.train), read_table(args.test)
     # imported before the clock: the load time is the model's, imports are paid once
@@ -178,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     embed.add_argument("--test", required=True)
     embed.add_argument("--base", required=True, help="model folder or hub id")
     embed.add_argument("--model-config", required=True)
+    embed.add_argument("--run-settings", default="{}", help="embed_batch_size as JSON (does not change the output)")
     embed.add_argument("--out", required=True, help="embeddings .safetensors")
     embed.add_argument("--threads", type=int, default=0)
     fit = steps.add_parser("fit", help="fit one fold's head and predict its held-out and test rows")

@@ -65,6 +65,11 @@ def check_ensemble_config(name: str, config: dict, known_models: Sequence[str]) 
     blend = config.get("blend", "mean")
     if blend not in BLENDS:
         raise OoflineError(f"{where}.blend: {blend!r} is unknown (expected mean or rank)")
+    # a key its method does not read would be a silent no-op (and, as a rule param, a rerun for nothing)
+    if "blend" in config and method not in ("search", "stack"):
+        raise OoflineError(f"{where}.blend: a key of search and stack ensembles (this one's method is {method})")
+    if "C" in config and method != "stack":
+        raise OoflineError(f"{where}.C: a key of stack ensembles (this one's method is {method})")
     top_k = config.get("member_top_k")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise OoflineError(f"{where}.member_top_k: expected a positive integer, got {top_k!r}")

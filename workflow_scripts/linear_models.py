@@ -22,9 +22,11 @@ from workflow_scripts.io import read_table, write_inference_speed, write_parquet
 from workflow_scripts.labels import LabelSpec
 from workflow_scripts.linear_heads import fit_heads, fold_rows, load_heads, predict_heads, prediction_frame, save_heads
 from workflow_scripts.metrics import aligned_targets
+from workflow_scripts.model_spec import FIT, TfidfLinearSpec
 
-TFIDF_DEFAULTS = {"word_ngrams": [1, 2], "char_ngrams": None, "min_df": 1, "max_features": None,
-                  "sublinear_tf": True, "C": 4.0, "max_iter": 1000, "seed": 42}
+# the spec holds the defaults (an entry the rules hand over has them all; tests may leave keys out)
+TFIDF_DEFAULTS = {key: value for key, value in TfidfLinearSpec(kind="tfidf_linear").step_config(FIT).items()
+                  if key != "kind"}
 ANALYZERS = (("word", "word_ngrams"), ("char_wb", "char_ngrams"))
 VOCABULARY_FILE = "vocabulary.json"
 IDF_FILE = "idf.safetensors"

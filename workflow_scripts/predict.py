@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fold", required=True, help="fold number, or 'full' (test only)")
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--base", required=True)
-    parser.add_argument("--model-config", required=True)
+    parser.add_argument("--model-config", required=True, help="the settings prediction reads, as JSON")
+    parser.add_argument("--run-settings", default="{}", help="predict_batch_size as JSON (not what it makes)")
     parser.add_argument("--valid-out", help="held-out fold predictions (omit to predict --test only)")
     parser.add_argument("--test-out", help="test predictions (omit to predict the held-out fold only)")
     parser.add_argument("--threads", type=int, default=0)
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_spec = ModelSpec.from_json(args.model_config)
+    model_spec = ModelSpec.from_json(args.model_config, args.run_settings)
     spec = LabelSpec.load(args.labels)
     if bool(args.test) != bool(args.test_out) or not (args.test_out or args.valid_out):
         raise OoflineError("predict: give --test with --test-out, --valid-out, or both")

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from workflow_scripts.errors import OoflineError
+from workflow_scripts.model_spec import ModelSpec
 
 # mining settings the mining CLI takes; the rest of a `mine:` block (`embedder`) names its inputs
 MINING_KEYS = ("range_for_sampling", "negative_number", "seed", "prompt", "query_chunk", "passage_chunk")
@@ -126,6 +127,10 @@ def ensemble_cycle_problems(ensembles: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# ensemble keys accepted for compatibility that no step reads (the task metric and each submission's top_k are)
+ENSEMBLE_UNREAD_KEYS = ("top_k", "metric")
+
+
 def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The part of the config that determines submission `name` (hashed into its manifest): the task,
     data, folds, and the models, ensembles and thresholds its source is built from."""
@@ -138,8 +143,10 @@ def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, A
         "data": config.get("data"),
         "demo": config.get("demo"),
         "folds": config.get("folds"),
-        "models": {m: config["models"][m] for m in models},
-        "ensembles": {e: config["ensembles"][e] for e in ensembles},
+        # what their predictions depend on: not resources, logging or export-only keys (merge, train_full)
+        "models": {m: ModelSpec.from_config(config["models"][m]).prediction_config() for m in models},
+        "ensembles": {e: {key: value for key, value in config["ensembles"][e].items() if key not in ENSEMBLE_UNREAD_KEYS}
+                      for e in ensembles},
         "thresholds": {source: config["thresholds"][source]} if settings.get("thresholds") else {},
     }
 

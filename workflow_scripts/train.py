@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import polars as pl
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.io import atomic_path, read_table, write_json, write_parquet
 from workflow_scripts.labels import LabelSpec
-from workflow_scripts.model_spec import OFFICIAL, ModelSpec
+from workflow_scripts.model_spec import OFFICIAL, TRAIN, ModelSpec, StageSpec
 from workflow_scripts.predict import prediction_frame
 
 
@@ -315,6 +316,330 @@ def _label_sources(frame: pl.DataFrame) -> list[str]:
     return sorted({part for value in frame[LABEL_SOURCE].drop_nulls().to_list() for part in value.split(",")})
 
 
+@dataclass
+class TrainingData:
+    """Every data set's tokenized rows and targets, and the stages' schedule of optimizer steps."""
+
+    token_ids: dict[str, list[list[int]]]  # data set -> token ids per row
+    targets: dict[str, np.ndarray]  # data set -> (n_rows, n_columns)
+    stages: tuple[StageSpec, ...]
+    rows_per_step: int
+    total_steps: int
+    warmup_steps: int
+    # data set -> the teacher models (teacher/split) that made its labels (a `label_source` column)
+    label_sources: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def stage_rows(self, stage: StageSpec) -> tuple[list[list[int]], np.ndarray]:
+        """The stage's rows: its data sets' token ids and targets, in the order the stage names them."""
+        token_ids = [ids for name in stage.data for ids in self.token_ids[name]]
+        return token_ids, np.concatenate([self.targets[name] for name in stage.data])
+
+
+def build_training_data(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_ids: set[str],
+                        extra_sets: dict[str, pl.DataFrame], model_spec: ModelSpec, tokenizer,
+                        official_ids: pl.Series | None = None) -> TrainingData:
+    """The fold's official rows and the extra sets (minus held-out official rows: official_ids, default
+    train's ids), checked against the stages, tokenized, and the number of optimizer steps."""
+    official_mask = train["id"].is_in(list(row_ids)).to_numpy()
+    datasets: dict[str, tuple[list[str], np.ndarray]] = {
+        OFFICIAL: (train.filter(pl.Series(official_mask))["text"].to_list(), targets[official_mask])
+    }
+    # which teacher models made the labels trained on (a `label_source` column of a corrected or soft-labelled file)
+    label_sources = {OFFICIAL: _label_sources(train.filter(pl.Series(official_mask)))}
+    for name, frame in extra_sets.items():
+        missing = [c for c in ["text", *spec.probability_columns] if c not in frame.columns]
+        if missing:
+            raise OoflineError(f"extra training data {name!r}: columns {missing} are missing")
+        frame = without_held_out_rows(frame, official_ids if official_ids is not None else train["id"], row_ids)
+        datasets[name] = (frame["text"].to_list(), frame.select(spec.probability_columns).to_numpy().astype(np.float32))
+        label_sources[name] = _label_sources(frame)
+    stages = model_spec.training_stages
+    for stage in stages:
+        unknown = [d for d in stage.data if d not in datasets]
+        if unknown:
+            raise OoflineError(f"stage data {unknown} are not provided (have {sorted(datasets)})")
+    token_ids = {name: tokenizer(texts, truncation=True, max_length=model_spec.max_length)["input_ids"]
+                 for name, (texts, _) in datasets.items()}
+    # An optimizer step takes one batch of batch_size * grad_accum rows (as configured), cut into micro-batches
+    # of the attempt's size: the data order and the checkpoint position do not depend on the micro-batch
+    # (nor on the number of processes), so a retry with a smaller one (after an OOM, a preemption, a
+    # scancel) resumes the same checkpoint.
+    rows_per_step = model_spec.batch_size * model_spec.grad_accum
+    total_steps = sum(stage.epochs * math.ceil(sum(len(token_ids[name]) for name in stage.data) / rows_per_step)
+                      for stage in stages)
+    return TrainingData(token_ids, {name: values for name, (_, values) in datasets.items()}, stages, rows_per_step,
+                        total_steps, int(model_spec.warmup_ratio * total_steps), label_sources)
+
+
+@dataclass
+class Trainer:
+    """What the epoch loop steps: the model as accelerate prepared it (DDP-wrapped under torchrun), the
+    module inside it (what checkpoints and the output hold), its optimizer and this process's place."""
+
+    accelerator: Any
+    model: Any
+    unwrapped: Any
+    optimizer: Any
+    trainable: list
+    tokenizer: Any
+    precision: str
+    micro_batch: int
+    work_dir: Path
+
+    @property
+    def is_writer(self) -> bool:  # rank 0 writes checkpoints and the output
+        return self.accelerator.is_main_process
+
+
+def build_model_and_optimizer(model_spec: ModelSpec, base_path: str, spec: LabelSpec, base_lr: float, accelerator,
+                              precision: str, device, attempt: int):
+    """(model, unwrapped model, optimizer, trainable parameters): the classifier (LoRA/QLoRA adapters or
+    every weight) in the precision's dtype and its AdamW, placed on this rank's device by accelerate."""
+    import torch
+
+    from workflow_scripts import modeling
+    from workflow_scripts.execution.device import torch_dtype_of
+    from workflow_scripts.execution.oom import maybe_inject_oom, maybe_inject_user_error
+
+    model = modeling.load_classifier(
+        base_path, num_labels=len(spec.probability_columns), kind=model_spec.kind,
+        quantization=model_spec.quantization, lora=model_spec.lora_settings(),
+        trust_remote_code=model_spec.trust_remote_code, seed=model_spec.seed, dtype=torch_dtype_of(precision),
+        gradient_checkpointing=model_spec.gradient_checkpointing, device=device,
+        attn_implementation=model_spec.attn_implementation,
+    )
+    model.train()
+    maybe_inject_oom(attempt)
+    maybe_inject_user_error(attempt)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=model_spec.weight_decay)
+    # places the model on this rank's device (a quantized one is already there), wraps its forward in
+    # autocast for bf16/fp16 and, under torchrun, in DistributedDataParallel
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, accelerator.unwrap_model(model), optimizer, trainable
+
+
+def training_fingerprint(model_spec: ModelSpec, row_ids: set[str], extra_sets: dict[str, pl.DataFrame]) -> str:
+    """What a checkpoint must match to be resumed: the settings training reads (run settings such as
+    log_every may change between attempts), the fold's rows and the extra sets' sizes."""
+    return config_fingerprint({"config": model_spec.step_config(TRAIN), "rows": sorted(row_ids),
+                               "extra": {k: v.height for k, v in extra_sets.items()}})
+
+
+@dataclass
+class Progress:
+    """Where training stands (a checkpoint's position) and what it recorded. The loss tail and the epoch
+    scores are part of the checkpoint: training.json must not depend on a resume."""
+
+    position: dict[str, int]  # the next stage, epoch and batch to run, and the optimizer steps taken
+    losses: list[float]
+    epoch_scores: list[dict[str, Any]]  # select_epoch: best, one entry per finished epoch
+    started: float = dataclasses.field(default_factory=time.time)
+    seen: int = 0
+    seen_tokens: int = 0
+
+    @property
+    def step(self) -> int:
+        return self.position["step"]
+
+
+def resume(checkpointer: Checkpointer, trainer: Trainer) -> Progress:
+    """The checkpoint's progress (its weights, optimizer state and RNG restored), or a fresh start."""
+    resumed = checkpointer.load(trainer.unwrapped, trainer.optimizer)
+    position = resumed or {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
+    if resumed:
+        print(f"resuming from checkpoint at stage {position['stage']} epoch {position['epoch']} "
+              f"batch {position['batch']} (step {position['step']})", flush=True)
+    return Progress({key: position[key] for key in ("stage", "epoch", "batch", "step")},
+                    list(position.get("recent_losses", [])), list(position.get("epoch_scores", [])))
+
+
+class EpochLoop:
+    """Every remaining epoch of every stage from a (resumed) position: optimizer steps over length-grouped
+    batches, a log line every log_every steps, the held-out score after each epoch (select_epoch: best),
+    and a checkpoint every checkpoint_every steps and at the end of each epoch."""
+
+    def __init__(self, trainer: Trainer, data: TrainingData, progress: Progress, checkpointer: Checkpointer,
+                 spec: LabelSpec, model_spec: ModelSpec, held_out: HeldOut | None, checkpoint_every: int,
+                 grad_accum: int):
+        self.trainer, self.data, self.progress, self.checkpointer = trainer, data, progress, checkpointer
+        self.spec, self.model_spec, self.held_out = spec, model_spec, held_out
+        self.checkpoint_every, self.grad_accum = checkpoint_every, grad_accum
+        self.log_every = model_spec.log_every
+        self.loss_tail = max(10, self.log_every * grad_accum)
+
+    def run(self, stop_after_steps: int | None = None) -> bool:
+        """Train to the end (True), or stop after `stop_after_steps` optimizer steps (False; tests)."""
+        import torch
+
+        from workflow_scripts.batching import length_grouped_batches
+
+        start = dict(self.progress.position)
+        for stage_index in range(start["stage"], len(self.data.stages)):
+            stage = self.data.stages[stage_index]
+            token_ids, stage_targets = self.data.stage_rows(stage)
+            lengths = np.array([len(ids) for ids in token_ids])
+            stage_lr = float(stage.lr) if stage.lr else self.model_spec.require_lr()
+            first_epoch = start["epoch"] if stage_index == start["stage"] else 0
+            for epoch in range(first_epoch, stage.epochs):
+                batches = length_grouped_batches(lengths, self.data.rows_per_step,
+                                                 self.model_spec.seed * 1000 + stage_index * 100 + epoch)
+                first_batch = start["batch"] if (stage_index, epoch) == (start["stage"], start["epoch"]) else 0
+                for batch_index in range(first_batch, len(batches)):
+                    self.optimizer_step(token_ids, torch.from_numpy(stage_targets), lengths, batches[batch_index],
+                                        stage_lr)
+                    self.log(stage_index, epoch)
+                    if not self.after_step(stage_index, epoch, batch_index == len(batches) - 1, batch_index,
+                                           stop_after_steps):
+                        return False
+        return True
+
+    def optimizer_step(self, token_ids, target_tensor, lengths: np.ndarray, step_rows: np.ndarray,
+                       stage_lr: float) -> None:
+        """One optimizer step on one batch: this rank's share of its rows in micro-batches, gradients
+        all-reduced once, the scheduled learning rate, clipping."""
+        from workflow_scripts.batching import pad_batch
+
+        trainer, progress = self.trainer, self.progress
+        accelerator, optimizer = trainer.accelerator, trainer.optimizer
+        own_rows, rank_weight = rank_share(step_rows, accelerator.process_index, accelerator.num_processes)
+        optimizer.zero_grad(set_to_none=True)
+        starts = range(0, len(own_rows), trainer.micro_batch)
+        for start in starts:
+            rows = own_rows[start:start + trainer.micro_batch]
+            # gradients are all-reduced once per optimizer step, on the last micro-batch
+            sync = accelerator.no_sync(trainer.model) if start != starts[-1] else contextlib.nullcontext()
+            with sync:
+                loss = micro_batch_loss(trainer.model, pad_batch(token_ids, rows, trainer.tokenizer.pad_token_id),
+                                        target_tensor[rows], self.spec, self.model_spec.label_smoothing)
+                # weighted by its share of the step's rows: the gradient is the whole batch's mean
+                accelerator.backward(loss * (rank_weight * len(rows) / len(step_rows)))
+            progress.losses.append(float(loss.detach()))
+        progress.seen += len(step_rows)
+        progress.seen_tokens += int(lengths[step_rows].sum())
+        for group in optimizer.param_groups:
+            group["lr"] = stage_lr * lr_factor(progress.step, self.data.total_steps, self.data.warmup_steps,
+                                               self.model_spec.scheduler)
+        accelerator.clip_grad_norm_(trainer.trainable, self.model_spec.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.position["step"] += 1
+
+    def log(self, stage_index: int, epoch: int) -> None:
+        step, total_steps = self.progress.step, self.data.total_steps
+        if step % self.log_every == 0 or step == total_steps:
+            stages = self.data.stages
+            rate = self.progress.seen / max(1e-9, time.time() - self.progress.started)
+            loss = np.mean(self.progress.losses[-self.log_every * self.grad_accum:])
+            print(f"stage {stage_index + 1}/{len(stages)} epoch {epoch + 1}/{stages[stage_index].epochs} "
+                  f"step {step}/{total_steps} loss {loss:.4f} "
+                  f"lr {self.trainer.optimizer.param_groups[0]['lr']:.2e} {rate:.1f} samples/s", flush=True)
+
+    def after_step(self, stage_index: int, epoch: int, last_in_epoch: bool, batch_index: int,
+                   stop_after_steps: int | None) -> bool:
+        """The next position; at an epoch's end the held-out score; a checkpoint when due. False: stop here."""
+        step = self.progress.step
+        next_position = {"stage": stage_index, "epoch": epoch, "batch": batch_index + 1, "step": step}
+        if last_in_epoch:
+            next_position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": step}
+        if last_in_epoch and self.held_out is not None:
+            self.score_epoch(stage_index, epoch)
+        if step % self.checkpoint_every == 0 or last_in_epoch:
+            if self.trainer.is_writer:
+                self.checkpointer.save(self.trainer.unwrapped, self.trainer.optimizer,
+                                       dict(next_position, recent_losses=self.progress.losses[-self.loss_tail:],
+                                            epoch_scores=self.progress.epoch_scores))
+            self.trainer.accelerator.wait_for_everyone()
+        return stop_after_steps is None or step < stop_after_steps
+
+    def score_epoch(self, stage_index: int, epoch: int) -> None:
+        """select_epoch: best: score the held-out fold; keep the best epoch's weights and this epoch's
+        predictions of the fold in the work folder."""
+        trainer, held_out, stages = self.trainer, self.held_out, self.data.stages
+        epoch_number = sum(s.epochs for s in stages[:stage_index]) + epoch + 1
+        score, probabilities = held_out_score(trainer.unwrapped, trainer.tokenizer, held_out, self.spec,
+                                              self.model_spec, trainer.precision)
+        self.progress.epoch_scores.append({"epoch": epoch_number, "stage": stage_index + 1,
+                                           "stage_epoch": epoch + 1, "score": score})
+        best = chosen_epoch(self.progress.epoch_scores, held_out.metric)
+        print(f"epoch {epoch_number}: held-out fold {held_out.fold} {held_out.metric} {score:.5f} "
+              f"(best so far: epoch {best})", flush=True)
+        if trainer.is_writer:
+            if best == epoch_number:
+                save_trainable(trainer.unwrapped, trainer.work_dir / BEST_EPOCH_WEIGHTS)
+            frame = prediction_frame(held_out.ids, probabilities, self.spec, held_out.fold)
+            write_parquet(frame, trainer.work_dir / LATEST_EPOCH_VALID)
+
+
+def keep_selected_epoch(trainer: Trainer, epoch_scores: list[dict[str, Any]], held_out: HeldOut) -> dict[str, Any]:
+    """select_epoch: best: the chosen epoch's weights back into the model; the choice and every epoch's score."""
+    best = chosen_epoch(epoch_scores, held_out.metric)
+    selection = {"select_epoch": "best", "metric": held_out.metric, "fold": held_out.fold,
+                 "held_out_rows": len(held_out.ids), "history": epoch_scores, "chosen_epoch": best,
+                 "last_epoch": epoch_scores[-1]["epoch"]}
+    if best != epoch_scores[-1]["epoch"]:
+        from safetensors.torch import load_file
+
+        load_weights(trainer.unwrapped, load_file(str(trainer.work_dir / BEST_EPOCH_WEIGHTS)))
+    scores_text = ", ".join(f"{entry['score']:.5f}" for entry in epoch_scores)
+    print(f"select_epoch best: keeping epoch {best} of {epoch_scores[-1]['epoch']} (held-out "
+          f"{held_out.metric} per epoch: {scores_text})", flush=True)
+    return selection
+
+
+def save_trained(trainer: Trainer, out_dir: str | Path, model_spec: ModelSpec, spec: LabelSpec,
+                 summary: dict[str, Any], speed: dict[str, Any], held_out: HeldOut | None) -> None:
+    """Rank 0 writes the output folder at once (weights, tokenizer, training.json; the last epoch's
+    held-out predictions with select_epoch: best) and drops the work folder; every rank then finishes."""
+    if trainer.is_writer:
+        with atomic_path(out_dir, durable=True) as tmp:
+            trainer.unwrapped.save_pretrained(tmp, safe_serialization=True)
+            trainer.tokenizer.save_pretrained(tmp)
+            normalise_adapter_config(tmp / "adapter_config.json")
+            # the settings training read: run settings (log_every, ...) stay out, so a rebuild is byte-identical
+            (tmp / "training.json").write_text(json.dumps({"model_config": model_spec.step_config(TRAIN),
+                                                             "summary": summary, "labels": spec.to_dict()},
+                                                            indent=2, sort_keys=True))
+            (tmp / TRAINING_SPEED).write_text(json.dumps(speed, indent=2, sort_keys=True))
+            if held_out is not None:
+                shutil.copyfile(trainer.work_dir / LATEST_EPOCH_VALID, tmp / LAST_EPOCH_VALID)
+        shutil.rmtree(trainer.work_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
+def training_summary(progress: Progress, data: TrainingData, micro_batch: int, grad_accum: int, attempt: int,
+                     device, precision: str, world_size: int, selection: dict[str, Any] | None,
+                     train_seconds: float, attn_implementation: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training.json's summary, wall-time figures). The figures stay out of training.json, which manifests
+    hash and verify rebuilds byte for byte: they go to the log and to .training_speed.json (a dot-file,
+    which manifests skip)."""
+    from workflow_scripts.execution.device import DeviceReport, peak_gpu_memory_mb
+
+    report = DeviceReport.of(device, precision)
+    summary = {
+        "steps": progress.step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
+        "train_rows": {name: len(ids) for name, ids in data.token_ids.items()},
+        # rank 0's losses: its share of each step's rows
+        "final_loss": float(np.mean(progress.losses[-10:])) if progress.losses else None,
+        "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(device), "world_size": world_size,
+        # the kernel transformers ran (attn_implementation left out: sdpa where the family has it, else eager)
+        "attn_implementation": attn_implementation,
+    }
+    used_sources = {name: sources for name, sources in data.label_sources.items()
+                    if sources and any(name in stage.data for stage in data.stages)}
+    if used_sources:  # teacher-made labels: which teacher models (teacher/split) made the rows trained on
+        summary["label_sources"] = used_sources
+    if selection is not None:
+        summary["epoch_selection"] = selection
+    speed = {"train_tokens_per_s": round(progress.seen_tokens / max(1e-9, train_seconds), 1),
+             "train_seconds": round(train_seconds, 1), "train_tokens": progress.seen_tokens}
+    print(f"trained in {train_seconds:.1f} s, {speed['train_tokens_per_s']} tokens/s on {report.device} "
+          f"({report.gpu_name or 'cpu'}, {precision}, {world_size} process(es))", flush=True)
+    return summary, speed
+
+
 def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_ids: set[str],
                 model_spec: ModelSpec | dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
                 extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
@@ -341,215 +666,40 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     import torch
 
     from workflow_scripts import modeling
-    from workflow_scripts.batching import length_grouped_batches, pad_batch
-    from workflow_scripts.execution.device import DeviceReport, peak_gpu_memory_mb, torch_dtype_of
 
     model_spec = ModelSpec.from_config(model_spec)
     if model_spec.selects_best_epoch and held_out is None:
         raise OoflineError("select_epoch: best needs the held-out fold to score each epoch on")
     if held_out is not None and not model_spec.selects_best_epoch:
         held_out = None  # select_epoch: last keeps the last epoch and scores nothing while training
-    checkpoint_every = checkpoint_every or model_spec.checkpoint_every
     extra_sets = extra_sets or {}
-    seed = model_spec.seed
-    torch.manual_seed(seed)
+    torch.manual_seed(model_spec.seed)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     micro_batch, grad_accum = effective_batching(model_spec, out_of_memory_retries)
     base_lr = model_spec.require_lr()
     accelerator, precision = training_accelerator(model_spec)
-    rank, world_size, is_writer = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     # a multi-process CPU run names its device cpu:0 on every rank; it is the CPU
     device = accelerator.device if accelerator.device.type != "cpu" else torch.device("cpu")
 
+    # the steps: the data and stages, the model and optimizer, the epoch loop, the held-out choice, the save
     tokenizer = modeling.load_tokenizer(base_path, trust_remote_code=model_spec.trust_remote_code)
-    official_mask = train["id"].is_in(list(row_ids)).to_numpy()
-    datasets: dict[str, tuple[list[str], np.ndarray]] = {
-        OFFICIAL: (train.filter(pl.Series(official_mask))["text"].to_list(), targets[official_mask])
-    }
-    # which teacher models made the labels trained on (a `label_source` column of a corrected or soft-labelled file)
-    label_sources = {OFFICIAL: _label_sources(train.filter(pl.Series(official_mask)))}
-    for name, frame in extra_sets.items():
-        missing = [c for c in ["text", *spec.probability_columns] if c not in frame.columns]
-        if missing:
-            raise OoflineError(f"extra training data {name!r}: columns {missing} are missing")
-        frame = without_held_out_rows(frame, official_ids if official_ids is not None else train["id"], row_ids)
-        datasets[name] = (frame["text"].to_list(), frame.select(spec.probability_columns).to_numpy().astype(np.float32))
-        label_sources[name] = _label_sources(frame)
-    stages = model_spec.training_stages
-    for stage in stages:
-        unknown = [d for d in stage.data if d not in datasets]
-        if unknown:
-            raise OoflineError(f"stage data {unknown} are not provided (have {sorted(datasets)})")
-
-    encoded = {name: tokenizer(texts, truncation=True, max_length=model_spec.max_length)["input_ids"]
-               for name, (texts, _) in datasets.items()}
-
-    def stage_rows(stage):
-        token_ids = [ids for name in stage.data for ids in encoded[name]]
-        stage_targets = np.concatenate([datasets[name][1] for name in stage.data])
-        return token_ids, stage_targets
-
-    # An optimizer step takes one batch of batch_size * grad_accum rows (as configured), cut into micro-batches
-    # of the attempt's size: the data order and the checkpoint position do not depend on the micro-batch
-    # (nor on the number of processes), so a retry with a smaller one (after an OOM, a preemption, a
-    # scancel) resumes the same checkpoint.
-    rows_per_step = model_spec.batch_size * model_spec.grad_accum
-    steps_per_stage = []
-    for stage in stages:
-        n_rows = sum(len(encoded[name]) for name in stage.data)
-        steps_per_stage.append(stage.epochs * math.ceil(n_rows / rows_per_step))
-    total_steps = sum(steps_per_stage)
-    warmup_steps = int(model_spec.warmup_ratio * total_steps)
-
-    model = modeling.load_classifier(
-        base_path, num_labels=len(spec.probability_columns), kind=model_spec.kind,
-        quantization=model_spec.quantization, lora=model_spec.lora_settings(),
-        trust_remote_code=model_spec.trust_remote_code, seed=seed, dtype=torch_dtype_of(precision),
-        gradient_checkpointing=model_spec.gradient_checkpointing, device=device,
-        attn_implementation=model_spec.attn_implementation,
-    )
-    model.train()
-    from workflow_scripts.execution.oom import maybe_inject_oom, maybe_inject_user_error
-
-    maybe_inject_oom(attempt)
-    maybe_inject_user_error(attempt)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=base_lr, weight_decay=model_spec.weight_decay)
-    # places the model on this rank's device (a quantized one is already there), wraps its forward in
-    # autocast for bf16/fp16 and, under torchrun, in DistributedDataParallel
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    fingerprint = config_fingerprint({"config": model_spec.to_config(), "rows": sorted(row_ids),
-                                      "extra": {k: v.height for k, v in extra_sets.items()}})
-    checkpointer = Checkpointer(work_dir, fingerprint)
-    resumed = checkpointer.load(unwrapped, optimizer)
-    position = resumed or {"stage": 0, "epoch": 0, "batch": 0, "step": 0}
-    # the loss tail is part of the checkpoint: training.json's final_loss must not depend on a resume
-    losses = list(position.get("recent_losses", []))
-    epoch_scores = list(position.get("epoch_scores", []))  # select_epoch: best, one entry per finished epoch
-    if resumed:
-        print(f"resuming from checkpoint at stage {position['stage']} epoch {position['epoch']} "
-              f"batch {position['batch']} (step {position['step']})", flush=True)
-    log_every = model_spec.log_every
-    pad_id = tokenizer.pad_token_id
-    step = position["step"]
-    started, seen, seen_tokens = time.time(), 0, 0
-    loss_tail = max(10, log_every * grad_accum)
-    for stage_index in range(position["stage"], len(stages)):
-        stage = stages[stage_index]
-        token_ids, stage_targets = stage_rows(stage)
-        lengths = np.array([len(ids) for ids in token_ids])
-        target_tensor = torch.from_numpy(stage_targets)
-        stage_lr = float(stage.lr) if stage.lr else base_lr
-        first_epoch = position["epoch"] if stage_index == position["stage"] else 0
-        for epoch in range(first_epoch, stage.epochs):
-            batches = length_grouped_batches(lengths, rows_per_step, seed * 1000 + stage_index * 100 + epoch)
-            first_batch = position["batch"] if (stage_index, epoch) == (position["stage"], position["epoch"]) else 0
-            for batch_index in range(first_batch, len(batches)):
-                step_rows = batches[batch_index]
-                own_rows, rank_weight = rank_share(step_rows, rank, world_size)
-                optimizer.zero_grad(set_to_none=True)
-                starts = range(0, len(own_rows), micro_batch)
-                for start in starts:
-                    rows = own_rows[start:start + micro_batch]
-                    # gradients are all-reduced once per optimizer step, on the last micro-batch
-                    sync = accelerator.no_sync(model) if start != starts[-1] else contextlib.nullcontext()
-                    with sync:
-                        loss = micro_batch_loss(model, pad_batch(token_ids, rows, pad_id), target_tensor[rows], spec,
-                                                model_spec.label_smoothing)
-                        # weighted by its share of the step's rows: the gradient is the whole batch's mean
-                        accelerator.backward(loss * (rank_weight * len(rows) / len(step_rows)))
-                    losses.append(float(loss.detach()))
-                seen += len(step_rows)
-                seen_tokens += int(lengths[step_rows].sum())
-                for group in optimizer.param_groups:
-                    group["lr"] = stage_lr * lr_factor(step, total_steps, warmup_steps, model_spec.scheduler)
-                accelerator.clip_grad_norm_(trainable, model_spec.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if step % log_every == 0 or step == total_steps:
-                    rate = seen / max(1e-9, time.time() - started)
-                    print(f"stage {stage_index + 1}/{len(stages)} epoch {epoch + 1}/{stage.epochs} "
-                          f"step {step}/{total_steps} loss {np.mean(losses[-log_every * grad_accum:]):.4f} "
-                          f"lr {optimizer.param_groups[0]['lr']:.2e} {rate:.1f} samples/s", flush=True)
-                last_in_epoch = batch_index == len(batches) - 1
-                next_position = {"stage": stage_index, "epoch": epoch, "batch": batch_index + 1, "step": step}
-                if last_in_epoch:
-                    next_position = {"stage": stage_index, "epoch": epoch + 1, "batch": 0, "step": step}
-                if last_in_epoch and held_out is not None:
-                    epoch_number = sum(s.epochs for s in stages[:stage_index]) + epoch + 1
-                    score, probabilities = held_out_score(unwrapped, tokenizer, held_out, spec, model_spec, precision)
-                    epoch_scores.append({"epoch": epoch_number, "stage": stage_index + 1, "stage_epoch": epoch + 1,
-                                         "score": score})
-                    best = chosen_epoch(epoch_scores, held_out.metric)
-                    print(f"epoch {epoch_number}: held-out fold {held_out.fold} {held_out.metric} {score:.5f} "
-                          f"(best so far: epoch {best})", flush=True)
-                    if is_writer:
-                        if best == epoch_number:
-                            save_trainable(unwrapped, work_dir / BEST_EPOCH_WEIGHTS)
-                        frame = prediction_frame(held_out.ids, probabilities, spec, held_out.fold)
-                        write_parquet(frame, work_dir / LATEST_EPOCH_VALID)
-                if step % checkpoint_every == 0 or last_in_epoch:
-                    if is_writer:
-                        checkpointer.save(unwrapped, optimizer, dict(next_position, recent_losses=losses[-loss_tail:],
-                                                                     epoch_scores=epoch_scores))
-                    accelerator.wait_for_everyone()
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    return {"stopped_at_step": step}
-        position = {"stage": stage_index + 1, "epoch": 0, "batch": 0, "step": step}
-    train_seconds = time.time() - started
-    report = DeviceReport.of(device, precision)
-    selection = None
-    if held_out is not None:
-        best = chosen_epoch(epoch_scores, held_out.metric)
-        selection = {"select_epoch": "best", "metric": held_out.metric, "fold": held_out.fold,
-                     "held_out_rows": len(held_out.ids), "history": epoch_scores, "chosen_epoch": best,
-                     "last_epoch": epoch_scores[-1]["epoch"]}
-        if best != epoch_scores[-1]["epoch"]:
-            from safetensors.torch import load_file
-
-            load_weights(unwrapped, load_file(str(work_dir / BEST_EPOCH_WEIGHTS)))
-        scores_text = ", ".join(f"{entry['score']:.5f}" for entry in epoch_scores)
-        print(f"select_epoch best: keeping epoch {best} of {epoch_scores[-1]['epoch']} (held-out "
-              f"{held_out.metric} per epoch: {scores_text})", flush=True)
-    summary = {
-        "steps": step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
-        "train_rows": {name: len(encoded[name]) for name in encoded},
-
-        # rank 0's losses: its share of each step's rows
-        "final_loss": float(np.mean(losses[-10:])) if losses else None,
-        "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
-        "peak_gpu_memory_mb": peak_gpu_memory_mb(device), "world_size": world_size,
-        # the kernel transformers ran (attn_implementation left out: sdpa where the family has it, else eager)
-        "attn_implementation": getattr(unwrapped.config, "_attn_implementation", None),
-    }
-    used_sources = {name: sources for name, sources in label_sources.items()
-                    if sources and any(name in stage.data for stage in stages)}
-    if used_sources:  # teacher-made labels: which teacher models (teacher/split) made the rows trained on
-        summary["label_sources"] = used_sources
-    if selection is not None:
-        summary["epoch_selection"] = selection
-    # wall-time figures stay out of training.json, which manifests hash and verify rebuilds byte for byte:
-    # they go to the log and to .training_speed.json (a dot-file, which manifests skip)
-    speed = {"train_tokens_per_s": round(seen_tokens / max(1e-9, train_seconds), 1),
-             "train_seconds": round(train_seconds, 1), "train_tokens": seen_tokens}
-    print(f"trained in {train_seconds:.1f} s, {speed['train_tokens_per_s']} tokens/s on {report.device} "
-          f"({report.gpu_name or 'cpu'}, {precision}, {world_size} process(es))", flush=True)
-    if is_writer:
-        with atomic_path(out_dir, durable=True) as tmp:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            normalise_adapter_config(tmp / "adapter_config.json")
-            (tmp / "training.json").write_text(json.dumps({"model_config": model_spec.to_config(), "summary": summary,
-                                                             "labels": spec.to_dict()}, indent=2, sort_keys=True))
-            (tmp / TRAINING_SPEED).write_text(json.dumps(speed, indent=2, sort_keys=True))
-            if held_out is not None:
-                shutil.copyfile(work_dir / LATEST_EPOCH_VALID, tmp / LAST_EPOCH_VALID)
-        shutil.rmtree(work_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    data = build_training_data(train, targets, spec, row_ids, extra_sets, model_spec, tokenizer, official_ids)
+    model, unwrapped, optimizer, trainable = build_model_and_optimizer(model_spec, base_path, spec, base_lr,
+                                                                       accelerator, precision, device, attempt)
+    trainer = Trainer(accelerator, model, unwrapped, optimizer, trainable, tokenizer, precision, micro_batch, work_dir)
+    checkpointer = Checkpointer(work_dir, training_fingerprint(model_spec, row_ids, extra_sets))
+    progress = resume(checkpointer, trainer)
+    loop = EpochLoop(trainer, data, progress, checkpointer, spec, model_spec, held_out,
+                     checkpoint_every or model_spec.checkpoint_every, grad_accum)
+    if not loop.run(stop_after_steps):
+        return {"stopped_at_step": progress.step}
+    train_seconds = time.time() - progress.started
+    selection = keep_selected_epoch(trainer, progress.epoch_scores, held_out) if held_out is not None else None
+    summary, speed = training_summary(progress, data, micro_batch, grad_accum, attempt, device, precision,
+                                      accelerator.num_processes, selection, train_seconds,
+                                      getattr(unwrapped.config, "_attn_implementation", None))
+    save_trained(trainer, out_dir, model_spec, spec, summary, speed, held_out)
     return summary
 
 
@@ -572,7 +722,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--folds", required=True)
     parser.add_argument("--labels", required=True)
     parser.add_argument("--fold", required=True, help="fold number, or 'full' for all rows")
-    parser.add_argument("--model-config", required=True, help="the model's config entry as JSON")
+    parser.add_argument("--model-config", required=True, help="the settings training reads, as JSON")
+    parser.add_argument("--run-settings", default="{}",
+                        help="how the job runs, as JSON: log_every, checkpoint_every, ... (not what it makes)")
     parser.add_argument("--base", required=True, help="base model folder or hub id")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
                         help="extra (soft-labelled) training data for stages that name it")
@@ -591,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_spec = ModelSpec.from_json(args.model_config)
+    model_spec = ModelSpec.from_json(args.model_config, args.run_settings)
     spec = LabelSpec.load(args.labels)
     train = read_table(args.train)
     targets_frame = read_table(args.targets)
@@ -616,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra_sets[name] = read_table(path)
     from workflow_scripts.execution.oom import is_out_of_memory
 
+    # run settings count here: turning gradient checkpointing on starts the micro-batch afresh
     oom_key = config_fingerprint({"config": model_spec.to_config(), "fold": args.fold})
     try:
         summary = train_model(
