@@ -1,4 +1,6 @@
 """Retrieval precision: one `precision` key reaches FlagEmbedding inference (use_fp16/use_bf16) and fine-tunes (--bf16/--fp16)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -59,6 +61,7 @@ def test_bad_precision_or_device_names_the_key():
 class Recorder:
     def __init__(self):
         self.kwargs = None
+        self.tokenizer = SimpleNamespace(pad_token="[PAD]")  # what the loaders check before padding
 
     def __call__(self, path, **kwargs):
         self.kwargs = kwargs

@@ -192,7 +192,7 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
                 elif fixed_epoch(choice) is not None and fixed_epoch(choice) > epochs:
                     problems.append(f"{key}.select_checkpoint: {choice} is past the last epoch "
                                     f"(epochs: {epochs:g}; it keeps epoch K of 1 to epochs)")
-    if config.get("models"):
+    if config.get("models") and not problems:  # a chain is read from model keys that passed their own checks
         from workflow_scripts.generated.teacher_labels import chain_problems
 
         problems += chain_problems(config)
