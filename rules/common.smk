@@ -337,6 +337,7 @@ def ensemble_inputs(wildcards):
         "test": [source_files(m)["test"] for m in members],
         "labels": out("labels.json"),
         "targets": out("targets.parquet"),
+        "folds": out("folds.parquet"),  # the prior's score on the ensemble's rows
     }
 
 

@@ -531,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", required=True, help="label spec JSON")
     parser.add_argument("--targets", required=True, help="targets parquet: id + probability columns as 0/1")
     parser.add_argument("--metric", required=True)
+    parser.add_argument("--folds", default=None, help="folds parquet: records the prior's score on the OOF rows")
     parser.add_argument("--name", default="", help="ensemble name, recorded in score.json")
     parser.add_argument("--oof-out", required=True)
     parser.add_argument("--test-out", default=None)
@@ -556,6 +557,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.member_top_k, log=lambda line: print(line, flush=True), stack_c=args.stack_c,
     )
     score["ensemble"] = args.name
+    if args.folds:  # members over some folds only: compared with the prior on the same rows
+        from workflow_scripts.io import read_table
+        from workflow_scripts.prior import prior_score_on_rows
+
+        score["prior_score"] = prior_score_on_rows(spec, read_table(args.folds), args.targets, oof["id"], args.metric)
     write_parquet(oof, args.oof_out)
     if test is not None:
         write_parquet(test, args.test_out)
