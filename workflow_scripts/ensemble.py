@@ -7,8 +7,9 @@ weights are searched on the other folds and scored on f; score.json reports that
 in-sample numbers of the final weights (`in_sample_score` and the `in_sample` block).
 The written test file uses the final weights (searched on all OOF rows); the written OOF is the nested blend
 (each fold's rows with the weights searched without them), so whatever reads it downstream stays out of fold.
-A search or stack over a searched or stacked ensemble, or thresholds tuned on one, are refused by config
-validation: their own folds would see values fitted with those folds' labels.
+A search or stack over a searched or stacked ensemble is refused by config validation: its own folds would see
+values fitted with those folds' labels. Thresholds on a search or stack refit it without each outer fold for their
+nested score (thresholds.ensemble_refit calls build_ensemble on the other folds' rows).
 
 `stack` fits a level-2 logistic regression per head (linear_heads) on the members' OOF log-probabilities. Its
 OOF file is out of fold: each fold's rows are predicted by a level-2 model fitted on the other folds only,
