@@ -218,7 +218,7 @@ def test_a_column_without_positives_predicts_none_and_says_so(method):
     assert result["classes"]["b"]["predicts_none"] is False
 
 
-def stacked_multilabel(tmp_path, targets, name="stacked"):
+def stacked_multilabel(tmp_path, targets, name="stacked", method="stack"):
     """Two members' OOF files, a stack over them (ensemble.build_ensemble) and its OOF file; returns the argv
     tail that names the stack's OOF and, with --refit, the members it is refitted from."""
     from workflow_scripts import ensemble
@@ -233,12 +233,12 @@ def stacked_multilabel(tmp_path, targets, name="stacked"):
         frames[member] = pl.DataFrame({"id": ids, "fold": folds}).hstack(
             pl.DataFrame((1 / (1 + np.exp(-logits))).astype(np.float32), schema=spec.probability_columns))
         frames[member].write_parquet(tmp_path / f"{member}.parquet")
-    oof, _, _, _ = ensemble.build_ensemble(spec, ["m0", "m1"], frames, None, targets, "macro_f1", "stack")
+    oof, _, _, _ = ensemble.build_ensemble(spec, ["m0", "m1"], frames, None, targets, "macro_f1", method)
     oof.write_parquet(tmp_path / f"{name}.parquet")
     pl.DataFrame({"id": ids}).hstack(pl.DataFrame(targets, schema=spec.probability_columns)).write_parquet(
         tmp_path / "targets.parquet")
     spec.save(tmp_path / "labels.json")
-    refit = json.dumps({"names": ["m0", "m1"], "weights": [1.0, 1.0], "method": "stack", "blend": "mean",
+    refit = json.dumps({"names": ["m0", "m1"], "weights": [1.0, 1.0], "method": method, "blend": "mean",
                         "member_top_k": None, "C": 1.0})
     return spec, frames, folds, ["--oof", str(tmp_path / f"{name}.parquet"), "--labels", str(tmp_path / "labels.json"),
                                  "--targets", str(tmp_path / "targets.parquet"), "--method", "exact",
@@ -291,3 +291,25 @@ def test_thresholds_on_a_stack_are_searched_on_a_level_2_that_never_saw_the_scor
     assert run_cli(th.main, argv2 + ["--out", str(other / "plain.json")]) == 0
     assert (json.loads((other / "plain.json").read_text())["nested_thresholds"]["0"]
             != json.loads((tmp_path / "plain.json").read_text())["nested_thresholds"]["0"])
+
+
+def test_thresholds_on_a_search_never_see_the_scored_fold(tmp_path):
+    """The same for a weight search: fold 0's thresholds come from weights and thresholds searched without
+    fold 0, so relabelling fold 0 leaves them as they are (it changes the searched ensemble's other rows)."""
+    rng = np.random.default_rng(6)
+    targets = (rng.random((320, 3)) < [0.2, 0.35, 0.5]).astype(np.float32)
+    relabelled = targets.copy()
+    relabelled[np.arange(320) % 4 == 0] = 1 - relabelled[np.arange(320) % 4 == 0]
+    nested, plain = [], []
+    for name, labels in (("original", targets), ("relabelled", relabelled)):
+        folder = tmp_path / name
+        folder.mkdir()
+        _, _, _, argv, refit = stacked_multilabel(folder, labels, method="search")
+        assert run_cli(th.main, argv + refit + ["--out", str(folder / "t.json")]) == 0
+        assert run_cli(th.main, argv + ["--out", str(folder / "plain.json")]) == 0
+        result = json.loads((folder / "t.json").read_text())
+        assert "search" in result["nested_refit"] and result["oof_score_after_nested"] is not None
+        nested.append(result["nested_thresholds"]["0"])
+        plain.append(json.loads((folder / "plain.json").read_text())["nested_thresholds"]["0"])
+    assert nested[0] == nested[1]
+    assert plain[0] != plain[1]  # without the refit, fold 0's labels reach its thresholds through the weights
