@@ -1,10 +1,17 @@
 # Two commands for a new user: `make demo` and `make test`. Both set up .venv first.
+# `make setup CUDA=1 VLLM=1`: vLLM for generation (requirements-vllm.txt: Python 3.13, its CUDA 13.0 torch).
+ifdef VLLM
+ifndef CUDA
+$(error VLLM=1 needs CUDA=1: vLLM runs on NVIDIA GPUs only (make setup CUDA=1 VLLM=1))
+endif
+PYTHON ?= $(shell command -v python3.13)
+endif
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 # `make setup CUDA=1`: the CUDA build of torch (requirements-cuda.txt); FLASH=1 adds flash-attn.
-REQUIREMENTS := $(if $(CUDA),requirements-cuda.txt,requirements.txt)
-STAMP := $(VENV)/.installed$(if $(CUDA),-cuda)$(if $(FLASH),-flash)
+REQUIREMENTS := $(if $(VLLM),requirements-vllm.txt,$(if $(CUDA),requirements-cuda.txt,requirements.txt))
+STAMP := $(VENV)/.installed$(if $(CUDA),-cuda)$(if $(FLASH),-flash)$(if $(VLLM),-vllm)
 FLASH_ATTN := flash-attn==2.8.3.post2
 # Snakemake runs steps as `python -m workflow_scripts...`: the venv must come first on PATH.
 RUN := PATH="$(BIN):$$PATH"
@@ -14,7 +21,8 @@ CORES ?= all
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-cuda.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-cuda.txt requirements-vllm.txt requirements-nodeps.txt
+	@test -n "$(PYTHON)" || { echo "make setup: no Python found$(if $(VLLM), (VLLM=1 needs python3.13 on PATH, or PYTHON=/path/to/python3.13))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r $(REQUIREMENTS)

@@ -21,6 +21,7 @@ include: "rules/predictions.smk"
 include: "rules/submissions.smk"
 include: "rules/generated.smk"
 include: "rules/retrieval.smk"
+include: "rules/kaggle.smk"
 include: "rules/report.smk"
 
 

@@ -20,6 +20,7 @@ from workflow_scripts.errors import OoflineError
 from workflow_scripts.model_spec import ModelSpec
 from workflow_scripts import rule_params
 from workflow_scripts.rule_params import cli_flags
+from workflow_scripts.generated import teacher_labels
 
 try:
     config.update(check_config(config, base_dir=Path.cwd()))
@@ -72,7 +73,7 @@ wildcard_constraints:
     purpose=r"(reranker_)?",
     role=r"embedder|reranker",
     base=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    split=r"fold\d+|full",
+    split=teacher_labels.SPLIT_PATTERN + "|full",  # fold2 (an outer fold model), fold0+2 (an inner teacher)
     fold=r"\d+",
 
 
@@ -173,7 +174,8 @@ def final_targets():
     targets = []
     for name in MODELS:
         targets += model_targets(name)
-    return targets + submission_targets() + plot_targets() + generated_targets() + retrieval_targets()
+    return (targets + submission_targets() + plot_targets() + generated_targets() + retrieval_targets()
+            + kaggle_targets())
 
 
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
@@ -227,25 +229,22 @@ def model_threads(wildcards):
 
 
 def train_inputs(wildcards):
-    corrected_by = MODELS[wildcards.model].get("corrected_by")
+    # a model may train on another model's corrected labels and on soft-labelled data sets; a nested teacher's
+    # labels come per held-out set (generated/teacher_labels.py), so none was made by a model that saw the split's folds
+    files = teacher_labels.training_files(config, wildcards.model, wildcards.split)
     inputs = {
-        # a model may train on another model's corrected labels (label correction round)
-        "train": out(f"label_correction/{corrected_by}.parquet") if corrected_by else out("data/train.parquet"),
-        "targets": out(f"label_correction/{corrected_by}.targets.parquet") if corrected_by else out("targets.parquet"),
         "folds": out("folds.parquet"),
         "labels": out("labels.json"),
         "base": base_model(wildcards),
     }
-    inputs.update(extra_training_data(wildcards.model))
+    inputs.update(files)
     if MODELS[wildcards.model].get("select_epoch") == "best":
-        # each epoch's held-out fold is scored against the targets OOF scoring reads (not corrected labels)
+        # each epoch's held-out fold is scored against the targets OOF scoring reads (not corrected labels),
+        # on every official row of the fold (a corrected file may have dropped some)
         inputs["held_out_targets"] = out("targets.parquet")
+        if files["train"] != out("data/train.parquet"):
+            inputs["official_train"] = out("data/train.parquet")
     return inputs
-
-
-def extra_training_data(name):
-    """Extra (soft-labelled) data sets a model's stages name: {dataset name: file}."""
-    return {f"extra_{key}": path for key, path in MODELS[name].get("extra_data", {}).items()}
 
 
 def extra_arguments(wildcards, input):
@@ -269,7 +268,7 @@ train_params = dict(
     base=base_model_path,
     extra=extra_arguments,
     epoch_selection=lambda wildcards, input: rule_params.epoch_selection_flags(
-        MODELS[wildcards.model], config["task"]["metric"], input.get("held_out_targets")),
+        MODELS[wildcards.model], config["task"]["metric"], input.get("held_out_targets"), input.get("official_train")),
     work_dir=lambda wildcards: out(f"work/{wildcards.model}/{wildcards.split}"),
 )
 
@@ -422,9 +421,25 @@ VOTES = config.get("votes") or {}
 
 SOFT_LABEL_COMMAND = (
     "{PY}.generated.soft_labels --dataset {input.rows:q} --teacher {input.teacher:q} --label-spec {input.labels:q}"
-    " --text-columns text --temperature {params.temperature} --output {output.rows:q}"
+    " --text-columns text --temperature {params.temperature} {params.options} --output {output.rows:q}"
     " --summary {output.summary:q} > {log:q} 2>&1"
 )
+LABEL_CORRECTION_COMMAND = (
+    "{PY}.generated.label_correction --train {input.train:q} --oof {input.oof:q} --label-spec {input.labels:q}"
+    " --targets {input.targets:q} --top-percent {params.top_percent} --action {params.action:q} {params.options}"
+    " --output {output.train:q} --targets-output {output.targets:q} --report {output.report:q}"
+    " --summary {output.summary:q} > {log:q} 2>&1"
+)
+
+
+def inner_oof_inputs(wildcards):
+    """A teacher's inner models' predictions of every fold outside the held-out set (each without that fold too)."""
+    files = teacher_labels.inner_oof_files(wildcards.teacher, wildcards.split, config["folds"]["n_folds"])
+    return {f"part{fold}": out(path) for fold, path in files.items()}
+
+
+def inner_oof_parts(wildcards, input):
+    return cli_flags({"parts": [f"{key[len('part'):]}={path}" for key, path in input.items() if key.startswith("part")]})
 
 
 def generated_datasets():
@@ -433,11 +448,25 @@ def generated_datasets():
             for g, settings in GENERATORS.items() for s in settings.get("seeds", [0])}
 
 
-def dataset_file(name):
+def dataset_file(name, split=None):
+    """A generated data set's file; for a nested generator and a held-out set, the rows generated for it."""
     datasets = generated_datasets()
-    if name in datasets:
-        return datasets[name]
-    raise WorkflowError(f"unknown data set {name!r} (generated data sets: {sorted(datasets)})")
+    if name not in datasets:
+        raise WorkflowError(f"unknown data set {name!r} (generated data sets: {sorted(datasets)})")
+    if split and split != "full" and generator_is_nested(name):
+        generator, seed = name.rsplit("-seed", 1)
+        return out(f"generated/{generator}/{split}/seed{seed}.parquet")
+    return datasets[name]
+
+
+def generator_is_nested(dataset):
+    return bool(GENERATORS.get(teacher_labels.generator_of(dataset), {}).get("nested", False))
+
+
+DEDUP_COMMAND = (
+    "{PY}.generated.dedup --generated {input.rows:q} --reference {input.train:q} --text-columns {params.columns:q}"
+    " --threshold {params.threshold} --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
+)
 
 
 GENERATOR_STEP_RESOURCES = step_resources(
@@ -504,7 +533,9 @@ def vote_submission_options(wildcards):
 
 
 def generated_targets():
-    targets = [out(f"generated/{g}/seed{s}.parquet") for g, settings in GENERATORS.items() for s in settings.get("seeds", [0])]
+    # a nested generator's rows are made per held-out set, for the students that need them
+    targets = [out(f"generated/{g}/seed{s}.parquet") for g, settings in GENERATORS.items()
+               if not settings.get("nested") for s in settings.get("seeds", [0])]
     for teacher, settings in SOFT_LABELS.items():
         targets += [out(f"soft_labels/{teacher}/{d}.parquet") for d in settings.get("datasets", generated_datasets())]
         targets += [out(f"soft_labels/{teacher}/official.parquet")] if settings.get("official") else []
@@ -651,3 +682,31 @@ def retrieval_targets():
         targets += [out(f"retrieval/{pipeline}/iter{i}/score.json") for i in range(len(settings["iterations"]))]
         targets.append(out(f"submissions/{pipeline}/submission.csv"))
     return targets
+
+
+# ---- Kaggle code-competition packages: a submission's (or a frozen record's) dataset + offline notebook ----
+
+KAGGLE = config.get("kaggle") or {}
+KAGGLE_SUBMISSIONS = [name for name in KAGGLE if name in SUBMISSIONS]
+KAGGLE_RECORDS = [name for name in KAGGLE if name not in SUBMISSIONS]
+
+
+def _oofline_code():
+    from workflow_scripts.kaggle.package import tree_digest
+
+    return tree_digest(Path(workflow.basedir) / "workflow_scripts")
+
+
+OOFLINE_CODE = _oofline_code() if KAGGLE else ""
+
+
+def kaggle_spec(wildcards):
+    return rule_params.kaggle_package_spec(config, OUT, wildcards.submission, LOCAL_SOURCES)
+
+
+def kaggle_inputs(wildcards):
+    return rule_params.kaggle_package_inputs(kaggle_spec(wildcards), LOCAL_SOURCES)
+
+
+def kaggle_targets():
+    return [out(f"kaggle/{name}/plan.json") for name in KAGGLE]

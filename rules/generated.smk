@@ -92,6 +92,36 @@ rule generate_rows:
         " --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
 
 
+# generators.NAME.nested: rows for the students of a held-out set S, prompted with examples from outside S only
+rule generate_rows_for_split:
+    input:
+        model=lambda wildcards: out(f"lms/{GENERATORS[wildcards.generator]['model']}/base"),
+        train=config.get("data", {}).get("train", []),
+        folds=out("folds.parquet"),
+    output:
+        rows=temp(out("generated/{generator}/{split}/raw/seed{seed}.parquet")),
+        report=out("generated/{generator}/{split}/raw/seed{seed}.json"),
+    wildcard_constraints:
+        split=teacher_labels.SPLIT_PATTERN,
+    params:
+        code=code_digest("generated.generate"),
+        options=lambda wildcards, input: generator_options(wildcards) + " " + cli_flags(
+            {"folds": input.folds, "held_out_folds": teacher_labels.held_out_set(wildcards.split)}),
+    threads: lambda wildcards: GENERATORS[wildcards.generator].get("resources", {}).get("threads", 2)
+    resources:
+        **GENERATOR_STEP_RESOURCES,
+    log:
+        out("logs/generate/{generator}/{split}/seed{seed}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".generated.generate --model {input.model:q} --train {input.train:q} --generator {wildcards.generator}"
+        " --seed {wildcards.seed} {params.options} --threads {threads}"
+        " --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
+
+
 rule deduplicate_rows:
     input:
         rows=out("generated/{generator}/raw/seed{seed}.parquet"),
@@ -110,8 +140,20 @@ rule deduplicate_rows:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.generated.dedup --generated {input.rows:q} --reference {input.train:q} --text-columns {params.columns:q}"
-        " --threshold {params.threshold} --output {output.rows:q} --report {output.report:q} > {log:q} 2>&1"
+        DEDUP_COMMAND
+
+
+use rule deduplicate_rows as deduplicate_rows_for_split with:
+    input:
+        rows=out("generated/{generator}/{split}/raw/seed{seed}.parquet"),
+        train=config.get("data", {}).get("train", []),
+    output:
+        rows=out("generated/{generator}/{split}/seed{seed}.parquet"),
+        report=out("generated/{generator}/{split}/seed{seed}.dedup.json"),
+    wildcard_constraints:
+        split=teacher_labels.SPLIT_PATTERN,
+    log:
+        out("logs/dedup/{generator}/{split}/seed{seed}.log"),
 
 
 rule teacher_predictions:
@@ -142,6 +184,19 @@ rule teacher_predictions:
         " --test-out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
+# a nested generator's rows for a held-out set, predicted by the teacher trained without that set
+use rule teacher_predictions as split_teacher_predictions with:
+    input:
+        model=trained_dir,
+        base=base_model,
+        rows=lambda wildcards: dataset_file(wildcards.dataset, wildcards.split),
+        labels=out("labels.json"),
+    output:
+        temp(out("predictions/{model}/{split}/on-{dataset}-of-split.parquet")),
+    log:
+        out("logs/predict/{model}/{split}-on-{dataset}-of-split.log"),
+
+
 rule soft_labels:
     input:
         rows=lambda wildcards: dataset_file(wildcards.dataset),
@@ -156,6 +211,9 @@ rule soft_labels:
     params:
         code=code_digest("generated.soft_labels"),
         temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
+        # the mean of every fold model: a student of fold k learns from teachers that saw fold k (nested: false)
+        options=lambda wildcards: cli_flags({"label_source": [
+            f"{wildcards.teacher}/fold{k}" for k in model_folds(wildcards.teacher)]}),
     log:
         out("logs/soft_labels/{teacher}/{dataset}.log"),
     conda:
@@ -178,6 +236,7 @@ rule official_soft_labels:
     params:
         code=code_digest("generated.soft_labels"),
         temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
+        options=lambda wildcards: cli_flags({"label_source": [f"{wildcards.teacher}/fold{{fold}}"]}),
     log:
         out("logs/soft_labels/{teacher}/official.log"),
     conda:
@@ -186,6 +245,145 @@ rule official_soft_labels:
         CPU_CONTAINER
     shell:
         SOFT_LABEL_COMMAND
+
+
+# ---- nested teacher labels (generated/teacher_labels.py): a student trained without folds S learns only from
+# teacher models trained without S (generated rows) or without S and the row's own fold (official rows)
+
+
+rule nested_soft_labels:
+    input:
+        rows=lambda wildcards: dataset_file(wildcards.dataset, wildcards.split),
+        teacher=lambda wildcards: out(f"predictions/{wildcards.teacher}/{wildcards.split}/on-{wildcards.dataset}"
+                                      + ("-of-split" if generator_is_nested(wildcards.dataset) else "") + ".parquet"),
+        labels=out("labels.json"),
+    output:
+        rows=out("soft_labels/{teacher}/{split}/{dataset}.parquet"),
+        summary=out("soft_labels/{teacher}/{split}/{dataset}.json"),
+    wildcard_constraints:
+        split=teacher_labels.SPLIT_PATTERN,
+    params:
+        code=code_digest("generated.soft_labels"),
+        temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
+        options=lambda wildcards: cli_flags({"label_source": [f"{wildcards.teacher}/{wildcards.split}"]}),
+    log:
+        out("logs/soft_labels/{teacher}/{split}/{dataset}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        SOFT_LABEL_COMMAND
+
+
+rule inner_predictions:
+    input:
+        model=trained_dir,
+        base=base_model,
+        train=out("data/train.parquet"),
+        folds=out("folds.parquet"),
+        labels=out("labels.json"),
+    output:
+        temp(out("predictions/{model}/{split}/on-fold{fold}.parquet")),
+    wildcard_constraints:
+        model=names_pattern(LORA_MODELS + FULL_MODELS),
+        split=teacher_labels.SPLIT_PATTERN,
+    params:
+        code=code_digest("predict"),
+        base=base_model_path,
+        model_config=model_json,
+    threads: model_threads
+    resources:
+        **MODEL_STEP_RESOURCES,
+    log:
+        out("logs/predict/{model}/{split}-on-fold{fold}.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".predict --train {input.train:q} --folds {input.folds:q} --fold {wildcards.fold}"
+        " --labels {input.labels:q} --model-dir {input.model:q} --base {params.base:q}"
+        " --model-config {params.model_config:q} --valid-out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule inner_oof:
+    input:
+        unpack(inner_oof_inputs),
+        folds=out("folds.parquet"),
+    output:
+        out("inner_oof/{teacher}/{split}.parquet"),
+    wildcard_constraints:
+        split=teacher_labels.SPLIT_PATTERN,
+    params:
+        code=code_digest("generated.teacher_labels"),
+        parts=inner_oof_parts,
+    log:
+        out("logs/inner_oof/{teacher}/{split}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.generated.teacher_labels --teacher {wildcards.teacher} --split {wildcards.split} --folds {input.folds:q}"
+        " {params.parts} --output {output:q} > {log:q} 2>&1"
+
+
+rule nested_official_soft_labels:
+    input:
+        rows=out("data/train.parquet"),
+        teacher=out("inner_oof/{teacher}/{split}.parquet"),
+        folds=out("folds.parquet"),
+        labels=out("labels.json"),
+    output:
+        rows=out("soft_labels/{teacher}/{split}/official.parquet"),
+        summary=out("soft_labels/{teacher}/{split}/official.json"),
+    wildcard_constraints:
+        split=teacher_labels.SPLIT_PATTERN,
+    params:
+        code=code_digest("generated.soft_labels"),
+        temperature=lambda wildcards: SOFT_LABELS.get(wildcards.teacher, {}).get("temperature", 1.0),
+        # the inner OOF names the inner model of every row
+        options=lambda wildcards, input: cli_flags({"folds": input.folds,
+                                                    "held_out_folds": teacher_labels.held_out_set(wildcards.split)}),
+    log:
+        out("logs/soft_labels/{teacher}/{split}/official.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        SOFT_LABEL_COMMAND
+
+
+rule nested_label_correction:
+    input:
+        train=out("data/train.parquet"),
+        oof=out("inner_oof/{model}/{split}.parquet"),
+        labels=out("labels.json"),
+        targets=out("targets.parquet"),
+        folds=out("folds.parquet"),
+    output:
+        train=out("label_correction/{model}/{split}.parquet"),
+        targets=out("label_correction/{model}/{split}.targets.parquet"),
+        report=out("label_correction/{model}/{split}.changes.csv"),
+        summary=out("label_correction/{model}/{split}.json"),
+    wildcard_constraints:
+        split=teacher_labels.SPLIT_PATTERN,
+    params:
+        code=code_digest("generated.label_correction"),
+        top_percent=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("top_percent", 5),
+        action=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("action", "relabel"),
+        options=lambda wildcards, input: cli_flags({"folds": input.folds,
+                                                    "held_out_folds": teacher_labels.held_out_set(wildcards.split)}),
+    log:
+        out("logs/label_correction/{model}/{split}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        LABEL_CORRECTION_COMMAND
 
 
 rule label_correction:
@@ -203,6 +401,8 @@ rule label_correction:
         code=code_digest("generated.label_correction"),
         top_percent=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("top_percent", 5),
         action=lambda wildcards: LABEL_CORRECTION[wildcards.model].get("action", "relabel"),
+        # OOF rows: each made by the fold model of its fold, which trained on every other fold (nested: false)
+        options=lambda wildcards: cli_flags({"label_source": f"{wildcards.model}/fold{{fold}}"}),
     log:
         out("logs/label_correction/{model}.log"),
     conda:
@@ -210,10 +410,7 @@ rule label_correction:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.generated.label_correction --train {input.train:q} --oof {input.oof:q} --label-spec {input.labels:q}"
-        " --targets {input.targets:q} --top-percent {params.top_percent} --action {params.action:q}"
-        " --output {output.train:q} --targets-output {output.targets:q} --report {output.report:q}"
-        " --summary {output.summary:q} > {log:q} 2>&1"
+        LABEL_CORRECTION_COMMAND
 
 
 rule math_problems:

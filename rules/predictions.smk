@@ -51,6 +51,8 @@ rule oof:
         metric=lambda wildcards: config["task"]["metric"],  # the schema fills its one default
         test_source=lambda wildcards: test_source(wildcards.model),
         selected_epochs=lambda wildcards, input: rule_params.selected_epoch_flags(input.get("trained", [])),
+        # teacher-made labels that are not nested: the CV is optimistic, and scores/MODEL.json says why
+        optimistic=lambda wildcards: rule_params.cv_optimistic_flags(config, wildcards.model),
     log:
         out("logs/oof/{model}.log"),
     conda:
@@ -61,7 +63,7 @@ rule oof:
         "{PY}.oof --valid {input.valid:q} --test {input.test:q} --folds {input.folds:q}"
         " --targets {input.targets:q} --labels {input.labels:q} --metric {params.metric:q} --name {wildcards.model}"
         " --prior-scores {input.prior:q}"
-        " --test-source {params.test_source} {params.selected_epochs}"
+        " --test-source {params.test_source} {params.selected_epochs} {params.optimistic}"
         " --oof-out {output.oof:q} --test-out {output.test:q} --scores-out {output.scores:q} > {log:q} 2>&1"
 
 

@@ -88,7 +88,9 @@ rule register_submission:
     # no `code` param, unlike every other rule: a frozen record is never rewritten by a code change
     params:
         submission=lambda wildcards: REGISTER[wildcards.record],
-        config=lambda wildcards: json.dumps(config, sort_keys=True, default=str),
+        # a Kaggle package's settings do not determine the submission: adding one never re-freezes a record
+        config=lambda wildcards: json.dumps({key: value for key, value in config.items() if key != "kaggle"},
+                                            sort_keys=True, default=str),
     log:
         out("logs/register/{record}.log"),
     conda:

@@ -104,6 +104,11 @@ CONFIG_CASES = [
     ("generated", setting("soft_labels.teacher.temperature", 0), "config: soft_labels.teacher.temperature: 0 is less than or equal"),
     ("generated", setting("label_correction.teacher.action", "fix"), "config: label_correction.teacher.action: 'fix' is not one of"),
     ("generated", setting("label_correction.teacher.top_percnt", 5), "config: label_correction.teacher: unknown key 'top_percnt'"),
+    # 2 folds: an inner teacher without the student's fold and the row's fold would have nothing to train on
+    ("generated", setting("label_correction.teacher.nested", True),
+     "config: models.corrected: its nested teacher labels need inner teacher models trained without 2 folds"),
+    ("generated", setting("models.teacher.corrected_by", "corrected"),
+     "config: models.teacher: teacher labels go round in a circle (teacher -> corrected -> teacher)"),
     ("generated", setting("votes.smol_all.strategies", ["mode"]), "config: votes.smol_all.strategies[0]: 'mode' is not one of"),
     ("generated", setting("votes.smol_all.answers", []), "config: votes.smol_all.answers: [] should be non-empty"),
     ("generated", setting("answers.samples", 0), "config: answers.samples: 0 is less than the minimum of 1"),

@@ -68,7 +68,7 @@ def test_bad_config_names_the_key(demo_config, edit, expected):
 def test_a_models_slurm_resources_reach_its_train_merge_and_predict_jobs(demo_config, tmp_path):
     demo_config["models"] = {"qlora": {**demo_config["models"]["tiny_llama_qlora"],
                                        "resources": {"gres": "gpu:h100:2", "slurm_partition": "gpu", "cpus_per_gpu": 4}}}
-    for section in ("ensembles", "submissions", "register", "retrieval", "thresholds"):
+    for section in ("ensembles", "submissions", "register", "retrieval", "thresholds", "kaggle"):
         demo_config.pop(section, None)
     assert check_config(demo_config, REPO)["models"]["qlora"]["resources"]["gres"] == "gpu:h100:2"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(demo_config))
@@ -156,6 +156,7 @@ USER_NAMED_MAPS = {
     "properties/ensembles/additionalProperties/properties/members/oneOf/1", "properties/thresholds",
     "properties/thresholds/additionalProperties/properties/target_rates",
     "properties/thresholds/additionalProperties/properties/probe_f1", "properties/submissions", "properties/register",
+    "properties/kaggle",
     "properties/retrieval", "properties/retrieval/additionalProperties/properties/models", "properties/language_models",
     "properties/generators", "properties/soft_labels", "properties/label_correction", "properties/answers/properties/prompts",
     "properties/answers/properties/prompts/additionalProperties/oneOf/2/properties/templates",
@@ -262,7 +263,7 @@ def test_thresholds_on_a_search_or_stack_are_nested_and_on_a_mean_over_one_refus
 def test_offline_a_hub_model_outside_the_cache_is_one_line_at_validation(demo_config, tmp_path, monkeypatch):
     """Kaggle inference is offline: an uncached `org/name` is reported once, before any job, not as training jobs
     retrying HTTP and being resubmitted with more memory."""
-    for section in ("ensembles", "submissions", "register", "retrieval"):
+    for section in ("ensembles", "submissions", "register", "retrieval", "kaggle"):
         demo_config.pop(section, None)
     demo_config["models"] = {"qwen": {"source": "Qwen/Qwen3-0.6B", "kind": "decoder_lora"}}
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -15,7 +15,7 @@ from test_workflow import snakemake  # noqa: E402
 
 from workflow_scripts.config_check import language_model_problems
 from workflow_scripts.errors import OoflineError
-from workflow_scripts.generated.finetune_lm import IGNORE, encode_example, split_rows
+from workflow_scripts.generated.finetune_lm import IGNORE, SftSettings, encode_example, finetune, sft_examples, split_rows
 
 
 
@@ -29,11 +29,12 @@ class CharTokenizer:
 
 
 def test_only_solution_tokens_and_eos_carry_a_loss():
-    ids, labels = encode_example(CharTokenizer(), "Q: 2+2?", "4", max_length=64)
-    assert ids == [ord(c) for c in "Q: 2+2?"] + [ord("4"), 0]
+    prompt_ids = [ord(c) for c in "Q: 2+2?"]
+    ids, labels = encode_example(CharTokenizer(), prompt_ids, "4", max_length=64)
+    assert ids == prompt_ids + [ord("4"), 0]
     assert labels == [IGNORE] * 7 + [ord("4"), 0]
     with pytest.raises(OoflineError, match="leaving none of the solution"):
-        encode_example(CharTokenizer(), "a long prompt", "4", max_length=5)
+        encode_example(CharTokenizer(), [ord(c) for c in "a long prompt"], "4", max_length=5)
 
 
 def test_evaluation_rows_are_seeded_disjoint_and_never_empty():
@@ -113,3 +114,79 @@ def test_fine_tune_flags_use_the_answers_prompt_and_refuse_a_category_prompt():
         language_model_finetune_flags("sft", {"base": "a", "prompt": "by_kind"}, answers, PROMPTS)
     with pytest.raises(OoflineError, match="'nope' is neither built in"):
         language_model_finetune_flags("sft", {"base": "a", "prompt": "nope"}, {}, PROMPTS)
+
+
+# A chat template that spells BOS itself, as Llama-3's and Gemma's do: a second BOS would be a mismatch.
+CHAT_TEMPLATE = ("<s>{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["no_chat_template", "chat_template"])
+def test_fine_tuning_trains_on_the_prompt_ids_that_answering_feeds_the_model(tiny_llama_dir, monkeypatch, chat):
+    from workflow_scripts.generated.answers import PROMPTS, problem_prompts
+    from workflow_scripts.generated.generate import load_causal_lm, render_prompt, sample_completions
+
+    model, tokenizer = load_causal_lm(tiny_llama_dir)
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    problems = pl.DataFrame({"id": ["a", "b"], "problem": ["What is 2 + 3?", "Tom has 4 boxes of 6 apples. How many?"]})
+    template, system = PROMPTS["cot_boxed"], "Be brief."
+
+    fed = []
+    real_generate = model.generate
+
+    def recording_generate(**kwargs):  # the ids answering hands to generate, left padding removed
+        fed.extend(ids[mask.bool()].tolist() for ids, mask in zip(kwargs["input_ids"], kwargs["attention_mask"]))
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    prompts = [render_prompt(tokenizer, p, system) for p in problem_prompts(problems, "problem", template)]
+    sample_completions(model, tokenizer, prompts, temperature=0, top_p=1, max_new_tokens=1, seed=0, batch_size=2)
+
+    trained = []
+    for ids, labels in sft_examples(tokenizer, problems["problem"].to_list(), ["5", "24"], template, system, 256):
+        n_prompt = next(i for i, label in enumerate(labels) if label != IGNORE)
+        trained.append(ids[:n_prompt])
+    assert trained == fed
+    assert len(fed[0]) != len(fed[1])  # two lengths: left padding was in play and removed
+    for ids in fed:  # one BOS, first: added by the tokenizer without a template, spelled by the template with one
+        assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_the_merge_loads_one_base_after_training_in_the_models_precision(tiny_llama_dir, tmp_path, monkeypatch):
+    """The merge loads the base once more only after the trained model is gone, in the model's precision
+    (bf16 here), and the merged model answers as the adapter on that base does."""
+    import gc
+
+    import torch
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    loads = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def recording(cls, name, *args, **kwargs):
+        gc.collect()
+        alive = sum(isinstance(o, PeftModel) for o in gc.get_objects())
+        loads.append({"dtype": kwargs.get("dtype"), "peft_models_alive": alive})
+        return real(cls, name, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(recording))
+    settings = SftSettings(epochs=1, batch_size=2, lr=5e-3, warmup_steps=0, eval_every=2, eval_fraction=0.25,
+                           max_length=64, r=4, alpha=8, precision="bf16")
+    problems = [f"What is {i} + {i}?" for i in range(4)]
+    report = finetune(tiny_llama_dir, problems, [str(2 * i) for i in range(4)], "Problem: {problem}", settings,
+                      tmp_path / "sft")
+    assert report["precision"] == "bf16" and len(loads) == 2
+    training, merge = loads
+    assert merge == {"dtype": torch.bfloat16, "peft_models_alive": 0}
+    with safe_open(tmp_path / "sft" / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.bfloat16}
+    monkeypatch.undo()
+    tokens = torch.tensor([[5, 6, 7, 8, 9]])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "sft").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    adapted = PeftModel.from_pretrained(base, tmp_path / "sft" / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(tokens).logits.float(), adapted(tokens).logits.float(), atol=0.05)

@@ -34,7 +34,7 @@ CONFIG = {
     "generators": {"tiny": {"model": "tiny", "fields": ["text"], "format": "text", "template": "Examples:\n{examples}\nWrite one more.",
                             "n_rows": 4, "seeds": [0], "examples_per_prompt": 2, "max_new_tokens": 16, "batch_size": 4}},
     "soft_labels": {"teacher": {"datasets": ["tiny-seed0"]}},
-    "label_correction": {"teacher": {"top_percent": 10}},
+    "label_correction": {"teacher": {"top_percent": 10, "nested": False}},  # 2 folds: no inner teachers
     "answers": {"n_problems": 3, "samples": 2, "max_new_tokens": 12, "answer_regex": "(\\d+)"},
     "votes": {"both": {"answers": ["tiny/cot_boxed", "tiny/direct"]}},
 }

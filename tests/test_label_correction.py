@@ -117,3 +117,31 @@ def test_cli_writes_outputs_and_missing_oof_rows_are_named(tmp_path):
     oof.drop("where=2").write_parquet(tmp_path / "oof.parquet")
     with pytest.raises(OoflineError, match="where=2"):
         main(args)
+
+
+@pytest.mark.parametrize("action", ["relabel", "drop"])
+def test_held_out_rows_are_neither_candidates_nor_changed_and_rows_name_their_teacher(action):
+    """A nested student's correction: only rows outside its held-out folds count for top_percent and change."""
+    train, oof = _data()
+    held_out = set(train["id"].to_list()[::4])  # 10 of the 40 rows
+    candidates_oof = oof.filter(~pl.col("id").is_in(list(held_out)))  # the OOF need not cover held-out rows
+    corrected, report, summary = correct_labels(train, candidates_oof, SPEC, 20, action=action,
+                                                held_out_ids=held_out, label_source="t/fold{fold}")
+    assert (summary["rows"], summary["candidate_rows"], summary["selected_rows"]) == (40, 30, 6)
+    assert not set(report["id"].to_list()) & held_out
+    kept = corrected.filter(pl.col("id").is_in(list(held_out)))
+    assert kept.drop("label_source").equals(train.filter(pl.col("id").is_in(list(held_out))))
+    assert kept["label_source"].null_count() == kept.height
+    # in the training file's order, every held-out row still there (only candidates are dropped)
+    assert corrected["id"].to_list() == [i for i in train["id"].to_list() if i in set(corrected["id"].to_list())]
+    assert corrected.height == (34 if action == "drop" else 40)
+    fold_of = dict(oof.select("id", "fold").iter_rows())
+    for row_id, source in corrected.filter(~pl.col("id").is_in(list(held_out))).select("id", "label_source").iter_rows():
+        assert source == f"t/fold{fold_of[row_id]}"
+    # the top 20% of the 30 candidates by loss, computed here by hand
+    by_id = {r["id"]: r for r in oof.iter_rows(named=True)}
+    losses = {r["id"]: _plain_loss(r, by_id[r["id"]]) for r in train.iter_rows(named=True) if r["id"] not in held_out}
+    top = set(sorted(losses, key=lambda i: -losses[i])[:6])
+    assert set(report["id"].to_list()) <= top
+    if action == "drop":
+        assert set(report["id"].to_list()) == top

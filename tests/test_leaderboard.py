@@ -161,3 +161,25 @@ def test_lift_uses_the_same_cv_and_the_same_rows_prior_for_a_model_and_its_submi
     assert lifts[("submission", "qwen_sub")] == pytest.approx(0.6 - 0.45)
     assert lifts[("ensemble", "solo")] == pytest.approx(0.65 - 0.45)
     assert lifts[("prior", "prior")] is None and "_prior_on_rows" not in board.columns
+
+
+def test_a_student_of_teacher_labels_that_saw_its_folds_and_what_is_built_on_it_are_flagged_with_the_reason(tmp_path):
+    paths = write_inputs(tmp_path)
+    student = json.loads(paths["qwen"].read_text())
+    reason = "corrected_by: deberta is not nested (label_correction.deberta.nested: false): ..."
+    student.update(cv_optimistic=True, cv_optimistic_reasons=[reason])  # as oof --cv-optimistic-reason writes it
+    write_json(student, paths["qwen"])
+    write_json({"ensemble": "pair", "metric": "map@3", "score": 0.8, "members": ["qwen", "deberta"]},
+               tmp_path / "ensembles" / "pair" / "score.json")
+    # the submission's config names the student (no select_epoch): flagged because the board flags the model
+    manifest = {"hashed": {"submission": "sub2", "config": {"models": {"qwen": {}, "deberta": {}}}, "oof_scores": {}}}
+    write_json(manifest, tmp_path / "submissions" / "sub2" / "manifest.json")
+    board = lb.build_leaderboard(list(paths.values()), [tmp_path / "ensembles" / "pair" / "score.json"],
+                                 [tmp_path / "submissions" / name / "manifest.json" for name in ("sub1", "sub2")])
+    flagged = board.filter(pl.col("cv_optimistic") == True)  # noqa: E712
+    assert sorted(set(flagged.select("kind", "name").iter_rows())) == [
+        ("ensemble", "pair"), ("fold", "qwen"), ("model", "qwen"), ("submission", "sub2")]
+    reasons = dict(flagged.filter(pl.col("kind") != "fold").select("name", "cv_optimistic_reason").iter_rows())
+    assert reasons == {"qwen": reason, "pair": "over optimistic members: qwen", "sub2": "from optimistic models: qwen"}
+    assert board.filter(pl.col("name") == "qwen")["cv_plain"].null_count() == 4  # no plain CV to fall back on
+    assert "model qwen, ensemble pair, submission sub2" in lb.to_markdown(board)

@@ -82,3 +82,16 @@ def test_output_is_readable_as_extra_training_data():
     out = soft_label(DATASET, [_teacher(["g0", "g1", "g2"], 0)], SPEC, ["text"])
     assert out.select(["text", *COLUMNS]).to_numpy().shape == (3, 5)
     assert all(out[c].dtype == pl.Float32 for c in COLUMNS)
+
+
+def test_rows_name_the_teacher_models_that_made_their_labels():
+    from workflow_scripts.generated.soft_labels import rows_outside
+
+    ids = ["g0", "g1", "g2"]
+    a, b = _teacher(ids, 0).with_columns(pl.Series("fold", [0, 1, 0])), _teacher(ids, 1)
+    out = soft_label(DATASET, [a, b], SPEC, ["text"], label_sources=["t/fold{fold}", "u/fold0+1"])
+    # per row in dataset order (g2, g0, g1): the OOF file's fold model of that row, then the other teacher
+    assert out["label_source"].to_list() == ["t/fold0,u/fold0+1", "t/fold0,u/fold0+1", "t/fold1,u/fold0+1"]
+    assert "label_source" not in soft_label(DATASET, [b], SPEC, ["text"]).columns
+    folds = pl.DataFrame({"id": ["g0", "g1", "g2"], "fold": [0, 1, 2]})
+    assert rows_outside(DATASET, folds, [1])["id"].to_list() == ["g2", "g0"]

@@ -143,3 +143,35 @@ def test_changing_one_learning_rate_reruns_exactly_that_model(finished_run):
     assert all("model=qlora" in wildcards for rule, wildcards in jobs
                if rule in {"train_adapter", "merge_adapter", "predict_fold", "oof"})
     assert len([1 for rule, _ in jobs if rule == "train_adapter"]) == 2
+
+
+@pytest.mark.slow
+def test_a_registered_record_becomes_a_kaggle_package_from_the_record_alone(finished_run, tmp_path):
+    """The QLoRA record is rebuilt in a scratch folder from its frozen config (as verify does), checked against the
+    record, packaged; the notebook, run offline on the public test, writes the recorded submission's bytes."""
+    import hashlib
+
+    from kaggle_tree import kaggle_tree, run_notebook
+
+    record_path = finished_run / "records" / "record-a.yaml"
+    frozen = record_path.read_bytes()
+    config = dict(TINY_CONFIG, kaggle={"record-a": {"competition": "movies-demo", "dataset": "me/record-a",
+                                                    "kernel": "me/record-a-submit", "accelerator": "cpu",
+                                                    "cpu_threads": 1}})
+    (finished_run / "kaggle.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_run, "results/kaggle/record-a/plan.json", "--configfile",
+                       str(finished_run / "kaggle.yaml"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert record_path.read_bytes() == frozen  # a package's settings never re-freeze the record
+    package = finished_run / "results" / "kaggle" / "record-a"
+    plan = yaml.safe_load((package / "plan.json").read_text())
+    assert plan["record"] == "record-a" and not (finished_run / "results" / "kaggle" / "record-a.scratch").exists()
+    shipped = yaml.safe_load((package / "dataset" / "oofline_package.json").read_text())
+    assert shipped["models"]["qlora"]["base"] and shipped["models"]["qlora"]["splits"]["fold0"].endswith("/adapter")
+    demo = finished_run / "results" / "demo"
+    tree = kaggle_tree(package, tmp_path, {"test.csv": demo / "test.csv",
+                                           "sample_submission.csv": demo / "sample_submission.csv"})
+    run, _, _ = run_notebook(tree)
+    assert run.returncode == 0, run.stderr[-3000:]
+    recorded = yaml.safe_load(frozen)["manifest"]["hashed"]["outputs"]["results/submissions/pair_top3/submission.csv"]
+    assert hashlib.sha256((tree["working"] / "submission.csv").read_bytes()).hexdigest() == recorded

@@ -169,6 +169,10 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
                 if not float(settings.get("epochs", 1)).is_integer():
                     problems.append(f"{key}.epochs: {settings['epochs']} is not a whole number "
                                     "(select_checkpoint: best keeps one checkpoint per epoch)")
+    if config.get("models"):
+        from workflow_scripts.generated.teacher_labels import chain_problems
+
+        problems += chain_problems(config)
     problems += resource_problems(config)
     problems += offline_hub_problems(config, base_dir)
     problems += output_problems(config)
@@ -243,6 +247,22 @@ def output_problems(config: dict[str, Any]) -> list[str]:
     for record, submission in (config.get("register") or {}).items():
         if submission not in (config.get("submissions") or {}):
             problems.append(f"config: register.{record}: no submission is called {submission!r}")
+    problems += kaggle_problems(config)
+    return problems
+
+
+def kaggle_problems(config: dict[str, Any]) -> list[str]:
+    """A package names one classification submission or one frozen record."""
+    submissions = config.get("submissions") or {}
+    folder = Path(config.get("registry_dir", "submissions"))
+    records = set(config.get("register") or {}) | ({p.stem for p in folder.glob("*.yaml")} if folder.is_dir() else set())
+    problems = []
+    for name in config.get("kaggle") or {}:
+        if name in submissions and name in records:
+            problems.append(f"config: kaggle.{name}: both a submission and a record are called {name!r} (rename one)")
+        elif name not in submissions and name not in records:
+            problems.append(f"config: kaggle.{name}: no submission or register: record is called {name!r} "
+                            f"(submissions: {sorted(submissions)}, records: {sorted(records)})")
     return problems
 
 

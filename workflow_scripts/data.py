@@ -67,6 +67,34 @@ def validate_ids(frame: pl.DataFrame, id_column: str, source: str) -> pl.Series:
     return ids
 
 
+def clean_frame(frame: pl.DataFrame, task: dict[str, Any], source: str) -> pl.DataFrame:
+    """`id`, the rendered `text`, then every other column as given (labels, groups, raw text).
+
+    The one reading of a competition file's rows: the workflow's train and test, and a Kaggle package's
+    hidden test, go through it."""
+    id_column = task.get("id_column", "id")
+    template = task.get("text_template", "{text}")
+    if frame.height == 0:
+        # caught here, not as a tokenizer traceback in the first prediction hours later
+        raise OoflineError(f"{source}: the file has a header but no rows")
+    if "fold" in frame.columns:
+        # folds are oofline's (folds.parquet); a data column of that name would shadow them downstream
+        raise OoflineError(f"{source}: column 'fold' is reserved for oofline's folds (rename it; "
+                           "for predefined groups use folds.group_column)")
+    ids = validate_ids(frame, id_column, source)
+    texts = render_texts(frame, template, source)
+    # a row is empty when every column the template uses is blank, whatever fixed words it adds
+    blank = pl.all_horizontal(
+        pl.col(c).cast(pl.String).fill_null("").str.strip_chars().str.len_chars() == 0
+        for c in template_columns(template))
+    empty = ids.filter(frame.select(blank).to_series()).to_list()
+    if empty:
+        raise OoflineError(f"{source}: {len(empty)} rows have empty text in the columns of task.text_template "
+                           f"{template_columns(template)}, e.g. ids {empty[:5]}")
+    others = [c for c in frame.columns if c not in (id_column, "id", "text")]
+    return pl.DataFrame({"id": ids, "text": texts}).hstack(frame.select(others))
+
+
 def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[str, Any],
                    train_source: str = "train", test_source: str = "test"):
     """Validate raw competition frames and return (train, test, spec, targets).
@@ -74,36 +102,11 @@ def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[st
     train: `id`, `text` and the label columns; test: `id`, `text`; targets: `id` + one float column per
     probability column of `spec` (one-hot / 0-1), the hard labels every scorer compares against.
     """
-    id_column = task.get("id_column", "id")
-    template = task.get("text_template", "{text}")
     if task.get("label_template"):
         train = with_label_from_template(train, task, train_source)
     spec = build_label_spec(task, train, train_source) if task["type"] != "generative" else None
-
-    def clean(frame: pl.DataFrame, source: str) -> pl.DataFrame:
-        """`id`, the rendered `text`, then every other column as given (labels, groups, raw text)."""
-        if frame.height == 0:
-            # caught here, not as a tokenizer traceback in the first prediction hours later
-            raise OoflineError(f"{source}: the file has a header but no rows")
-        if "fold" in frame.columns:
-            # folds are oofline's (folds.parquet); a data column of that name would shadow them downstream
-            raise OoflineError(f"{source}: column 'fold' is reserved for oofline's folds (rename it; "
-                               "for predefined groups use folds.group_column)")
-        ids = validate_ids(frame, id_column, source)
-        texts = render_texts(frame, template, source)
-        # a row is empty when every column the template uses is blank, whatever fixed words it adds
-        blank = pl.all_horizontal(
-            pl.col(c).cast(pl.String).fill_null("").str.strip_chars().str.len_chars() == 0
-            for c in template_columns(template))
-        empty = ids.filter(frame.select(blank).to_series()).to_list()
-        if empty:
-            raise OoflineError(f"{source}: {len(empty)} rows have empty text in the columns of task.text_template "
-                               f"{template_columns(template)}, e.g. ids {empty[:5]}")
-        others = [c for c in frame.columns if c not in (id_column, "id", "text")]
-        return pl.DataFrame({"id": ids, "text": texts}).hstack(frame.select(others))
-
     label_columns = [head.source_column for head in spec.heads] if spec else []
-    clean_train = clean(train, train_source)
+    clean_train = clean_frame(train, task, train_source)
     targets = None
     if spec is not None:
         matrix = spec.targets(clean_train, train_source)
@@ -116,7 +119,7 @@ def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[st
             pl.DataFrame(matrix, schema=spec.probability_columns))
     clean_test = None
     if test is not None:
-        clean_test = clean(test, test_source)
+        clean_test = clean_frame(test, task, test_source)
         present = [c for c in label_columns if c in test.columns]
         if spec is not None and present:
             # a labelled test file must not hold classes the models can never predict

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.io import atomic_path, read_table, write_parquet
+from workflow_scripts.io import atomic_path, read_table, write_inference_speed, write_parquet
 from workflow_scripts.labels import LabelSpec
 from workflow_scripts.linear_heads import fit_heads, fold_rows, load_heads, predict_heads, prediction_frame, save_heads
 from workflow_scripts.metrics import aligned_targets
@@ -42,8 +42,9 @@ def pool(hidden, attention_mask, pooling: str):
 
 
 def embed_texts(model, tokenizer, texts: list[str], pooling: str, max_length: int, batch_size: int, device,
-                label: str = "embed") -> np.ndarray:
-    """Pooled embeddings (n_rows, hidden) float32 in the input order; batches sorted by length."""
+                label: str = "embed", stats: dict | None = None) -> np.ndarray:
+    """Pooled embeddings (n_rows, hidden) float32 in the input order; batches sorted by length. `stats`, when
+    given, gets the rows, tokens (after truncation) and seconds of the pass."""
     import torch
 
     from workflow_scripts.batching import pad_batch, sorted_batches
@@ -51,7 +52,7 @@ def embed_texts(model, tokenizer, texts: list[str], pooling: str, max_length: in
     token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     batches = sorted_batches(np.array([len(ids) for ids in token_ids]), batch_size)
     embeddings = None
-    started = time.time()
+    started, started_cpu = time.time(), time.process_time()
     with torch.inference_mode():
         for number, rows in enumerate(batches, start=1):
             inputs = {k: v.to(device) for k, v in pad_batch(token_ids, rows, tokenizer.pad_token_id).items()}
@@ -64,6 +65,9 @@ def embed_texts(model, tokenizer, texts: list[str], pooling: str, max_length: in
                 done = sum(len(b) for b in batches[:number])
                 print(f"{label}: batch {number}/{len(batches)} {done / max(1e-9, time.time() - started):.1f} rows/s",
                       flush=True)
+    if stats is not None:
+        stats.update(rows=len(texts), tokens=int(sum(len(ids) for ids in token_ids)),
+                     seconds=round(time.time() - started, 4), cpu_seconds=round(time.process_time() - started_cpu, 4))
     return embeddings if embeddings is not None else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -88,6 +92,14 @@ def load_encoder(base: str, model_config: dict[str, Any]):
     return model, load_tokenizer(base, trust_remote_code=trust), device
 
 
+def embedding_settings(model_config: dict[str, Any]) -> tuple[str, int, int]:
+    """(pooling, max_length, batch size) of a model's embed pass (the embed step and a Kaggle package)."""
+    pooling = model_config.get("pooling", "mean")
+    if pooling not in POOLINGS:
+        raise OoflineError(f"models: pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+    return pooling, int(model_config.get("max_length", 256)), int(model_config.get("embed_batch_size", 64))
+
+
 def embed_main(args) -> None:
     import torch
     from safetensors.numpy import save_file
@@ -95,20 +107,24 @@ def embed_main(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_config = json.loads(args.model_config)
-    pooling = model_config.get("pooling", "mean")
-    if pooling not in POOLINGS:
-        raise OoflineError(f"models: pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+    pooling, max_length, batch_size = embedding_settings(model_config)
     train, test = read_table(args.train), read_table(args.test)
+    # imported before the clock: the load time is the model's, imports are paid once
+    from transformers import AutoModel, AutoTokenizer  # noqa: F401
+
+    loading, loading_cpu = time.time(), time.process_time()
     model, tokenizer, device = load_encoder(args.base, model_config)
-    max_length = int(model_config.get("max_length", 256))
-    batch_size = int(model_config.get("embed_batch_size", 64))
+    speed = {"load_seconds": round(time.time() - loading, 4),
+             "load_cpu_seconds": round(time.process_time() - loading_cpu, 4), "device": str(device), "threads": torch.get_num_threads(),
+             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     tensors = {split: embed_texts(model, tokenizer, frame["text"].to_list(), pooling, max_length, batch_size, device,
-                                  label=f"embed {split}")
+                                  label=f"embed {split}", stats=speed if split == "test" else None)
                for split, frame in (("train", train), ("test", test))}
     metadata = {"train_ids": json.dumps(train["id"].to_list()), "test_ids": json.dumps(test["id"].to_list()),
                 "pooling": pooling, "max_length": str(max_length)}
     with atomic_path(args.out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+    write_inference_speed(args.out, speed)
     print(f"embed: {train.height} train and {test.height} test rows -> {args.out} "
           f"({tensors['train'].shape[1]} dimensions)", flush=True)
 
@@ -144,7 +160,12 @@ def fit_main(args) -> None:
     valid_ids = [i for i, keep in zip(train_ids, held_out) if keep]
     write_parquet(prediction_frame(valid_ids, predict_heads(spec, saved, train_x[held_out]), spec, args.fold),
                   args.valid_out)
+    predicting, predicting_cpu = time.time(), time.process_time()
     write_parquet(prediction_frame(test_ids, predict_heads(spec, saved, test_x), spec, None), args.test_out)
+    # the head alone: the embed step records the encoder's pass over the test rows
+    write_inference_speed(args.test_out, {"rows": len(test_ids), "seconds": round(time.time() - predicting, 4),
+                                          "cpu_seconds": round(time.process_time() - predicting_cpu, 4),
+                                          "load_seconds": 0.0, "device": "cpu", "threads": 1})
     print(f"embedding_head fold {args.fold}: fitted on {int(training.sum())} rows, predicted {len(valid_ids)} "
           f"held-out and {len(test_ids)} test rows in {time.time() - started:.1f}s", flush=True)
 

@@ -402,7 +402,6 @@ def build_stack(spec: LabelSpec, names: list[str], oof_members: list[np.ndarray]
     in_sample = metrics.fold_scores(spec, predict_heads(spec, final, stack_features(oof_members)), targets, folds,
                                     metric)
     nested = metrics.fold_scores(spec, out_of_fold, targets, folds, metric)
-    test = predict_heads(spec, final, stack_features(test_members)) if test_members is not None else None
     score = dict(nested)
     score.update({
         "method": "stack", "members": names, "C": c,
@@ -425,7 +424,46 @@ def build_stack(spec: LabelSpec, names: list[str], oof_members: list[np.ndarray]
                               "constant": fitted.constant}
                   for (head, _), fitted in zip(spec.head_slices(), final)},
     }
+    # from the record, as a Kaggle package predicts: what weights.json says is what the test file holds
+    test = predict_heads(spec, stack_heads(spec, weight_record), stack_features(test_members)) \
+        if test_members is not None else None
     return out_of_fold, test, weight_record, score
+
+
+def stack_heads(spec: LabelSpec, weight_record: dict) -> list:
+    """The level-2 heads a stack's weights.json records, as linear_heads.FittedHead (float32 as fitted)."""
+    from workflow_scripts.linear_heads import FittedHead
+
+    heads = []
+    for head, _ in spec.head_slices():
+        saved = weight_record["heads"].get(head.name)
+        if saved is None:
+            raise OoflineError(f"stack weights record: no level-2 head {head.name!r} (heads: {sorted(weight_record['heads'])})")
+        if head.type == "binary":
+            classes = [0, 1] if saved["coef"] is not None else [int(saved["constant"][0])]
+        else:
+            names = head.columns(spec.task)
+            classes = [names.index(name) for name in saved["classes"]]
+        coef = np.asarray(saved["coef"], dtype=np.float32) if saved["coef"] is not None else None
+        intercept = np.asarray(saved["intercept"], dtype=np.float32) if saved["intercept"] is not None else None
+        heads.append(FittedHead(head.name, head.type, classes, coef, intercept, saved["constant"]))
+    return heads
+
+
+def ensemble_test_predictions(spec: LabelSpec, weight_record: dict, members: list[np.ndarray]) -> np.ndarray:
+    """An ensemble's test probabilities (n_rows, n_columns) float32 from its weights.json record and its members'
+    test probabilities (in the record's member order): the workflow's test file and a Kaggle package both
+    come from here."""
+    if len(members) != len(weight_record["members"]):
+        raise OoflineError(f"ensemble weights record lists {len(weight_record['members'])} members, "
+                           f"{len(members)} test predictions given")
+    prepared = prepare(members, weight_record["blend"], weight_record.get("member_top_k"), spec)
+    if weight_record["method"] == "stack":
+        from workflow_scripts.linear_heads import predict_heads
+
+        return predict_heads(spec, stack_heads(spec, weight_record), stack_features(prepared))
+    weights = np.asarray([weight_record["weights"][name] for name in weight_record["members"]], dtype=np.float64)
+    return blend_arrays(prepared, weights)
 
 
 # ---------------------------------------------------------------------------------------------- core
@@ -463,13 +501,15 @@ def build_ensemble(
     oof_members = prepare(oof_members, blend, member_top_k, spec)
     member_scores = {name: metrics.task_scores(spec, m, targets, metric)["score"] for name, m in zip(names, oof_members)}
     if method == "stack":
-        test_keys, test_members = aligned_test_members(test_frames, names, columns, blend, member_top_k, spec)
-        oof_stack, test_stack, weight_record, score = build_stack(spec, names, oof_members, test_members, targets,
-                                                                  folds, metric, stack_c, log)
+        oof_stack, _, weight_record, score = build_stack(spec, names, oof_members, None, targets, folds, metric,
+                                                         stack_c, log)
         score["blend"] = blend
         weight_record.update({"blend": blend, "member_top_k": member_top_k})
-        test_out = (test_keys.select("id").hstack(pl.DataFrame(test_stack, schema=columns))
-                    if test_stack is not None else None)
+        test_out = None
+        if test_frames is not None:
+            test_keys, test_members = aligned_test_members(test_frames, names, columns, "mean", None, spec)
+            test_out = test_keys.select("id").hstack(
+                pl.DataFrame(ensemble_test_predictions(spec, weight_record, test_members), schema=columns))
         return oof_keys.hstack(pl.DataFrame(oof_stack, schema=columns)), test_out, weight_record, score
 
     nested = None
@@ -513,9 +553,10 @@ def build_ensemble(
     # weights (fitted without that fold's labels), never the final weights fitted on every row
     oof_out = oof_keys.hstack(pl.DataFrame(nested_blend if nested else oof_blend, schema=columns))
     test_out = None
-    test_keys, test_members = aligned_test_members(test_frames, names, columns, blend, member_top_k, spec)
-    if test_members is not None:
-        test_out = test_keys.select("id").hstack(pl.DataFrame(blend_arrays(test_members, final), schema=columns))
+    if test_frames is not None:
+        test_keys, test_members = aligned_test_members(test_frames, names, columns, "mean", None, spec)
+        test_out = test_keys.select("id").hstack(
+            pl.DataFrame(ensemble_test_predictions(spec, weight_record, test_members), schema=columns))
     return oof_out, test_out, weight_record, score
 
 

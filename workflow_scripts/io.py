@@ -103,6 +103,18 @@ def write_json(payload: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def inference_speed_path(output: str | Path) -> Path:
+    """Where a step records how fast it predicted `output` (a dot-file beside it: manifests skip it; the
+    Kaggle package's runtime plan reads it)."""
+    output = Path(output)
+    return output.parent / f".{output.name}.speed.json"
+
+
+def write_inference_speed(output: str | Path, record: dict[str, Any]) -> None:
+    """Record how long predicting the test rows took: rows, tokens, seconds, load_seconds, device, threads."""
+    write_json(record, inference_speed_path(output))
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():

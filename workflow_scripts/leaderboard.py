@@ -27,11 +27,17 @@ SCHEMA["test_predictions"] = pl.String
 # select_epoch: best. cv_optimistic is true on a row whose CV rests on epochs picked on the folds they score (the
 # model, its folds, ensembles over it, submissions from them); cv_plain is the model's CV with its last epochs.
 # Honest rows leave both empty, so a board without such models has the columns it always had, empty.
+# Teacher-made labels that are not nested (a teacher that saw the held-out fold labelled the rows a student fold
+# trained on) flag the same way, without a plain CV; cv_optimistic_reason says which cause, per row.
 SCHEMA["cv_optimistic"] = pl.Boolean
 SCHEMA["cv_plain"] = pl.Float64
-OPTIMISTIC_NOTE = ("**Optimistic CV** (select_epoch: best: each fold's epoch was picked on that fold's labels; "
+SCHEMA["cv_optimistic_reason"] = pl.String
+OPTIMISTIC_NOTE = ("**Optimistic CV** (select_epoch: best: each fold's epoch was picked on that fold's labels, "
                    "compare cv_plain, the last epoch's CV, with other rows (a model's lift over the prior is taken "
-                   "from it), and read ensembles and submissions over these models as optimistic too): ")
+                   "from it); teacher labels: a fold model learnt from labels made by teachers that saw its "
+                   "held-out fold, see cv_optimistic_reason; read ensembles and submissions over these models as "
+                   "optimistic too): ")
+SELECT_EPOCH_REASON = "select_epoch: best (each fold's epoch picked on that fold's labels)"
 
 
 def load_lb_scores(path: str | Path | None) -> dict[str, dict[str, float | None]]:
@@ -83,19 +89,21 @@ def model_rows(path: str | Path) -> list[dict]:
         raise OoflineError(f"{path}: model score file has no 'score' key")
     from workflow_scripts.oof import OPTIMISTIC_SELECTION
 
-    optimistic = payload.get("selection") == OPTIMISTIC_SELECTION
-    plain = (payload.get("plain") or {}) if optimistic else {}
-    flag = True if optimistic else None
+    selected = payload.get("selection") == OPTIMISTIC_SELECTION
+    plain = (payload.get("plain") or {}) if selected else {}
+    reasons = ([SELECT_EPOCH_REASON] if selected else []) + list(payload.get("cv_optimistic_reasons") or [])
+    flag = True if selected or payload.get("cv_optimistic") else None
+    reason = "; ".join(reasons) or None
     rows = [_row(kind="model", name=name, metric=payload.get("metric"), cv=_number(payload["score"]),
                  cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
                  test_predictions=payload.get("test_predictions"), cv_optimistic=flag,
-                 cv_plain=_number(plain.get("score")), source=Path(path).as_posix(),
+                 cv_plain=_number(plain.get("score")), cv_optimistic_reason=reason, source=Path(path).as_posix(),
                  **{PRIOR_ON_ROWS: _number(payload.get("prior_score"))})]
     for fold, scores in sorted(payload.get("folds", {}).items(), key=lambda item: int(item[0])):
         rows.append(_row(kind="fold", name=name, fold=str(fold), metric=payload.get("metric"),
                          cv=_number(scores.get("score")), cv_optimistic=flag,
                          cv_plain=_number((plain.get("folds") or {}).get(fold, {}).get("score")),
-                         source=Path(path).as_posix()))
+                         cv_optimistic_reason=reason, source=Path(path).as_posix()))
     return rows
 
 
@@ -126,9 +134,11 @@ def flag_optimistic_sources(rows: list[dict], members: dict[str, list[str]]) -> 
     for row in rows:
         if row["kind"] == "ensemble" and row["name"] in optimistic:
             row["cv_optimistic"] = True
+            row["cv_optimistic_reason"] = "over optimistic members: " + ", ".join(
+                sorted(optimistic & set(members.get(row["name"], []))))
 
 
-def submission_row(path: str | Path) -> dict:
+def submission_row(path: str | Path, optimistic_models: set[str] = frozenset()) -> dict:
     manifest = read_json(path)
     hashed = manifest.get("hashed", {})
     name = hashed.get("submission") or Path(path).parent.name
@@ -142,10 +152,13 @@ def submission_row(path: str | Path) -> dict:
             thresholded = _number(scores["oof_score_after"])
             thresholded_nested = _number(scores.get("oof_score_after_nested"))
     # its source's models, as hashed: one picked its epochs on the folds it is scored on
+    # (or learnt from teacher labels that saw it: a model row of this board flagged so)
     models = (hashed.get("config") or {}).get("models") or {}
-    optimistic = any(isinstance(m, dict) and m.get("select_epoch") == "best" for m in models.values()) or None
+    flagged = sorted(name for name, m in models.items()
+                     if name in optimistic_models or (isinstance(m, dict) and m.get("select_epoch") == "best"))
     return _row(kind="submission", name=name, metric=metric, cv=cv, cv_in_sample=in_sample,
-                cv_thresholded=thresholded, cv_thresholded_nested=thresholded_nested, cv_optimistic=optimistic,
+                cv_thresholded=thresholded, cv_thresholded_nested=thresholded_nested, cv_optimistic=bool(flagged) or None,
+                cv_optimistic_reason=("from optimistic models: " + ", ".join(flagged)) if flagged else None,
                 cv_plain=plain, source=Path(path).as_posix(), **{PRIOR_ON_ROWS: prior})
 
 
@@ -193,7 +206,8 @@ def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: 
     rows += [row for path in model_scores for row in model_rows(path)]
     rows += [row for path in ensemble_scores for row in ensemble_rows(path)]
     flag_optimistic_sources(rows, dict(ensemble_members_of(path) for path in ensemble_scores))
-    rows += [submission_row(path) for path in manifests]
+    optimistic_models = {row["name"] for row in rows if row["kind"] == "model" and row["cv_optimistic"]}
+    rows += [submission_row(path, optimistic_models) for path in manifests]
     lb_scores = lb_scores or {}
     submitted = {row["name"] for row in rows if row["kind"] == "submission"}
     for name in lb_scores:
@@ -260,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row in not_beating_prior(board):
         print(f"WARNING: {row} does not beat the prior baseline", flush=True)
     for row in optimistic_rows(board):
-        print(f"NOTE: {row} has an optimistic CV (select_epoch: best; see cv_plain)", flush=True)
+        print(f"NOTE: {row} has an optimistic CV (see cv_optimistic_reason, and cv_plain where given)", flush=True)
 
 
 if __name__ == "__main__":

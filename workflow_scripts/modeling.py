@@ -262,21 +262,13 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str |
     directly in `dtype` on `device` (a GPU when the job has one), so a 14B bf16 merge never holds
     an fp32 copy (56 GB) in host RAM; the merged weights are saved in `dtype`.
     """
-    from peft import PeftModel
-
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
         raise OoflineError(f"adapter folder {adapter_dir} has no adapter_config.json")
     print(f"[merge] loading base {base_path} ({quantization})", flush=True)
     model = load_base_classifier(base_path, num_labels, quantization, trust_remote_code, dtype, problem_type,
                                  device=str(device))
-    if quantization != "none":
-        model = model.dequantize()
-    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    model = model.to(torch_dtype(dtype))
-    for attribute in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(model.config, attribute):
-            delattr(model.config, attribute)
+    model = merge_into_loaded_base(model, adapter_dir, quantization, dtype)
     has_tokenizer = (adapter_dir / "tokenizer_config.json").exists()
     tokenizer = load_tokenizer(adapter_dir if has_tokenizer else base_path, trust_remote_code)
     out_dir = Path(out_dir)
@@ -285,6 +277,21 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str |
         tokenizer.save_pretrained(tmp)
     print(f"[merge] wrote {out_dir}", flush=True)
     return out_dir
+
+
+def merge_into_loaded_base(model, adapter_dir: str | Path, quantization: str, dtype: Any):
+    """`model` (the base, loaded as the adapter was trained: quantized or not, on the job's device) with the adapter
+    merged in, dequantised first (see the module docstring), in `dtype`; any model class (classifier, causal LM)."""
+    from peft import PeftModel
+
+    if quantization != "none":
+        model = model.dequantize()
+    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model = model.to(torch_dtype(dtype))
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(model.config, attribute):
+            delattr(model.config, attribute)
+    return model
 
 
 def main(argv: Sequence[str] | None = None) -> None:

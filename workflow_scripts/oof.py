@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="folds: --test holds the fold models' test predictions (averaged); full: the full-data model's")
     parser.add_argument("--trained", nargs="+", default=None,
                         help="select_epoch best: the fold model folders (epoch history, last-epoch held-out predictions)")
+    parser.add_argument("--cv-optimistic-reason", nargs="+", default=None,
+                        help="why the fold models may have learnt from labels of the folds they are scored on "
+                             "(teacher-made labels that are not nested): score.json flags the CV cv_optimistic")
     args = parser.parse_args(argv)
     spec = LabelSpec.load(args.labels)
     all_folds = read_table(args.folds)
@@ -127,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     scores["model"] = args.name
     if args.trained:
         scores.update(selected_epoch_scores(args.trained, folds, read_table(args.targets), spec, args.metric, scores))
+    if args.cv_optimistic_reason:
+        scores["cv_optimistic"] = True
+        scores["cv_optimistic_reasons"] = list(args.cv_optimistic_reason)
     if args.prior_scores:
         from workflow_scripts.prior import lift_over_prior, prior_score_on_rows
 
@@ -151,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                            for fold, record in scores["epochs"].items())
         print(f"{args.name}: that CV is OPTIMISTIC (epochs picked on the folds they score: {chosen}); "
               f"plain CV of the last epoch {scores['plain']['score']:.5f}", flush=True)
+    for reason in args.cv_optimistic_reason or []:
+        print(f"{args.name}: that CV is OPTIMISTIC: {reason}", flush=True)
     if args.prior_scores:
         print(f"{args.name}: lift over the prior {scores['lift_over_prior']:+.5f} (prior {scores['prior_score']:.5f})",
               flush=True)

@@ -12,18 +12,19 @@ import numpy as np
 import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
-from workflow_scripts.io import read_table, write_parquet
+from workflow_scripts.io import read_table, write_inference_speed, write_parquet
 from workflow_scripts.labels import LabelSpec
 from workflow_scripts.model_spec import ModelSpec
 
 
 def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, max_length: int,
                           batch_size: int, sort_by_length: bool = True, pad_to: int | None = None,
-                          label: str = "predict", precision: str = "fp32") -> np.ndarray:
+                          label: str = "predict", precision: str = "fp32", stats: dict | None = None) -> np.ndarray:
     """Probabilities (n_rows, n_columns) float32 in the input order.
 
     Batches go to wherever the model's inputs live; `precision` (resolved: bf16 | fp16 | fp32) is the
-    autocast dtype of the forward, the probabilities are taken in float32."""
+    autocast dtype of the forward, the probabilities are taken in float32. `stats`, when given, gets the
+    rows, tokens (after truncation) and seconds of the pass."""
     import contextlib
 
     import torch
@@ -44,7 +45,7 @@ def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, m
     device = model_input_device(model)
     autocast = (torch.autocast(device.type, dtype=torch_dtype_of(precision)) if precision != "fp32"
                 else contextlib.nullcontext())
-    started = time.time()
+    started, started_cpu = time.time(), time.process_time()
     with torch.inference_mode(), autocast:
         for number, rows in enumerate(batches, start=1):
             inputs = pad_batch(token_ids, rows, tokenizer.pad_token_id, pad_to=pad_to)
@@ -54,6 +55,9 @@ def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, m
                 done = sum(len(b) for b in batches[:number])
                 print(f"{label}: batch {number}/{len(batches)} {done / max(1e-9, time.time() - started):.1f} rows/s",
                       flush=True)
+    if stats is not None:
+        stats.update(rows=len(texts), tokens=int(lengths.sum()), seconds=round(time.time() - started, 4),
+                     cpu_seconds=round(time.process_time() - started_cpu, 4))
     return probabilities
 
 
@@ -83,6 +87,26 @@ def load_trained(model_dir: str, base: str, model_spec: ModelSpec | dict[str, An
     return model, tokenizer
 
 
+def load_for_prediction(model_dir: str, base: str, model_spec: ModelSpec, num_labels: int):
+    """(model, tokenizer, device, precision, (load wall seconds, load CPU seconds)): a fold model on this
+    process's device in the model's resolved precision, as the predict step and a Kaggle package load it."""
+    from workflow_scripts.execution.device import resolve_device, resolve_precision
+
+    from pathlib import Path
+
+    # imported before the clock: a notebook pays imports once, the load time is paid per fold model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+
+    if (Path(model_dir) / "adapter_config.json").exists():
+        import peft  # noqa: F401
+
+    device = resolve_device("auto")
+    precision = resolve_precision(model_spec.precision, device)
+    loading, loading_cpu = time.time(), time.process_time()
+    model, tokenizer = load_trained(model_dir, base, model_spec, num_labels, device=device, precision=precision)
+    return model, tokenizer, device, precision, (time.time() - loading, time.process_time() - loading_cpu)
+
+
 def prediction_frame(ids: list[str], probabilities: np.ndarray, spec: LabelSpec, fold: int | None) -> pl.DataFrame:
     frame = pl.DataFrame({"id": ids})
     if fold is not None:
@@ -93,7 +117,7 @@ def prediction_frame(ids: list[str], probabilities: np.ndarray, spec: LabelSpec,
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train", help="clean training data (needed with --valid-out)")
-    parser.add_argument("--test", required=True, help="rows to predict: the test set or any file with id and text")
+    parser.add_argument("--test", help="rows to predict: the test set or any file with id and text (with --test-out)")
     parser.add_argument("--folds", help="folds file (needed with --valid-out)")
     parser.add_argument("--labels", required=True)
     parser.add_argument("--fold", required=True, help="fold number, or 'full' (test only)")
@@ -101,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--base", required=True)
     parser.add_argument("--model-config", required=True)
     parser.add_argument("--valid-out", help="held-out fold predictions (omit to predict --test only)")
-    parser.add_argument("--test-out", required=True)
+    parser.add_argument("--test-out", help="test predictions (omit to predict the held-out fold only)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     import torch
@@ -110,16 +134,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     model_spec = ModelSpec.from_json(args.model_config)
     spec = LabelSpec.load(args.labels)
-    test = read_table(args.test)
+    if bool(args.test) != bool(args.test_out) or not (args.test_out or args.valid_out):
+        raise OoflineError("predict: give --test with --test-out, --valid-out, or both")
+    test = read_table(args.test) if args.test else None
     for column in ("id", "text"):
-        if column not in test.columns:
+        if test is not None and column not in test.columns:
             raise OoflineError(f"{args.test}: column {column!r} is missing (rows to predict need id and text)")
-    from workflow_scripts.execution.device import resolve_device, resolve_precision
-
-    device = resolve_device("auto")
-    precision = resolve_precision(model_spec.precision, device)
-    model, tokenizer = load_trained(args.model_dir, args.base, model_spec, len(spec.probability_columns),
-                                    device=device, precision=precision)
+    model, tokenizer, device, precision, load_seconds = load_for_prediction(args.model_dir, args.base, model_spec,
+                                                                           len(spec.probability_columns))
     print(f"predicting on {device} in {precision}, {model_spec.prediction_batch_size} rows a batch", flush=True)
     max_length = model_spec.max_length
     batch_size = model_spec.prediction_batch_size
@@ -141,9 +163,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.valid_out:  # the full-data model has no held-out rows
         write_parquet(prediction_frame([], np.zeros((0, len(spec.probability_columns)), np.float32), spec, None),
                       args.valid_out)
+    if test is None:
+        return
+    speed = {"load_seconds": round(load_seconds[0], 4), "load_cpu_seconds": round(load_seconds[1], 4),
+             "device": str(device), "precision": precision,
+             "threads": torch.get_num_threads(),
+             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     test_probs = predict_probabilities(model, tokenizer, test["text"].to_list(), spec, max_length, batch_size, label="test",
-                                       precision=precision)
+                                       precision=precision, stats=speed)
     write_parquet(prediction_frame(test["id"].to_list(), test_probs, spec, None), args.test_out)
+    write_inference_speed(args.test_out, speed)
 
 
 if __name__ == "__main__":

@@ -49,18 +49,22 @@ def load_record(path: str | Path) -> dict:
     return record
 
 
-def rebuild(record: dict, snakefile: str | Path, scratch: Path, cores: int) -> dict:
-    """Rebuild the record's submission in `scratch` from its frozen config; return the new manifest."""
+def rebuild(record: dict, snakefile: str | Path, scratch: Path, cores: int, extra_config: dict | None = None,
+            extra_targets: Sequence[str] = ()) -> dict:
+    """Rebuild the record's submission in `scratch` from its frozen config; return the new manifest.
+
+    `extra_config` adds keys that do not change the submission (a Kaggle package's settings) and
+    `extra_targets` more files to build there (the package)."""
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
-    config = dict(record["config"])
+    config = dict(record["config"], **(extra_config or {}))
     config["register"] = {}  # the scratch build must not write records of its own
     (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
     output_dir = config.get("output_dir", "results")
     manifest_path = f"{output_dir}/submissions/{record['submission']}/manifest.json"
     # the target goes before --configfile, which would otherwise read it as a second config file
-    command = [sys.executable, "-m", "snakemake", manifest_path, "-s", str(Path(snakefile).resolve()),
+    command = [sys.executable, "-m", "snakemake", manifest_path, *extra_targets, "-s", str(Path(snakefile).resolve()),
                "--directory", str(scratch), "--cores", str(cores), "--configfile", str(scratch / "config.yaml")]
     print("rebuilding: " + " ".join(command), flush=True)
     result = subprocess.run(command, text=True, stdout=sys.stdout, stderr=subprocess.STDOUT)

@@ -49,12 +49,22 @@ def cli_flags(settings: Mapping[str, Any] | Iterable[tuple[str, Any]], keys: Ite
     return " ".join(flags)
 
 
-def epoch_selection_flags(model: Mapping[str, Any], metric: str, held_out_targets: str | None) -> str:
-    """Training's flags for `select_epoch: best` (the metric and targets each epoch's held-out fold is scored
-    on); nothing for `last`, so those jobs' commands stay as they were."""
+def epoch_selection_flags(model: Mapping[str, Any], metric: str, held_out_targets: str | None,
+                          official_train: str | None = None) -> str:
+    """Training's flags for `select_epoch: best` (the metric, targets and, for a corrected training file, the
+    official rows each epoch's held-out fold is scored on); nothing for `last`, so those jobs' commands stay as
+    they were."""
     if model.get("select_epoch") != "best":
         return ""
-    return cli_flags({"metric": metric, "held_out_targets": held_out_targets})
+    return cli_flags({"metric": metric, "held_out_targets": held_out_targets, "official_train": official_train})
+
+
+def cv_optimistic_flags(config: Mapping[str, Any], model: str) -> str:
+    """The oof step's `--cv-optimistic-reason` per reason a model's fold models may have learnt from labels of
+    the fold they are scored on (teacher-made labels that are not nested); nothing for an honest model."""
+    from workflow_scripts.generated.teacher_labels import optimistic_reasons
+
+    return cli_flags({"cv_optimistic_reason": optimistic_reasons(config, model) or None})
 
 
 def selected_epoch_flags(trained_dirs: Iterable[str]) -> str:
@@ -188,14 +198,25 @@ def threshold_refit_flags(ensembles: Mapping[str, Any], source: str, member_oof:
     return cli_flags({"refit": refit, "member_oof": list(member_oof)})
 
 
-def submission_flags(config: Mapping[str, Any], name: str, thresholds_file: str | None) -> str:
+def submission_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """How submission `name` writes its CSV, defaults filled: the submission step's flags and a Kaggle package's
+    notebook take them from here."""
     settings = config["submissions"][name]
-    models, _ = source_dependencies(settings["source"], config.get("ensembles") or {})
-    return cli_flags({
+    return {
         "format": settings.get("format", "argmax"),
         "id_column": settings.get("id_column", config["task"].get("id_column", "id")),
         "top_k": int(settings.get("top_k", 3)),
         "prediction_columns": settings.get("prediction_columns") or None,
+        "separator": settings.get("separator") or " ",
+    }
+
+
+def submission_flags(config: Mapping[str, Any], name: str, thresholds_file: str | None) -> str:
+    settings = config["submissions"][name]
+    models, _ = source_dependencies(settings["source"], config.get("ensembles") or {})
+    resolved = submission_settings(config, name)
+    return cli_flags({
+        **resolved,
         "separator": settings.get("separator") or None,
         "thresholds": thresholds_file if settings.get("thresholds") else None,
         "sample_submission": config["data"].get("sample_submission") or None,
@@ -368,3 +389,75 @@ def checkpoint_validation_flags(pipeline: Mapping[str, Any], role: str, inputs: 
         flags += [cli_flags(pipeline.get("reranker_inference", {})),
                   cli_flags({"candidate_embedder": inputs["candidate_embedder"] + "/merged"})]
     return " " + " ".join(filter(None, flags))
+
+
+# ---- Kaggle code-competition packages ----
+
+LORA_KINDS = ("decoder_lora", "encoder_lora")
+# the folder a model kind's fold step writes (models/{model}/{split}/...)
+MODEL_FOLDERS = {"tfidf_linear": "linear", "embedding_head": "head", "encoder_full": "model"}
+
+
+KAGGLE_DEFAULTS = {"title": None, "test": "test.csv", "sample_submission": "sample_submission.csv",
+                   "accelerator": "t4x2", "time_limit_hours": 9, "hidden_test_rows": None, "members": "adapter",
+                   "wheels": [], "python_version": "3.11", "platform": "manylinux2014_x86_64", "cpu_threads": 4,
+                   "speed_factor": None}
+
+
+def kaggle_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A package's `kaggle:` entry with its defaults filled."""
+    return {**KAGGLE_DEFAULTS, **config["kaggle"][name]}
+
+
+def kaggle_package_spec(config: Mapping[str, Any], out_dir: str, name: str, local_sources: Iterable[str]
+                        ) -> dict[str, Any]:
+    """What a Kaggle package of submission `name` copies and how it runs: every member's fold (or full-data)
+    model folders, the bases adapters and embedding heads load, the ensembles' weights, the thresholds, the
+    submission's settings and the kaggle block. Paths under `out_dir`; the rule's inputs are its paths."""
+    settings = config["submissions"][name]
+    kaggle = kaggle_settings(config, name)
+    source = settings["source"]
+    models, ensembles = source_dependencies(source, config.get("ensembles") or {})
+    local_sources = tuple(local_sources)
+    members = {}
+    for model in models:
+        entry = config["models"][model]
+        kind = entry["kind"]
+        test_source = entry.get("test_predictions", "folds")
+        folds = entry.get("folds") or list(range(config["folds"]["n_folds"]))
+        splits = ["full"] if test_source == "full" else [f"fold{k}" for k in folds]
+        lora = kind in LORA_KINDS
+        folder = ("merged" if kaggle["members"] == "merged" else "adapter") if lora else MODEL_FOLDERS.get(kind, "model")
+        needs_base = (lora and kaggle["members"] != "merged") or kind == "embedding_head"
+        members[model] = {
+            "kind": kind, "config": entry, "test_source": test_source,
+            "splits": {split: f"{out_dir}/models/{model}/{split}/{folder}" for split in splits},
+            "base": ((f"{out_dir}/models/{model}/base" if entry.get("source") in local_sources else entry["source"])
+                     if needs_base else None),
+            "test_predictions": {split: f"{out_dir}/predictions/{model}/{split}/test.parquet" for split in splits},
+            "embeddings": f"{out_dir}/embeddings/{model}.safetensors" if kind == "embedding_head" else None,
+        }
+    return {
+        "name": name, "submission": name, "source": source, "task": config["task"], "kaggle": kaggle,
+        "submission_settings": submission_settings(config, name),
+        "config_slice": submission_config_slice(config, name),
+        "models": members,
+        "ensembles": {ensemble: f"{out_dir}/ensembles/{ensemble}/weights.json" for ensemble in ensembles},
+        "thresholds": f"{out_dir}/thresholds/{source}.json" if settings.get("thresholds") else None,
+        "labels": f"{out_dir}/labels.json",
+        "manifest": f"{out_dir}/submissions/{name}/manifest.json",
+        "submission_csv": f"{out_dir}/submissions/{name}/submission.csv",
+        "public_test": f"{out_dir}/data/test.parquet",
+    }
+
+
+def kaggle_package_inputs(spec: Mapping[str, Any], local_sources: Iterable[str]) -> list[str]:
+    """The files and folders a package copies (its rule's inputs): it is stale exactly when they are."""
+    paths = [spec["labels"], spec["manifest"], spec["submission_csv"], spec["public_test"], *spec["ensembles"].values()]
+    paths += [spec["thresholds"]] if spec["thresholds"] else []
+    for member in spec["models"].values():
+        paths += list(member["splits"].values()) + list(member["test_predictions"].values())
+        paths += [member["embeddings"]] if member["embeddings"] else []
+        if member["base"] and member["config"].get("source") in tuple(local_sources):
+            paths.append(member["base"])  # a materialised base; hub ids and local folders are no rule's output
+    return paths

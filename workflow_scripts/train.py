@@ -72,11 +72,18 @@ def record_user_error(work_dir: str | Path, attempt: int) -> None:
 
 
 def training_rows(folds: pl.DataFrame, fold: str) -> set[str]:
+    """The ids a model trains on: every row for `full`, else the rows outside fold `k` (an outer fold model) or
+    outside folds `k+j...` (an inner teacher model, generated/teacher_labels.py)."""
     if fold == "full":
         return set(folds["id"].to_list())
-    if not fold.isdigit() or int(fold) not in set(folds["fold"].to_list()):
-        raise OoflineError(f"fold {fold!r} is not in the folds file (have {sorted(set(folds['fold'].to_list()))})")
-    return set(folds.filter(pl.col("fold") != int(fold))["id"].to_list())
+    have = set(folds["fold"].to_list())
+    parts = fold.split("+")
+    if not all(part.isdigit() for part in parts) or not {int(part) for part in parts} <= have:
+        raise OoflineError(f"fold {fold!r} is not in the folds file (have {sorted(have)})")
+    rows = set(folds.filter(~pl.col("fold").is_in([int(part) for part in parts]))["id"].to_list())
+    if not rows:
+        raise OoflineError(f"fold {fold!r}: holding out these folds leaves no rows to train on")
+    return rows
 
 
 # select_epoch: best. The best epoch's trainable weights and the latest epoch's held-out predictions wait in the
@@ -102,7 +109,10 @@ class HeldOut:
 
 def held_out_fold(train: pl.DataFrame, targets: pl.DataFrame, folds: pl.DataFrame, fold: str, spec: LabelSpec,
                   metric: str) -> HeldOut:
-    """The rows of fold `fold` (a number: the full-data model has no held-out rows to pick an epoch on)."""
+    """The rows of fold `fold` (a number: the full-data model has no held-out rows to pick an epoch on).
+
+    train: the official training rows (not a corrected file, whose `action: drop` removed rows): the fold is
+    scored on every row predict and oof score it on."""
     if not fold.isdigit():
         raise OoflineError(f"select_epoch: best needs a held-out fold; fold {fold!r} has none "
                            "(train the full-data model with select_epoch: last)")
@@ -285,7 +295,8 @@ def without_held_out_rows(extra: pl.DataFrame, official_ids: pl.Series, training
     """Extra rows minus those that are official rows outside this fold's training rows.
 
     Soft labels on official rows (a teacher's OOF probabilities) carry the held-out fold's texts: training
-    on them would leak the fold the model is scored on.
+    on them would leak the fold the model is scored on. official_ids: every official row (the folds file's
+    ids; a corrected training file may lack the rows `action: drop` removed).
     """
     if "id" not in extra.columns:
         return extra
@@ -295,11 +306,21 @@ def without_held_out_rows(extra: pl.DataFrame, official_ids: pl.Series, training
     return extra.filter(~official | training)
 
 
+def _label_sources(frame: pl.DataFrame) -> list[str]:
+    """The distinct teacher models (`teacher/split`) named by a frame's `label_source` column; none without one."""
+    from workflow_scripts.generated.teacher_labels import LABEL_SOURCE
+
+    if LABEL_SOURCE not in frame.columns:
+        return []
+    return sorted({part for value in frame[LABEL_SOURCE].drop_nulls().to_list() for part in value.split(",")})
+
+
 def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_ids: set[str],
                 model_spec: ModelSpec | dict[str, Any], base_path: str, out_dir: str | Path, work_dir: str | Path,
                 extra_sets: dict[str, pl.DataFrame] | None = None, attempt: int = 1,
                 checkpoint_every: int | None = None, stop_after_steps: int | None = None,
-                out_of_memory_retries: int = 0, held_out: HeldOut | None = None) -> dict[str, Any]:
+                out_of_memory_retries: int = 0, held_out: HeldOut | None = None,
+                official_ids: pl.Series | None = None) -> dict[str, Any]:
     """Train and save a model; returns a summary. targets: (n_rows, n_columns) aligned with `train`.
 
     One path for the CPU and GPUs: accelerate puts the model on this rank's device, runs the forward
@@ -310,7 +331,8 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     (`attempt` itself only goes into the summary and the OOM injection used by tests).
 
     extra_sets: name -> frame with `id`, `text` and the probability columns as (soft) targets, used by
-    stages that list the name in their `data`.
+    stages that list the name in their `data`; official rows among them (official_ids, default train's ids)
+    outside row_ids are dropped.
 
     held_out: with `select_epoch: best`, the fold scored after every epoch (of every stage); the output keeps
     the best epoch's weights, training.json records every epoch's score and the choice, and
@@ -345,12 +367,15 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     datasets: dict[str, tuple[list[str], np.ndarray]] = {
         OFFICIAL: (train.filter(pl.Series(official_mask))["text"].to_list(), targets[official_mask])
     }
+    # which teacher models made the labels trained on (a `label_source` column of a corrected or soft-labelled file)
+    label_sources = {OFFICIAL: _label_sources(train.filter(pl.Series(official_mask)))}
     for name, frame in extra_sets.items():
         missing = [c for c in ["text", *spec.probability_columns] if c not in frame.columns]
         if missing:
             raise OoflineError(f"extra training data {name!r}: columns {missing} are missing")
-        frame = without_held_out_rows(frame, train["id"], row_ids)
+        frame = without_held_out_rows(frame, official_ids if official_ids is not None else train["id"], row_ids)
         datasets[name] = (frame["text"].to_list(), frame.select(spec.probability_columns).to_numpy().astype(np.float32))
+        label_sources[name] = _label_sources(frame)
     stages = model_spec.training_stages
     for stage in stages:
         unknown = [d for d in stage.data if d not in datasets]
@@ -492,11 +517,16 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
     summary = {
         "steps": step, "micro_batch": micro_batch, "grad_accum": grad_accum, "attempt": attempt,
         "train_rows": {name: len(encoded[name]) for name in encoded},
+
         # rank 0's losses: its share of each step's rows
         "final_loss": float(np.mean(losses[-10:])) if losses else None,
         "device": report.device, "gpu_name": report.gpu_name, "precision": report.precision,
         "peak_gpu_memory_mb": peak_gpu_memory_mb(device), "world_size": world_size,
     }
+    used_sources = {name: sources for name, sources in label_sources.items()
+                    if sources and any(name in stage.data for stage in stages)}
+    if used_sources:  # teacher-made labels: which teacher models (teacher/split) made the rows trained on
+        summary["label_sources"] = used_sources
     if selection is not None:
         summary["epoch_selection"] = selection
     # wall-time figures stay out of training.json, which manifests hash and verify rebuilds byte for byte:
@@ -551,6 +581,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metric", help="select_epoch best: the task metric each epoch's held-out fold is scored on")
     parser.add_argument("--held-out-targets",
                         help="select_epoch best: the targets OOF scoring reads (default --targets)")
+    parser.add_argument("--official-train",
+                        help="the official training rows when --train is a corrected file: select_epoch best scores "
+                             "the held-out fold on them (default --train)")
     args = parser.parse_args(argv)
     import torch
 
@@ -563,12 +596,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if targets_frame["id"].to_list() != train["id"].to_list():
         raise OoflineError(f"{args.targets}: ids do not match {args.train} (rebuild both from the same data)")
     folds = read_table(args.folds)
+    official_ids = folds["id"]
+    unknown = train.filter(~pl.col("id").cast(pl.String).is_in(official_ids.cast(pl.String).implode()))
+    if unknown.height:
+        raise OoflineError(f"{args.train}: {unknown.height} row(s) are not official training rows of {args.folds}, "
+                           f"e.g. {unknown['id'][0]!r}")
     held_out = None
     if model_spec.selects_best_epoch:
         if not args.metric:
             raise OoflineError("select_epoch: best needs --metric (the task metric to pick the epoch on)")
         scoring_targets = read_table(args.held_out_targets) if args.held_out_targets else targets_frame
-        held_out = held_out_fold(train, scoring_targets, folds, args.fold, spec, args.metric)
+        official = read_table(args.official_train) if args.official_train else train
+        held_out = held_out_fold(official, scoring_targets, folds, args.fold, spec, args.metric)
     extra_sets = {}
     for item in args.extra:
         name, _, path = item.partition("=")
@@ -582,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             training_rows(folds, args.fold), model_spec, args.base, args.out, args.work_dir, extra_sets,
             attempt=args.attempt,
             out_of_memory_retries=len(recorded_out_of_memory(args.work_dir, oom_key)), held_out=held_out,
+            official_ids=official_ids,
         )
     except BaseException as error:  # noqa: BLE001 - recorded for the retry, then re-raised
         if is_out_of_memory(error):

@@ -20,8 +20,8 @@ import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.execution.device import PRECISIONS
-from workflow_scripts.generated.generate import (Completion, load_causal_lm, load_vllm, render_prompt, sample_completions,
-                                       sample_completions_vllm, vllm_available)
+from workflow_scripts.generated.generate import (Completion, generation_backend, load_causal_lm, load_vllm, render_prompt,
+                                                 sample_completions, sample_completions_vllm)
 from workflow_scripts.io import read_table, write_parquet
 from workflow_scripts.modeling import QUANTIZATIONS
 from workflow_scripts.generated.voting import canonical_answer
@@ -106,8 +106,13 @@ def problem_prompts(problems: pl.DataFrame, problem_column: str, template: str |
         if chosen is None:
             raise OoflineError(f"answers: prompt {prompt_name!r} has no template for category {category!r} and no "
                                "default (add it under templates, or a `default` template)")
-        prompts.append(chosen.replace("{problem}", str(problem)).replace("{{}}", "{}"))
+        prompts.append(fill_template(chosen, problem))
     return prompts
+
+
+def fill_template(template: str, problem) -> str:
+    """The user prompt of one problem (answering and fine-tuning alike): `{problem}` filled, `{{}}` written `{}`."""
+    return template.replace("{{}}", "{}").replace("{problem}", str(problem))
 
 
 def answer_rows(problems: pl.DataFrame, completions: Sequence[Completion], samples: int, prompt_name: str,
@@ -184,14 +189,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    args.prompt_name)
     settings = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                     seed=args.seed, label=f"answers[{args.prompt_name}]")
-    if vllm_available() and args.quantization != "8bit":  # vLLM has no 8-bit bitsandbytes path
+    backend, why = generation_backend(args.quantization)
+    print(f"answers[{args.prompt_name}]: {backend} backend: {why}", flush=True)
+    if backend == "vllm":
         from transformers import AutoTokenizer
 
         from workflow_scripts.modeling import resolve_model_path
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model)[0])
         prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
-        completions = sample_completions_vllm(load_vllm(args.model, args.precision, args.quantization), prompts, **settings)
+        completions = sample_completions_vllm(load_vllm(args.model, args.precision, args.quantization), tokenizer, prompts,
+                                              **settings)
     else:
         model, tokenizer = load_causal_lm(args.model, args.precision, args.quantization)
         prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples

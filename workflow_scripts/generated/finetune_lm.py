@@ -1,10 +1,12 @@
 """Fine-tune an answering language model: causal-LM LoRA/QLoRA SFT on (problem, solution) rows.
 
-The problem is rendered with the same prompt (and chat template) that the answers step uses, and the loss
-covers the solution tokens only. A held-out share of the rows is evaluated every `eval_every` optimizer steps
+The problem becomes the very token ids the answers step feeds the model (`sft_examples`: the answers prompt, the
+chat template, `prompt_token_ids`), and the loss covers the solution tokens only. A held-out share of the rows is evaluated every `eval_every` optimizer steps
 and at the end; the LoRA weights of the lowest evaluation loss are kept (the AIMO write-up's "best
 checkpoint"). Output: a merged model folder (safetensors + tokenizer) that a `language_models` entry uses
 as its model, with `adapter/` (the LoRA adapter) and `finetune.json` (evaluation history, best step) inside.
+The merge runs after the trained model is released, on the job's device in the model's precision, into the base
+loaded as it was trained (4-bit bases dequantised: `modeling.merge_into_loaded_base`, as classifier merges do).
 
     python -m workflow_scripts.generated.finetune_lm --base results/lms/smol/base --rows sft.parquet \
         --template "Problem: {problem}" --out results/lms/smol_sft/base
@@ -55,9 +57,9 @@ def split_rows(n_rows: int, eval_fraction: float, seed: int) -> tuple[np.ndarray
     return np.sort(order[n_eval:]), np.sort(order[:n_eval])
 
 
-def encode_example(tokenizer, prompt: str, solution: str, max_length: int) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer, prompt_ids: list[int], solution: str, max_length: int) -> tuple[list[int], list[int]]:
     """(input ids, labels): labels are IGNORE on the prompt so the loss covers the solution (and EOS) only."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = list(prompt_ids)
     solution_ids = tokenizer(solution, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         solution_ids = solution_ids + [tokenizer.eos_token_id]
@@ -67,6 +69,44 @@ def encode_example(tokenizer, prompt: str, solution: str, max_length: int) -> tu
         raise OoflineError(f"finetune: a prompt fills all {max_length} tokens, leaving none of the solution; "
                            "raise max_length or shorten the prompt")
     return ids, labels
+
+
+def sft_examples(tokenizer, problems: Sequence[str], solutions: Sequence[str], template: str, system: str | None,
+                 max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per row; the prompt ids are exactly what the answers step feeds the model for the problem:
+    the same template filling, chat template and special tokens (`generate.prompt_token_ids`)."""
+    from workflow_scripts.generated.answers import fill_template
+    from workflow_scripts.generated.generate import prompt_token_ids, render_prompt
+
+    return [encode_example(tokenizer, prompt_token_ids(tokenizer, render_prompt(tokenizer, fill_template(template, p),
+                                                                                system)), s, max_length)
+            for p, s in zip(problems, solutions)]
+
+
+def merge_lm_adapter(base: str | Path, adapter_dir: str | Path, out_dir: str | Path, precision: str,
+                     quantization: str) -> None:
+    """Write the base with the adapter merged in to `out_dir` (safetensors): one copy of the base, loaded on the job's
+    device in the model's precision and quantized as it was trained, then dequantised (no fp32 copy in host RAM)."""
+    from workflow_scripts.execution.device import torch_dtype_of
+    from workflow_scripts.generated.generate import generation_device_and_precision, load_causal_lm
+    from workflow_scripts.modeling import merge_into_loaded_base
+
+    device, resolved = generation_device_and_precision(precision)
+    print(f"finetune: merging the adapter on {device} in {resolved}", flush=True)
+    base_model, _ = load_causal_lm(base, precision, quantization)
+    merged = merge_into_loaded_base(base_model, adapter_dir, quantization, torch_dtype_of(resolved))
+    merged.save_pretrained(out_dir, safe_serialization=True)
+
+
+def release_memory() -> None:
+    """Free what the trained model held (host and GPU) before the merge loads the base again."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def pad_examples(examples: list[tuple[list[int], list[int]]], pad_id: int):
@@ -88,25 +128,45 @@ def finetune(base: str | Path, problems: list[str], solutions: list[str], templa
              out: str | Path, system: str | None = None, threads: int = 0) -> dict:
     """Train, keep the best evaluation step's LoRA weights, write the merged model; returns the report."""
     import torch
-    from accelerate import Accelerator
-    from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer
 
-    from workflow_scripts.execution.device import (accelerate_mixed_precision, resolve_device, resolve_precision,
-                                                   torch_dtype_of)
-    from workflow_scripts.generated.generate import render_prompt
-    from workflow_scripts.modeling import _disable_cpu_packed_4bit, _quantization_config, resolve_model_path
+    from workflow_scripts.modeling import resolve_model_path
 
     if threads:
         torch.set_num_threads(threads)
+    name, revision = resolve_model_path(base)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    examples = sft_examples(tokenizer, problems, solutions, template, system, settings.max_length)
+    with atomic_path(out, durable=True) as tmp:
+        report = train_adapter(base, tokenizer, examples, settings, tmp / "adapter")
+        release_memory()  # the trained model is gone: the merge holds one copy of the base, not two
+        merge_lm_adapter(base, tmp / "adapter", tmp, settings.precision, settings.quantization)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "finetune.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(f"finetune: kept step {report['best_step']} (eval loss {report['best_eval_loss']:.4f}) -> {out}", flush=True)
+    return report
+
+
+def train_adapter(base: str | Path, tokenizer, examples: list[tuple[list[int], list[int]]], settings: SftSettings,
+                  adapter_dir: Path) -> dict:
+    """LoRA SFT on `examples`; saves the best evaluation step's adapter to `adapter_dir` and returns the report.
+    Everything the training held (model, optimizer) is released when it returns."""
+    import torch
+    from accelerate import Accelerator
+    from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
+
+    from workflow_scripts.execution.device import (accelerate_mixed_precision, resolve_device, resolve_precision,
+                                                   torch_dtype_of)
+    from workflow_scripts.modeling import _disable_cpu_packed_4bit, _quantization_config, resolve_model_path
+
     torch.manual_seed(settings.seed)
     device = resolve_device("auto")
     precision = resolve_precision(settings.precision, device)
     accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision), cpu=device.type == "cpu")
     name, revision = resolve_model_path(base)
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     quantization = _quantization_config(settings.quantization, torch_dtype_of(precision))
     load_kwargs = {"revision": revision, "dtype": torch_dtype_of(precision) if device.type == "cuda" else torch.float32}
     if quantization is not None:
@@ -117,8 +177,6 @@ def finetune(base: str | Path, problems: list[str], solutions: list[str], templa
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=settings.r, lora_alpha=settings.alpha,
                                              lora_dropout=settings.dropout, target_modules="all-linear"))
 
-    examples = [encode_example(tokenizer, render_prompt(tokenizer, template.format(problem=p), system), s,
-                               settings.max_length) for p, s in zip(problems, solutions)]
     train_index, eval_index = split_rows(len(examples), settings.eval_fraction, settings.seed)
     batches_per_epoch = math.ceil(len(train_index) / settings.batch_size)
     total_steps = batches_per_epoch * settings.epochs
@@ -169,21 +227,11 @@ def finetune(base: str | Path, problems: list[str], solutions: list[str], templa
 
     trained = accelerator.unwrap_model(model)
     set_peft_model_state_dict(trained, best_weights)
-    report = {"settings": asdict(settings), "train_rows": int(len(train_index)), "eval_rows": int(len(eval_index)),
-              "steps": step, "best_step": best["step"], "best_eval_loss": best["eval_loss"], "history": history,
-              "device": str(device), "precision": precision}
-    with atomic_path(out, durable=True) as tmp:
-        trained.save_pretrained(tmp / "adapter", safe_serialization=True)
-        # merge into an unquantized copy of the base in the job's precision: a 4-bit base cannot hold merged weights
-        merged_base = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=load_kwargs["dtype"])
-        from peft import PeftModel
-
-        merged = PeftModel.from_pretrained(merged_base, tmp / "adapter").merge_and_unload()
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "finetune.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(f"finetune: kept step {best['step']} (eval loss {best['eval_loss']:.4f}) -> {out}", flush=True)
-    return report
+    trained.save_pretrained(adapter_dir, safe_serialization=True)
+    accelerator.free_memory()  # the accelerator's own references to the model and optimizer
+    return {"settings": asdict(settings), "train_rows": int(len(train_index)), "eval_rows": int(len(eval_index)),
+            "steps": step, "best_step": best["step"], "best_eval_loss": best["eval_loss"], "history": history,
+            "device": str(device), "precision": precision}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

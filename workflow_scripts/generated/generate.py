@@ -1,6 +1,6 @@
 """Few-shot synthetic rows from a local causal LM, parsed and validated, every attempt kept.
 
-Each prompt shows official rows drawn at random (a new draw per prompt) as examples, rendered in the output format
+Each prompt shows official rows drawn at random (a new draw per prompt; never rows of --held-out-folds) as examples, rendered in the output format
 the model must answer in, added while the prompt stays within a word budget (the first example always goes in).
 Sampling runs in batches with `transformers` generate, or with vLLM when it is importable and a GPU is present.
 
@@ -94,14 +94,74 @@ def render_prompt(tokenizer, user: str, system: str | None = None) -> str:
     return f"{system}\n\n{user}" if system else user
 
 
-def vllm_available() -> bool:
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids a rendered prompt is fed to the model as, when answering and when fine-tuning alike: a chat
+    template already spells its special tokens in the text; a bare prompt gets the tokenizer's own (BOS)."""
+    return list(tokenizer(prompt, add_special_tokens=not getattr(tokenizer, "chat_template", None))["input_ids"])
+
+
+def generation_backend(quantization: str = "none") -> tuple[str, str]:
+    """("vllm" | "transformers", why): vLLM when it imports and the job has a GPU, and the weights are not
+    8-bit (vLLM has no 8-bit bitsandbytes path); transformers' generate otherwise."""
+    import importlib
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is None:
-        return False
     import torch
 
-    return torch.cuda.is_available()
+    if importlib.util.find_spec("vllm") is None:
+        return "transformers", "vllm is not installed (make setup CUDA=1 VLLM=1 adds it)"
+    if not torch.cuda.is_available():
+        return "transformers", "no GPU (vLLM runs on GPUs only)"
+    if quantization == "8bit":
+        return "transformers", "8-bit weights (vLLM has no 8-bit bitsandbytes path)"
+    try:
+        importlib.import_module("vllm")
+    except Exception as error:  # a vLLM built for another torch or CUDA: say so, generate without it
+        return "transformers", f"vllm is installed but does not import ({type(error).__name__}: {error})"
+    return "vllm", "vllm imports and the job has a GPU"
+
+
+class ChosenTokenLogProbs:
+    """A logits processor that keeps, per generated token, the log-probability the model gave the token that was
+    chosen: (batch, new tokens) floats, instead of a (batch, vocab) tensor per step (`output_logits` or
+    `output_scores` keep 8,192 x 8 x 151,936 fp32 = 37 GiB for a Qwen3 answer batch).
+
+    generate calls it with the ids so far, whose last column is the token chosen after the previous call; so only
+    the previous step's log-softmax is held, one (batch, vocab) tensor at a time. It passes the scores on
+    unchanged; generate runs it after the rules the model's own generation config sets, if any (a repetition
+    penalty, say), and before temperature, top-k and top-p: the model's probabilities at T = 1.
+    """
+
+    def __init__(self):
+        self.chosen: list = []  # (batch,) float32 per step whose token is known
+        self.pending = None  # (batch, vocab) log-softmax of the last step, its token not yet known
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        self._gather(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _gather(self, tokens) -> None:
+        if self.pending is not None:
+            self.chosen.append(self.pending.gather(1, tokens[:, None]).squeeze(1))
+            self.pending = None
+
+    def finish(self, new_tokens):
+        """(batch, n_new) log-probabilities of `new_tokens` (the generated columns of the returned sequences)."""
+        import torch
+
+        n_new = new_tokens.shape[1]
+        if len(self.chosen) < n_new:
+            self._gather(new_tokens[:, len(self.chosen)])
+        self.pending = None
+        # generate may drop its last step (deferred stop checks): keep the steps the sequences hold
+        if not self.chosen:
+            return torch.zeros((new_tokens.shape[0], 0), dtype=torch.float32, device=new_tokens.device)
+        log_probs = torch.stack(self.chosen, dim=1)[:, :n_new]
+        self.chosen = []
+        return log_probs
 
 
 def sample_completions(
@@ -116,8 +176,12 @@ def sample_completions(
     batch_size: int,
     label: str = "sample",
 ) -> list[Completion]:
-    """Sample one completion per prompt in batches; batch b is seeded with (seed, b), so reruns are identical."""
+    """Sample one completion per prompt in batches; batch b is seeded with (seed, b), so reruns are identical.
+
+    Memory beyond the model and its KV cache: the sequences and one float per generated token, (batch, new tokens);
+    never a full-vocabulary tensor per step (see ChosenTokenLogProbs)."""
     import torch
+    from transformers import LogitsProcessorList
 
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1 or batch_size < 1:
         raise OoflineError(
@@ -132,19 +196,21 @@ def sample_completions(
     n_batches = (len(prompts) + batch_size - 1) // batch_size
     for b in range(n_batches):
         batch = list(prompts[b * batch_size : (b + 1) * batch_size])
-        encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not getattr(tokenizer, "chat_template", None))
+        # the ids fine-tuning trains on (prompt_token_ids), left-padded: a batch must end where generation starts
+        encoded = tokenizer.pad({"input_ids": [prompt_token_ids(tokenizer, p) for p in batch]}, padding=True,
+                                padding_side="left", return_tensors="pt")
         encoded = {k: v.to(device) for k, v in encoded.items()}
         torch.manual_seed(seed * 1_000_003 + b)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        log_probs = ChosenTokenLogProbs()
         with torch.no_grad():
-            out = model.generate(
+            # sequences only: a dict output would also hand back the KV cache, alive until the next batch's is built
+            sequences = model.generate(
                 **encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                return_dict_in_generate=True, output_logits=True, **sampling,
+                logits_processor=LogitsProcessorList([log_probs]), return_dict_in_generate=False, **sampling,
             )
-        new_tokens = out.sequences[:, encoded["input_ids"].shape[1] :]
-        # raw logits (before temperature / top-p): the model's own probability of each sampled token
-        probs = torch.stack([torch.softmax(step.float(), dim=-1) for step in out.logits], dim=1)
-        chosen = probs.gather(2, new_tokens.unsqueeze(-1)).squeeze(-1)
+        new_tokens = sequences[:, encoded["input_ids"].shape[1] :]
+        chosen = log_probs.finish(new_tokens).exp()
         for row in range(new_tokens.shape[0]):
             ids = new_tokens[row].tolist()
             end = next((i for i, t in enumerate(ids) if t in eos_ids), len(ids))
@@ -167,9 +233,10 @@ def load_vllm(model_path: str | Path, precision: str = "auto", quantization: str
     return LLM(model=name, revision=revision, dtype=VLLM_DTYPES[resolved], **extra)
 
 
-def sample_completions_vllm(llm, prompts, *, temperature, top_p, max_new_tokens, seed, label="sample"):
+def sample_completions_vllm(llm, tokenizer, prompts, *, temperature, top_p, max_new_tokens, seed, label="sample"):
     """The same as `sample_completions`, through vLLM; prompt i is seeded with (seed, i); token probabilities
-    come from vLLM's logprobs of the sampled tokens."""
+    come from vLLM's logprobs of the sampled tokens. vLLM gets token ids (`prompt_token_ids`), not text, so it
+    sees what transformers and fine-tuning see (left to itself it would add a BOS to a chat-templated prompt)."""
     import math
 
     from vllm import SamplingParams
@@ -178,7 +245,8 @@ def sample_completions_vllm(llm, prompts, *, temperature, top_p, max_new_tokens,
                              logprobs=0) for i in range(len(prompts))]
     print(f"{label}: vLLM generating {len(prompts)} completions", flush=True)
     completions = []
-    for output in llm.generate(list(prompts), params):
+    inputs = [{"prompt_token_ids": prompt_token_ids(tokenizer, p)} for p in prompts]
+    for output in llm.generate(inputs, params):
         best = output.outputs[0]
         ids = list(best.token_ids)
         probs = [math.exp(step[t].logprob) for t, step in zip(ids, best.logprobs)] if best.logprobs else []
@@ -309,11 +377,14 @@ class GeneratorSettings:
     text_template: str | None = None
 
 
-def generate_rows(train: pl.DataFrame, settings: GeneratorSettings, sample) -> tuple[pl.DataFrame, dict]:
+def generate_rows(train: pl.DataFrame, settings: GeneratorSettings, sample,
+                  held_out_ids: set[str] | None = None) -> tuple[pl.DataFrame, dict]:
     """Prompt, sample and parse until n_rows rows are valid or max_attempts are spent.
 
     `sample(prompts, seed) -> list[Completion]` does the sampling (a model, vLLM, or a test double).
     Returns every attempt (see the module docstring) and a report with counts per failure reason.
+    held_out_ids: rows never shown as examples (the held-out folds of the students the rows are for); they still
+    count as training rows an output must not copy.
     """
     s = settings
     if s.fmt not in FORMATS:
@@ -330,12 +401,15 @@ def generate_rows(train: pl.DataFrame, settings: GeneratorSettings, sample) -> t
         raise OoflineError(f"generator n_rows must be >= 1; got {s.n_rows}")
     max_attempts = s.max_attempts or 3 * s.n_rows
     rng = np.random.default_rng(s.seed)
-    examples = train.select(["id", *s.fields]).drop_nulls()
+    every_row = train.select(["id", *s.fields]).drop_nulls()
+    examples = every_row
+    if held_out_ids:
+        examples = every_row.filter(~pl.col("id").cast(pl.String).is_in(pl.Series(sorted(held_out_ids), dtype=pl.String).implode()))
     if examples.height == 0:
         raise OoflineError(f"training data: no row has every generator field {s.fields} filled (needed as examples)")
 
     content_fields = [f for f in s.fields if f not in s.label_fields] or list(s.fields)
-    training_hashes = {_content_hash(row, content_fields) for row in examples.to_dicts()}
+    training_hashes = {_content_hash(row, content_fields) for row in every_row.to_dicts()}
     attempts = {"raw_text": [], "example_ids": []}
     parsed, errors = [], []
     n_valid, round_index = 0, 0
@@ -414,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS, help="bitsandbytes weights")
     parser.add_argument("--output", required=True, help="parquet, one row per attempt")
     parser.add_argument("--report", required=True, help="json: attempts, valid, failures by reason")
+    parser.add_argument("--folds", default=None, help="with --held-out-folds: the folds file")
+    parser.add_argument("--held-out-folds", nargs="+", type=int, default=None,
+                        help="never show rows of these folds as examples (rows for students scored on them)")
     args = parser.parse_args(argv)
 
     import torch
@@ -427,8 +504,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_attempts=args.max_attempts, seed=args.seed, name=args.generator, text_template=args.text_template,
     )
     train = read_table(args.train)
-    if vllm_available() and args.quantization != "8bit":
-        backend = "vllm"
+    held_out_ids = None
+    if args.held_out_folds:
+        if not args.folds:
+            raise OoflineError("--held-out-folds needs --folds")
+        folds = read_table(args.folds)
+        held_out_ids = set(folds.filter(pl.col("fold").is_in(args.held_out_folds))["id"].cast(pl.String).to_list())
+    backend, why = generation_backend(args.quantization)
+    print(f"generate[{args.generator} seed {args.seed}]: {backend} backend: {why}", flush=True)
+    if backend == "vllm":
         from transformers import AutoTokenizer
 
         from workflow_scripts.modeling import resolve_model_path
@@ -437,20 +521,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         llm = load_vllm(args.model, args.precision, args.quantization)
 
         def sample(prompts, seed):
-            return sample_completions_vllm(llm, [render_prompt(tokenizer, p, args.system) for p in prompts],
+            return sample_completions_vllm(llm, tokenizer, [render_prompt(tokenizer, p, args.system) for p in prompts],
                                            temperature=args.temperature, top_p=args.top_p,
                                            max_new_tokens=args.max_new_tokens, seed=seed, label="generate")
     else:
-        backend = "transformers"
         model, tokenizer = load_causal_lm(args.model, args.precision, args.quantization)
 
         def sample(prompts, seed):
             return sample_completions(model, tokenizer, [render_prompt(tokenizer, p, args.system) for p in prompts],
                                       temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                                       seed=seed, batch_size=args.batch_size, label="generate")
-    print(f"generate[{args.generator} seed {args.seed}]: {backend} backend, model {args.model}", flush=True)
-    frame, report = generate_rows(train, settings, sample)
-    report.update({"backend": backend, "model": str(args.model)})
+    frame, report = generate_rows(train, settings, sample, held_out_ids)
+    report.update({"backend": backend, "model": str(args.model), "held_out_folds": args.held_out_folds})
     write_parquet(frame, args.output)
     write_json(report, args.report)
 

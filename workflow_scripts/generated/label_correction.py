@@ -6,6 +6,12 @@ probabilities are clipped to [1e-7, 1 - 1e-7]). The k = floor(n * top_percent / 
 are selected; ties at the cut are broken by id (smaller first). A selected row is relabelled to the teacher's
 prediction (argmax for a multiclass head, probability >= 0.5 for a binary head) or dropped (`--action drop`).
 The report lists every changed (id, label column) with old and new label, and every dropped row.
+
+With --folds and --held-out-folds (a student trained without those folds, generated/teacher_labels.py) only the
+rows outside them are candidates: top_percent counts them, the OOF needs only them, and the held-out rows stay
+as they are (the student never trains on them; it is scored on every official row of its held-out fold).
+With --label-source (or an OOF file that has the column) every candidate row records `label_source`: the
+teacher model whose prediction scored it (and made its new label); held-out rows have none.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import polars as pl
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import atomic_path, read_table, write_json, write_parquet
+from workflow_scripts.generated.soft_labels import row_label_sources
+from workflow_scripts.generated.teacher_labels import LABEL_SOURCE
 from workflow_scripts.labels import LabelSpec, aligned_probabilities
 
 EPS = 1e-7
@@ -63,16 +71,25 @@ def correct_labels(
     top_percent: float,
     action: str = "relabel",
     targets: pl.DataFrame | None = None,
+    held_out_ids: Sequence[object] | None = None,
+    label_source: str | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Return (corrected training frame, change report, summary).
 
     Hard targets come from `targets` (id + probability columns as 0/1) when given, else from the label columns
     of `train`. The report has `id`, `loss`, `rank`, `column`, `old`, `new` (strings; `new` is null when dropped).
+    held_out_ids: rows that are neither candidates nor changed (a student's held-out folds).
+    label_source: the teacher that made the OOF (`{fold}` filled from its fold column), or None to take the OOF's
+    own `label_source` column when it has one; the corrected frame then gets a `label_source` column.
     """
     if action not in {"relabel", "drop"}:
         raise OoflineError(f"label_correction: action must be 'relabel' or 'drop'; got {action!r}")
     if "id" not in train.columns:
         raise OoflineError("training data: missing column 'id'")
+    full_train = train
+    held_out_keys = {str(i) for i in held_out_ids} if held_out_ids is not None else set()
+    candidate = ~full_train["id"].cast(pl.String).is_in(pl.Series(sorted(held_out_keys), dtype=pl.String).implode())
+    train = full_train.filter(candidate)
     ids = train["id"]
     if targets is None:
         target_matrix = spec.targets(train).astype(np.float64)
@@ -108,6 +125,17 @@ def correct_labels(
                     report["column"].append(head.source_column); report["old"].append(old); report["new"].append(new)
             replacements[head.source_column] = pl.Series(head.source_column, new_values).cast(old_column.dtype)
         corrected = train.with_columns(list(replacements.values()))
+    sources = row_label_sources([oof], ids, [label_source])
+    if sources is not None:
+        corrected = corrected.with_columns(pl.Series(LABEL_SOURCE, sources if action == "relabel" else
+                                                     [s for s, k in zip(sources, keep) if k], dtype=pl.String))
+    if held_out_keys:  # the held-out rows, unchanged, back in their places
+        untouched = full_train.filter(~candidate)
+        if sources is not None:
+            untouched = untouched.with_columns(pl.lit(None, dtype=pl.String).alias(LABEL_SOURCE))
+        order = full_train.select(pl.col("id").cast(pl.String).alias("_key"))
+        corrected = order.join(pl.concat([corrected, untouched]).with_columns(pl.col("id").cast(pl.String).alias("_key")),
+                               on="_key", how="inner", maintain_order="left").drop("_key")
     report_frame = pl.DataFrame(
         report,
         schema={"id": ids.dtype, "loss": pl.Float64, "rank": pl.Int64, "column": pl.String, "old": pl.String, "new": pl.String},
@@ -115,7 +143,8 @@ def correct_labels(
     summary = {
         "action": action,
         "top_percent": top_percent,
-        "rows": train.height,
+        "rows": full_train.height,
+        "candidate_rows": train.height,
         "selected_rows": int(len(selected)),
         "changed_rows": int(report_frame["id"].n_unique()) if report_frame.height else 0,
         "changed_labels": report_frame.height if action == "relabel" else 0,
@@ -139,13 +168,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="targets parquet of the corrected rows (id + probability columns, 0/1), for train.py --targets")
     parser.add_argument("--report", required=True, help="csv: every changed (id, column) with old and new label")
     parser.add_argument("--summary", required=True, help="json: counts and the loss cut-off")
+    parser.add_argument("--folds", default=None, help="with --held-out-folds: the folds file")
+    parser.add_argument("--held-out-folds", nargs="+", type=int, default=None,
+                        help="rows of these folds are neither candidates nor changed (a student's held-out folds)")
+    parser.add_argument("--label-source", default=None,
+                        help="the teacher model that made --oof (teacher/split; {fold}: per row from its fold column)")
     args = parser.parse_args(argv)
 
     spec = LabelSpec.load(args.label_spec)
     train = read_table(args.train)
     targets = read_table(args.targets) if args.targets else None
-    corrected, report, summary = correct_labels(train, read_table(args.oof), spec, args.top_percent, args.action, targets)
-    summary.update({"train": args.train, "oof": args.oof})
+    held_out_ids = None
+    if args.held_out_folds:
+        if not args.folds:
+            raise OoflineError("--held-out-folds needs --folds")
+        held_out_ids = read_table(args.folds).filter(pl.col("fold").is_in(args.held_out_folds))["id"].to_list()
+    corrected, report, summary = correct_labels(train, read_table(args.oof), spec, args.top_percent, args.action, targets,
+                                                held_out_ids, args.label_source)
+    summary.update({"train": args.train, "oof": args.oof, "held_out_folds": args.held_out_folds})
     corrected_targets = pl.DataFrame({"id": corrected["id"]}).hstack(
         pl.DataFrame(spec.targets(corrected, args.output), schema=spec.probability_columns)
     )

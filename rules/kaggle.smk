@@ -1,0 +1,54 @@
+# Kaggle code-competition packages: a submission's dataset (models, weights, thresholds, oofline's wheel) and
+# an offline notebook that rebuilds it on the hidden test, plus the runtime plan. Nothing is pushed.
+
+
+rule kaggle_package:
+    input:
+        kaggle_inputs,
+    output:
+        dataset=directory(out("kaggle/{submission}/dataset")),
+        notebook=directory(out("kaggle/{submission}/notebook")),
+        plan=out("kaggle/{submission}/plan.json"),
+    wildcard_constraints:
+        submission=names_pattern(KAGGLE_SUBMISSIONS),
+    params:
+        code=code_digest("kaggle.package"),
+        # the dataset ships the whole package as a wheel: any code change changes it
+        wheel=OOFLINE_CODE,
+        spec=lambda wildcards: json.dumps(kaggle_spec(wildcards), sort_keys=True),
+    log:
+        out("logs/kaggle/{submission}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.kaggle.package build --spec {params.spec:q} --dataset-out {output.dataset:q}"
+        " --notebook-out {output.notebook:q} --plan-out {output.plan:q} > {log:q} 2>&1"
+
+
+rule kaggle_record_package:
+    input:
+        record=f"{REGISTRY_DIR}/{{record}}.yaml",
+    output:
+        dataset=directory(out("kaggle/{record}/dataset")),
+        notebook=directory(out("kaggle/{record}/notebook")),
+        plan=out("kaggle/{record}/plan.json"),
+    wildcard_constraints:
+        record=names_pattern(KAGGLE_RECORDS),
+    params:
+        code=code_digest("kaggle.package"),
+        wheel=OOFLINE_CODE,
+        kaggle=lambda wildcards: json.dumps(KAGGLE[wildcards.record], sort_keys=True),  # as written: the rebuild validates it
+        scratch=lambda wildcards: out(f"kaggle/{wildcards.record}.scratch"),
+        snakefile=workflow.main_snakefile,
+    threads: verify_threads
+    log:
+        out("logs/kaggle/{record}.log"),
+    # the rebuild runs the record's whole graph (training included), as verify does
+    container:
+        TRAIN_CONTAINER
+    shell:
+        "{PY}.kaggle.package record --record {input.record:q} --kaggle {params.kaggle:q}"
+        " --snakefile {params.snakefile:q} --scratch {params.scratch:q} --cores {threads}"
+        " --dataset-out {output.dataset:q} --notebook-out {output.notebook:q} --plan-out {output.plan:q} > {log:q} 2>&1"
