@@ -348,15 +348,21 @@ def ensemble_inputs(wildcards):
         "test": [source_files(m)["test"] for m in members],
         "labels": out("labels.json"),
         "targets": out("targets.parquet"),
+        "folds": out("folds.parquet"),  # the prior's score on the ensemble's rows
     }
 
 
 def threshold_inputs(wildcards):
-    return {"oof": source_files(wildcards.source)["oof"], "labels": out("labels.json"), "targets": out("targets.parquet")}
+    inputs = {"oof": source_files(wildcards.source)["oof"], "labels": out("labels.json"), "targets": out("targets.parquet")}
+    if ENSEMBLES.get(wildcards.source, {}).get("method") in ("search", "stack"):  # refitted for the nested score
+        inputs["members"] = [source_files(m)["oof"] for m in ensemble_members(wildcards.source)]
+    return inputs
 
 
-def threshold_options(wildcards):
-    return rule_params.threshold_flags(THRESHOLDS[wildcards.source])
+def threshold_options(wildcards, input):
+    members = input.members if "members" in input.keys() else []
+    return " ".join(filter(None, [rule_params.threshold_flags(THRESHOLDS[wildcards.source]),
+                                  rule_params.threshold_refit_flags(ENSEMBLES, wildcards.source, members)]))
 
 
 def model_artifacts(name):

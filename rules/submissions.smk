@@ -27,7 +27,7 @@ rule ensemble:
     shell:
         "{PY}.ensemble --name {wildcards.ensemble} --names {params.names:q} --oof {input.oof:q} --test {input.test:q}"
         " --weights {params.weights} --method {params.method:q} --blend {params.blend:q} {params.top_k} --stack-c {params.stack_c}"
-        " --labels {input.labels:q} --targets {input.targets:q} --metric {params.metric:q}"
+        " --labels {input.labels:q} --targets {input.targets:q} --metric {params.metric:q} --folds {input.folds:q}"
         " --oof-out {output.oof:q} --test-out {output.test:q} --weights-out {output.weights:q}"
         " --score-out {output.score:q} > {log:q} 2>&1"
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -56,3 +57,45 @@ def test_cheap_members_build_prior_oof_stack_and_leaderboard(tmp_path):
     assert len(pl.read_csv(results / "submissions" / "stacked_top3" / "submission.csv")) == 20
     # no CPU-only job asked for a GPU
     assert "gpu=1" not in result.stderr
+
+
+@pytest.mark.slow
+def test_binary_task_written_as_multiclass_stack_and_submission_predict_both_classes(tmp_path, movies_demo):
+    """fresh / rotten only, `type: multiclass`: every head is scikit-learn's one binary model. The members, the
+    stack and its argmax submission must predict both classes, as scikit-learn's predict_proba does."""
+    train, test, _ = movies_demo
+    two_classes = pl.col("category").is_in(["fresh", "rotten"])
+    (tmp_path / "data").mkdir()
+    train.filter(two_classes).write_csv(tmp_path / "data" / "train.csv")
+    test.drop("category", strict=False).write_csv(tmp_path / "data" / "test.csv")
+    config = movies_config(
+        models=CONFIG["models"], ensembles=CONFIG["ensembles"],
+        submissions={"stacked": {"source": "stacked", "format": "argmax", "prediction_columns": ["category"]}})
+    config.pop("demo")
+    config["data"] = {"train": "data/train.csv", "test": "data/test.csv"}
+    config["task"]["metric"] = "accuracy"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+               "--cores", "2", "results/submissions/stacked/submission.csv", "results/leaderboard.csv"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = tmp_path / "results"
+    targets = pl.read_parquet(results / "targets.parquet")
+    board = pl.read_csv(results / "leaderboard.csv")
+    stack_oof = pl.read_parquet(results / "ensembles" / "stacked" / "oof.parquet")
+    for name, oof in [("stacked", stack_oof)] + [(m, pl.read_parquet(results / "oof" / f"{m}.parquet"))
+                                                 for m in ("words", "chars")]:
+        probabilities = oof.select("fresh", "rotten").to_numpy()
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        assert set(probabilities.argmax(axis=1).tolist()) == {0, 1}, name
+        aligned = oof.select("id").join(targets, on="id", how="left", maintain_order="left")
+        accuracy = float((probabilities.argmax(1) == aligned.select("fresh", "rotten").to_numpy().argmax(1)).mean())
+        cv = board.filter((pl.col("name") == name) & pl.col("kind").is_in(["model", "ensemble"]))["cv"][0]
+        assert cv == pytest.approx(accuracy, abs=1e-6), name
+    # the submission is the stack's test argmax, row for row, and holds both classes
+    stack_test = pl.read_parquet(results / "ensembles" / "stacked" / "test.parquet")
+    submission = pl.read_csv(results / "submissions" / "stacked" / "submission.csv", infer_schema=False)
+    expected = dict(zip(stack_test["id"].cast(pl.String).to_list(),
+                        np.array(["fresh", "rotten"])[stack_test.select("fresh", "rotten").to_numpy().argmax(1)]))
+    assert dict(zip(submission["id"].to_list(), submission["category"].to_list())) == expected
+    assert set(submission["category"].to_list()) == {"fresh", "rotten"}

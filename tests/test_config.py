@@ -271,12 +271,15 @@ def test_a_search_over_a_searched_ensemble_is_refused(demo_config, edit, expecte
         check_config(demo_config, REPO)
 
 
-def test_thresholds_on_a_searched_ensemble_are_refused_and_a_mean_over_one_is_fine():
+def test_thresholds_on_a_search_or_stack_are_nested_and_on_a_mean_over_one_refused():
     debates = yaml.safe_load((REPO / "demo" / "debates.yaml").read_text())
+    debates["thresholds"].update(searched={"method": "exact"}, stacked={"method": "hybrid"})
+    check_config(debates, REPO)  # refitted without each outer fold for the nested score
     debates["ensembles"]["outer"] = {"members": ["searched", "minilm"], "method": "mean"}
     check_config(debates, REPO)  # a mean over it fits nothing: the nested OOF it reads stays out of fold
     debates["thresholds"]["outer"] = {"method": "grid"}
-    with pytest.raises(OoflineError, match=re.escape("config: thresholds.outer: 'outer' holds the search ensemble 'searched'")):
+    with pytest.raises(OoflineError, match=re.escape("config: thresholds.outer: 'outer' holds the search ensemble "
+                                                     "'searched': thresholds tuned on it")):
         check_config(debates, REPO)
 
 

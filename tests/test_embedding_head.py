@@ -100,3 +100,53 @@ def test_pooling_last_reads_the_last_real_token():
     assert embedding_head.pool(hidden, mask, "last")[:, 0].tolist() == [1.0, 5.0]
     assert embedding_head.pool(hidden, mask, "mean")[:, 0].tolist() == [0.5, 4.0]
     assert embedding_head.pool(hidden, mask, "cls")[:, 0].tolist() == [0.0, 3.0]
+
+
+def test_two_class_head_and_a_fold_missing_a_class_equal_sklearn(tmp_path, minilm_dir, debates_demo):
+    """A multihead task with a 2-class multiclass head (`party`) and a 3-class head (`round`) whose fold 0
+    trains without one class: every column equals scikit-learn's predict_proba (an unseen class: 0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    def with_heads(frame):
+        return frame.with_columns(
+            pl.when(pl.col("is_democrat") == 1).then(pl.lit("dem")).otherwise(pl.lit("other")).alias("party"),
+            pl.when(pl.col("debate").is_in(["2nd", "3rd"])).then(pl.lit("later")).otherwise(pl.col("debate"))
+            .alias("round"))
+
+    heads = [{"name": "party", "type": "multiclass"}, {"name": "round", "type": "multiclass"}]
+    train, test, spec, targets = prepare_frames(with_heads(debates_demo[0]), debates_demo[1],
+                                                {"type": "multihead", "text_template": "{text}", "heads": heads})
+    assert spec.probability_columns == ["party=dem", "party=other", "round=1st", "round=VP", "round=later"]
+    for name, frame in (("train", train), ("test", test), ("targets", targets)):
+        write_parquet(frame, tmp_path / f"{name}.parquet")
+    spec.save(tmp_path / "labels.json")
+    matrix = targets.select(spec.probability_columns).to_numpy()
+    later = matrix[:, 4] == 1
+    folds = np.where(later, 0, np.arange(train.height) % 3)  # every `later` row is held out by fold 0
+    write_parquet(pl.DataFrame({"id": train["id"], "fold": folds}), tmp_path / "folds.parquet")
+    config = {"kind": "embedding_head", "pooling": "mean", "max_length": 64, "C": 1.0, "seed": 0}
+    embeddings = tmp_path / "e.safetensors"
+    assert run_cli(embedding_head.main, [
+        "embed", "--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"),
+        "--base", str(minilm_dir), "--model-config", json.dumps(config), "--out", str(embeddings)]) == 0
+    train_x, _, test_x, _ = embedding_head.read_embeddings(embeddings)
+    for fold in range(3):
+        out = tmp_path / f"fold{fold}"
+        assert run_cli(embedding_head.main, [
+            "fit", "--embeddings", str(embeddings), "--folds", str(tmp_path / "folds.parquet"),
+            "--targets", str(tmp_path / "targets.parquet"), "--labels", str(tmp_path / "labels.json"),
+            "--fold", str(fold), "--model-config", json.dumps(config), "--model-out", str(out / "head"),
+            "--valid-out", str(out / "valid.parquet"), "--test-out", str(out / "test.parquet")]) == 0
+        held = folds == fold
+        for frame, x in ((pl.read_parquet(out / "valid.parquet"), train_x[held]),
+                         (pl.read_parquet(out / "test.parquet"), test_x)):
+            for head, columns in spec.head_slices():
+                labels = matrix[~held][:, columns].argmax(axis=1)
+                reference = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(train_x[~held], labels)
+                expected = np.zeros((x.shape[0], columns.stop - columns.start))
+                expected[:, reference.classes_] = reference.predict_proba(x)
+                np.testing.assert_allclose(frame.select(spec.probability_columns[columns]).to_numpy(), expected,
+                                           atol=1e-4)
+        party = pl.read_parquet(out / "valid.parquet").select("party=dem", "party=other").to_numpy()
+        assert len(set(party.argmax(axis=1).tolist())) == 2  # not one class on every row
+    assert (pl.read_parquet(tmp_path / "fold0" / "valid.parquet")["round=later"] == 0).all()

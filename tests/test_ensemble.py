@@ -71,18 +71,29 @@ def test_search_finds_good_weights_and_reports_nested_score():
     frames, targets, _ = make_members(n=600, noise=(0.6, 4.0, 4.0))
     names = ["m0", "m1", "m2"]
     oof, _, weights, score = ens.build_ensemble(SPEC, names, frames, None, targets, "map@3", "search")
-    # the search should beat equal weights in-sample and lean on the accurate member
+    from movies_workflow import hand_map_at_3
+
+    # every fold's rows blended by hand with that fold's nested weights, scored by a hand-written MAP@3
+    folds = np.arange(len(targets)) % 4
+    truth = pl.Series([CLASSES[k] for k in targets.argmax(1)])
+    hand = np.zeros(targets.shape)
+    for fold in range(4):
+        rows = folds == fold
+        fold_weights = np.array(score["nested"]["weights"][str(fold)])
+        hand[rows] = sum(w * probs_of(frames[n])[rows] for w, n in zip(fold_weights / fold_weights.sum(), names))
+        fold_frame = pl.DataFrame(hand[rows], schema=list(CLASSES))
+        assert score["folds"][str(fold)]["score"] == pytest.approx(
+            hand_map_at_3(fold_frame, truth.filter(pl.Series(rows)), CLASSES), abs=1e-6)
+    nested_hand = hand_map_at_3(pl.DataFrame(hand, schema=list(CLASSES)), truth, CLASSES)
+    assert score["score"] == score["out_of_sample_score"] == score["overall"]["score"] == pytest.approx(nested_hand,
+                                                                                                      abs=1e-6)
+    # one set of numbers at the top: the mean of `folds` is `fold_mean`; the final weights' numbers under in_sample
+    assert score["fold_mean"] == pytest.approx(np.mean([v["score"] for v in score["folds"].values()]))
+    assert score["in_sample"]["score"] == score["in_sample_score"] != score["score"]
+    # weights searched without a fold beat equal weights on that fold (two of three members are mostly noise)
     equal = ens.blend_arrays([probs_of(frames[n]) for n in names], np.ones(3))
-    assert score["in_sample_score"] >= metrics.map_at_k_from_probabilities(equal, targets.argmax(1), 3)
+    assert nested_hand > hand_map_at_3(pl.DataFrame(equal, schema=list(CLASSES)), truth, CLASSES) + 0.02
     assert weights["weights"]["m0"] == max(weights["weights"].values())
-    nested = score["nested"]
-    assert set(nested["folds"]) == {"0", "1", "2", "3"}
-    assert score["out_of_sample_score"] == nested["score"] == score["score"]
-    # recompute one fold's held-out score by hand from its weights
-    fold_weights = np.array(nested["weights"]["1"])
-    rows = np.arange(len(targets)) % 4 == 1
-    blend = ens.blend_arrays([probs_of(frames[n])[rows] for n in names], fold_weights)
-    assert nested["folds"]["1"] == pytest.approx(metrics.map_at_k_from_probabilities(blend, targets.argmax(1)[rows], 3))
 
 
 def test_compact_rank_objective_equals_dense_map_on_random_weights():
@@ -109,9 +120,13 @@ def test_search_on_multilabel_macro_f1_improves_over_equal_weights():
     bad = rng.random((n, 3))
     frames = {name: pl.DataFrame({"id": np.arange(n), "fold": np.arange(n) % 3}).hstack(
         pl.DataFrame(p.astype(np.float32), schema=spec.probability_columns)) for name, p in (("good", good), ("bad", bad))}
-    _, _, weights, score = ens.build_ensemble(spec, ["good", "bad"], frames, None, targets, "macro_f1", "search")
-    equal = metrics.task_scores(spec, (good + bad) / 2, targets, "macro_f1")["score"]
-    assert score["in_sample_score"] >= equal
+    oof, _, weights, score = ens.build_ensemble(spec, ["good", "bad"], frames, None, targets, "macro_f1", "search")
+    from sklearn.metrics import f1_score
+
+    # the nested blend (weights searched without each fold) beats equal weights, by sklearn's macro F1 at 0.5
+    equal = f1_score(targets, (good + bad) / 2 >= 0.5, average="macro")
+    nested = f1_score(targets, oof.select(spec.probability_columns).to_numpy() >= 0.5, average="macro")
+    assert score["score"] == pytest.approx(nested) and nested > equal + 0.02
     assert weights["weights"]["good"] > weights["weights"]["bad"]
 
 
@@ -215,3 +230,79 @@ def test_a_searched_ensembles_oof_never_uses_weights_that_saw_that_folds_labels(
         rows = folds == int(fold)
         expected = ens.blend_arrays([probs_of(frames[n])[rows] for n in names], np.array([fold_weights[n] for n in names]))
         np.testing.assert_allclose(probs_of(oof)[rows], expected, rtol=1e-6)
+
+
+def two_class_members(n=400, seed=0):
+    """A binary task written as multiclass (columns no, yes) with two members of different quality."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 2, n)
+    targets = np.eye(2, dtype=np.float32)[truth]
+    frames = {}
+    for name, noise in (("good", 1.5), ("weak", 2.0)):  # independent errors: the stack can beat both
+        logit = 1.5 * (2 * truth - 1) + rng.normal(0, noise, n)
+        yes = 1 / (1 + np.exp(-logit))
+        frames[name] = pl.DataFrame({"id": [f"q{i}" for i in range(n)], "fold": np.arange(n) % 4}).hstack(
+            pl.DataFrame(np.stack([1 - yes, yes], axis=1).astype(np.float32), schema=["no", "yes"]))
+    return frames, targets
+
+
+def test_stack_on_a_two_class_multiclass_task_equals_sklearn_and_beats_its_members():
+    """scikit-learn fits one binary model for two classes (coef_ has one row): the stack must still give both
+    columns their own probability, not a softmax over one score (which made every row class 0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    spec = LabelSpec("multiclass", (Head("label", "multiclass", "label", ("no", "yes")),))
+    frames, targets = two_class_members()
+    names = ["good", "weak"]
+    oof, test, weights, score = ens.build_ensemble(spec, names, frames, frames, targets, "accuracy", "stack")
+    features = np.log(np.clip(np.concatenate([frames[n].select("no", "yes").to_numpy() for n in names], axis=1)
+                              .astype(np.float64), 1e-6, 1))
+    folds, truth = np.arange(len(targets)) % 4, targets.argmax(1)
+    stacked = oof.select("no", "yes").to_numpy()
+    for fold in range(4):
+        held = folds == fold
+        reference = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(features[~held], truth[~held])
+        np.testing.assert_allclose(stacked[held], reference.predict_proba(features[held]), atol=1e-4)
+    full = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(features, truth)
+    np.testing.assert_allclose(test.select("no", "yes").to_numpy(), full.predict_proba(features), atol=1e-4)
+    accuracy = float((stacked.argmax(1) == truth).mean())
+    assert score["score"] == pytest.approx(accuracy)
+    assert accuracy > max(score["member_scores"].values()) > 0.7
+    assert len(weights["heads"]["label"]["coef"]) == 1  # scikit-learn's one binary model, recorded as it is
+
+
+def test_stack_multihead_two_class_head_and_a_fold_missing_a_class_equal_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    spec = LabelSpec("multihead", (Head("pair", "multiclass", "pair", ("a", "b")),
+                                   Head("colour", "multiclass", "colour", ("x", "y", "z"))))
+    rng = np.random.default_rng(1)
+    n = 300
+    pair, colour = rng.integers(0, 2, n), rng.integers(0, 3, n)
+    targets = np.concatenate([np.eye(2)[pair], np.eye(3)[colour]], axis=1).astype(np.float32)
+    folds = np.where(colour == 2, 0, 1 + np.arange(n) % 2)  # fold 0 holds every `colour=z` row
+    ids = [f"q{i}" for i in range(n)]
+
+    def member(noise):
+        blocks = []
+        for truth, k in ((pair, 2), (colour, 3)):
+            logits = 2.0 * np.eye(k)[truth] + rng.normal(0, noise, (n, k))
+            blocks.append(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))
+        return pl.DataFrame({"id": ids, "fold": folds}).hstack(
+            pl.DataFrame(np.concatenate(blocks, axis=1).astype(np.float32), schema=spec.probability_columns))
+
+    frames = {"m0": member(1.0), "m1": member(2.0)}
+    oof, _, _, _ = ens.build_ensemble(spec, ["m0", "m1"], frames, None, targets, "mean_f1", "stack")
+    features = np.log(np.clip(np.concatenate([frames[m].select(spec.probability_columns).to_numpy()
+                                              for m in ("m0", "m1")], axis=1).astype(np.float64), 1e-6, 1))
+    stacked = oof.select(spec.probability_columns).to_numpy()
+    for fold in range(3):
+        held = folds == fold
+        for head, columns in spec.head_slices():
+            labels = targets[:, columns].argmax(1)
+            reference = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(features[~held], labels[~held])
+            expected = np.zeros((held.sum(), columns.stop - columns.start))
+            expected[:, reference.classes_] = reference.predict_proba(features[held])
+            np.testing.assert_allclose(stacked[held][:, columns], expected, atol=1e-4)
+    assert (stacked[folds == 0][:, 4] == 0).all()  # fold 0's level 2 never saw `colour=z`
+    assert set(stacked[:, :2].argmax(1).tolist()) == {0, 1}

@@ -25,7 +25,7 @@ CONFIG = movies_config(
 def test_one_fold_and_a_full_data_model(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     result = snakemake(tmp_path, "results/oof/one.parquet", "results/scores/one.json", "results/test/one.parquet",
-                       "results/models/one/full/model")
+                       "results/models/one/full/model", "results/leaderboard.csv")
     assert result.returncode == 0, result.stderr[-4000:]
     results = tmp_path / "results"
     folds = pl.read_parquet(results / "folds.parquet").with_columns(pl.col("id").cast(pl.String))
@@ -42,6 +42,18 @@ def test_one_fold_and_a_full_data_model(tmp_path):
     labels = oof.select("id").join(train, on="id", how="left")["category"]
     assert scores["score"] == pytest.approx(hand_map_at_3(oof, labels), abs=1e-9)
     assert pl.read_parquet(results / "test" / "one.parquet").height == 20
+
+    # compared with the prior on the same rows: fold 0's rows predicted with the class shares of fold 1's rows
+    fold1 = folds.filter(pl.col("fold") == 1).join(train, on="id", how="left")["category"]
+    shares = {c: (fold1 == c).mean() for c in ("fresh", "plot", "rotten")}
+    prior_rows = oof.select("id").with_columns(pl.lit(v).alias(c) for c, v in shares.items())
+    prior_on_fold0 = hand_map_at_3(prior_rows, labels)
+    assert scores["prior_score"] == pytest.approx(prior_on_fold0, abs=1e-6)
+    assert scores["lift_over_prior"] == pytest.approx(scores["score"] - prior_on_fold0, abs=1e-6)
+    all_folds_prior = json.loads((results / "scores" / "prior.json").read_text())["score"]
+    assert scores["prior_score_all_folds"] == all_folds_prior != pytest.approx(prior_on_fold0)
+    row = pl.read_csv(results / "leaderboard.csv").filter(pl.col("kind") == "model").row(0, named=True)
+    assert row["lift_over_prior"] == pytest.approx(scores["score"] - prior_on_fold0, abs=1e-6)
 
     # the fold model trains on the rows outside fold 0, the full-data model on all 60
     def official_rows(split):

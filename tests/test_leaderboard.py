@@ -138,6 +138,31 @@ def test_a_best_epoch_model_and_what_is_built_on_it_are_flagged_optimistic(tmp_p
     assert "Optimistic" not in honest and "cv_plain" not in honest
 
 
+def test_lift_uses_the_same_cv_and_the_same_rows_prior_for_a_model_and_its_submission(tmp_path):
+    """A best-epoch model trained on one fold: its row and its submission's row take the lift from the plain CV,
+    against the prior on the rows it scores (its score.json's prior_score), not the all-folds prior."""
+    from workflow_scripts.submission import summarise_scores
+
+    score_file = tmp_path / "scores" / "qwen.json"
+    write_json({"model": "qwen", "metric": "map@3", "score": 0.7, "folds": {"0": {"score": 0.7}},
+                "selection": "best_epoch_on_valid_fold", "cv_optimistic": True,
+                "plain": {"score": 0.6, "folds": {"0": {"score": 0.6}}}, "prior_score": 0.45}, score_file)
+    write_json({"ensemble": "solo", "metric": "map@3", "score": 0.65, "members": ["qwen"], "prior_score": 0.45},
+               tmp_path / "ensembles" / "solo" / "score.json")
+    manifest = {"hashed": {"submission": "qwen_sub", "config": {"models": {"qwen": {"select_epoch": "best"}}},
+                           "oof_scores": summarise_scores([score_file])}}
+    write_json(manifest, tmp_path / "submissions" / "qwen_sub" / "manifest.json")
+    prior = tmp_path / "scores" / "prior.json"
+    write_json({"metric": "map@3", "score": 0.5}, prior)  # all folds: other rows than qwen's
+    board = lb.build_leaderboard([score_file], [tmp_path / "ensembles" / "solo" / "score.json"],
+                                 [tmp_path / "submissions" / "qwen_sub" / "manifest.json"], prior_scores=prior)
+    lifts = {(kind, name): lift for kind, name, lift in board.select("kind", "name", "lift_over_prior").iter_rows()}
+    assert lifts[("model", "qwen")] == pytest.approx(0.6 - 0.45)
+    assert lifts[("submission", "qwen_sub")] == pytest.approx(0.6 - 0.45)
+    assert lifts[("ensemble", "solo")] == pytest.approx(0.65 - 0.45)
+    assert lifts[("prior", "prior")] is None and "_prior_on_rows" not in board.columns
+
+
 def test_a_student_of_teacher_labels_that_saw_its_folds_and_what_is_built_on_it_are_flagged_with_the_reason(tmp_path):
     paths = write_inputs(tmp_path)
     student = json.loads(paths["qwen"].read_text())

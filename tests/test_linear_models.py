@@ -120,3 +120,67 @@ def test_multilabel_is_one_vs_rest_like_sklearn(tmp_path):
 def test_settings_need_an_analyzer():
     with pytest.raises(OoflineError, match="word_ngrams or char_ngrams"):
         linear_models.tfidf_settings({"word_ngrams": None, "char_ngrams": None})
+
+
+def two_class_multiclass_row(rng):
+    k = int(rng.integers(0, 2))
+    return np.eye(2)[k], ["ab"[k]]
+
+
+def multihead_row(rng):
+    """A 2-class multiclass head `pair` (cue a or b) and a 3-class head `colour` (cue c, or none)."""
+    pair = int(rng.integers(0, 2))
+    colour = int(rng.integers(0, 3))
+    return np.concatenate([np.eye(2)[pair], np.eye(3)[colour]]), ["ab"[pair]] + (["c"] if colour == 2 else [])
+
+
+TWO_CLASS_TASKS = {
+    "binary_as_multiclass": (LabelSpec("multiclass", (Head("label", "multiclass", "label", ("no", "yes")),)),
+                             two_class_multiclass_row),
+    "multihead_2_and_3_classes": (LabelSpec("multihead", (Head("pair", "multiclass", "pair", ("a", "b")),
+                                                          Head("colour", "multiclass", "colour", ("x", "y", "z")))),
+                                  multihead_row),
+}
+
+
+def sklearn_head_probabilities(spec, matrix, train_rows, x_train, x_other):
+    """scikit-learn's own predict_proba per head, placed in the head's columns (a class the rows lack: 0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    expected = np.zeros((x_other.shape[0], matrix.shape[1]))
+    for head, columns in spec.head_slices():
+        labels = matrix[train_rows][:, columns].argmax(axis=1)
+        reference = LogisticRegression(C=2.0, max_iter=1000, random_state=3).fit(x_train, labels)
+        expected[:, [columns.start + k for k in reference.classes_]] = reference.predict_proba(x_other)
+    return expected
+
+
+@pytest.mark.parametrize("task", sorted(TWO_CLASS_TASKS))
+def test_two_class_heads_and_folds_missing_a_class_equal_sklearn(tmp_path, task):
+    """A 2-class multiclass head is one binary model in scikit-learn (coef_ has one row): both columns right."""
+    spec, row = TWO_CLASS_TASKS[task]
+    train, test, matrix, folds = make_task(tmp_path, spec, row)
+    if spec.task == "multihead":
+        # every `colour=z` row in fold 0: fold 0's model trains on two of the head's three classes
+        folds = np.where(matrix[:, 4] == 1, 0, np.where(np.arange(len(folds)) % 2 == 0, 1, 2))
+        write_parquet(pl.DataFrame({"id": train["id"], "fold": folds}), tmp_path / "folds.parquet")
+    config = {"kind": "tfidf_linear", "word_ngrams": [1, 1], "char_ngrams": None, "min_df": 1, "C": 2.0, "seed": 3}
+    texts = np.array(train["text"].to_list(), dtype=object)
+    columns = spec.probability_columns
+    for fold in range(3):
+        valid, test_frame, _ = run_fold(tmp_path, fold, config)
+        held = folds == fold
+        x_train, x_valid = sklearn_features(list(texts[~held]), list(texts[held]), [1, 1], None)
+        _, x_test = sklearn_features(list(texts[~held]), test["text"].to_list(), [1, 1], None)
+        np.testing.assert_allclose(valid.select(columns).to_numpy(),
+                                   sklearn_head_probabilities(spec, matrix, ~held, x_train, x_valid), atol=1e-4)
+        np.testing.assert_allclose(test_frame.select(columns).to_numpy(),
+                                   sklearn_head_probabilities(spec, matrix, ~held, x_train, x_test), atol=1e-4)
+        # the 2-class head learned: both classes predicted, well above guessing
+        pair = valid.select(columns[:2]).to_numpy()
+        assert set(pair.argmax(axis=1).tolist()) == {0, 1}
+        assert (pair.argmax(axis=1) == matrix[held][:, :2].argmax(axis=1)).mean() > 0.75
+    if spec.task == "multihead":  # fold 0 never saw `colour=z`: it gets probability 0 there, the rest sums to 1
+        valid, _, _ = run_fold(tmp_path, 0, config)
+        assert (valid["colour=z"] == 0).all()
+        np.testing.assert_allclose(valid.select("colour=x", "colour=y").to_numpy().sum(axis=1), 1.0, atol=1e-6)

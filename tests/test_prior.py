@@ -51,6 +51,33 @@ def test_multiclass_prior_matches_a_hand_computation(tmp_path):
     assert test.select("a", "b", "c").row(1) == pytest.approx((0.5, 1 / 6, 1 / 3))
 
 
+def test_a_model_on_some_folds_is_compared_with_the_prior_on_its_rows(tmp_path):
+    """The same task: a model trained on fold 1 only scores fold 1's rows, where the prior scores 1/3 (not the
+    all-folds 1/6); the oof step records that prior and takes the lift from it."""
+    from workflow_scripts import oof
+
+    labels = ["a", "a", "b", "a", "c", "c"]
+    targets = np.eye(3, dtype=np.float32)[["abc".index(x) for x in labels]]
+    write_task(tmp_path, MULTICLASS, targets, [0, 0, 0, 1, 1, 1])
+    run_prior(tmp_path, "accuracy")
+    assert prior.prior_score_on_rows(MULTICLASS, pl.read_parquet(tmp_path / "folds.parquet"),
+                                     str(tmp_path / "targets.parquet"), ["r3", "r4", "r5"], "accuracy") == 1 / 3
+    model = np.eye(3, dtype=np.float32)[[2, 2, 2]]  # predicts c on fold 1's rows: 2 of 3 right
+    write_parquet(pl.DataFrame({"id": ["r3", "r4", "r5"], "fold": [1, 1, 1]}).hstack(
+        pl.DataFrame(model, schema=["a", "b", "c"])), tmp_path / "valid1.parquet")
+    write_parquet(pl.DataFrame({"id": ["t0", "t1"]}).hstack(pl.DataFrame(model[:2], schema=["a", "b", "c"])),
+                  tmp_path / "test1.parquet")
+    assert run_cli(oof.main, [
+        "--valid", str(tmp_path / "valid1.parquet"), "--test", str(tmp_path / "test1.parquet"),
+        "--folds", str(tmp_path / "folds.parquet"), "--targets", str(tmp_path / "targets.parquet"),
+        "--labels", str(tmp_path / "labels.json"), "--metric", "accuracy", "--oof-out", str(tmp_path / "oof1.parquet"),
+        "--test-out", str(tmp_path / "t1.parquet"), "--scores-out", str(tmp_path / "one.json"),
+        "--prior-scores", str(tmp_path / "prior.json")]) == 0
+    scores = read_json(tmp_path / "one.json")
+    assert (scores["score"], scores["prior_score"], scores["prior_score_all_folds"]) == pytest.approx((2 / 3, 1 / 3, 1 / 6))
+    assert scores["lift_over_prior"] == pytest.approx(1 / 3)
+
+
 def test_multihead_prior_is_per_head_rates(tmp_path):
     spec = LabelSpec("multihead", (Head("flag", "binary", "flag"), Head("kind", "multiclass", "kind", ("x", "y"))))
     # columns: flag, kind=x, kind=y

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shlex
 import subprocess
 import sys
@@ -96,6 +97,21 @@ def test_the_manifest_slice_holds_what_the_submission_is_built_from(demo_config)
     base_models = flags[flags.index("--base-models") + 1:flags.index("--base-models") + 3]
     assert base_models == ["minilm=packaged:minilm", "tiny_llama_qlora=tiny:llama"]
     assert "--thresholds" not in flags
+
+
+def test_thresholds_on_a_search_or_stack_get_what_refits_it():
+    ensembles = {"stacked": {"members": ["a", "b"], "method": "stack", "C": 0.5},
+                 "searched": {"members": {"a": 2.0, "b": 1.0}, "method": "search", "blend": "rank"},
+                 "blend": {"members": ["a", "b"]}}
+    flags = shlex.split(rule_params.threshold_refit_flags(ensembles, "stacked", ["oof/a.parquet", "oof/b.parquet"]))
+    assert flags[flags.index("--member-oof") + 1:] == ["oof/a.parquet", "oof/b.parquet"]
+    assert json.loads(flags[flags.index("--refit") + 1]) == {"names": ["a", "b"], "weights": [1.0, 1.0],
+                                                              "method": "stack", "blend": "mean", "member_top_k": None,
+                                                              "C": 0.5}
+    searched = shlex.split(rule_params.threshold_refit_flags(ensembles, "searched", ["x", "y"]))
+    assert json.loads(searched[searched.index("--refit") + 1])["weights"] == [2.0, 1.0]
+    assert rule_params.threshold_refit_flags(ensembles, "blend", []) == ""
+    assert rule_params.threshold_refit_flags(ensembles, "a_model", []) == ""
 
 
 def test_threshold_flags_pass_rates_as_json():

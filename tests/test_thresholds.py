@@ -104,6 +104,14 @@ def write_inputs(tmp_path, spec, probs, targets):
     spec.save(tmp_path / "labels.json")
 
 
+def hand_mean_f1(probs, targets, thresholds, predicted=None):
+    """mean_f1 of spec_multihead() by hand: F1 of `a` and `b` at their thresholds, macro F1 of argmax `h`."""
+    if predicted is None:
+        predicted = probs[:, [0, 3]] >= [thresholds["a"], thresholds["b"]]
+    place = f1_score(targets[:, 1:3].argmax(1), probs[:, 1:3].argmax(1), average="macro")
+    return (f1_score(targets[:, 0], predicted[:, 0]) + place + f1_score(targets[:, 3], predicted[:, 1])) / 3
+
+
 def test_cli_writes_thresholds_and_curves(tmp_path):
     spec = spec_multihead()
     probs, targets = make_data()
@@ -113,9 +121,26 @@ def test_cli_writes_thresholds_and_curves(tmp_path):
             "--probe-f1", '{"a": 0.3}', "--out", str(tmp_path / "t.json"), "--curves-out", str(tmp_path / "c.parquet")]
     assert run_cli(th.main, argv) == 0
     result = json.loads((tmp_path / "t.json").read_text())
-    assert 0 < result["oof_score_after_nested"] <= 1 and set(result["nested_folds"]) == {"0", "1", "2", "3", "4"}
-    expected = th.search_thresholds(spec, probs, targets, "hybrid", 0.5, probe_f1={"a": 0.3})
-    assert result["thresholds"] == pytest.approx(expected["thresholds"])
+    # each written threshold: half the F1 maximiser (brute force over every score) plus half the rate matcher
+    for name, column, rate in (("a", 0, 0.3 / 1.7), ("b", 3, targets[:, 3].mean())):
+        info = result["classes"][name]
+        assert result["thresholds"][name] == pytest.approx(0.5 * info["exact"] + 0.5 * info["class_balance"])
+        assert f1_score(targets[:, column], probs[:, column] >= info["exact"]) == pytest.approx(
+            brute_force_best_f1(probs[:, column], targets[:, column]))
+        best_gap = min(abs(np.mean(probs[:, column] >= t) - rate) for t in np.unique(probs[:, column]))
+        assert abs(np.mean(probs[:, column] >= info["class_balance"]) - rate) == pytest.approx(best_gap)
+    # the reported scores are what applying the written thresholds scores (in-sample), and what applying each
+    # fold's thresholds, searched on the other four folds, scores (nested)
+    assert result["oof_score_after"] == pytest.approx(hand_mean_f1(probs, targets, result["thresholds"]))
+    folds = np.arange(len(probs)) % 5
+    predicted = np.zeros((len(probs), 2))
+    for fold in range(5):
+        held = folds == fold
+        inner = th.search_thresholds(spec, probs[~held], targets[~held], "hybrid", 0.5, probe_f1={"a": 0.3})
+        assert result["nested_thresholds"][str(fold)] == pytest.approx(inner["thresholds"])
+        predicted[held] = probs[held][:, [0, 3]] >= [inner["thresholds"]["a"], inner["thresholds"]["b"]]
+    assert result["oof_score_after_nested"] == pytest.approx(hand_mean_f1(probs, targets, None, predicted))
+    assert set(result["nested_folds"]) == {"0", "1", "2", "3", "4"}
     curves = pl.read_parquet(tmp_path / "c.parquet")
     assert curves.group_by("column").len()["len"].max() <= 200
     marked = curves.filter((pl.col("column") == "a") & (pl.col("kind") == "exact"))
@@ -191,3 +216,100 @@ def test_a_column_without_positives_predicts_none_and_says_so(method):
     assert result["classes"]["a"]["predicts_none"] is True
     assert result["classes"]["a"]["positive_rate_after"] == 0.0
     assert result["classes"]["b"]["predicts_none"] is False
+
+
+def stacked_multilabel(tmp_path, targets, name="stacked", method="stack"):
+    """Two members' OOF files, a stack over them (ensemble.build_ensemble) and its OOF file; returns the argv
+    tail that names the stack's OOF and, with --refit, the members it is refitted from."""
+    from workflow_scripts import ensemble
+
+    spec = LabelSpec("multilabel", tuple(Head(c, "binary", c) for c in ("p", "q", "r")))
+    rng = np.random.default_rng(5)
+    n = len(targets)
+    ids, folds = [f"r{i}" for i in range(n)], np.arange(n) % 4
+    frames = {}
+    for member, noise in (("m0", 1.2), ("m1", 2.0)):
+        logits = 1.5 * (2 * targets - 1) + rng.normal(0, noise, targets.shape)
+        frames[member] = pl.DataFrame({"id": ids, "fold": folds}).hstack(
+            pl.DataFrame((1 / (1 + np.exp(-logits))).astype(np.float32), schema=spec.probability_columns))
+        frames[member].write_parquet(tmp_path / f"{member}.parquet")
+    oof, _, _, _ = ensemble.build_ensemble(spec, ["m0", "m1"], frames, None, targets, "macro_f1", method)
+    oof.write_parquet(tmp_path / f"{name}.parquet")
+    pl.DataFrame({"id": ids}).hstack(pl.DataFrame(targets, schema=spec.probability_columns)).write_parquet(
+        tmp_path / "targets.parquet")
+    spec.save(tmp_path / "labels.json")
+    refit = json.dumps({"names": ["m0", "m1"], "weights": [1.0, 1.0], "method": method, "blend": "mean",
+                        "member_top_k": None, "C": 1.0})
+    return spec, frames, folds, ["--oof", str(tmp_path / f"{name}.parquet"), "--labels", str(tmp_path / "labels.json"),
+                                 "--targets", str(tmp_path / "targets.parquet"), "--method", "exact",
+                                 "--metric", "macro_f1"], \
+        ["--refit", refit, "--member-oof", str(tmp_path / "m0.parquet"), str(tmp_path / "m1.parquet")]
+
+
+def test_thresholds_on_a_stack_are_searched_on_a_level_2_that_never_saw_the_scored_fold(tmp_path):
+    """Nested thresholds on a stack: for outer fold f the level 2 is refitted on the other folds (an inner
+    out-of-fold stack) and the thresholds searched there; fold f's labels reach neither."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    targets = (rng.random((320, 3)) < [0.2, 0.35, 0.5]).astype(np.float32)
+    spec, frames, folds, argv, refit = stacked_multilabel(tmp_path, targets)
+    assert run_cli(th.main, argv + refit + ["--out", str(tmp_path / "t.json")]) == 0
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert "stack" in result["nested_refit"]
+    features = np.log(np.clip(np.concatenate([frames[m].select("p", "q", "r").to_numpy() for m in ("m0", "m1")],
+                                             axis=1).astype(np.float64), 1e-6, 1))
+    stack_oof = pl.read_parquet(tmp_path / "stacked.parquet").select("p", "q", "r").to_numpy()
+    predicted = np.zeros(targets.shape, dtype=bool)
+    for outer in range(4):
+        inner_rows = folds != outer
+        inner_oof = np.zeros((inner_rows.sum(), 3))
+        inner_folds = folds[inner_rows]
+        for inner in set(inner_folds.tolist()):  # the level 2 by hand, on rows of neither fold
+            fit = inner_folds != inner
+            for column in range(3):
+                model = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit(
+                    features[inner_rows][fit], targets[inner_rows][fit, column])
+                inner_oof[~fit, column] = model.predict_proba(features[inner_rows][~fit])[:, 1]
+        for column, name in enumerate("pqr"):
+            threshold, _ = th.best_f1_threshold(inner_oof[:, column], targets[inner_rows, column])
+            assert result["nested_thresholds"][str(outer)][name] == pytest.approx(threshold, abs=1e-5)
+            predicted[~inner_rows, column] = stack_oof[~inner_rows, column] >= threshold
+    assert result["oof_score_after_nested"] == pytest.approx(f1_score(targets, predicted, average="macro"))
+    assert result["oof_score_after"] >= result["oof_score_after_nested"]  # in-sample beside it, as reported
+
+    # relabel fold 0: the stack and its OOF change, the thresholds fold 0 is scored with do not ...
+    relabelled = targets.copy()
+    relabelled[folds == 0] = 1 - relabelled[folds == 0]
+    other = tmp_path / "relabelled"
+    other.mkdir()
+    _, _, _, argv2, refit2 = stacked_multilabel(other, relabelled)
+    assert run_cli(th.main, argv2 + refit2 + ["--out", str(other / "t.json")]) == 0
+    assert json.loads((other / "t.json").read_text())["nested_thresholds"]["0"] == result["nested_thresholds"]["0"]
+    # ... while thresholds searched on the stack's own OOF rows of folds 1-3 (fitted with fold 0) do
+    assert run_cli(th.main, argv + ["--out", str(tmp_path / "plain.json")]) == 0
+    assert run_cli(th.main, argv2 + ["--out", str(other / "plain.json")]) == 0
+    assert (json.loads((other / "plain.json").read_text())["nested_thresholds"]["0"]
+            != json.loads((tmp_path / "plain.json").read_text())["nested_thresholds"]["0"])
+
+
+def test_thresholds_on_a_search_never_see_the_scored_fold(tmp_path):
+    """The same for a weight search: fold 0's thresholds come from weights and thresholds searched without
+    fold 0, so relabelling fold 0 leaves them as they are (it changes the searched ensemble's other rows)."""
+    rng = np.random.default_rng(6)
+    targets = (rng.random((320, 3)) < [0.2, 0.35, 0.5]).astype(np.float32)
+    relabelled = targets.copy()
+    relabelled[np.arange(320) % 4 == 0] = 1 - relabelled[np.arange(320) % 4 == 0]
+    nested, plain = [], []
+    for name, labels in (("original", targets), ("relabelled", relabelled)):
+        folder = tmp_path / name
+        folder.mkdir()
+        _, _, _, argv, refit = stacked_multilabel(folder, labels, method="search")
+        assert run_cli(th.main, argv + refit + ["--out", str(folder / "t.json")]) == 0
+        assert run_cli(th.main, argv + ["--out", str(folder / "plain.json")]) == 0
+        result = json.loads((folder / "t.json").read_text())
+        assert "search" in result["nested_refit"] and result["oof_score_after_nested"] is not None
+        nested.append(result["nested_thresholds"]["0"])
+        plain.append(json.loads((folder / "plain.json").read_text())["nested_thresholds"]["0"])
+    assert nested[0] == nested[1]
+    assert plain[0] != plain[1]  # without the refit, fold 0's labels reach its thresholds through the weights

@@ -293,12 +293,14 @@ def output_problems(config: dict[str, Any]) -> list[str]:
                         f"fold's labels (use method mean or rank in ensembles.{name} or in ensembles.{below[0]})")
     task_type = (config.get("task") or {}).get("type")
     for name, entry in (config.get("thresholds") or {}).items():
-        below = searched_ensembles(name, ensembles)
+        # a search or stack itself is refitted without each outer fold for the nested threshold score; one held
+        # inside a mean or rank ensemble is not
+        below = [e for e in searched_ensembles(name, ensembles) if e != name]
         if below:
             problems.append(f"config: thresholds.{name}: {name!r} holds the {ensembles[below[0]]['method']} ensemble "
                             f"{below[0]!r}: thresholds tuned "
-                            "on it would score each fold with weights that saw that fold's labels (threshold a mean or "
-                            "rank ensemble)")
+                            "on it would score each fold with weights that saw that fold's labels (threshold "
+                            f"{below[0]!r} itself: it is refitted without each fold for the nested score)")
         if name not in sources:
             problems.append(f"config: thresholds.{name}: no model or ensemble is called {name!r} (have {sources})")
         if task_type == "multiclass":

@@ -3,11 +3,13 @@
 `search` picks weights by coordinate ascent over the simplex to maximise the task metric. So the reported
 score does not flatter the search, weights are also chosen with nested cross-validation: for each fold f,
 weights are searched on the other folds and scored on f; score.json reports that out-of-sample score
-(`score`, `out_of_sample_score`) beside the in-sample score of the final weights (`in_sample_score`).
+(`score`, `out_of_sample_score`, and `overall`, `folds`, `fold_mean` of the same nested blend) beside the
+in-sample numbers of the final weights (`in_sample_score` and the `in_sample` block).
 The written test file uses the final weights (searched on all OOF rows); the written OOF is the nested blend
 (each fold's rows with the weights searched without them), so whatever reads it downstream stays out of fold.
-A search or stack over a searched or stacked ensemble, or thresholds tuned on one, are refused by config
-validation: their own folds would see values fitted with those folds' labels.
+A search or stack over a searched or stacked ensemble is refused by config validation: its own folds would see
+values fitted with those folds' labels. Thresholds on a search or stack refit it without each outer fold for their
+nested score (thresholds.ensemble_refit calls build_ensemble on the other folds' rows).
 
 `stack` fits a level-2 logistic regression per head (linear_heads) on the members' OOF log-probabilities. Its
 OOF file is out of fold: each fold's rows are predicted by a level-2 model fitted on the other folds only,
@@ -408,6 +410,8 @@ def build_stack(spec: LabelSpec, names: list[str], oof_members: list[np.ndarray]
     score = dict(nested)
     score.update({
         "method": "stack", "members": names, "C": c,
+        "scores_of": "out-of-fold level 2 (each fold's rows predicted by a level 2 fitted on the other folds)",
+        "in_sample": {key: in_sample[key] for key in ("score", "overall", "folds", "fold_mean", "fold_std")},
         "member_scores": {n: metrics.task_scores(spec, m, targets, metric)["score"] for n, m in zip(names, oof_members)},
         "in_sample_score": in_sample["score"], "out_of_sample_score": nested["score"],
         "in_sample_fold_mean": in_sample["fold_mean"], "in_sample_fold_std": in_sample["fold_std"],
@@ -523,7 +527,9 @@ def build_ensemble(
         log(f"ensemble: final search on all folds: {evaluations} evaluations")
     oof_blend = blend_arrays(oof_members, final)
     in_sample = metrics.fold_scores(spec, oof_blend, targets, folds, metric)
-    score = dict(in_sample)
+    # the top-level blocks (score, overall, folds, fold_mean) all describe one set of predictions, the OOF file
+    # written: for a search that is the nested blend; the final weights' in-sample numbers sit under `in_sample`
+    score = dict(metrics.fold_scores(spec, nested_blend, targets, folds, metric) if nested else in_sample)
     score.update({
         "method": method,
         "blend": blend,
@@ -532,13 +538,13 @@ def build_ensemble(
         "member_scores": member_scores,
         "in_sample_score": in_sample["score"],
         # weights fixed by the user were not fitted on these rows, so in-sample is out-of-sample for them
-        "out_of_sample_score": nested["score"] if nested else in_sample["score"],
+        "out_of_sample_score": score["score"],
         "nested": nested,
+        "scores_of": "nested blend (each fold's weights searched on the other folds)" if nested else "the blend",
     })
-    score["score"] = score["out_of_sample_score"]
     score["in_sample_fold_mean"], score["in_sample_fold_std"] = in_sample["fold_mean"], in_sample["fold_std"]
-    if nested:  # fold spread of the honest numbers, so the leaderboard does not mix in-sample folds in
-        score["fold_mean"], score["fold_std"] = nested["fold_mean"], nested["fold_std"]
+    if nested:
+        score["in_sample"] = {key: in_sample[key] for key in ("score", "overall", "folds", "fold_mean", "fold_std")}
     weight_record = {
         "method": method,
         "blend": blend,
@@ -572,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", required=True, help="label spec JSON")
     parser.add_argument("--targets", required=True, help="targets parquet: id + probability columns as 0/1")
     parser.add_argument("--metric", required=True)
+    parser.add_argument("--folds", default=None, help="folds parquet: records the prior's score on the OOF rows")
     parser.add_argument("--name", default="", help="ensemble name, recorded in score.json")
     parser.add_argument("--oof-out", required=True)
     parser.add_argument("--test-out", default=None)
@@ -597,6 +604,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.member_top_k, log=lambda line: print(line, flush=True), stack_c=args.stack_c,
     )
     score["ensemble"] = args.name
+    if args.folds:  # members over some folds only: compared with the prior on the same rows
+        from workflow_scripts.io import read_table
+        from workflow_scripts.prior import prior_score_on_rows
+
+        score["prior_score"] = prior_score_on_rows(spec, read_table(args.folds), args.targets, oof["id"], args.metric)
     write_parquet(oof, args.oof_out)
     if test is not None:
         write_parquet(test, args.test_out)

@@ -68,6 +68,10 @@ def load_lb_scores(path: str | Path | None) -> dict[str, dict[str, float | None]
     return scores
 
 
+# a row's own prior score (on the rows it was scored on), read by add_lift; not a leaderboard column
+PRIOR_ON_ROWS = "_prior_on_rows"
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -93,7 +97,8 @@ def model_rows(path: str | Path) -> list[dict]:
     rows = [_row(kind="model", name=name, metric=payload.get("metric"), cv=_number(payload["score"]),
                  cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
                  test_predictions=payload.get("test_predictions"), cv_optimistic=flag,
-                 cv_plain=_number(plain.get("score")), cv_optimistic_reason=reason, source=Path(path).as_posix())]
+                 cv_plain=_number(plain.get("score")), cv_optimistic_reason=reason, source=Path(path).as_posix(),
+                 **{PRIOR_ON_ROWS: _number(payload.get("prior_score"))})]
     for fold, scores in sorted(payload.get("folds", {}).items(), key=lambda item: int(item[0])):
         rows.append(_row(kind="fold", name=name, fold=str(fold), metric=payload.get("metric"),
                          cv=_number(scores.get("score")), cv_optimistic=flag,
@@ -107,7 +112,8 @@ def ensemble_rows(path: str | Path) -> list[dict]:
     name = payload.get("ensemble") or Path(path).parent.name
     return [_row(kind="ensemble", name=name, metric=payload.get("metric"), cv=_number(payload.get("score")),
                  cv_fold_mean=_number(payload.get("fold_mean")), cv_fold_std=_number(payload.get("fold_std")),
-                 cv_in_sample=_number(payload.get("in_sample_score")), source=Path(path).as_posix())]
+                 cv_in_sample=_number(payload.get("in_sample_score")), source=Path(path).as_posix(),
+                 **{PRIOR_ON_ROWS: _number(payload.get("prior_score"))})]
 
 
 def ensemble_members_of(path: str | Path) -> tuple[str, list[str]]:
@@ -136,11 +142,12 @@ def submission_row(path: str | Path, optimistic_models: set[str] = frozenset()) 
     manifest = read_json(path)
     hashed = manifest.get("hashed", {})
     name = hashed.get("submission") or Path(path).parent.name
-    cv = thresholded = thresholded_nested = in_sample = metric = None
+    cv = thresholded = thresholded_nested = in_sample = metric = plain = prior = None
     for scores in hashed.get("oof_scores", {}).values():
         metric = metric or scores.get("metric")
         if cv is None and "score" in scores:
             cv, in_sample = _number(scores["score"]), _number(scores.get("in_sample_score"))
+            plain, prior = _number(scores.get("plain_score")), _number(scores.get("prior_score"))
         if "oof_score_after" in scores:
             thresholded = _number(scores["oof_score_after"])
             thresholded_nested = _number(scores.get("oof_score_after_nested"))
@@ -152,7 +159,7 @@ def submission_row(path: str | Path, optimistic_models: set[str] = frozenset()) 
     return _row(kind="submission", name=name, metric=metric, cv=cv, cv_in_sample=in_sample,
                 cv_thresholded=thresholded, cv_thresholded_nested=thresholded_nested, cv_optimistic=bool(flagged) or None,
                 cv_optimistic_reason=("from optimistic models: " + ", ".join(flagged)) if flagged else None,
-                source=Path(path).as_posix())
+                cv_plain=plain, source=Path(path).as_posix(), **{PRIOR_ON_ROWS: prior})
 
 
 def prior_row(path: str | Path) -> dict:
@@ -171,9 +178,11 @@ def add_lift(rows: list[dict], prior: dict) -> None:
     for row in rows:
         if row["kind"] in ("prior", "fold") or row["cv"] is None or row["metric"] != prior["metric"]:
             continue
-        # a best-epoch model is measured by its plain CV: the optimistic one would flatter it
+        # a best-epoch model (and a submission of it) is measured by its plain CV: the optimistic one would flatter it
         honest = row["cv_plain"] if row["cv_plain"] is not None else row["cv"]
-        row["lift_over_prior"] = lift_over_prior(honest, prior["cv"], prior["metric"])
+        # against the prior on the same rows (a model over some folds scores only their rows)
+        baseline = row.get(PRIOR_ON_ROWS) if row.get(PRIOR_ON_ROWS) is not None else prior["cv"]
+        row["lift_over_prior"] = lift_over_prior(honest, baseline, prior["metric"])
         row["beats_prior"] = row["lift_over_prior"] > 0
 
 
@@ -211,7 +220,7 @@ def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: 
     if prior_scores:
         add_lift(rows, rows[0])
     rows.sort(key=lambda r: (KINDS.index(r["kind"]), r["name"], int(r["fold"]) if r["fold"] else -1))
-    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+    return pl.DataFrame([{key: row[key] for key in SCHEMA} for row in rows], schema=SCHEMA, orient="row")
 
 
 def _cell(value: Any) -> str:

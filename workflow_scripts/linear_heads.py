@@ -5,6 +5,8 @@ multiclass head is one multinomial logistic regression, a binary head (every mul
 binary head of a multihead task) one binary logistic regression, so multilabel is one-vs-rest. What is
 saved is only coefficients and intercepts: prediction is softmax / sigmoid of `features @ coef.T +
 intercept`, the same arithmetic as sklearn's predict_proba, so no pickle is needed to predict again.
+A multiclass head whose training rows hold two classes (a 0/1 task written as multiclass, or a fold that
+lacks a class) is one binary model in scikit-learn: one coefficient row scoring the second class.
 """
 from __future__ import annotations
 
@@ -72,13 +74,28 @@ def predict_heads(spec: LabelSpec, heads: list[FittedHead], features) -> np.ndar
             continue
         scores = np.asarray(features @ fitted.coef.astype(np.float64).T) + fitted.intercept.astype(np.float64)
         if head.type == "binary":
-            probabilities[:, columns.start] = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+            probabilities[:, columns.start] = _sigmoid(scores[:, 0])
+        elif scores.shape[1] == 1:
+            # two classes seen: scikit-learn fits one binary model whose score favours the second class
+            positive = _sigmoid(scores[:, 0])
+            probabilities[:, columns.start + fitted.classes[1]] = positive
+            probabilities[:, columns.start + fitted.classes[0]] = 1.0 - positive
         else:
             scores -= scores.max(axis=1, keepdims=True)
             shares = np.exp(scores)
             shares /= shares.sum(axis=1, keepdims=True)
             probabilities[:, [columns.start + k for k in fitted.classes]] = shares
     return probabilities
+
+
+def _sigmoid(scores: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-s)) without overflow warnings for large negative scores (float64)."""
+    out = np.empty_like(scores, dtype=np.float64)
+    positive = scores >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-scores[positive]))
+    exp_scores = np.exp(scores[~positive])
+    out[~positive] = exp_scores / (1.0 + exp_scores)
+    return out
 
 
 def save_heads(heads: list[FittedHead], folder: str | Path, extra: dict[str, Any] | None = None) -> None:

@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "(teacher-made labels that are not nested): score.json flags the CV cv_optimistic")
     args = parser.parse_args(argv)
     spec = LabelSpec.load(args.labels)
-    folds = read_table(args.folds)
+    all_folds = read_table(args.folds)
+    folds = all_folds
     valid_frames = [read_table(path) for path in args.valid]
     trained_folds = sorted({int(f) for frame in valid_frames for f in frame["fold"].unique().to_list()})
     # a model trained on a subset of folds still gets an OOF file over the rows those folds hold out
@@ -133,9 +134,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         scores["cv_optimistic"] = True
         scores["cv_optimistic_reasons"] = list(args.cv_optimistic_reason)
     if args.prior_scores:
-        from workflow_scripts.prior import lift_over_prior
+        from workflow_scripts.prior import lift_over_prior, prior_score_on_rows
 
-        scores["prior_score"] = read_json(args.prior_scores)["score"]
+        # the prior on this model's OOF rows: a model trained on some folds is compared on the rows it scores
+        scores["prior_score"] = prior_score_on_rows(spec, all_folds, args.targets, oof["id"], args.metric)
+        if oof.height != all_folds.height:
+            scores["prior_score_all_folds"] = read_json(args.prior_scores)["score"]
         # an optimistic CV would flatter the comparison: a best-epoch model is measured by its plain CV
         honest = scores["plain"]["score"] if args.trained else scores["score"]
         scores["lift_over_prior"] = lift_over_prior(honest, scores["prior_score"], args.metric)

@@ -14,7 +14,7 @@ import polars as pl
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import read_table, write_json, write_parquet
 from workflow_scripts.labels import LabelSpec
-from workflow_scripts.metrics import aligned_targets, fold_scores, metric_direction
+from workflow_scripts.metrics import aligned_targets, fold_scores, metric_direction, task_scores
 
 PRIOR_NAME = "prior"
 
@@ -44,6 +44,17 @@ def prior_predictions(targets: np.ndarray, folds: np.ndarray) -> tuple[np.ndarra
 def lift_over_prior(score: float, prior_score: float, metric: str) -> float:
     """How much better than the prior a score is, in the metric's better direction (positive = better)."""
     return metric_direction(metric) * (float(score) - float(prior_score))
+
+
+def prior_score_on_rows(spec: LabelSpec, folds: pl.DataFrame, targets_path: str, ids: Sequence, metric: str) -> float:
+    """The prior's score on the rows `ids` only (each predicted, as in prior.json, with the class shares of the
+    other folds of the whole folds file): what a model or ensemble over a subset of folds is compared with."""
+    targets = aligned_targets(folds, targets_path, spec)
+    oof, _ = prior_predictions(targets, folds["fold"].to_numpy())
+    rows = folds["id"].is_in(pl.Series(list(ids)).cast(folds["id"].dtype).implode()).to_numpy()
+    if not rows.any():
+        raise OoflineError("prior: none of the scored ids is in the folds file")
+    return task_scores(spec, oof[rows], targets[rows], metric)["score"]
 
 
 def prior_files(spec: LabelSpec, folds: pl.DataFrame, targets_path: str, test_ids: list, metric: str

@@ -193,6 +193,18 @@ def threshold_flags(settings: Mapping[str, Any]) -> str:
     })
 
 
+def threshold_refit_flags(ensembles: Mapping[str, Any], source: str, member_oof: Iterable[str]) -> str:
+    """For thresholds on a `search` or `stack` ensemble: what rebuilds it without each outer fold (its members'
+    OOF and settings), so the nested threshold score never sees a fold's labels; nothing for other sources."""
+    entry = ensembles.get(source)
+    if not isinstance(entry, Mapping) or entry.get("method") not in ("search", "stack"):
+        return ""
+    refit = {"names": ensemble_members(ensembles, source), "weights": ensemble_weights(ensembles, source),
+             "method": entry["method"], "blend": entry.get("blend", "mean"), "member_top_k": entry.get("member_top_k"),
+             "C": float(entry.get("C", 1.0))}
+    return cli_flags({"refit": refit, "member_oof": list(member_oof)})
+
+
 def submission_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """How submission `name` writes its CSV, defaults filled: the submission step's flags and a Kaggle package's
     notebook take them from here."""

@@ -222,12 +222,15 @@ def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str | None
 
 def summarise_scores(paths: Sequence[str | Path]) -> dict[str, dict]:
     """The headline numbers of score/threshold JSONs: metric, score, in-/out-of-sample, fold mean."""
-    keys = ("metric", "score", "in_sample_score", "out_of_sample_score", "fold_mean", "fold_std",
+    keys = ("metric", "score", "in_sample_score", "out_of_sample_score", "fold_mean", "fold_std", "prior_score",
             "oof_score_before", "oof_score_after", "oof_score_after_nested")
     summary = {}
     for path in paths:
         payload = read_json(path)
         summary[_display_path(Path(path))] = {k: payload[k] for k in keys if k in payload}
+        if isinstance(payload.get("plain"), dict) and "score" in payload["plain"]:
+            # select_epoch: best: the CV without the epoch choice, what the source's own row is measured by
+            summary[_display_path(Path(path))]["plain_score"] = payload["plain"]["score"]
     return summary
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -178,30 +178,69 @@ def search_thresholds(
 
 
 def nested_threshold_score(spec: LabelSpec, probs: np.ndarray, targets: np.ndarray, folds: np.ndarray,
-                           **options) -> dict:
+                           refit: Callable[[np.ndarray], np.ndarray] | None = None, **options) -> dict:
     """Out-of-fold check of the tuning: thresholds searched on folds != f and applied to fold f.
 
-    Returns {"score": task metric over all rows with each fold's own thresholds, "folds": {f: score}}; compare it
-    with `oof_score_after`, which tunes and scores on the same rows.
+    `refit(rows)` gives the probabilities of `rows` (a boolean mask over all rows) rebuilt from those rows alone:
+    for a `search` or `stack` ensemble the OOF of its other folds was fitted with fold f's labels, so the
+    thresholds for fold f are searched on the ensemble refitted without fold f (its own nested OOF there), while
+    fold f keeps its OOF rows (already fitted without it). Without `refit` the OOF rows are used as they are.
+    Returns {"score": task metric over all rows with each fold's own thresholds, "folds": {f: score},
+    "thresholds": {f: {column: threshold}}}; compare it with `oof_score_after`, which tunes and scores on the same
+    rows.
     """
     folds = np.asarray(folds)
     fold_values = sorted(set(folds.tolist()))
     if len(fold_values) < 2:
         return {"score": None, "folds": {}}
+    if refit is not None and len(fold_values) < 3:
+        return {"score": None, "folds": {}, "note": "a refitted ensemble needs 3 folds: 2 left to refit on"}
     predicted = np.zeros(probs.shape, dtype=np.int8)
-    per_fold = {}
+    per_fold, per_fold_thresholds = {}, {}
     for fold in fold_values:
         held_out = folds == fold
-        inner = search_thresholds(spec, probs[~held_out], targets[~held_out], **options)
+        inner_probs = refit(~held_out) if refit is not None else probs[~held_out]
+        inner = search_thresholds(spec, inner_probs, targets[~held_out], **options)
         predicted[held_out] = metrics.hard_predictions(spec, probs[held_out], inner["thresholds"])
         per_fold[str(fold)] = metrics.task_scores(spec, probs[held_out], targets[held_out], inner["metric"],
                                                   inner["thresholds"])["score"]
+        per_fold_thresholds[str(fold)] = inner["thresholds"]
     # score the assembled predictions: hard 0/1 columns scored at threshold 0.5 give the same F1s
     metric = options.get("metric") or ("mean_f1" if spec.task == "multihead" else "macro_f1")
     binary = [spec.probability_columns.index(c) for c in spec.binary_columns]
     assembled = probs.astype(np.float64).copy()
     assembled[:, binary] = predicted[:, binary]
-    return {"score": metrics.task_scores(spec, assembled, targets, metric)["score"], "folds": per_fold}
+    return {"score": metrics.task_scores(spec, assembled, targets, metric)["score"], "folds": per_fold,
+            "thresholds": per_fold_thresholds}
+
+
+def ensemble_refit(spec: LabelSpec, ids: pl.Series, member_oof: Sequence[str], targets: np.ndarray, settings: dict,
+                   metric: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    """refit(rows): the ensemble's nested OOF rebuilt from `rows` alone (a mask over `ids`), in `ids` order.
+
+    targets: (len(ids), n_columns) 0/1 aligned with `ids`; settings: the ensemble's names, weights, method, blend,
+    member_top_k and C as the ensemble step got them."""
+    from workflow_scripts.ensemble import build_ensemble
+
+    names = list(settings["names"])
+    if len(member_oof) != len(names):
+        raise OoflineError(f"--member-oof: {len(member_oof)} files for the {len(names)} members in --refit")
+    frames = {name: metrics.read_predictions(path, spec, require_fold=True) for name, path in zip(names, member_oof)}
+    for name, path in zip(names, member_oof):
+        if frames[name].height != len(ids) or not frames[name]["id"].is_in(ids.implode()).all():
+            raise OoflineError(f"{path}: member {name!r} lists other ids than the ensemble OOF it refits")
+    metric = metric or ("mean_f1" if spec.task == "multihead" else "macro_f1")
+
+    def refit(rows: np.ndarray) -> np.ndarray:
+        kept = pl.DataFrame({"id": ids.filter(pl.Series(rows))})
+        subset = {name: kept.join(frame, on="id", how="left", maintain_order="left") for name, frame in frames.items()}
+        rebuilt, _, _, _ = build_ensemble(spec, names, subset, None, targets[rows], metric, settings["method"],
+                                          settings.get("weights"), settings.get("blend", "mean"),
+                                          settings.get("member_top_k"), stack_c=float(settings.get("C", 1.0)))
+        return kept.join(rebuilt, on="id", how="left", maintain_order="left").select(
+            spec.probability_columns).to_numpy()
+
+    return refit
 
 
 def threshold_curves(spec: LabelSpec, probs: np.ndarray, targets: np.ndarray, result: dict) -> pl.DataFrame:
@@ -267,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--probe-f1", default=None, help="JSON object or file: column -> all-ones LB probe F1")
     parser.add_argument("--metric", default=None, help="task metric for the before/after score (default macro_f1 "
                         "or mean_f1 for multihead)")
+    parser.add_argument("--refit", default=None, help="JSON: the search/stack ensemble --oof comes from "
+                        "(names, weights, method, blend, member_top_k, C), rebuilt without each outer fold")
+    parser.add_argument("--member-oof", nargs="*", default=[], help="with --refit: the members' OOF parquets")
     parser.add_argument("--out", required=True, help="thresholds JSON")
     parser.add_argument("--curves-out", default=None, help="F1-vs-threshold points parquet (for plots)")
     args = parser.parse_args(argv)
@@ -281,9 +323,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                    target_rates=_json_option(args.target_rates, "--target-rates"),
                    probe_f1=_json_option(args.probe_f1, "--probe-f1"), metric=args.metric)
     result = search_thresholds(spec, probs, targets, **options)
+    refit = None
+    if args.refit:
+        refit_settings = _json_option(args.refit, "--refit")
+        refit = ensemble_refit(spec, oof["id"], args.member_oof, targets, refit_settings, args.metric)
+        result["nested_refit"] = (f"{refit_settings['method']} ensemble refitted on the other folds for each "
+                                  f"outer fold, thresholds searched on its nested OOF there")
     if "fold" in oof.columns:
-        nested = nested_threshold_score(spec, probs, targets, oof["fold"].to_numpy(), **options)
+        nested = nested_threshold_score(spec, probs, targets, oof["fold"].to_numpy(), refit, **options)
         result["oof_score_after_nested"], result["nested_folds"] = nested["score"], nested["folds"]
+        result["nested_thresholds"] = nested.get("thresholds", {})
+        if nested.get("note"):
+            result["nested_note"] = nested["note"]
     write_json(result, args.out)
     if args.curves_out:
         write_parquet(threshold_curves(spec, probs, targets, result), args.curves_out)
