@@ -451,8 +451,13 @@ def kaggle_package_spec(config: Mapping[str, Any], out_dir: str, name: str, loca
         lora = kind in LORA_KINDS
         folder = ("merged" if kaggle["members"] == "merged" else "adapter") if lora else MODEL_FOLDERS.get(kind, "model")
         needs_base = (lora and kaggle["members"] != "merged") or kind == "embedding_head"
+        spec = ModelSpec.from_config(entry)
+        # what predictions depend on, and the inference batch sizes the workflow predicted with (float noise
+        # otherwise); no resources or logging keys, so those rerun no package
+        member_config = {**spec.prediction_config(),
+                         **{key: value for key, value in spec.run_settings().items() if key.endswith("batch_size")}}
         members[model] = {
-            "kind": kind, "config": entry, "test_source": test_source,
+            "kind": kind, "config": member_config, "test_source": test_source,
             "splits": {split: f"{out_dir}/models/{model}/{split}/{folder}" for split in splits},
             "base": ((f"{out_dir}/models/{model}/base" if entry.get("source") in local_sources else entry["source"])
                      if needs_base else None),
