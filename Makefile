@@ -43,8 +43,11 @@ demo-generated: setup
 report: setup
 	$(RUN) snakemake --report results/report.html
 
+# most slow tests run `snakemake --cores 1` jobs; two workers (one test file each at a time, so a file's shared
+# fixture is built once) keep both cores busy
+TEST_WORKERS ?= 2
 test: setup
-	$(RUN) python -m pytest -q
+	$(RUN) python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(RUN) python -m pytest -q -m "not slow"

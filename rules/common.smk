@@ -359,8 +359,9 @@ def threshold_inputs(wildcards):
     return inputs
 
 
-def threshold_options(wildcards, input):
-    members = input.members if "members" in input.keys() else []
+def threshold_options(wildcards):
+    # the member paths from the config, not from `input`: Snakemake does not track a param that reads input
+    members = threshold_inputs(wildcards).get("members", [])
     return " ".join(filter(None, [rule_params.threshold_flags(THRESHOLDS[wildcards.source]),
                                   rule_params.threshold_refit_flags(ENSEMBLES, wildcards.source, members)]))
 

@@ -105,8 +105,9 @@ rule generate_rows_for_split:
         split=teacher_labels.SPLIT_PATTERN,
     params:
         code=code_digest("generated.generate"),
-        options=lambda wildcards, input: generator_options(wildcards) + " " + cli_flags(
-            {"folds": input.folds, "held_out_folds": teacher_labels.held_out_set(wildcards.split)}),
+        # no `input` argument: Snakemake does not track a param function that reads input
+        options=lambda wildcards: generator_options(wildcards) + " " + cli_flags(
+            {"folds": out("folds.parquet"), "held_out_folds": teacher_labels.held_out_set(wildcards.split)}),
     threads: lambda wildcards: GENERATORS[wildcards.generator].get("resources", {}).get("threads", 2)
     resources:
         **GENERATOR_STEP_RESOURCES,

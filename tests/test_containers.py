@@ -149,8 +149,8 @@ exec "$@"
 """
 
 # differ by design: manifests record the packages of the environment that wrote them; logs hold paths;
-# the training speed file holds wall time (tokens/s)
-NOT_COMPARED = ("manifest.json", ".log", ".training_speed.json")
+# the speed files hold wall and CPU time (training tokens/s, prediction seconds)
+NOT_COMPARED = ("manifest.json", ".log", ".speed.json")
 
 
 def run_demo_subset(work: Path, containers: dict[str, str] | None, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -30,7 +30,7 @@ def test_submission_ids_are_the_test_files_ids_byte_for_byte(tmp_path):
         "task": {"type": "multiclass", "label_column": "label", "metric": "accuracy"},
         "folds": {"scheme": "stratified", "n_folds": 2, "seed": 0},
         "models": {"tiny": {"source": "tiny:llama", "kind": "encoder_full", "lr": 1e-3, "max_length": 16,
-                            "batch_size": 8, "merge": False, "resources": {"threads": 1}}},
+                            "batch_size": 8, "resources": {"threads": 1}}},
         "submissions": {"labels": {"source": "tiny", "format": "argmax"}},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -144,7 +144,7 @@ MODEL_KEYS = {
     "grad_accum": (2, lambda m: chain(m, "train")),
     "stages": ([{"epochs": 1, "data": ["official"]}], lambda m: chain(m, "train")),
     "extra_data": ({"extra": "extra.parquet"}, lambda m: chain(m, "train")),
-    # with `label_correction: {tfidf: {}}` (TOP_LEVEL): trains on tfidf's corrected labels
+    # with `label_correction: {tfidf: {nested: false}}` (TOP_LEVEL): trains on tfidf's corrected labels
     "corrected_by": ("tfidf", lambda m: chain(m, "train") | {job("label_correction", model="tfidf")}),
     "predict_batch_size": (4, lambda m: NOTHING),
     "log_every": (1, lambda m: NOTHING),
@@ -169,7 +169,7 @@ JOINT_CHANGES = {
                             job("predict_fold", model=m, split="full")}),
 }
 # what a key needs elsewhere in the config
-TOP_LEVEL = {"corrected_by": {"label_correction": {"tfidf": {}}}}
+TOP_LEVEL = {"corrected_by": {"label_correction": {"tfidf": {"nested": False}}}}  # tfidf has no inner fold models
 RESOURCES = {"mem_mb": 9000, "runtime": 240, "threads": 2, "gpu_model": "h100", "cpus_per_gpu": 4,
              "slurm_partition": "gpu", "slurm_account": "lab"}
 

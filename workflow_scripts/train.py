@@ -264,17 +264,11 @@ def training_accelerator(model_spec: ModelSpec):
 
     Under torchrun (WORLD_SIZE > 1) it joins the process group: NCCL on GPUs, gloo on the CPU.
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    from workflow_scripts.execution.device import accelerate_mixed_precision, resolve_device, resolve_precision
+    from workflow_scripts.execution.device import process_accelerator, resolve_device, resolve_precision
 
     device = resolve_device("auto")
     precision = resolve_precision(model_spec.precision, device)
-    # accelerate keeps one precision per process; a later train_model in the same process (tests, benches)
-    # may ask for another. The process group (PartialState) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=accelerate_mixed_precision(precision))
+    accelerator = process_accelerator(precision, device)
     return accelerator, precision
 
 

@@ -59,6 +59,19 @@ def accelerate_mixed_precision(precision: str) -> str:
     return {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
 
 
+def process_accelerator(precision: str, device):
+    """accelerate.Accelerator for this process in a resolved precision.
+
+    accelerate keeps one precision per process; a later step in the same process (tests, benches) may ask for
+    another, so the precision state is reset. The process group (PartialState) is kept.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=accelerate_mixed_precision(precision))
+
+
 @dataclass(frozen=True)
 class DeviceReport:
     """Where a step really ran, for training.json and logs."""

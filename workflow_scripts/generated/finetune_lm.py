@@ -154,18 +154,16 @@ def train_adapter(base: str | Path, tokenizer, examples: list[tuple[list[int], l
     """LoRA SFT on `examples`; saves the best evaluation step's adapter to `adapter_dir` and returns the report.
     Everything the training held (model, optimizer) is released when it returns."""
     import torch
-    from accelerate import Accelerator
     from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
-    from workflow_scripts.execution.device import (accelerate_mixed_precision, resolve_device, resolve_precision,
-                                                   torch_dtype_of)
+    from workflow_scripts.execution.device import process_accelerator, resolve_device, resolve_precision, torch_dtype_of
     from workflow_scripts.modeling import _disable_cpu_packed_4bit, _quantization_config, resolve_model_path
 
     torch.manual_seed(settings.seed)
     device = resolve_device("auto")
     precision = resolve_precision(settings.precision, device)
-    accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(precision), cpu=device.type == "cpu")
+    accelerator = process_accelerator(precision, device)
     name, revision = resolve_model_path(base)
     quantization = _quantization_config(settings.quantization, torch_dtype_of(precision))
     load_kwargs = {"revision": revision, "dtype": torch_dtype_of(precision) if device.type == "cuda" else torch.float32}
