@@ -150,7 +150,7 @@ exec "$@"
 
 # differ by design: manifests record the packages of the environment that wrote them; logs hold paths;
 # the speed files hold wall and CPU time (training tokens/s, prediction seconds)
-NOT_COMPARED = ("manifest.json", ".log", ".speed.json")
+NOT_COMPARED = ("manifest.json", ".log", "speed.json")
 
 
 def run_demo_subset(work: Path, containers: dict[str, str] | None, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_metrics import apk  # noqa: E402
 from family_matrix import (  # noqa: E402
     ENCODER_POOLING, cell_name, classification_models, language_model_sections, matrix_config,
 )
@@ -202,8 +203,14 @@ def test_retrieval_fine_tunes_a_mistral_icl_embedder_and_a_qwen2_reranker(matrix
         merged = root / "iter0" / role / "merged"
         assert json.loads((merged / "config.json").read_text())["model_type"] == model_type
         assert (root / "iter0" / role / "adapter" / "adapter_config.json").exists()
+    # the scores are MAP@5 of the OOF rankings the two fine-tuned models made (ml_metrics' apk)
     score = json.loads((root / "iter0" / "score.json").read_text())
-    for ranking in ("embedder", "reranked"):
-        assert 0 <= score["overall"][ranking]["map@5"] <= 1
+    queries = pl.read_parquet(root / "data" / "queries.parquet")
+    positives = dict(zip(queries["id"].to_list(), queries["positive_ids"].to_list()))
+    oof = pl.read_parquet(root / "iter0" / "oof.parquet")
+    assert oof.height == score["n_queries"] > 0
+    for column, ranking in (("embedder_ids", "embedder"), ("reranked_ids", "reranked")):
+        expected = sum(apk(positives[row_id], ranked, 5) for row_id, ranked in zip(oof["id"], oof[column])) / oof.height
+        assert score["overall"][ranking]["map@5"] == pytest.approx(expected, abs=1e-12)
     submission = pl.read_csv(matrix_run / "results" / "submissions" / "eedi_families" / "submission.csv")
     assert submission.height == 3
