@@ -475,7 +475,8 @@ def reruns_table(schema: dict, edges: set[tuple[str, str]]) -> str:
         shown = ", ".join(f"`{key.removeprefix('models.NAME.')}`" for key in own)
         if context:
             shown += " (with " + ", ".join(f"`{key}`" for key in context) + ")"
-        kind = staleness.CONFIG["models"][row_id.split(".")[1]]["kind"] if section == "models" else ""
+        model = row_id.split(".")[1] if section == "models" and "." in row_id else ""
+        kind = staleness.CONFIG["models"].get(model, {}).get("kind", "")  # "" outside models (or a model not in CONFIG)
         effect = first_jobs(expected, below)
         if section == "model_defaults":
             effect += defaults_note(own, staleness.CONFIG)
@@ -488,9 +489,9 @@ def reruns_table(schema: dict, edges: set[tuple[str, str]]) -> str:
                 effect = by_kind[""]
             else:
                 starts: dict[str, list[str]] = {}
-                for kind in SPEC_BY_KIND:
+                for kind in [*SPEC_BY_KIND, ""]:
                     if kind in by_kind:
-                        starts.setdefault(by_kind[kind], []).append(kind)
+                        starts.setdefault(by_kind[kind], []).append(kind or "a model the test's CONFIG lacks")
                 effect = "; ".join(f"{'every kind' if len(kinds) == len(SPEC_BY_KIND) else ', '.join(kinds)}: {start}"
                                    for start, kinds in starts.items())
             grouped.setdefault(effect, []).append(shown)
