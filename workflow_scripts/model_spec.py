@@ -174,7 +174,7 @@ class EmbeddingHeadSpec(TransformerSpec):
     """`embedding_head`: frozen pooled embeddings computed once, a logistic regression per fold."""
 
     pooling: str = setting("mean", steps=(EMBED,))
-    # rows per forward pass: padding differs, the embeddings only at float rounding (README: staleness)
+    # rows per forward pass: padding differs, the embeddings only at float rounding (docs/reruns.md)
     embed_batch_size: int = setting(64, run=True)
     C: float = setting(1.0, steps=(FIT,))
     max_iter: int = setting(1000, steps=(FIT,))
@@ -196,7 +196,7 @@ class FineTuneSpec(TransformerSpec):
     batch_size: int = setting(16, steps=(TRAIN,))
     grad_accum: int = setting(1, steps=(TRAIN,))
     stages: tuple[StageSpec, ...] | None = setting(steps=(TRAIN,))
-    # None: twice batch_size (no gradients, so twice fits); batches differ in padding only (README: staleness)
+    # None: twice batch_size (no gradients, so twice fits); batches differ in padding only (docs/reruns.md)
     predict_batch_size: int | None = setting(run=True)
     log_every: int = setting(10, run=True)
     checkpoint_every: int = setting(50, run=True)
