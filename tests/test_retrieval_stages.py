@@ -182,6 +182,9 @@ def test_the_leaderboard_has_a_row_per_stage_with_its_lift(tmp_path):
         "p", "iter0/embedder", 0.630, 0.51)
     markdown = to_markdown(board)
     assert "## Retrieval stages" in markdown and "WARNING" not in markdown
+    # the stage chosen on the fold is named under its own note, not the classification's select_epoch note
+    assert ("**Chosen on the valid fold**" in markdown and "retrieval p/iter0/embedder (submit: best chose this "
+            "stage on the valid fold)" in markdown and "**Optimistic CV**" not in markdown)
     assert "**Below the zero-shot embedder**" in markdown and "p/iter0/reranked (-0.0380)" in markdown
 
 

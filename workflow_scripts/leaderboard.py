@@ -51,6 +51,8 @@ SCHEMA["submitted"] = pl.Boolean
 SCHEMA["retrieval_stage"] = pl.String
 # a row's position among its kind's rows where the name alone would misorder it (retrieval stages: cheapest first)
 SORT_NAME = "_sort_name"
+CHOSEN_ON_VALID_FOLD_NOTE = ("**Chosen on the valid fold** (retrieval: these scores picked a stage or an epoch on the "
+                             "fold they are measured on, so they are optimistic): ")
 BELOW_ZERO_SHOT_NOTE = ("**Below the zero-shot embedder** (retrieval stages that rank the valid fold worse than the "
                         "embedder before any fine-tune): ")
 
@@ -202,9 +204,24 @@ def add_lift(rows: list[dict], prior: dict) -> None:
 
 
 def optimistic_rows(board: pl.DataFrame) -> list[str]:
-    """`kind name` of every model, ensemble and submission row whose CV is optimistic (select_epoch: best)."""
-    flagged = board.filter((pl.col("cv_optimistic") == True) & (pl.col("kind") != "fold"))  # noqa: E712
+    """`kind name` of every model, ensemble and submission row whose CV is optimistic (select_epoch: best);
+    retrieval rows have their own note (chosen_on_valid_fold)."""
+    flagged = board.filter((pl.col("cv_optimistic") == True) & (pl.col("kind") != "fold")  # noqa: E712
+                           & ~retrieval_row())
     return [f"{kind} {name}" for kind, name in flagged.select("kind", "name").iter_rows()]
+
+
+def retrieval_row() -> pl.Expr:
+    """A retrieval stage's row, or a retrieval pipeline's submission row."""
+    return (pl.col("kind") == "retrieval") | pl.col("retrieval_stage").is_not_null()
+
+
+def chosen_on_valid_fold(board: pl.DataFrame) -> list[str]:
+    """`kind name (reason)` of every retrieval row whose valid-fold score was used to choose it (submit: best, or
+    a fine-tune's select_checkpoint: best), so it is optimistic."""
+    flagged = board.filter((pl.col("cv_optimistic") == True) & retrieval_row())  # noqa: E712
+    return [f"{kind} {name} ({reason})"
+            for kind, name, reason in flagged.select("kind", "name", "cv_optimistic_reason").iter_rows()]
 
 
 def not_beating_prior(board: pl.DataFrame) -> list[str]:
@@ -299,6 +316,9 @@ def to_markdown(board: pl.DataFrame, warnings: Sequence[str] = ()) -> str:
     below = below_zero_shot(board)
     if below:
         parts += [BELOW_ZERO_SHOT_NOTE + ", ".join(below), ""]
+    chosen = chosen_on_valid_fold(board)
+    if chosen:
+        parts += [CHOSEN_ON_VALID_FOLD_NOTE + "; ".join(chosen), ""]
     flagged = not_beating_prior(board)
     if flagged:
         parts += ["**Not better than the prior baseline** (learned nothing usable on the task metric): "
@@ -343,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"WARNING: {row} does not beat the prior baseline", flush=True)
     for row in optimistic_rows(board):
         print(f"NOTE: {row} has an optimistic CV (see cv_optimistic_reason, and cv_plain where given)", flush=True)
+    for row in chosen_on_valid_fold(board):
+        print(f"NOTE: {row}: its valid-fold score is optimistic", flush=True)
     for row in below_zero_shot(board):
         print(f"NOTE: retrieval stage {row} ranks the valid fold worse than the zero-shot embedder", flush=True)
     for warning in warnings:

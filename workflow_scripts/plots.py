@@ -396,8 +396,10 @@ def leaderboard_html(board: pl.DataFrame) -> str:
     if "cv_optimistic" in board.columns:
         from workflow_scripts.leaderboard import OPTIMISTIC_NOTE
 
+        retrieval = ((pl.col("kind") == "retrieval") | pl.col("retrieval_stage").is_not_null()
+                     if "retrieval_stage" in board.columns else pl.lit(False))
         optimistic = board.filter((pl.col("cv_optimistic").cast(pl.String).str.to_lowercase() == "true")
-                                  & (pl.col("kind") != "fold"))
+                                  & (pl.col("kind") != "fold") & ~retrieval)
         if optimistic.height:
             names = ", ".join(f"{k} {n}" for k, n in optimistic.select("kind", "name").iter_rows())
             parts.append("<p><b>Optimistic CV</b> " + html.escape(OPTIMISTIC_NOTE.removeprefix("**Optimistic CV** ") + names)
@@ -410,6 +412,10 @@ def leaderboard_html(board: pl.DataFrame) -> str:
         stages = below.filter(pl.col("kind") == "retrieval")["name"].to_list()
         if stages:
             parts.append("<p><b>Below the zero-shot embedder</b>: " + html.escape(", ".join(stages)) + "</p>")
+        chosen = board.filter((pl.col("kind") == "retrieval")
+                              & (pl.col("cv_optimistic").cast(pl.String).str.to_lowercase() == "true"))["name"].to_list()
+        if chosen:
+            parts.append("<p><b>Chosen on the valid fold</b> (optimistic): " + html.escape(", ".join(chosen)) + "</p>")
     kinds = [k for k in titles if k in set(board["kind"].to_list())]
     kinds += sorted(set(board["kind"].to_list()) - set(kinds))
     for kind in kinds:
