@@ -243,5 +243,5 @@ rule retrieval_submission:
     shell:
         "{PY}.retrieval.submission --name {wildcards.pipeline} --stage {input.stage:q} --id-column {params.id_column:q}"
         " --prediction-column {params.column:q} --config-slice {params.config_slice:q}"
-        " --inputs {input.data:q} {input.test:q} --artifacts {input.artifacts:q} --scores {input.stage:q}"
+        " --inputs {input.data:q} {input.test:q} {input.stage:q} --artifacts {input.artifacts:q} --scores {input.stage:q}"
         " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"

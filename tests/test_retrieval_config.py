@@ -106,3 +106,18 @@ def test_a_final_fit_plans_the_named_stage_and_zero_shot_only_when_submitted(tmp
                  if "workflow_scripts.retrieval.eval" in line and "zero_shot" in line]
     assert len(zero_shot) == 1 and "--final-fit" in zero_shot[0] and "--rerankers" not in zero_shot[0]
     assert "--embedders results/retrieval/plots/base/minilm" in zero_shot[0]
+
+
+def test_the_demo_puts_every_retrieval_stage_on_its_leaderboard(tmp_path):
+    """config.yaml: the zero-shot stage is scored beside the iterations, and the leaderboard reads the stages."""
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p", "--cores",
+                              "1", "--configfile", str(REPO / "config.yaml")], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert dry_run.returncode == 0, dry_run.stdout[-2000:] + dry_run.stderr[-2000:]
+    lines = dry_run.stdout.splitlines()
+    assert any("workflow_scripts.retrieval.eval" in line and "--oof-out results/retrieval/movie_plots/zero_shot/"
+               in line for line in lines)
+    [board] = [line for line in lines if "workflow_scripts.leaderboard" in line]
+    assert "--retrieval-stages results/retrieval/movie_plots/stages.json" in board and "--prior-scores" in board
+    [stages] = [line for line in lines if "workflow_scripts.retrieval.stages" in line]
+    assert "--submit best" in stages
