@@ -404,8 +404,11 @@ def leaderboard_inputs(wildcards):
         "models": [out(f"scores/{m}.json") for m in MODELS],
         "ensembles": [out(f"ensembles/{e}/score.json") for e in ENSEMBLES],
         "manifests": [out(f"submissions/{s}/manifest.json") for s in SUBMISSIONS],
-        "prior": out("scores/prior.json"),
+        # a row per retrieval stage (zero-shot, each iteration's embedder and reranked), lift over zero-shot
+        "retrieval": [out(f"retrieval/{p}/stages.json") for p in (config.get("retrieval") or {})],
     }
+    if MODELS:  # the prior baseline of the classification task (a retrieval-only config has none)
+        inputs["prior"] = out("scores/prior.json")
     if Path(config.get("lb_scores", "lb_scores.yaml")).exists():
         inputs["lb"] = config.get("lb_scores", "lb_scores.yaml")
     return inputs
@@ -417,7 +420,7 @@ def submission_targets():
     targets += [out(f"submissions/{s}/submission.csv") for s in SUBMISSIONS]
     targets += [f"{REGISTRY_DIR}/{r}.yaml" for r in REGISTER]
     targets += [out(f"verify/{r}.ok") for r in registered_records()]
-    if MODELS:
+    if MODELS or config.get("retrieval"):
         targets.append(out("leaderboard.csv"))
     return targets
 
@@ -688,9 +691,29 @@ def evaluation_options(wildcards):
     return rule_params.evaluation_flags(RETRIEVAL[wildcards.pipeline], records)
 
 
+def zero_shot_embedder(wildcards):
+    """The zero-shot stage's embedder: the base model iteration 0 mines with."""
+    return out(f"retrieval/{wildcards.pipeline}/base/{rule_params.zero_shot_model(RETRIEVAL[wildcards.pipeline])}")
+
+
+def stage_plan(pipeline):
+    """Every stage of the pipeline (zero-shot, each iteration's embedder and reranked) and its files."""
+    return rule_params.retrieval_stage_plan(OUT, pipeline, RETRIEVAL[pipeline])
+
+
+def stage_scores(wildcards):
+    return sorted({stage["score"] for stage in stage_plan(wildcards.pipeline)})
+
+
+def stage_rankings(wildcards):
+    return sorted({stage["test_rankings"] for stage in stage_plan(wildcards.pipeline)})
+
+
 def retrieval_artifacts(wildcards):
+    """What a retrieval submission depends on: the folds and every stage's model folders."""
     pipeline = wildcards.pipeline
-    return [out(f"retrieval/{pipeline}/folds.parquet")] + [
+    zero_shot = [zero_shot_embedder(wildcards)] if rule_params.builds_zero_shot(RETRIEVAL[pipeline]) else []
+    return [out(f"retrieval/{pipeline}/folds.parquet")] + zero_shot + [
         out(f"retrieval/{pipeline}/iter{i}/{role}") for i in range(last_iteration(pipeline) + 1)
         for role in ("embedder", "reranker")]
 
@@ -699,6 +722,7 @@ def retrieval_targets():
     targets = []
     for pipeline, settings in RETRIEVAL.items():
         targets += [out(f"retrieval/{pipeline}/iter{i}/score.json") for i in range(len(settings["iterations"]))]
+        targets.append(out(f"retrieval/{pipeline}/stages.json"))
         targets.append(out(f"submissions/{pipeline}/submission.csv"))
     return targets
 

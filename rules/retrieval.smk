@@ -1,6 +1,7 @@
 # Retrieval (Eedi-style): per iteration, mine hard negatives, fine-tune an embedder, mine again for the
 # reranker, fine-tune the reranker, score mined data with a teacher reranker for the next iteration's
-# distillation, and evaluate MAP@k / Recall@k on held-out queries.
+# distillation, and evaluate MAP@k / Recall@k on held-out queries; score the zero-shot embedder beside them,
+# and submit the stage `submit` names (best: the highest valid-fold MAP@k).
 
 
 rule retrieval_data:
@@ -164,10 +165,63 @@ rule evaluate_retrieval:
         " --test-out {output.test:q} > {log:q} 2>&1"
 
 
+rule evaluate_zero_shot:
+    input:
+        queries=out("retrieval/{pipeline}/data/queries.parquet"),
+        corpus=out("retrieval/{pipeline}/data/corpus.parquet"),
+        test_queries=out("retrieval/{pipeline}/data/test_queries.parquet"),
+        folds=out("retrieval/{pipeline}/folds.parquet"),
+        embedder=zero_shot_embedder,
+    output:
+        oof=out("retrieval/{pipeline}/zero_shot/oof.parquet"),
+        score=out("retrieval/{pipeline}/zero_shot/score.json"),
+        test=out("retrieval/{pipeline}/zero_shot/test.parquet"),
+    params:
+        code=code_digest("retrieval.eval"),
+        options=lambda wildcards: rule_params.zero_shot_flags(RETRIEVAL[wildcards.pipeline]),
+    threads: retrieval_threads
+    resources:
+        **RETRIEVAL_STEP_RESOURCES,
+    log:
+        out("logs/retrieval/{pipeline}/zero_shot/evaluate.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".retrieval.eval --queries {input.queries:q} --corpus {input.corpus:q} --folds {input.folds:q}"
+        " --embedders {input.embedder:q} {params.options} --test-queries {input.test_queries:q}"
+        " --oof-out {output.oof:q} --score-out {output.score:q} --test-out {output.test:q} > {log:q} 2>&1"
+
+
+rule retrieval_stages:
+    input:
+        stage_scores,
+    output:
+        stages=out("retrieval/{pipeline}/stages.json"),
+        submission_stage=out("retrieval/{pipeline}/submission_stage.json"),
+    params:
+        code=code_digest("retrieval.stages"),
+        plan=lambda wildcards: json.dumps(stage_plan(wildcards.pipeline), sort_keys=True),
+        submit=lambda wildcards: rule_params.retrieval_submit(RETRIEVAL[wildcards.pipeline]),
+        top_n=lambda wildcards: int(RETRIEVAL[wildcards.pipeline].get("top_n", 50)),
+    log:
+        out("logs/retrieval/{pipeline}/stages.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.retrieval.stages --pipeline {wildcards.pipeline} --plan {params.plan:q} --submit {params.submit:q}"
+        " --top-n {params.top_n} --out-stages {output.stages:q} --out-submission-stage {output.submission_stage:q}"
+        " > {log:q} 2>&1"
+
+
 rule retrieval_submission:
     input:
-        test=lambda wildcards: out(f"retrieval/{wildcards.pipeline}/iter{last_iteration(wildcards.pipeline)}/test.parquet"),
-        score=lambda wildcards: out(f"retrieval/{wildcards.pipeline}/iter{last_iteration(wildcards.pipeline)}/score.json"),
+        stage=out("retrieval/{pipeline}/submission_stage.json"),
+        # every stage's test rankings: the stage is chosen on scores, after the graph is built
+        test=stage_rankings,
         data=lambda wildcards: [out(f"retrieval/{wildcards.pipeline}/data/{n}.parquet") for n in ("queries", "corpus", "test_queries")],
         artifacts=retrieval_artifacts,
     output:
@@ -187,7 +241,7 @@ rule retrieval_submission:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.retrieval.submission --name {wildcards.pipeline} --test {input.test:q} --id-column {params.id_column:q}"
-        " --prediction-column {params.column:q} --config-slice {params.config_slice:q} --inputs {input.data:q}"
-        " --artifacts {input.artifacts:q} --scores {input.score:q} --out {output.csv:q}"
-        " --manifest-out {output.manifest:q} > {log:q} 2>&1"
+        "{PY}.retrieval.submission --name {wildcards.pipeline} --stage {input.stage:q} --id-column {params.id_column:q}"
+        " --prediction-column {params.column:q} --config-slice {params.config_slice:q}"
+        " --inputs {input.data:q} {input.test:q} {input.stage:q} --artifacts {input.artifacts:q} --scores {input.stage:q}"
+        " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"

@@ -133,6 +133,7 @@ rule leaderboard:
     params:
         code=code_digest("leaderboard"),
         lb=lambda wildcards, input: rule_params.optional_input_flag("lb_scores", input.get("lb")),
+        prior=lambda wildcards, input: rule_params.optional_input_flag("prior_scores", input.get("prior")),
     log:
         out("logs/leaderboard.log"),
     conda:
@@ -141,4 +142,5 @@ rule leaderboard:
         CPU_CONTAINER
     shell:
         "{PY}.leaderboard --model-scores {input.models:q} --ensemble-scores {input.ensembles:q}"
-        " --manifests {input.manifests:q} --prior-scores {input.prior:q} {params.lb} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+        " --manifests {input.manifests:q} --retrieval-stages {input.retrieval:q} {params.prior} {params.lb}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"

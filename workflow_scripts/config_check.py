@@ -167,6 +167,16 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         if valid_fold is not None and valid_fold >= n_folds:
             problems.append(f"config: retrieval.{name}.valid_fold: {valid_fold} is not below n_folds={n_folds} "
                             "(null trains on every query)")
+        problems += retrieval_reference_problems(name, pipeline)
+        if "submit" in pipeline:
+            from workflow_scripts.retrieval.stages import submit_problem
+
+            problem = submit_problem(pipeline["submit"], len(pipeline["iterations"]), valid_fold)
+            if problem:
+                problems.append(f"config: retrieval.{name}.submit: {problem}")
+        if pipeline.get("columns") and not pipeline.get("files"):  # a demo overlay over files leaves them unread
+            problems.append(f"config: retrieval.{name}.columns: renames the columns of retrieval.{name}.files, "
+                            "which are not given")
         for index, step in enumerate(resolved_pipeline(pipeline)["iterations"]):
             for role in FINETUNE_ROLES:
                 settings = step[role]
@@ -200,6 +210,37 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
     problems += attention_problems(config, base_dir)
     problems += offline_hub_problems(config, base_dir)
     problems += output_problems(config)
+    return problems
+
+
+def retrieval_reference_problems(name: str, pipeline: dict[str, Any]) -> list[str]:
+    """Every model a retrieval iteration names is a base under `models` or an iteration's embedder built before
+    it is needed: a mining embedder, an embedder base and a teacher from an earlier iteration; a reranker may
+    also start from this iteration's embedder (`base: iterJ`, J up to its own)."""
+    import re
+
+    from workflow_scripts.rule_params import resolved_pipeline
+
+    models = set(pipeline.get("models") or {})
+    problems = []
+    for index, step in enumerate(resolved_pipeline(pipeline)["iterations"]):
+        references = [("mine.embedder", (step.get("mine") or {}).get("embedder"), index - 1),
+                      ("embedder.base", step["embedder"].get("base"), index - 1),
+                      ("reranker.base", step["reranker"].get("base"), index),
+                      ("teacher", step.get("teacher"), index - 1)]
+        for key, reference, latest in references:
+            if reference is None:
+                continue
+            match = re.fullmatch(r"iter(\d+)", str(reference))
+            where = f"config: retrieval.{name}.iterations[{index}].{key}"
+            if match is None and key != "teacher":
+                if reference not in models:
+                    known = ", ".join(sorted(models)) or "none"
+                    problems.append(f"{where}: {reference!r} is neither a name under retrieval.{name}.models "
+                                    f"({known}) nor iterJ")
+            elif match is not None and int(match.group(1)) > latest:
+                allowed = "this or an earlier iteration" if key == "reranker.base" else "an earlier iteration"
+                problems.append(f"{where}: {reference} is not built yet ({key} may name {allowed})")
     return problems
 
 

@@ -40,6 +40,23 @@ OPTIMISTIC_NOTE = ("**Optimistic CV** (select_epoch: best: each fold's epoch was
 SELECT_EPOCH_REASON = "select_epoch: best (each fold's epoch picked on that fold's labels)"
 
 
+# Retrieval pipelines (stages.json): a `retrieval` row per stage (zero-shot, each iteration's embedder alone and
+# reranked) with MAP@k as cv, its Recall@k and its lift over the zero-shot embedder on the valid fold; `submitted`
+# marks the stage the pipeline's submission ranks with, and a `submission` row per pipeline carries that stage.
+KINDS = KINDS + ("retrieval",)
+SCHEMA["recall_at_k"] = pl.Float64
+SCHEMA["lift_over_zero_shot"] = pl.Float64
+SCHEMA["below_zero_shot"] = pl.Boolean
+SCHEMA["submitted"] = pl.Boolean
+SCHEMA["retrieval_stage"] = pl.String
+# a row's position among its kind's rows where the name alone would misorder it (retrieval stages: cheapest first)
+SORT_NAME = "_sort_name"
+CHOSEN_ON_VALID_FOLD_NOTE = ("**Chosen on the valid fold** (retrieval: these scores picked a stage or an epoch on the "
+                             "fold they are measured on, so they are optimistic): ")
+BELOW_ZERO_SHOT_NOTE = ("**Below the zero-shot embedder** (retrieval stages that rank the valid fold worse than the "
+                        "embedder before any fine-tune): ")
+
+
 def load_lb_scores(path: str | Path | None) -> dict[str, dict[str, float | None]]:
     """lb_scores.yaml: {submission name: {public: float, private: float}}; a missing file means no LB yet."""
     if not path or not Path(path).exists():
@@ -187,9 +204,24 @@ def add_lift(rows: list[dict], prior: dict) -> None:
 
 
 def optimistic_rows(board: pl.DataFrame) -> list[str]:
-    """`kind name` of every model, ensemble and submission row whose CV is optimistic (select_epoch: best)."""
-    flagged = board.filter((pl.col("cv_optimistic") == True) & (pl.col("kind") != "fold"))  # noqa: E712
+    """`kind name` of every model, ensemble and submission row whose CV is optimistic (select_epoch: best);
+    retrieval rows have their own note (chosen_on_valid_fold)."""
+    flagged = board.filter((pl.col("cv_optimistic") == True) & (pl.col("kind") != "fold")  # noqa: E712
+                           & ~retrieval_row())
     return [f"{kind} {name}" for kind, name in flagged.select("kind", "name").iter_rows()]
+
+
+def retrieval_row() -> pl.Expr:
+    """A retrieval stage's row, or a retrieval pipeline's submission row."""
+    return (pl.col("kind") == "retrieval") | pl.col("retrieval_stage").is_not_null()
+
+
+def chosen_on_valid_fold(board: pl.DataFrame) -> list[str]:
+    """`kind name (reason)` of every retrieval row whose valid-fold score was used to choose it (submit: best, or
+    a fine-tune's select_checkpoint: best), so it is optimistic."""
+    flagged = board.filter((pl.col("cv_optimistic") == True) & retrieval_row())  # noqa: E712
+    return [f"{kind} {name} ({reason})"
+            for kind, name, reason in flagged.select("kind", "name", "cv_optimistic_reason").iter_rows()]
 
 
 def not_beating_prior(board: pl.DataFrame) -> list[str]:
@@ -198,9 +230,50 @@ def not_beating_prior(board: pl.DataFrame) -> list[str]:
     return [f"{kind} {name}" for kind, name in flagged.select("kind", "name").iter_rows()]
 
 
+def retrieval_rows(path: str | Path) -> list[dict]:
+    """stages.json: a `retrieval` row per stage, cheapest first, and the pipeline's `submission` row (the submitted
+    stage's score; optimistic where `submit: best` chose it on the valid fold, or its fine-tunes chose epochs there)."""
+    payload = read_json(path)
+    pipeline = payload.get("pipeline") or Path(path).parent.name
+    rows = []
+    for index, stage in enumerate(payload.get("stages") or []):
+        reasons = [stage.get("optimistic_reason")]
+        if stage.get("submitted") and payload.get("selected_on_valid_fold"):
+            reasons.insert(0, "submit: best chose this stage on the valid fold")
+        reason = "; ".join(filter(None, reasons)) or None
+        rows.append(_row(kind="retrieval", name=f"{pipeline}/{stage['stage']}", metric=stage.get("metric"),
+                         cv=_number(stage.get("map")), recall_at_k=_number(stage.get("recall")),
+                         lift_over_zero_shot=_number(stage.get("lift_over_zero_shot")),
+                         below_zero_shot=stage.get("below_zero_shot"), submitted=bool(stage.get("submitted")),
+                         cv_optimistic=True if reason else None, cv_optimistic_reason=reason,
+                         source=Path(path).as_posix(), **{SORT_NAME: f"{pipeline}/{index:04d}"}))
+    submitted = next((row for row in rows if row["submitted"]), None)
+    if submitted is not None:
+        rows.append(_row(kind="submission", name=pipeline, metric=submitted["metric"], cv=submitted["cv"],
+                         recall_at_k=submitted["recall_at_k"], lift_over_zero_shot=submitted["lift_over_zero_shot"],
+                         below_zero_shot=submitted["below_zero_shot"], cv_optimistic=submitted["cv_optimistic"],
+                         cv_optimistic_reason=submitted["cv_optimistic_reason"],
+                         retrieval_stage=submitted["name"].split("/", 1)[1], source=Path(path).as_posix()))
+    return rows
+
+
+def retrieval_warnings(paths: Sequence[str | Path]) -> list[str]:
+    """The warnings of every retrieval pipeline's stage choice (a submitted stage below zero-shot)."""
+    return [warning for path in paths for warning in read_json(path).get("warnings") or []]
+
+
+def below_zero_shot(board: pl.DataFrame) -> list[str]:
+    """`name (lift)` of every retrieval stage that scored below the zero-shot embedder."""
+    if "below_zero_shot" not in board.columns:
+        return []
+    flagged = board.filter((pl.col("kind") == "retrieval") & (pl.col("below_zero_shot") == True))  # noqa: E712
+    return [f"{name} ({lift:+.4f})" for name, lift in flagged.select("name", "lift_over_zero_shot").iter_rows()]
+
+
 def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: Sequence[str | Path] = (),
                       manifests: Sequence[str | Path] = (), lb_scores: dict | None = None,
-                      prior_scores: str | Path | None = None) -> pl.DataFrame:
+                      prior_scores: str | Path | None = None, retrieval_stages: Sequence[str | Path] = ()
+                      ) -> pl.DataFrame:
     """The leaderboard frame (columns as SCHEMA), rows ordered by kind then name then fold."""
     rows = [prior_row(prior_scores)] if prior_scores else []
     rows += [row for path in model_scores for row in model_rows(path)]
@@ -208,18 +281,21 @@ def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: 
     flag_optimistic_sources(rows, dict(ensemble_members_of(path) for path in ensemble_scores))
     optimistic_models = {row["name"] for row in rows if row["kind"] == "model" and row["cv_optimistic"]}
     rows += [submission_row(path, optimistic_models) for path in manifests]
+    # another task's rows: measured against the zero-shot embedder, never the classification prior
+    retrieval = [row for path in retrieval_stages for row in retrieval_rows(path)]
     lb_scores = lb_scores or {}
-    submitted = {row["name"] for row in rows if row["kind"] == "submission"}
+    submitted = {row["name"] for row in rows + retrieval if row["kind"] == "submission"}
     for name in lb_scores:
         if name not in submitted:  # an LB score for a submission built elsewhere still belongs in the table
             rows.append(_row(kind="submission", name=name, source="lb_scores"))
-    for row in rows:
+    for row in rows + retrieval:
         if row["kind"] == "submission" and row["name"] in lb_scores:
             row["lb_public"] = _number(lb_scores[row["name"]].get("public"))
             row["lb_private"] = _number(lb_scores[row["name"]].get("private"))
     if prior_scores:
         add_lift(rows, rows[0])
-    rows.sort(key=lambda r: (KINDS.index(r["kind"]), r["name"], int(r["fold"]) if r["fold"] else -1))
+    rows += retrieval
+    rows.sort(key=lambda r: (KINDS.index(r["kind"]), r.get(SORT_NAME) or r["name"], int(r["fold"]) if r["fold"] else -1))
     return pl.DataFrame([{key: row[key] for key in SCHEMA} for row in rows], schema=SCHEMA, orient="row")
 
 
@@ -229,11 +305,20 @@ def _cell(value: Any) -> str:
     return f"{value:.5f}" if isinstance(value, float) else str(value)
 
 
-def to_markdown(board: pl.DataFrame) -> str:
-    """One markdown table per kind, with only the columns that kind fills."""
+def to_markdown(board: pl.DataFrame, warnings: Sequence[str] = ()) -> str:
+    """One markdown table per kind, with only the columns that kind fills; `warnings` (retrieval stage choices)
+    head the page."""
     titles = {"prior": "Prior baseline (class shares of the training folds)", "model": "Models", "fold": "Folds",
-              "ensemble": "Ensembles", "submission": "Submissions"}
+              "ensemble": "Ensembles", "submission": "Submissions",
+              "retrieval": "Retrieval stages (valid fold; cv is MAP@k, lift over the zero-shot embedder)"}
     parts = ["# Leaderboard: CV vs LB", ""]
+    parts += [line for warning in warnings for line in (f"**WARNING**: {warning}", "")]
+    below = below_zero_shot(board)
+    if below:
+        parts += [BELOW_ZERO_SHOT_NOTE + ", ".join(below), ""]
+    chosen = chosen_on_valid_fold(board)
+    if chosen:
+        parts += [CHOSEN_ON_VALID_FOLD_NOTE + "; ".join(chosen), ""]
     flagged = not_beating_prior(board)
     if flagged:
         parts += ["**Not better than the prior baseline** (learned nothing usable on the task metric): "
@@ -261,20 +346,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--manifests", nargs="*", default=[], help="results/submissions/{name}/manifest.json files")
     parser.add_argument("--lb-scores", default=None, help="lb_scores.yaml (optional; missing file = no LB yet)")
     parser.add_argument("--prior-scores", default=None, help="results/scores/prior.json: a prior row and every row's lift")
+    parser.add_argument("--retrieval-stages", nargs="*", default=[],
+                        help="results/retrieval/{pipeline}/stages.json files: a row per retrieval stage")
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-md", required=True)
     args = parser.parse_args(argv)
     board = build_leaderboard(args.model_scores, args.ensemble_scores, args.manifests, load_lb_scores(args.lb_scores),
-                              args.prior_scores)
+                              args.prior_scores, args.retrieval_stages)
+    warnings = retrieval_warnings(args.retrieval_stages)
     with atomic_path(args.out_csv) as tmp:
         board.write_csv(tmp, line_terminator="\n", float_precision=6)
     with atomic_path(args.out_md) as tmp:
-        tmp.write_text(to_markdown(board) + "\n")
+        tmp.write_text(to_markdown(board, warnings) + "\n")
     print(f"leaderboard: {board.height} rows -> {args.out_csv}, {args.out_md}", flush=True)
     for row in not_beating_prior(board):
         print(f"WARNING: {row} does not beat the prior baseline", flush=True)
     for row in optimistic_rows(board):
         print(f"NOTE: {row} has an optimistic CV (see cv_optimistic_reason, and cv_plain where given)", flush=True)
+    for row in chosen_on_valid_fold(board):
+        print(f"NOTE: {row}: its valid-fold score is optimistic", flush=True)
+    for row in below_zero_shot(board):
+        print(f"NOTE: retrieval stage {row} ranks the valid fold worse than the zero-shot embedder", flush=True)
+    for warning in warnings:
+        print(f"WARNING: {warning}", flush=True)
 
 
 if __name__ == "__main__":

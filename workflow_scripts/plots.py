@@ -381,7 +381,7 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
 def leaderboard_html(board: pl.DataFrame) -> str:
     """The leaderboard as a self-contained HTML page (one table per kind), for the report to show inline."""
     titles = {"prior": "Prior baseline", "model": "Models", "fold": "Folds", "ensemble": "Ensembles",
-              "submission": "Submissions"}
+              "submission": "Submissions", "retrieval": "Retrieval stages (valid fold; lift over zero-shot)"}
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Leaderboard: CV vs LB</title>',
              "<style>body{font-family:sans-serif;font-size:14px;margin:16px}table{border-collapse:collapse;"
              "margin-bottom:20px}th,td{border:1px solid #ccc;padding:3px 8px}td.num{text-align:right;"
@@ -396,12 +396,26 @@ def leaderboard_html(board: pl.DataFrame) -> str:
     if "cv_optimistic" in board.columns:
         from workflow_scripts.leaderboard import OPTIMISTIC_NOTE
 
+        retrieval = ((pl.col("kind") == "retrieval") | pl.col("retrieval_stage").is_not_null()
+                     if "retrieval_stage" in board.columns else pl.lit(False))
         optimistic = board.filter((pl.col("cv_optimistic").cast(pl.String).str.to_lowercase() == "true")
-                                  & (pl.col("kind") != "fold"))
+                                  & (pl.col("kind") != "fold") & ~retrieval)
         if optimistic.height:
             names = ", ".join(f"{k} {n}" for k, n in optimistic.select("kind", "name").iter_rows())
             parts.append("<p><b>Optimistic CV</b> " + html.escape(OPTIMISTIC_NOTE.removeprefix("**Optimistic CV** ") + names)
                          + "</p>")
+    if "below_zero_shot" in board.columns:  # retrieval: a submission, or stages, ranking worse than zero-shot
+        below = board.filter(pl.col("below_zero_shot").cast(pl.String).str.to_lowercase() == "true")
+        for kind, name in below.filter(pl.col("kind") == "submission").select("kind", "name").iter_rows():
+            parts.append(f"<p><b>WARNING</b>: submission {html.escape(name)} ranks with a stage below the "
+                         "zero-shot embedder on the valid fold</p>")
+        stages = below.filter(pl.col("kind") == "retrieval")["name"].to_list()
+        if stages:
+            parts.append("<p><b>Below the zero-shot embedder</b>: " + html.escape(", ".join(stages)) + "</p>")
+        chosen = board.filter((pl.col("kind") == "retrieval")
+                              & (pl.col("cv_optimistic").cast(pl.String).str.to_lowercase() == "true"))["name"].to_list()
+        if chosen:
+            parts.append("<p><b>Chosen on the valid fold</b> (optimistic): " + html.escape(", ".join(chosen)) + "</p>")
     kinds = [k for k in titles if k in set(board["kind"].to_list())]
     kinds += sorted(set(board["kind"].to_list()) - set(kinds))
     for kind in kinds:

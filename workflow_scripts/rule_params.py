@@ -326,7 +326,8 @@ def retrieval_uses_demo(pipeline: Mapping[str, Any]) -> bool:
 
 def retrieval_data_flags(pipeline: Mapping[str, Any], input_files: Mapping[str, str]) -> str:
     if not retrieval_uses_demo(pipeline):
-        return cli_flags([("source", "files")] + [(key, input_files[key]) for key in pipeline["files"]])
+        return cli_flags([("source", "files")] + [(key, input_files[key]) for key in pipeline["files"]]
+                         + [("columns", pipeline.get("columns") or None)])
     return cli_flags([("source", "demo")] + [(key, value) for key, value in (pipeline.get("demo") or {}).items()
                                              if key in RETRIEVAL_DEMO_KEYS])
 
@@ -389,6 +390,43 @@ def evaluation_flags(pipeline: Mapping[str, Any], checkpoint_records: Mapping[st
         cli_flags(pipeline.get("reranker_inference", {})),
         cli_flags({f"{role}_checkpoints": path for role, path in (checkpoint_records or {}).items()}),
     ]))
+
+
+def zero_shot_flags(pipeline: Mapping[str, Any]) -> str:
+    """The zero-shot stage's evaluation: the embedder's inference settings and k (no reranker, so neither
+    reranker_inference nor top_n reruns it)."""
+    valid_fold = pipeline.get("valid_fold", 0)
+    return " ".join(filter(None, [
+        "--final-fit" if valid_fold is None else "",
+        cli_flags({"valid_folds": int(valid_fold) if valid_fold is not None else None, "k": int(pipeline.get("k", 25))}),
+        cli_flags(pipeline.get("embedder_inference", {})),
+    ]))
+
+
+def zero_shot_model(pipeline: Mapping[str, Any]) -> str:
+    """The zero-shot stage's embedder: the base model iteration 0 mines with (already trusted to rank the corpus;
+    in the Eedi recipe bge-en-icl, not the LLM that is fine-tuned)."""
+    return pipeline["iterations"][0]["mine"]["embedder"]
+
+
+def retrieval_submit(pipeline: Mapping[str, Any]) -> str:
+    """The pipeline's `submit`: its own, else best (last on a final fit, where nothing is scored)."""
+    from workflow_scripts.retrieval.stages import default_submit
+
+    return pipeline.get("submit") or default_submit(pipeline.get("valid_fold", 0))
+
+
+def builds_zero_shot(pipeline: Mapping[str, Any]) -> bool:
+    """The zero-shot stage is scored wherever there is a valid fold, and ranked on a final fit that submits it."""
+    return pipeline.get("valid_fold", 0) is not None or retrieval_submit(pipeline) == "zero_shot"
+
+
+def retrieval_stage_plan(out_dir: str, name: str, pipeline: Mapping[str, Any]) -> list[dict]:
+    """Every stage of pipeline `name` with its score.json, test rankings and model folders (stages.stage_plan)."""
+    from workflow_scripts.retrieval.stages import stage_plan
+
+    zero_shot = zero_shot_model(pipeline) if builds_zero_shot(pipeline) else None
+    return stage_plan(out_dir, name, zero_shot, len(pipeline["iterations"]))
 
 
 def selects_best_checkpoint(role_settings: Mapping[str, Any]) -> bool:

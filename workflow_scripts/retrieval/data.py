@@ -4,11 +4,14 @@ Every retrieval step reads the same three tables:
 - queries:      `id` (str), `query` (str), `positive_ids` (list[str], ids of corpus passages);
 - corpus:       `id` (str), `text` (str);
 - test queries: `id`, `query` (and `positive_ids` when known, for a local score).
+A user's files may name these columns their own way (config `columns:`, `--columns`): they are renamed first.
+Ids may be integers (cast to str); `positive_ids` may be a list or one string of ids separated by spaces.
 """
 from __future__ import annotations
 
 import argparse
 import bz2
+import json
 import importlib.util
 import io
 from pathlib import Path
@@ -146,10 +149,35 @@ def validate_queries(
     return queries.select("id", "query", "positive_ids")
 
 
-def load_task(queries_path: str | Path, corpus_path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Read and validate a queries file against a corpus file."""
-    corpus = validate_corpus(read_table(corpus_path), str(corpus_path))
-    queries = validate_queries(read_table(queries_path), corpus["id"].to_list(), str(queries_path))
+COLUMNS = {"queries": ("id", "query", "positive_ids"), "corpus": ("id", "text"),
+           "test_queries": ("id", "query", "positive_ids")}
+
+
+def rename_columns(frame: pl.DataFrame, renames: dict[str, str] | None, name: str, file_key: str) -> pl.DataFrame:
+    """A user's file with its columns renamed to oofline's: `renames` is {oofline column: the file's column}
+    (config `columns.<file_key>`); a column of the file already called like an oofline one it replaces is dropped."""
+    if not renames:
+        return frame
+    unknown = sorted(set(renames) - set(COLUMNS[file_key]))
+    if unknown:
+        raise OoflineError(f"columns.{file_key}: {unknown} are not columns of {file_key} "
+                           f"(expected some of {', '.join(COLUMNS[file_key])})")
+    for ours, theirs in renames.items():
+        if theirs not in frame.columns:
+            raise OoflineError(f"{name}: column {theirs!r} (columns.{file_key}.{ours}) is missing; "
+                               f"the file has {frame.columns[:12]}")
+    replaced = [ours for ours, theirs in renames.items() if ours in frame.columns and ours != theirs]
+    return frame.drop(replaced).rename({theirs: ours for ours, theirs in renames.items()})
+
+
+def load_task(queries_path: str | Path, corpus_path: str | Path, columns: dict[str, dict[str, str]] | None = None
+              ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read and validate a queries file against a corpus file (`columns`: the files' own names, as config)."""
+    columns = columns or {}
+    corpus = rename_columns(read_table(corpus_path), columns.get("corpus"), str(corpus_path), "corpus")
+    corpus = validate_corpus(corpus, str(corpus_path))
+    queries = rename_columns(read_table(queries_path), columns.get("queries"), str(queries_path), "queries")
+    queries = validate_queries(queries, corpus["id"].to_list(), str(queries_path))
     return queries, corpus
 
 
@@ -173,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--queries", help="user queries file (source=files)")
     parser.add_argument("--corpus", help="user corpus file (source=files)")
     parser.add_argument("--test-queries", help="user test queries file (source=files)")
+    parser.add_argument("--columns", type=json.loads, default=None,
+                        help='JSON {file: {oofline column: your column}}, e.g. {"corpus": {"text": "MisconceptionName"}}')
     parser.add_argument("--n-passages", type=int, default=150)
     parser.add_argument("--n-queries", type=int, default=300)
     parser.add_argument("--n-test-queries", type=int, default=100)
@@ -190,8 +220,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for key in ("queries", "corpus", "test_queries"):
             if getattr(args, key) is None:
                 raise OoflineError(f"--{key.replace('_', '-')} is required with --source files")
-        queries, corpus = load_task(args.queries, args.corpus)
-        test = validate_queries(read_table(args.test_queries), corpus["id"].to_list(), args.test_queries, False)
+        queries, corpus = load_task(args.queries, args.corpus, args.columns)
+        test = rename_columns(read_table(args.test_queries), (args.columns or {}).get("test_queries"),
+                              args.test_queries, "test_queries")
+        test = validate_queries(test, corpus["id"].to_list(), args.test_queries, False)
     write_parquet(queries, args.out_queries)
     write_parquet(corpus, args.out_corpus)
     write_parquet(test, args.out_test_queries)

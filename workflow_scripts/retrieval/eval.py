@@ -2,7 +2,9 @@
 
 oof.parquet: `id`, `fold`, `embedder_ids` (list[str], best first), `reranked_ids` (list[str]; null without a
 reranker). score.json: MAP@k and Recall@k (metrics.py, Kaggle rules) per fold and overall, for the
-embedder alone and for embedder+reranker. test.parquet: `id`, `ranked_ids` (top k, best first).
+embedder alone and for embedder+reranker. test.parquet: `id`, `ranked_ids` (top k, best first: reranked when
+there is a reranker), and each stage's own top k, `embedder_ids` and `reranked_ids` (null without a reranker),
+from which the submission takes its stage's (stages.py).
 With --final-fit (config `valid_fold: null`) the models saw every query: only test.parquet has rankings.
 A fine-tune that chose its epoch on the valid fold (`select_checkpoint: best`, --embedder-checkpoints /
 --reranker-checkpoints) adds `checkpoint_selection` (chosen and last epoch's scores) and
@@ -88,6 +90,14 @@ def evaluate_fold(
     )
 
 
+def test_rankings(ranked: pl.DataFrame, k: int) -> pl.DataFrame:
+    """test.parquet: `ranked_ids` (reranked when there is a reranker, else the embedder's) and both stages'
+    rankings, `embedder_ids` and `reranked_ids` (null without a reranker), top k each, best first."""
+    column = "reranked_ids" if ranked["reranked_ids"].null_count() == 0 else "embedder_ids"
+    return ranked.select("id", pl.col(column).list.head(k).alias("ranked_ids"),
+                         pl.col("embedder_ids").list.head(k), pl.col("reranked_ids").list.head(k))
+
+
 def reranker_scorer(path: str | None, args: argparse.Namespace) -> ScorePairs | None:
     """Raw reranker scores of (query, passage) pairs with the CLI's reranker settings; None without a path."""
     if not path:
@@ -153,8 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"fold {fold}: ranked {held_out.height} held-out queries", flush=True)
         if test is not None:
             ranked = evaluate_fold(test, corpus, test_vecs, passage_vecs, score_pairs, -1, depth, args.top_n)
-            column = "reranked_ids" if score_pairs is not None else "embedder_ids"
-            write_parquet(ranked.select("id", pl.col(column).list.head(args.k).alias("ranked_ids")), args.test_out)
+            write_parquet(test_rankings(ranked, args.k), args.test_out)
             print(f"test: ranked {test.height} queries -> {args.test_out}", flush=True)
     if args.final_fit:
         oof = pl.DataFrame(schema=OOF_SCHEMA)

@@ -252,6 +252,25 @@ def prepare_training_data(source: str | Path, target: Path, settings: FinetuneSe
     return rows
 
 
+def reranker_head(settings: FinetuneSettings) -> str | None:
+    """Where an encoder reranker's score head starts: kept from a cross-encoder base (a one-label
+    sequence-classification model, e.g. bge-reranker), else new and random on top of the encoder (a sentence
+    encoder such as MiniLM: a short fine-tune may leave it near random). None for embedders and decoder
+    rerankers (they score with the language-model head's yes/no logits)."""
+    if settings.kind != "reranker" or settings.model_class.startswith("decoder"):
+        return None
+    config_path = Path(settings.base_model) / "config.json"
+    if not config_path.exists():
+        return "as the hub model's config says (not a local folder)"
+    config = json.loads(config_path.read_text())
+    architectures = config.get("architectures") or []
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    if any(name.endswith("ForSequenceClassification") for name in architectures) and labels == 1:
+        return "kept from the base (a cross-encoder: one-label sequence-classification head)"
+    return (f"new, random (the base, {', '.join(architectures) or config.get('model_type')}, has no one-label "
+            "sequence-classification head)")
+
+
 def _move_model_files(source: Path, target: Path) -> None:
     """Move a saved model (not checkpoints, not pickles) from source to target."""
     target.mkdir(parents=True, exist_ok=True)
@@ -278,6 +297,9 @@ def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str
     from workflow_scripts.retrieval.models import resolve_model
 
     settings = replace(settings, base_model=resolve_model(settings.base_model, "base"))
+    head = reranker_head(settings)
+    if head:
+        print(f"reranker score head: {head}", flush=True)
     with atomic_path(output_dir) as tmp:
         work = tmp / "work"
         work.mkdir(parents=True)
@@ -304,7 +326,8 @@ def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str
             _move_model_files(run_dir, tmp / "merged")
         if not list((tmp / "merged").glob("*.safetensors")):
             raise OoflineError(f"fine-tune wrote no safetensors weights into {run_dir}")
-        payload = {"settings": asdict(settings), "command": [Path(argv[0]).name, *argv[1:]], "rows": n_rows}
+        payload = {"settings": asdict(settings), "command": [Path(argv[0]).name, *argv[1:]], "rows": n_rows,
+                   "reranker_head": head}
         payload["command"] = [str(part).replace(str(tmp), "<output>") for part in payload["command"]]
         (tmp / "settings.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(work)

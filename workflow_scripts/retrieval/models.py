@@ -63,12 +63,16 @@ class RerankerSettings:
 
 
 def resolve_model(path: str, kind: str) -> str:
-    """A loadable name or folder: follows prepare_model's `source.json` pointers (modeling.resolve_model_path)."""
+    """A loadable name or folder: follows prepare_model's `source.json` pointers (modeling.resolve_model_path);
+    a fine-tune's output folder (`base: iterJ`) is loaded from its `merged/`."""
     from workflow_scripts.modeling import resolve_model_path
 
     if str(path).startswith(("/", ".")) and not Path(path).exists():
         raise OoflineError(f"{kind} model not found: {path} (expected a local model folder)")
-    return resolve_model_path(path)[0]
+    folder = Path(path)
+    if folder.is_dir() and not (folder / "config.json").exists() and (folder / "merged" / "config.json").exists():
+        folder = folder / "merged"
+    return resolve_model_path(folder if folder.is_dir() else path)[0]
 
 
 def _check_model(path: str, kind: str, model_class: str, allowed: Sequence[str]) -> str:
