@@ -274,3 +274,47 @@ def test_package_spec_ships_adapters_with_their_base_or_merged_models_alone(tmp_
         assert spec["ensembles"] == {"pair": "results/ensembles/pair/weights.json"}
         inputs = rule_params.kaggle_package_inputs(spec, ["tiny:llama"])
         assert ("results/models/qlora/base" in inputs) == (members == "adapter")
+
+
+# bitsandbytes' wheels on PyPI (>= 0.43 publishes manylinux_2_24 only), and wheels that do not run on the image
+BITSANDBYTES_WHEELS = ["bitsandbytes-0.45.5-py3-none-manylinux_2_24_x86_64.whl",
+                       "bitsandbytes-0.45.5-py3-none-win_amd64.whl"]
+
+
+def test_default_platform_tags_take_the_wheels_kaggles_glibc_runs():
+    from workflow_scripts.kaggle.wheels import manylinux_platform_tags, wheel_runs_on
+
+    from workflow_scripts.rule_params import KAGGLE_DEFAULTS
+
+    tags = manylinux_platform_tags()  # Kaggle's image: glibc 2.31
+    assert KAGGLE_DEFAULTS["platform"] is None and manylinux_platform_tags(KAGGLE_DEFAULTS["glibc"]) == tags
+    assert tags[0] == "manylinux_2_31_x86_64" and tags[-1] == "linux_x86_64"
+    assert {"manylinux_2_24_x86_64", "manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux1_x86_64"} <= set(tags)
+    assert [wheel_runs_on(name, "3.11", tags) for name in BITSANDBYTES_WHEELS] == [True, False]
+    assert not wheel_runs_on(BITSANDBYTES_WHEELS[0], "3.11", ["manylinux2014_x86_64"])  # the old default
+    assert wheel_runs_on("numpy-2.2.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "3.11", tags)
+    assert not wheel_runs_on("numpy-2.2.0-cp311-cp311-manylinux_2_34_x86_64.whl", "3.11", tags)  # newer glibc
+    assert not wheel_runs_on("numpy-2.2.0-cp312-cp312-manylinux_2_17_x86_64.whl", "3.11", tags)  # another Python
+    assert manylinux_platform_tags("2.35")[0] == "manylinux_2_35_x86_64"
+    with pytest.raises(OoflineError, match="glibc: '2.x'"):
+        manylinux_platform_tags("2.x")
+
+
+def test_pip_download_with_the_default_tags_finds_a_manylinux_2_24_wheel_offline(tmp_path, monkeypatch):
+    """pip itself resolves the pin against a local index (a wheel tagged as bitsandbytes' are): the image's tags find
+    it, the old single manylinux2014 tag does not and says so in one line."""
+    from workflow_scripts.kaggle.wheels import build_wheel, manylinux_platform_tags, ship_wheels
+
+    (tmp_path / "src" / "bitsandbytes").mkdir(parents=True)
+    (tmp_path / "src" / "bitsandbytes" / "__init__.py").write_text("")
+    built = build_wheel(tmp_path / "src" / "bitsandbytes", "bitsandbytes", "0.45.5", tmp_path / "built")
+    index = tmp_path / "index"
+    index.mkdir()
+    built.rename(index / BITSANDBYTES_WHEELS[0])
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    requirements = ship_wheels(["bitsandbytes==0.45.5"], tmp_path / "wheels", "3.11", manylinux_platform_tags())
+    assert requirements == ["oofline==0.1.0", "bitsandbytes==0.45.5"]
+    assert (tmp_path / "wheels" / BITSANDBYTES_WHEELS[0]).exists()
+    with pytest.raises(OoflineError, match=r"^config: kaggle wheels: pip download bitsandbytes==0.45.5 failed"):
+        ship_wheels(["bitsandbytes==0.45.5"], tmp_path / "old", "3.11", "manylinux2014_x86_64")

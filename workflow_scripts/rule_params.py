@@ -422,7 +422,7 @@ MODEL_FOLDERS = {"tfidf_linear": "linear", "embedding_head": "head", "encoder_fu
 
 KAGGLE_DEFAULTS = {"title": None, "test": "test.csv", "sample_submission": "sample_submission.csv",
                    "accelerator": "t4x2", "time_limit_hours": 9, "hidden_test_rows": None, "members": "adapter",
-                   "wheels": [], "python_version": "3.11", "platform": "manylinux2014_x86_64", "cpu_threads": 4,
+                   "wheels": [], "python_version": "3.11", "platform": None, "glibc": "2.31", "cpu_threads": 4,
                    "speed_factor": None}
 
 

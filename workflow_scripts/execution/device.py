@@ -60,6 +60,31 @@ def native_bf16(device) -> bool:
     return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
+# a merge holds the base in the merge dtype plus what dequantising and merging a layer needs at a time, and
+# the CUDA context: the base fits when these times its bytes, plus the fixed part, are free
+MERGE_MEMORY_FACTOR = 1.15
+MERGE_MEMORY_FIXED_BYTES = 1 << 30
+
+
+def merge_placement(device, base_bytes: int | None) -> tuple[str, str]:
+    """(where to merge, why): an adapter merge dequantises the whole base in the merge dtype (`base_bytes` in
+    that dtype), so on a GPU it runs there only when that fits the GPU's free memory, else in host memory."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu", "the job has no GPU"
+    if base_bytes is None:
+        return str(device), "the base's size is unknown (no safetensors to read), so the job's GPU"
+    free, total = torch.cuda.mem_get_info(device)
+    needed = base_bytes * MERGE_MEMORY_FACTOR + MERGE_MEMORY_FIXED_BYTES
+    sizes = f"the base takes {base_bytes / 1e9:.1f} GB in the merge dtype ({needed / 1e9:.1f} GB with headroom)"
+    if needed <= free:
+        return str(device), f"{sizes}, {device} has {free / 1e9:.1f} GB free"
+    return "cpu", (f"{sizes}, more than the {free / 1e9:.1f} GB free of {total / 1e9:.1f} GB on {device}: "
+                   "merging in host memory")
+
+
 def torch_dtype_of(precision: str):
     """torch dtype of a resolved precision name."""
     import torch

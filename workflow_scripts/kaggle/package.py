@@ -24,7 +24,7 @@ from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import inference_speed_path, read_json, write_json
 from workflow_scripts.kaggle import plan as runtime_plan
 from workflow_scripts.kaggle.inference import FORMAT_VERSION, PACKAGE_FILE
-from workflow_scripts.kaggle.wheels import ship_wheels
+from workflow_scripts.kaggle.wheels import manylinux_platform_tags, ship_wheels
 
 SCRIPT_FILE = "oofline_submission.py"
 SCRIPT_TEMPLATE = Path(__file__).with_name("notebook_script.py")
@@ -170,7 +170,8 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
         submission["thresholds"] = f"thresholds/{spec['source']}.json"
         (dataset / "thresholds").mkdir()
         shutil.copy2(spec["thresholds"], dataset / submission["thresholds"])
-    requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], kaggle["platform"])
+    platforms = kaggle["platform"] or manylinux_platform_tags(kaggle["glibc"])
+    requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], platforms)
     package = {"format_version": FORMAT_VERSION, "package": name, "submission_name": spec["submission"],
                "source": spec["source"], "task": spec["task"], "labels": "labels.json", "models": models,
                "ensembles": ensembles, "submission": submission, "wheels": requirements}
