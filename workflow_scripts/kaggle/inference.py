@@ -92,14 +92,18 @@ def model_test_probabilities(dataset_dir: Path, name: str, member: dict[str, Any
             frames.append(_frame(ids, predict_heads(spec, heads, embeddings), spec))
     else:
         from workflow_scripts.model_spec import ModelSpec
-        from workflow_scripts.predict import load_for_prediction, predict_probabilities
+        from workflow_scripts.predict import fold_models, predict_probabilities
 
         model_spec = ModelSpec.from_config(config)
         base = str(dataset_dir / member["base"]) if member.get("base") else ""
-        for split, folder in member["splits"].items():
-            model, tokenizer, device, precision, load_seconds = load_for_prediction(
-                str(dataset_dir / folder), base, model_spec, len(spec.probability_columns))
+        folders = {split: str(dataset_dir / folder) for split, folder in member["splits"].items()}
+        # adapters share their base: loaded once, each fold's adapter swapped in
+        for split, model, tokenizer, device, precision, load_seconds in fold_models(
+                folders, base, model_spec, len(spec.probability_columns)):
             cost["load_seconds"] += load_seconds[0]
+            log(f"{name} {split}: loaded in {load_seconds[0]:.1f}s on {device} in {precision}"
+                + (f", weights {model_spec.quantization}" if getattr(model_spec, "quantization", "none") != "none"
+                   else ""))
             stats = {}
             probabilities = predict_probabilities(model, tokenizer, texts, spec, model_spec.max_length,
                                                   model_spec.prediction_batch_size, label=f"{name} {split}",

@@ -1,0 +1,147 @@
+"""What a Kaggle package meets on a real kernel (issue 25): an image whose platform tags and library versions it does
+not pick, a T4 without native bf16, bases read from /kaggle/input, merged members, and a hidden test nobody has seen.
+The package's own offline runs live in test_kaggle_package.py; these are the pieces, on tiny real models."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from workflow_scripts.errors import OoflineError
+
+LORA = {"r": 8, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+TEXTS = ["a great movie", "bad plot and terrible acting, two long hours of it", "an astronaut on Mars", ""]
+
+
+# bitsandbytes' wheels on PyPI (>= 0.43 publishes manylinux_2_24 only), and wheels that do not run on the image
+BITSANDBYTES_WHEELS = ["bitsandbytes-0.45.5-py3-none-manylinux_2_24_x86_64.whl",
+                       "bitsandbytes-0.45.5-py3-none-win_amd64.whl"]
+
+
+def test_default_platform_tags_take_the_wheels_kaggles_glibc_runs():
+    from workflow_scripts.kaggle.wheels import manylinux_platform_tags, wheel_runs_on
+
+    from workflow_scripts.rule_params import KAGGLE_DEFAULTS
+
+    tags = manylinux_platform_tags()  # Kaggle's image: glibc 2.31
+    assert KAGGLE_DEFAULTS["platform"] is None and manylinux_platform_tags(KAGGLE_DEFAULTS["glibc"]) == tags
+    assert tags[0] == "manylinux_2_31_x86_64" and tags[-1] == "linux_x86_64"
+    assert {"manylinux_2_24_x86_64", "manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux1_x86_64"} <= set(tags)
+    assert [wheel_runs_on(name, "3.11", tags) for name in BITSANDBYTES_WHEELS] == [True, False]
+    assert not wheel_runs_on(BITSANDBYTES_WHEELS[0], "3.11", ["manylinux2014_x86_64"])  # the old default
+    assert wheel_runs_on("numpy-2.2.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "3.11", tags)
+    assert not wheel_runs_on("numpy-2.2.0-cp311-cp311-manylinux_2_34_x86_64.whl", "3.11", tags)  # newer glibc
+    assert not wheel_runs_on("numpy-2.2.0-cp312-cp312-manylinux_2_17_x86_64.whl", "3.11", tags)  # another Python
+    assert manylinux_platform_tags("2.35")[0] == "manylinux_2_35_x86_64"
+    with pytest.raises(OoflineError, match="glibc: '2.x'"):
+        manylinux_platform_tags("2.x")
+
+
+def test_pip_download_with_the_default_tags_finds_a_manylinux_2_24_wheel_offline(tmp_path, monkeypatch):
+    """pip itself resolves the pin against a local index (a wheel tagged as bitsandbytes' are): the image's tags find
+    it, the old single manylinux2014 tag does not and says so in one line."""
+    from workflow_scripts.kaggle.wheels import build_wheel, manylinux_platform_tags, ship_wheels
+
+    (tmp_path / "src" / "bitsandbytes").mkdir(parents=True)
+    (tmp_path / "src" / "bitsandbytes" / "__init__.py").write_text("")
+    built = build_wheel(tmp_path / "src" / "bitsandbytes", "bitsandbytes", "0.45.5", tmp_path / "built")
+    index = tmp_path / "index"
+    index.mkdir()
+    built.rename(index / BITSANDBYTES_WHEELS[0])
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    requirements = ship_wheels(["bitsandbytes==0.45.5"], tmp_path / "wheels", "3.11", manylinux_platform_tags())
+    assert requirements == ["oofline==0.1.0", "bitsandbytes==0.45.5"]
+    assert (tmp_path / "wheels" / BITSANDBYTES_WHEELS[0]).exists()
+    with pytest.raises(OoflineError, match=r"^config: kaggle wheels: pip download bitsandbytes==0.45.5 failed"):
+        ship_wheels(["bitsandbytes==0.45.5"], tmp_path / "old", "3.11", "manylinux2014_x86_64")
+
+
+# ---- members: merged and base + adapters (items 2 and 7) ----
+
+@pytest.fixture(scope="module")
+def qlora_folds(tiny_llama_dir, tmp_path_factory):
+    """Two folds' QLoRA adapters (4-bit nf4 base) of a tiny Llama, moved off their initialisation, and each one merged
+    (on the CPU, in fp32) as the merge step writes it."""
+    from workflow_scripts import modeling
+
+    root = tmp_path_factory.mktemp("qlora_folds")
+    batch = modeling.load_tokenizer(tiny_llama_dir)(TEXTS[:3], padding=True, return_tensors="pt")
+    folds = {}
+    for fold in (0, 1):
+        model = modeling.load_classifier(tiny_llama_dir, 3, "decoder_lora", "4bit", LORA, seed=fold)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+        for _ in range(3):
+            model.train()
+            model(**batch, labels=torch.tensor([0, 2, 1])).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        adapter = root / f"fold{fold}" / "adapter"
+        model.save_pretrained(adapter)
+        modeling.load_tokenizer(tiny_llama_dir).save_pretrained(adapter)
+        modeling.merge_adapter(tiny_llama_dir, adapter, root / f"fold{fold}" / "merged", 3, "4bit")
+        folds[f"fold{fold}"] = root / f"fold{fold}"
+    return folds
+
+
+def _spec(**settings):
+    from workflow_scripts.model_spec import ModelSpec
+
+    return ModelSpec.from_config({"kind": "decoder_lora", "source": "tiny:llama", "quantization": "4bit",
+                                  "max_length": 32, **settings})
+
+
+def _probabilities(model, tokenizer, precision="fp32"):
+    from workflow_scripts.labels import Head, LabelSpec
+    from workflow_scripts.predict import predict_probabilities
+
+    spec = LabelSpec("multiclass", (Head("label", "multiclass", "label", ("a", "b", "c")),))
+    return predict_probabilities(model, tokenizer, TEXTS, spec, 32, 2, precision=precision)
+
+
+def test_a_merged_qlora_member_loads_4bit_in_its_precision_close_to_base_plus_adapter(qlora_folds, tiny_llama_dir):
+    """members: merged: the merged folder loads as the member was trained (4-bit nf4 weights, the precision's dtype),
+    not as an fp32 model 4-8x its size; its probabilities differ from base + adapter by the re-quantisation only."""
+    import bitsandbytes as bnb
+
+    from workflow_scripts.predict import load_trained
+
+    folder = qlora_folds["fold0"]
+    adapter_model, tokenizer = load_trained(str(folder / "adapter"), str(tiny_llama_dir), _spec(), 3)
+    merged, _ = load_trained(str(folder / "merged"), "", _spec(), 3)
+    linears = [m for n, m in merged.named_modules() if n.endswith(("q_proj", "down_proj"))]
+    assert linears and all(isinstance(m, bnb.nn.Linear4bit) for m in linears)
+    assert merged.get_memory_footprint() < 0.6 * load_trained(str(folder / "merged"), "", _spec(quantization="none"),
+                                                               3)[0].get_memory_footprint()
+    bf16, _ = load_trained(str(folder / "merged"), "", _spec(), 3, precision="bf16")
+    assert {p.dtype for n, p in bf16.named_parameters() if "norm" in n} == {torch.bfloat16}
+    # measured on this tiny Llama (hidden 64): a 4-bit merged model re-quantises W + BA, base + adapter keeps BA
+    # beside the 4-bit W; the gap is the size of one nf4 step on the LoRA delta
+    gap = abs(_probabilities(merged, tokenizer) - _probabilities(adapter_model, tokenizer)).max()
+    print(f"merged 4-bit vs base + adapter: max |probability difference| {gap:.2e}")
+    assert 0 < gap < 0.05
+
+
+def test_folds_adapters_share_one_base_load_and_predict_as_separate_loads(qlora_folds, tiny_llama_dir, monkeypatch):
+    """The notebook loads a shared base once for all its folds' adapters (swapping them) and predicts exactly what
+    loading base + adapter for each fold predicts."""
+    from workflow_scripts import modeling
+    from workflow_scripts.predict import fold_models, load_trained
+
+    separate = {split: _probabilities(*load_trained(str(folder / "adapter"), str(tiny_llama_dir), _spec(), 3))
+                for split, folder in qlora_folds.items()}
+    loads = []
+    real = modeling.load_base_classifier
+    monkeypatch.setattr(modeling, "load_base_classifier", lambda *args, **kwargs: loads.append(args[0]) or real(
+        *args, **kwargs))
+    shared = {}
+    for split, model, tokenizer, device, precision, seconds in fold_models(
+            {split: str(folder / "adapter") for split, folder in qlora_folds.items()}, str(tiny_llama_dir), _spec(), 3):
+        assert list(model.peft_config) == [split]  # the previous fold's adapter is gone
+        shared[split] = _probabilities(model, tokenizer, precision)
+        assert seconds[0] > 0
+    assert loads == [str(tiny_llama_dir)]
+    assert set(shared) == {"fold0", "fold1"} and not (shared["fold0"] == shared["fold1"]).all()
+    for split in shared:
+        assert (shared[split] == separate[split]).all(), split
