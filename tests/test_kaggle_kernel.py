@@ -145,3 +145,35 @@ def test_folds_adapters_share_one_base_load_and_predict_as_separate_loads(qlora_
     assert set(shared) == {"fold0", "fold1"} and not (shared["fold0"] == shared["fold1"]).all()
     for split in shared:
         assert (shared[split] == separate[split]).all(), split
+
+
+def test_the_plan_reads_a_14b_base_from_kaggle_input_once_for_its_adapters_and_five_times_merged():
+    """Load time on Kaggle is the bytes read from /kaggle/input at its read rate plus the measured load: a 14B bf16
+    base (28 GB) read once for five folds' adapters is minutes; five merged 14B models are five times that."""
+    from workflow_scripts.kaggle.plan import INPUT_READ_MB_PER_SECOND, estimate
+
+    record = {"rows": 100, "tokens": 5000, "seconds": 10.0, "load_seconds": 12.0, "device_name": "NVIDIA A100",
+              "threads": 1}
+    adapters = {"kind": "decoder_lora", "speeds": {f"fold{k}": record for k in range(5)}, "embed_speed": None,
+                "bytes_read": 28e9 + 5 * 200e6, "shared_base": True}
+    merged = dict(adapters, bytes_read=5 * 28e9, shared_base=False)
+    plan = estimate({"adapters": adapters, "merged": merged}, 100, "t4x2", 4, 9)
+    rate = INPUT_READ_MB_PER_SECOND * 1e6
+    assert plan["member_load_seconds"]["adapters"] == pytest.approx(12.0 + 29e9 / rate, abs=1e-3)  # one base load, 29 GB
+    assert plan["member_load_seconds"]["merged"] == pytest.approx(5 * 12.0 + 140e9 / rate, abs=1e-3)
+    assert plan["member_load_seconds"]["adapters"] > 180  # minutes, not the 5 x 12 s measured on a local disk
+    compute = 5 * 10.0 * (312 / 65)  # five passes measured on an A100, on a T4
+    assert plan["member_seconds"]["adapters"] == pytest.approx(plan["member_load_seconds"]["adapters"] + compute, abs=1e-2)
+    slower = estimate({"adapters": adapters}, 100, "t4x2", 4, 9, read_mb_per_second=50)
+    assert slower["member_load_seconds"]["adapters"] == pytest.approx(12.0 + 29e9 / 50e6, abs=1e-3)
+
+
+@pytest.mark.parametrize("content", ["", "{}", "not json"])
+def test_an_empty_or_touched_speed_record_is_one_line(tmp_path, content):
+    from workflow_scripts.kaggle.plan import read_speed
+
+    path = tmp_path / ".test.parquet.speed.json"
+    path.write_text(content)
+    with pytest.raises(OoflineError, match=r"not a prediction speed record of member 'tfidf' .*rerun") as error:
+        read_speed(path, "tfidf")
+    assert "\n" not in str(error.value)

@@ -423,7 +423,7 @@ MODEL_FOLDERS = {"tfidf_linear": "linear", "embedding_head": "head", "encoder_fu
 KAGGLE_DEFAULTS = {"title": None, "test": "test.csv", "sample_submission": "sample_submission.csv",
                    "accelerator": "t4x2", "time_limit_hours": 9, "hidden_test_rows": None, "members": "adapter",
                    "wheels": [], "python_version": "3.11", "platform": None, "glibc": "2.31", "cpu_threads": 4,
-                   "speed_factor": None}
+                   "speed_factor": None, "read_mb_per_second": None}
 
 
 def kaggle_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -482,9 +482,14 @@ def kaggle_package_inputs(spec: Mapping[str, Any], local_sources: Iterable[str])
     """The files and folders a package copies (its rule's inputs): it is stale exactly when they are."""
     paths = [spec["labels"], spec["manifest"], spec["submission_csv"], spec["public_test"], *spec["ensembles"].values()]
     paths += [spec["thresholds"]] if spec["thresholds"] else []
+    from workflow_scripts.io import inference_speed_path
+
     for member in spec["models"].values():
         paths += list(member["splits"].values()) + list(member["test_predictions"].values())
         paths += [member["embeddings"]] if member["embeddings"] else []
+        # the speed records the runtime plan reads: declared outputs of the steps that predict the test rows
+        predicted = list(member["test_predictions"].values()) + ([member["embeddings"]] if member["embeddings"] else [])
+        paths += [str(inference_speed_path(path)) for path in predicted]
         if member["base"] and member["config"].get("source") in tuple(local_sources):
             paths.append(member["base"])  # a materialised base; hub ids and local folders are no rule's output
     return paths

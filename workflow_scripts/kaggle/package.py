@@ -25,6 +25,7 @@ from workflow_scripts.io import inference_speed_path, read_json, write_json
 from workflow_scripts.kaggle import plan as runtime_plan
 from workflow_scripts.kaggle.inference import FORMAT_VERSION, PACKAGE_FILE
 from workflow_scripts.kaggle.wheels import manylinux_platform_tags, ship_wheels
+from workflow_scripts.predict import LORA_KINDS
 
 SCRIPT_FILE = "oofline_submission.py"
 SCRIPT_TEMPLATE = Path(__file__).with_name("notebook_script.py")
@@ -160,6 +161,10 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
             copy_tree(Path(folder), dataset / relative)
             entry["splits"][split] = relative
         models[model] = entry
+        # what the notebook reads from /kaggle/input for this member, and whether its fold adapters share one base
+        speeds[model]["bytes_read"] = (sum(folder_size(dataset / folder) for folder in entry["splits"].values())
+                                       + (folder_size(dataset / entry["base"]) if entry["base"] else 0))
+        speeds[model]["shared_base"] = bool(entry["base"]) and member["kind"] in LORA_KINDS
     ensembles = {}
     (dataset / "ensembles").mkdir()
     for ensemble, path in spec["ensembles"].items():
@@ -194,7 +199,8 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     rows = kaggle.get("hidden_test_rows") or public_rows
     estimate = runtime_plan.estimate(speeds, rows, kaggle["accelerator"], kaggle["cpu_threads"],
                                      kaggle["time_limit_hours"], kaggle.get("speed_factor"),
-                                     runtime_plan.measure_startup([m["kind"] for m in spec["models"].values()]))
+                                     runtime_plan.measure_startup([m["kind"] for m in spec["models"].values()]),
+                                     kaggle.get("read_mb_per_second") or runtime_plan.INPUT_READ_MB_PER_SECOND)
     commands = [f"kaggle datasets create -p {dataset} --dir-mode zip",
                 f"kaggle kernels push -p {notebook}"]
     plan = {"package": name, "submission": spec["submission"], "dataset_bytes": size,
