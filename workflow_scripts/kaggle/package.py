@@ -20,9 +20,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from workflow_scripts.data import template_column_types
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import inference_speed_path, read_json, write_json
 from workflow_scripts.kaggle import plan as runtime_plan
+from workflow_scripts.kaggle.environment import built_with, dataset_license, model_card_license
 from workflow_scripts.kaggle.inference import FORMAT_VERSION, PACKAGE_FILE
 from workflow_scripts.kaggle.wheels import manylinux_platform_tags, ship_wheels
 from workflow_scripts.predict import LORA_KINDS
@@ -71,6 +73,19 @@ def resolve_base(base: str, model: str) -> Path:
                            f"Face cache, so the package cannot ship it ({type(error).__name__})") from error
 
 
+def member_license(member: dict[str, Any]) -> str | None:
+    """The license its model card states for the weights a member ships (its base's or its source's card)."""
+    source = member["license_from"]
+    try:
+        folder = resolve_base(source, "") if not Path(source).is_dir() else Path(source)
+    except OoflineError:
+        return None  # a hub id not in the local cache: no card to read
+    from workflow_scripts.modeling import resolve_model_path
+
+    location, _ = resolve_model_path(folder)
+    return model_card_license(location) if Path(location).is_dir() else None
+
+
 def check_member_files(spec: dict[str, Any]) -> None:
     """Every file the package copies exists: a missing member is one line naming it, before anything is written."""
     for name, member in spec["models"].items():
@@ -81,7 +96,7 @@ def check_member_files(spec: dict[str, Any]) -> None:
     for name, path in spec["ensembles"].items():
         if not Path(path).exists():
             raise OoflineError(f"submission {spec['submission']}: ensemble {name!r} has no weights at {path}")
-    for key in ("labels", "manifest", "submission_csv", "public_test"):
+    for key in ("labels", "manifest", "submission_csv", "public_test", "train_data"):
         if not Path(spec[key]).exists():
             raise OoflineError(f"submission {spec['submission']}: {key} not found at {spec[key]}")
     if spec.get("thresholds") and not Path(spec["thresholds"]).exists():
@@ -179,10 +194,18 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], platforms)
     package = {"format_version": FORMAT_VERSION, "package": name, "submission_name": spec["submission"],
                "source": spec["source"], "task": spec["task"], "labels": "labels.json", "models": models,
+               # how training read the template's columns: the notebook renders the hidden test's the same way
+               "columns": template_column_types(_schema(spec["train_data"]), spec["task"]),
+               # the libraries the members were trained and tested with: the notebook compares the image's
+               "built_with": built_with(models.values()),
                "ensembles": ensembles, "submission": submission, "wheels": requirements}
     write_json(package, dataset / PACKAGE_FILE)
     title = kaggle.get("title") or f"oofline {name}"
-    write_json({"title": title, "id": kaggle["dataset"], "licenses": [{"name": "CC0-1.0"}]},
+    licenses = {model: member_license(member) for model, member in spec["models"].items()
+                if member.get("license_from")}
+    license_name, license_note = dataset_license(licenses, kaggle.get("license"))
+    write_json({"title": title, "id": kaggle["dataset"], "licenses": [{"name": license_name}],
+                "description": f"oofline package {name} (a Kaggle code-competition submission). {license_note}"},
                dataset / "dataset-metadata.json")
     # Kaggle derives a notebook's slug from its title: the title is the slug's words
     write_json(kernel_metadata(kaggle, kaggle["kernel"].split("/")[1].replace("-", " ")),
@@ -206,6 +229,7 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     plan = {"package": name, "submission": spec["submission"], "dataset_bytes": size,
             "bytes_saved_by_shared_bases": saved,
             "bases": {base["path"]: base["models"] for base in bases.values()},
+            "license": license_name, "model_licenses": licenses,
             "wheels": requirements, "public_test_rows": public_rows, "measured": speeds, "estimate": estimate,
             "commands": commands,
             "update_commands": [f"kaggle datasets version -p {dataset} --dir-mode zip -m \"oofline {name}\"",
@@ -213,9 +237,16 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     write_json(plan, plan_out)
     log(f"kaggle {name}: dataset {size / 1e6:.1f} MB ({len(models)} models, {len(bases)} base(s) shipped once"
         + (f", {saved / 1e6:.1f} MB saved by sharing" if saved else "") + f") -> {dataset}")
+    log(f"kaggle {name}: dataset license {license_name!r} ({'kaggle.license' if kaggle.get('license') else license_note})")
     log(runtime_plan.summary_line(name, estimate))
     log("upload (nothing is pushed by the workflow):\n  " + "\n  ".join(commands))
     return plan
+
+
+def _schema(path: str) -> dict[str, Any]:
+    import polars as pl
+
+    return dict(pl.read_parquet_schema(path))
 
 
 def _public_rows(path: str) -> int:
