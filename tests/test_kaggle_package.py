@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import polars as pl
 import pytest
 import yaml
 from kaggle_tree import kaggle_tree, run_notebook
+from step_images import apptainer_stand_in, images_by_step
 
 from workflow_scripts.errors import OoflineError, run_cli
 
@@ -48,10 +50,17 @@ UNSEEN = ["Will you cut taxes for working families this year?", "We will rebuild
           "My opponent has no plan for the economy."]
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, images: tuple, *args: str) -> subprocess.CompletedProcess:
+    """The run as under --sdm apptainer: each job in an environment holding only its rule's image's packages."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=1500)
+               "--cores", "2", "--sdm", "apptainer", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=1500, env=images[1])
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> tuple:
+    """(container config, environment, log): tests/step_images.py's stand-in for apptainer and the two images."""
+    return apptainer_stand_in(tmp_path_factory.mktemp("images"), dict(os.environ))
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +75,31 @@ def probe_wheel(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def debates_run(tmp_path_factory, probe_wheel) -> Path:
+def debates_run(tmp_path_factory, probe_wheel, images) -> Path:
     workdir = tmp_path_factory.mktemp("kaggle_debates")
-    config = dict(DEBATES, kaggle={
+    config = dict(DEBATES, container=images[0], kaggle={
         "stacked_heads": {"competition": COMPETITION, "dataset": "me/oofline-stacked", "kernel": "me/stacked-submit",
                           "accelerator": "cpu", "cpu_threads": 1, "wheels": [str(probe_wheel)]},
         # 100k hidden rows in 36 seconds: over the limit
         "cheap_heads": {"competition": COMPETITION, "dataset": "me/oofline-cheap", "kernel": "me/cheap-submit",
                         "accelerator": "t4x2", "time_limit_hours": 0.01, "hidden_test_rows": 100000}})
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(workdir)
+    result = snakemake(workdir, images)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
+
+
+@pytest.mark.slow
+def test_every_step_of_the_graph_ran_in_its_rules_image(debates_run, images):
+    """The whole run above ran each job in an environment with only its image's packages (as --sdm apptainer or
+    conda would): building the package (it times torch's import, reads model cards) needs the train image, the
+    TF-IDF fold (safetensors) the cpu image's."""
+    ran = images_by_step(images[2])
+    assert ran["kaggle.package"] == {"train"} and ran["linear_models"] == {"cpu"}
+    assert ran["embedding_head"] == {"cpu", "train"}  # embed on the train image, fit the heads on the cpu one
+    assert ran["train"] == ran["predict"] == {"train"}
+    assert {"data", "folds", "oof", "ensemble", "thresholds", "submission"} <= {
+        step for step, groups in ran.items() if groups == {"cpu"}}
 
 
 def public_files(workdir: Path, sample: bool = True) -> dict[str, Path]:
@@ -141,7 +163,10 @@ def test_package_contents_metadata_plan_and_shared_base(debates_run):
     assert kernel["id"] == "me/cheap-submit" and kernel["enable_internet"] is False and kernel["enable_gpu"] is True
     assert kernel["dataset_sources"] == ["me/oofline-cheap"] and kernel["competition_sources"] == [COMPETITION]
     assert (package / "notebook" / kernel["code_file"]).exists()
-    assert json.loads((package / "dataset" / "dataset-metadata.json").read_text())["id"] == "me/oofline-cheap"
+    metadata = json.loads((package / "dataset" / "dataset-metadata.json").read_text())
+    assert metadata["id"] == "me/oofline-cheap"
+    # MiniLM's model card says apache-2.0 (never a hard-coded CC0); TF-IDF ships no third-party weights
+    assert metadata["licenses"] == [{"name": "apache-2.0"}] and "minilm: apache-2.0" in metadata["description"]
     plan = json.loads((package / "plan.json").read_text())
     files = [path for path in (package / "dataset").rglob("*") if path.is_file()]
     assert plan["dataset_bytes"] == sum(path.stat().st_size for path in files)
@@ -151,6 +176,14 @@ def test_package_contents_metadata_plan_and_shared_base(debates_run):
     assert len(list((package / "dataset" / "bases").iterdir())) == 1
     shipped = json.loads((package / "dataset" / "oofline_package.json").read_text())
     assert sorted(shipped["models"]) == ["minilm", "minilm_cls", "minilm_embed", "tfidf"]
+    # the versions it was built and tested with (the notebook compares the image's); the template column's type
+    import transformers
+
+    assert shipped["built_with"]["transformers"] == transformers.__version__ and "scikit-learn" in shipped["built_with"]
+    assert shipped["columns"] == {"text": "String"}
+    # the plan's load time counts the bytes each member reads from /kaggle/input
+    assert plan["measured"]["minilm"]["bytes_read"] > 2 * 80e6 and plan["measured"]["minilm"]["shared_base"] is False
+    assert plan["estimate"]["member_load_seconds"]["minilm"] >= plan["measured"]["minilm"]["bytes_read"] / 150e6
     assert sorted(shipped["models"]["minilm"]["splits"]) == ["fold0", "fold1"]
     assert (package / "dataset" / "wheels" / "oofline-0.1.0-py3-none-any.whl").exists()
     # over the time limit: one warning line naming the costliest members; the two kaggle commands printed
@@ -165,11 +198,13 @@ def test_package_contents_metadata_plan_and_shared_base(debates_run):
 
 
 @pytest.mark.slow
-def test_a_kaggle_setting_reruns_only_the_package(debates_run):
+@pytest.mark.parametrize("key, value", [("time_limit_hours", 5), ("glibc", "2.35"), ("license", "other"),
+                                        ("read_mb_per_second", 50)])
+def test_a_kaggle_setting_reruns_only_the_package(debates_run, images, key, value):
     config = yaml.safe_load((debates_run / "config.yaml").read_text())
-    config["kaggle"]["stacked_heads"]["time_limit_hours"] = 5
+    config["kaggle"]["stacked_heads"][key] = value
     (debates_run / "changed.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(debates_run, "-n", "--configfile", str(debates_run / "changed.yaml"))
+    result = snakemake(debates_run, images, "-n", "--configfile", str(debates_run / "changed.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
     rules = {line.split()[-1].rstrip(":") for line in result.stdout.splitlines()
              if line.startswith(("rule ", "localrule "))}

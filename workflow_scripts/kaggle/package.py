@@ -149,6 +149,8 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     runtime_plan.check_accelerator(kaggle["accelerator"])
     check_member_files(spec)
     speeds = member_speeds(spec)
+    # the notebook's start-up, timed before anything is written (and a step environment without torch stops here)
+    startup = runtime_plan.measure_startup([m["kind"] for m in spec["models"].values()])
     dataset, notebook = Path(dataset_out), Path(notebook_out)
     for folder in (dataset, notebook):
         if folder.exists():
@@ -222,7 +224,7 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     rows = kaggle.get("hidden_test_rows") or public_rows
     estimate = runtime_plan.estimate(speeds, rows, kaggle["accelerator"], kaggle["cpu_threads"],
                                      kaggle["time_limit_hours"], kaggle.get("speed_factor"),
-                                     runtime_plan.measure_startup([m["kind"] for m in spec["models"].values()]),
+                                     startup,
                                      kaggle.get("read_mb_per_second") or runtime_plan.INPUT_READ_MB_PER_SECOND)
     commands = [f"kaggle datasets create -p {dataset} --dir-mode zip",
                 f"kaggle kernels push -p {notebook}"]

@@ -139,7 +139,11 @@ def measure_startup(kinds: list[str]) -> float:
 
     modules = list(dict.fromkeys(STARTUP_IMPORTS + tuple(m for kind in kinds for m in KIND_IMPORTS.get(kind, ()))))
     before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    subprocess.run([sys.executable, "-c", "import " + ", ".join(modules)], check=True, capture_output=True)
+    probe = subprocess.run([sys.executable, "-c", "import " + ", ".join(modules)], capture_output=True, text=True)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        raise OoflineError(f"the package step's environment cannot import what the notebook imports ({last}): run it "
+                           "in the train environment (envs/train.yaml, the train container)")
     after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - started
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return round(min(wall, cpu) + PIP_INSTALL_SECONDS, 3)
