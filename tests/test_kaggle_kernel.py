@@ -298,3 +298,21 @@ def test_the_dataset_license_comes_from_the_shipped_models_cards(tmp_path):
     assert dataset_license({"gemma": gemma}) == ("other", "Model licenses: gemma: gemma.")
     assert dataset_license({"tiny": None}) == ("unknown", "No shipped model declares a license.")
     assert dataset_license({"gemma": gemma}, configured="copyright-authors")[0] == "copyright-authors"
+
+
+def test_the_notebook_script_holds_its_settings_as_python_even_without_a_sample_submission(tmp_path):
+    """`sample_submission: null` (rows in the test file's order) is a Python None in the script, not JSON's null."""
+    import ast
+    import subprocess
+    import sys
+
+    from workflow_scripts.kaggle.package import notebook_script
+
+    settings = {"package": "p", "dataset": "me/p", "competition": "c", "test": "test.csv", "sample_submission": None,
+                "threads": 0}
+    script = notebook_script(settings)
+    line = next(line for line in script.splitlines() if line.startswith("PACKAGE = "))
+    assert ast.literal_eval(line.removeprefix("PACKAGE = ")) == settings
+    (tmp_path / "notebook.py").write_text(script)
+    run = subprocess.run([sys.executable, str(tmp_path / "notebook.py"), "--help"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -135,7 +135,8 @@ def notebook_script(package: dict[str, Any]) -> str:
     marker = "PACKAGE = {}"
     if marker not in template:
         raise OoflineError(f"{SCRIPT_TEMPLATE}: the PACKAGE marker is missing")
-    return template.replace(marker, "PACKAGE = " + json.dumps(package, sort_keys=True), 1)
+    # a Python literal (None, not JSON's null: `sample_submission: null` is a setting)
+    return template.replace(marker, "PACKAGE = " + repr(dict(sorted(package.items()))), 1)
 
 
 def folder_size(folder: Path) -> int:
