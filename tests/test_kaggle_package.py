@@ -211,6 +211,24 @@ def test_a_kaggle_setting_reruns_only_the_package(debates_run, images, key, valu
     assert rules == {"kaggle_package", "all"}, result.stdout[-2000:]
 
 
+@pytest.mark.slow
+def test_a_missing_speed_record_reruns_the_step_that_writes_it(debates_run, images):
+    """The speed records the plan reads are declared outputs: one lost (a copy that skips dot-files) is a missing
+    output Snakemake rebuilds, not a package that fails later."""
+    record = debates_run / "results" / "predictions" / "tfidf" / "fold0" / ".test.parquet.speed.json"
+    saved, stat = record.read_bytes(), record.stat()
+    record.unlink()
+    try:
+        result = snakemake(debates_run, images, "-n")
+    finally:
+        record.write_bytes(saved)
+        os.utime(record, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rules = {line.split()[-1].rstrip(":") for line in result.stdout.splitlines()
+             if line.startswith(("rule ", "localrule "))}
+    assert {"tfidf_linear_fold", "kaggle_package"} <= rules
+
+
 # ---- bad input: each one clear line ----
 
 @pytest.mark.slow
