@@ -124,6 +124,9 @@ def compare_loading(dataset: Path) -> None:
         spec = ModelSpec.from_config(member["config"])
         folders = {split: str(dataset / folder) for split, folder in member["splits"].items()}
         base = str(dataset / member["base"])
+        for _ in fold_models(folders, base, spec, labels):  # warm-up: lazy imports and first-use costs, untimed
+            pass
+        gc.collect()
         started = time.time()
         per_fold = 0.0
         for folder in folders.values():
