@@ -17,7 +17,7 @@ FLASH_ATTN := flash-attn==2.8.3.post2
 RUN := PATH="$(BIN):$$PATH"
 CORES ?= all
 
-.PHONY: setup demo demo-generated report test test-fast dry-run clean
+.PHONY: setup demo demo-generated report docs test test-fast dry-run clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ demo-generated: setup
 
 report: setup
 	$(RUN) snakemake --report results/report.html
+
+# The generated parts of README.md and docs/ (config reference, rule graphs, reruns table): docs/generate.py.
+# tests/test_docs.py fails when they differ from what this writes.
+docs: setup
+	$(RUN) python docs/generate.py
 
 # most slow tests run `snakemake --cores 1` jobs; two workers (one test file each at a time, so a file's shared
 # fixture is built once) keep both cores busy

@@ -1,5 +1,5 @@
 """The family matrix: every model family the recipes name x every way the recipes use it, as one config that one
-Snakemake run builds (tests/test_family_matrix.py; README "Model families").
+Snakemake run builds (tests/test_family_matrix.py; docs/training.md, "Model families").
 
 Cells, one model (or language model, or retrieval base) each. One cell per family reads `source: tiny:<family>`,
 so the prepare_model rule builds that family; the others read the same tiny model from a folder the test builds

@@ -1,7 +1,7 @@
 """Every write-up recipe runs end to end on the demo data with its demo-models overlay (the recipe's whole
 structure, tiny models), and its outputs are checked: OOF rows cover every training row once and sum or scale
 as the task requires, recorded scores equal a recomputation, submissions answer exactly the test ids with
-what the applied predictions say. Each run prints its wall and CPU seconds (README: "Recipes in CI")."""
+what the applied predictions say. Each run prints its wall and CPU seconds (the README's recipe table)."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""The staleness table (README, "What a change reruns"): on a finished run, change one key and assert the
-exact set of jobs `snakemake -n` plans. Resources, logging, checkpointing and inference batch sizes plan
+"""The staleness table (docs/reruns.md is generated from these rows by `make docs`): on a finished run, change
+one key and assert the exact set of jobs `snakemake -n` plans. Resources, logging, checkpointing and inference batch sizes plan
 nothing; a key that a model reads plans that model's chain from the first step that reads it; a key that
 its kind does not have is a config error; ensemble, threshold and submission keys plan their own job and
 what reads it.

@@ -164,7 +164,7 @@ def dry_run_commands(workdir: Path, *args: str) -> str:
 
 def test_cdc_demo_flags_its_students_on_their_scores_and_the_recipe_trains_the_inner_teachers(tmp_path):
     """Through Snakemake's plan: the demo's oof steps pass the reasons (scores/MODEL.json, then the leaderboard,
-    flag them); the recipe at 5 folds trains the README's 60 models, inner teachers included."""
+    flag them); the recipe at 5 folds trains docs/generated.md's 60 models, inner teachers included."""
     plan = dry_run_commands(REPO, "--configfile", "recipes/cdc.yaml", "recipes/demo-models-cdc.yaml",
                             "--", "results/cdc-demo/leaderboard.csv")
     oof_commands = {line.split("--name ")[1].split()[0]: line for line in plan.splitlines()

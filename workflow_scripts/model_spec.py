@@ -161,7 +161,7 @@ class TransformerSpec(ModelSpec):
     # steps get the materialised base as --base; the rules resolve `source`
     source: str | None = setting(None)
     trust_remote_code: bool = setting(False, steps=(TRAIN, PREDICT, MERGE, EMBED))
-    # auto: bf16 on a GPU that supports it (fp16 on an older one), fp32 on the CPU
+    # auto: bf16 on a GPU with native bf16 (fp16 on an older one: a T4 only emulates it), fp32 on the CPU
     precision: str = setting("auto", steps=(TRAIN, PREDICT, MERGE, EMBED))
     # None: transformers chooses (sdpa where the family has it, else eager: DeBERTa-v2/v3, Gemma-2); left out of
     # the merged defaults. config_check rejects a kernel the model's family cannot use.
@@ -174,7 +174,7 @@ class EmbeddingHeadSpec(TransformerSpec):
     """`embedding_head`: frozen pooled embeddings computed once, a logistic regression per fold."""
 
     pooling: str = setting("mean", steps=(EMBED,))
-    # rows per forward pass: padding differs, the embeddings only at float rounding (README: staleness)
+    # rows per forward pass: padding differs, the embeddings only at float rounding (docs/reruns.md)
     embed_batch_size: int = setting(64, run=True)
     C: float = setting(1.0, steps=(FIT,))
     max_iter: int = setting(1000, steps=(FIT,))
@@ -196,7 +196,7 @@ class FineTuneSpec(TransformerSpec):
     batch_size: int = setting(16, steps=(TRAIN,))
     grad_accum: int = setting(1, steps=(TRAIN,))
     stages: tuple[StageSpec, ...] | None = setting(steps=(TRAIN,))
-    # None: twice batch_size (no gradients, so twice fits); batches differ in padding only (README: staleness)
+    # None: twice batch_size (no gradients, so twice fits); batches differ in padding only (docs/reruns.md)
     predict_batch_size: int | None = setting(run=True)
     log_every: int = setting(10, run=True)
     checkpoint_every: int = setting(50, run=True)
