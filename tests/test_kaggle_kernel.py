@@ -316,3 +316,22 @@ def test_the_notebook_script_holds_its_settings_as_python_even_without_a_sample_
     (tmp_path / "notebook.py").write_text(script)
     run = subprocess.run([sys.executable, str(tmp_path / "notebook.py"), "--help"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_the_notebooks_image_check_logs_warnings_and_stops_before_loading_on_an_error(tmp_path):
+    from workflow_scripts.kaggle.environment import built_with, check_image
+
+    members = {"qlora": {"kind": "decoder_lora", "config": {"quantization": "4bit"}, "splits": {}}}
+    recorded = built_with(members.values())
+    lines: list[str] = []
+    check_image(tmp_path, {"built_with": recorded, "models": members}, lines.append)  # this environment: all equal
+    assert lines[0].startswith("oofline: built with ") and f"torch {torch.__version__}" in lines[0]
+    assert len(lines) == 1
+    lines.clear()
+    check_image(tmp_path, {"built_with": dict(recorded, torch="1.13.1"), "models": members}, lines.append)
+    assert lines[1] == (f"WARNING: oofline: torch {torch.__version__} on this image, the package was built and "
+                        "tested with 1.13.1 (another major version): predictions may differ in the last digits")
+    with pytest.raises(OoflineError, match=r"^this image cannot run the package as it was tested: "
+                                           r"not-on-kaggle is not installed on this image"):
+        check_image(tmp_path, {"built_with": dict(recorded, **{"not-on-kaggle": "1.0"}), "models": members},
+                    lines.append)

@@ -120,6 +120,9 @@ def test_stacked_package_rebuilds_the_submission_offline_byte_identical(debates_
     assert Path(code_line.removeprefix("oofline code: ")).resolve() == (tree["site"] / "workflow_scripts").resolve()
     assert (tree["site"] / "oofline_probe" / "__init__.py").exists()
     assert "--no-index" in result.stdout and "--find-links" in result.stdout
+    # the image check ran first: the versions the package was built with, none differing in this environment
+    assert any(line.startswith("oofline: built with ") for line in result.stdout.splitlines())
+    assert "WARNING: oofline" not in result.stdout
     # the runtime estimate for these rows on one CPU thread, against the measured run's CPU seconds (one thread:
     # its time on an idle machine, whatever else shares the cores): within 0.5x to 2x (the step timings it scales
     # include first-load costs each step process paid, which the notebook pays once)
