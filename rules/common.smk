@@ -30,6 +30,15 @@ except OoflineError as error:
     raise SystemExit(1)
 
 OUT = config["output_dir"]
+
+
+def speed_record(path):
+    """The speed record a prediction step writes beside its test predictions `path`: a declared output, since a Kaggle
+    package's runtime plan reads it (a missing one reruns its step; it is never a file nobody made)."""
+    from workflow_scripts.io import inference_speed_path
+
+    return str(inference_speed_path(path))
+
 MODELS = config.get("models", {})
 LORA_KINDS = ("decoder_lora", "encoder_lora")
 LORA_MODELS = [name for name, model in MODELS.items() if model["kind"] in LORA_KINDS]

@@ -18,10 +18,11 @@ rule kaggle_package:
         spec=lambda wildcards: json.dumps(kaggle_spec(wildcards), sort_keys=True),
     log:
         out("logs/kaggle/{submission}.log"),
+    # building times the imports of torch and transformers (the notebook's start-up) and reads model cards
     conda:
-        "../envs/cpu.yaml"
+        "../envs/train.yaml"
     container:
-        CPU_CONTAINER
+        TRAIN_CONTAINER
     shell:
         "{PY}.kaggle.package build --spec {params.spec:q} --dataset-out {output.dataset:q}"
         " --notebook-out {output.notebook:q} --plan-out {output.plan:q} > {log:q} 2>&1"
@@ -46,6 +47,8 @@ rule kaggle_record_package:
     log:
         out("logs/kaggle/{record}.log"),
     # the rebuild runs the record's whole graph (training included), as verify does
+    conda:
+        "../envs/train.yaml"
     container:
         TRAIN_CONTAINER
     shell:

@@ -95,6 +95,7 @@ rule tfidf_linear_fold:
         model=directory(out("models/{model}/{split}/linear")),
         valid=out("predictions/{model}/{split}/valid.parquet"),
         test=out("predictions/{model}/{split}/test.parquet"),
+        speed=speed_record(out("predictions/{model}/{split}/test.parquet")),
     wildcard_constraints:
         model=names_pattern(TFIDF_MODELS),
         split=r"fold\d+",
@@ -121,7 +122,8 @@ rule embed_texts:
         test=out("data/test.parquet"),
         base=base_model,
     output:
-        out("embeddings/{model}.safetensors"),
+        embeddings=out("embeddings/{model}.safetensors"),
+        speed=speed_record(out("embeddings/{model}.safetensors")),
     wildcard_constraints:
         model=names_pattern(EMBEDDING_HEAD_MODELS),
     params:
@@ -139,7 +141,7 @@ rule embed_texts:
         TRAIN_CONTAINER
     shell:
         ON_GPUS + ".embedding_head embed --train {input.train:q} --test {input.test:q} --base {params.base:q}"
-        " --model-config {params.model_config:q} --run-settings {resources.run_settings:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --model-config {params.model_config:q} --run-settings {resources.run_settings:q} --out {output.embeddings:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule embedding_head_fold:
@@ -152,6 +154,7 @@ rule embedding_head_fold:
         model=directory(out("models/{model}/{split}/head")),
         valid=out("predictions/{model}/{split}/valid.parquet"),
         test=out("predictions/{model}/{split}/test.parquet"),
+        speed=speed_record(out("predictions/{model}/{split}/test.parquet")),
     wildcard_constraints:
         model=names_pattern(EMBEDDING_HEAD_MODELS),
         split=r"fold\d+",

@@ -12,6 +12,7 @@ rule predict_fold:
     output:
         valid=out("predictions/{model}/{split}/valid.parquet"),
         test=out("predictions/{model}/{split}/test.parquet"),
+        speed=speed_record(out("predictions/{model}/{split}/test.parquet")),
     wildcard_constraints:
         model=names_pattern(LORA_MODELS + FULL_MODELS),
     params:

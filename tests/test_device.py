@@ -24,11 +24,36 @@ def test_auto_on_a_gpu_is_bf16_where_supported_and_the_rank_picks_the_gpu(monkey
     monkeypatch.setenv("LOCAL_RANK", "1")
     device = resolve_device("auto")
     assert device == torch.device("cuda", 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    fake_gpu(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0))
     assert resolve_precision("auto", device) == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    fake_gpu(monkeypatch, "Tesla T4", (7, 5))
     assert resolve_precision("auto", device) == "fp16"
     assert resolve_precision("fp32", device) == "fp32"
+
+
+def fake_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> None:
+    """torch's device queries answer as this GPU would: its properties, and bf16 tensors that work everywhere (a T4
+    or P100 emulates them, so torch.cuda.is_bf16_supported() answers True there by default)."""
+    from types import SimpleNamespace
+
+    properties = SimpleNamespace(name=name, major=capability[0], minor=capability[1], total_memory=16 * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True, raising=False)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+@pytest.mark.parametrize("name, capability, expected", [
+    ("Tesla T4", (7, 5), "fp16"), ("Tesla P100-PCIE-16GB", (6, 0), "fp16"), ("Tesla V100-SXM2-16GB", (7, 0), "fp16"),
+    ("NVIDIA A100-SXM4-40GB", (8, 0), "bf16"), ("NVIDIA L4", (8, 9), "bf16"), ("NVIDIA H100 80GB HBM3", (9, 0), "bf16")])
+def test_auto_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, name, capability, expected):
+    """Kaggle's T4 and P100 emulate bf16 (torch.cuda.is_bf16_supported() says True there): auto picks fp16."""
+    fake_gpu(monkeypatch, name, capability)
+    device = resolve_device("auto")
+    assert torch.cuda.is_bf16_supported() is True  # the emulation torch counts by default
+    assert resolve_precision("auto", device) == expected
 
 
 def test_bad_requests_are_one_line_errors(monkeypatch):

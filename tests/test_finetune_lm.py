@@ -190,3 +190,31 @@ def test_the_merge_loads_one_base_after_training_in_the_models_precision(tiny_ll
     adapted = PeftModel.from_pretrained(base, tmp_path / "sft" / "adapter").eval()
     with torch.no_grad():
         assert torch.allclose(merged(tokens).logits.float(), adapted(tokens).logits.float(), atol=0.05)
+
+
+def test_an_lm_base_too_large_for_the_gpus_free_memory_merges_in_host_memory(tiny_llama_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    """The LM merge, as the classifier merge: on a GPU (queries faked: a T4 with 1 GiB free) whose free memory the
+    base does not fit, the merge runs in host memory in the dtype that GPU computes in (fp16), and says why."""
+    from types import SimpleNamespace
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from workflow_scripts.generated.finetune_lm import merge_lm_adapter
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    properties = SimpleNamespace(name="Tesla T4", major=7, minor=5, total_memory=16 * 10**9)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 16 * 10**9))
+    merge_lm_adapter(tiny_llama_dir, tmp_path / "adapter", tmp_path / "merged", "auto", "none")
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("finetune: merging"))
+    assert line.startswith("finetune: merging the adapter on cpu in fp16:") and "merging in host memory" in line
+    with safe_open(tmp_path / "merged" / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float16}

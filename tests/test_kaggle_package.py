@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import polars as pl
 import pytest
 import yaml
 from kaggle_tree import kaggle_tree, run_notebook
+from step_images import apptainer_stand_in, images_by_step
 
 from workflow_scripts.errors import OoflineError, run_cli
 
@@ -48,10 +50,17 @@ UNSEEN = ["Will you cut taxes for working families this year?", "We will rebuild
           "My opponent has no plan for the economy."]
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, images: tuple, *args: str) -> subprocess.CompletedProcess:
+    """The run as under --sdm apptainer: each job in an environment holding only its rule's image's packages."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=1500)
+               "--cores", "2", "--sdm", "apptainer", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=1500, env=images[1])
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> tuple:
+    """(container config, environment, log): tests/step_images.py's stand-in for apptainer and the two images."""
+    return apptainer_stand_in(tmp_path_factory.mktemp("images"), dict(os.environ))
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +75,31 @@ def probe_wheel(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def debates_run(tmp_path_factory, probe_wheel) -> Path:
+def debates_run(tmp_path_factory, probe_wheel, images) -> Path:
     workdir = tmp_path_factory.mktemp("kaggle_debates")
-    config = dict(DEBATES, kaggle={
+    config = dict(DEBATES, container=images[0], kaggle={
         "stacked_heads": {"competition": COMPETITION, "dataset": "me/oofline-stacked", "kernel": "me/stacked-submit",
                           "accelerator": "cpu", "cpu_threads": 1, "wheels": [str(probe_wheel)]},
         # 100k hidden rows in 36 seconds: over the limit
         "cheap_heads": {"competition": COMPETITION, "dataset": "me/oofline-cheap", "kernel": "me/cheap-submit",
                         "accelerator": "t4x2", "time_limit_hours": 0.01, "hidden_test_rows": 100000}})
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(workdir)
+    result = snakemake(workdir, images)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
+
+
+@pytest.mark.slow
+def test_every_step_of_the_graph_ran_in_its_rules_image(debates_run, images):
+    """The whole run above ran each job in an environment with only its image's packages (as --sdm apptainer or
+    conda would): building the package (it times torch's import, reads model cards) needs the train image, the
+    TF-IDF fold (safetensors) the cpu image's."""
+    ran = images_by_step(images[2])
+    assert ran["kaggle.package"] == {"train"} and ran["linear_models"] == {"cpu"}
+    assert ran["embedding_head"] == {"cpu", "train"}  # embed on the train image, fit the heads on the cpu one
+    assert ran["train"] == ran["predict"] == {"train"}
+    assert {"data", "folds", "oof", "ensemble", "thresholds", "submission"} <= {
+        step for step, groups in ran.items() if groups == {"cpu"}}
 
 
 def public_files(workdir: Path, sample: bool = True) -> dict[str, Path]:
@@ -98,6 +120,9 @@ def test_stacked_package_rebuilds_the_submission_offline_byte_identical(debates_
     assert Path(code_line.removeprefix("oofline code: ")).resolve() == (tree["site"] / "workflow_scripts").resolve()
     assert (tree["site"] / "oofline_probe" / "__init__.py").exists()
     assert "--no-index" in result.stdout and "--find-links" in result.stdout
+    # the image check ran first: the versions the package was built with, none differing in this environment
+    assert any(line.startswith("oofline: built with ") for line in result.stdout.splitlines())
+    assert "WARNING: oofline" not in result.stdout
     # the runtime estimate for these rows on one CPU thread, against the measured run's CPU seconds (one thread:
     # its time on an idle machine, whatever else shares the cores): within 0.5x to 2x (the step timings it scales
     # include first-load costs each step process paid, which the notebook pays once)
@@ -141,7 +166,10 @@ def test_package_contents_metadata_plan_and_shared_base(debates_run):
     assert kernel["id"] == "me/cheap-submit" and kernel["enable_internet"] is False and kernel["enable_gpu"] is True
     assert kernel["dataset_sources"] == ["me/oofline-cheap"] and kernel["competition_sources"] == [COMPETITION]
     assert (package / "notebook" / kernel["code_file"]).exists()
-    assert json.loads((package / "dataset" / "dataset-metadata.json").read_text())["id"] == "me/oofline-cheap"
+    metadata = json.loads((package / "dataset" / "dataset-metadata.json").read_text())
+    assert metadata["id"] == "me/oofline-cheap"
+    # MiniLM's model card says apache-2.0 (never a hard-coded CC0); TF-IDF ships no third-party weights
+    assert metadata["licenses"] == [{"name": "apache-2.0"}] and "minilm: apache-2.0" in metadata["description"]
     plan = json.loads((package / "plan.json").read_text())
     files = [path for path in (package / "dataset").rglob("*") if path.is_file()]
     assert plan["dataset_bytes"] == sum(path.stat().st_size for path in files)
@@ -151,6 +179,14 @@ def test_package_contents_metadata_plan_and_shared_base(debates_run):
     assert len(list((package / "dataset" / "bases").iterdir())) == 1
     shipped = json.loads((package / "dataset" / "oofline_package.json").read_text())
     assert sorted(shipped["models"]) == ["minilm", "minilm_cls", "minilm_embed", "tfidf"]
+    # the versions it was built and tested with (the notebook compares the image's); the template column's type
+    import transformers
+
+    assert shipped["built_with"]["transformers"] == transformers.__version__ and "scikit-learn" in shipped["built_with"]
+    assert shipped["columns"] == {"text": "String"}
+    # the plan's load time counts the bytes each member reads from /kaggle/input
+    assert plan["measured"]["minilm"]["bytes_read"] > 2 * 80e6 and plan["measured"]["minilm"]["shared_base"] is False
+    assert plan["estimate"]["member_load_seconds"]["minilm"] >= plan["measured"]["minilm"]["bytes_read"] / 150e6
     assert sorted(shipped["models"]["minilm"]["splits"]) == ["fold0", "fold1"]
     assert (package / "dataset" / "wheels" / "oofline-0.1.0-py3-none-any.whl").exists()
     # over the time limit: one warning line naming the costliest members; the two kaggle commands printed
@@ -165,15 +201,39 @@ def test_package_contents_metadata_plan_and_shared_base(debates_run):
 
 
 @pytest.mark.slow
-def test_a_kaggle_setting_reruns_only_the_package(debates_run):
+@pytest.mark.parametrize("key, value", [("time_limit_hours", 5), ("glibc", "2.35"), ("license", "other"),
+                                        ("read_mb_per_second", 50)])
+def test_a_kaggle_setting_reruns_only_the_package(debates_run, images, key, value):
     config = yaml.safe_load((debates_run / "config.yaml").read_text())
-    config["kaggle"]["stacked_heads"]["time_limit_hours"] = 5
+    config["kaggle"]["stacked_heads"][key] = value
     (debates_run / "changed.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(debates_run, "-n", "--configfile", str(debates_run / "changed.yaml"))
+    result = snakemake(debates_run, images, "-n", "--configfile", str(debates_run / "changed.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
     rules = {line.split()[-1].rstrip(":") for line in result.stdout.splitlines()
              if line.startswith(("rule ", "localrule "))}
     assert rules == {"kaggle_package", "all"}, result.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_a_missing_speed_record_is_rebuilt_by_its_step_before_the_package_reads_it(debates_run, images):
+    """The speed records the plan reads are declared outputs: one lost (a copy that skips dot-files) is remade by the
+    step that writes it when the package next builds, instead of the package failing on it. (Snakemake leaves a
+    missing intermediate alone while what reads it is up to date, as it does for temp() files.)"""
+    record = debates_run / "results" / "predictions" / "tfidf" / "fold0" / ".test.parquet.speed.json"
+    saved, stat = record.read_bytes(), record.stat()
+    config = yaml.safe_load((debates_run / "config.yaml").read_text())
+    config["kaggle"]["stacked_heads"]["time_limit_hours"] = 5
+    (debates_run / "changed.yaml").write_text(yaml.safe_dump(config))
+    record.unlink()
+    try:
+        result = snakemake(debates_run, images, "-n", "--configfile", str(debates_run / "changed.yaml"))
+    finally:
+        record.write_bytes(saved)
+        os.utime(record, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rules = {line.split()[-1].rstrip(":") for line in result.stdout.splitlines()
+             if line.startswith(("rule ", "localrule "))}
+    assert {"tfidf_linear_fold", "kaggle_package"} <= rules, result.stdout[-2000:]
 
 
 # ---- bad input: each one clear line ----
@@ -274,3 +334,4 @@ def test_package_spec_ships_adapters_with_their_base_or_merged_models_alone(tmp_
         assert spec["ensembles"] == {"pair": "results/ensembles/pair/weights.json"}
         inputs = rule_params.kaggle_package_inputs(spec, ["tiny:llama"])
         assert ("results/models/qlora/base" in inputs) == (members == "adapter")
+

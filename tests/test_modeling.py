@@ -174,19 +174,62 @@ def test_merged_logits_match_adapter_logits(tmp_path, tiny_llama, monkeypatch, q
         assert naive_gap > 3 * (merged_logits - adapter_logits).abs().max()
 
 
+def _fake_gpu(monkeypatch, capability=(8, 0), free_bytes=80 * 10**9, total_bytes=80 * 10**9):
+    """torch's device queries answer as one GPU of this capability and free memory would."""
+    from types import SimpleNamespace
+
+    properties = SimpleNamespace(name="fake GPU", major=capability[0], minor=capability[1], total_memory=total_bytes)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free_bytes, total_bytes))
+
+
 def test_merge_runs_on_the_jobs_gpu_in_the_models_precision(monkeypatch):
     from workflow_scripts.merge import merge_device_and_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert merge_device_and_dtype({}) == ("cpu", "float32")  # auto on the CPU
-    assert merge_device_and_dtype({"precision": "bf16"}) == ("cpu", "bfloat16")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert merge_device_and_dtype({}) == ("cuda:0", "bfloat16")
-    assert merge_device_and_dtype({"precision": "fp16"}) == ("cuda:0", "float16")
+    assert merge_device_and_dtype({})[:2] == ("cpu", "float32")  # auto on the CPU
+    assert merge_device_and_dtype({"precision": "bf16"})[:2] == ("cpu", "bfloat16")
+    _fake_gpu(monkeypatch)
+    assert merge_device_and_dtype({})[:2] == ("cuda:0", "bfloat16")
+    assert merge_device_and_dtype({"precision": "fp16"})[:2] == ("cuda:0", "float16")
     with pytest.raises(OoflineError, match="precision 'half'"):
         merge_device_and_dtype({"precision": "half"})
+
+
+def test_a_base_too_large_for_the_gpus_free_memory_merges_in_host_memory_in_the_gpus_dtype(monkeypatch, tiny_llama,
+                                                                                          tmp_path, capsys):
+    """A GPU that fits QLoRA training but not the bf16 base: the merge runs in host memory (a real merge here, the
+    GPU's queries faked), in the dtype the GPU would have used, and its log says where and why."""
+    from workflow_scripts import merge
+    from workflow_scripts.labels import Head, LabelSpec
+    from workflow_scripts.merge import merge_device_and_dtype
+
+    model = modeling.load_classifier(tiny_llama, 3, "decoder_lora", "4bit", LORA, seed=0)  # bitsandbytes imported
+    _one_step(model, _batch(tiny_llama))
+    model.save_pretrained(tmp_path / "adapter")
+    labels = tmp_path / "labels.json"
+    LabelSpec("multiclass", (Head("label", "multiclass", "label", ("a", "b", "c")),)).save(labels)
+    bf16_bytes = modeling.weights_bytes(tiny_llama, "bfloat16")
+    parameters = sum(p.numel() for p in modeling.load_base_classifier(tiny_llama, 3).base_model.parameters())
+    assert parameters * 2 <= bf16_bytes <= parameters * 2 + 3 * 10**6  # + the saved LM head of the random base
+    assert modeling.weights_bytes(tiny_llama, "float32") == 2 * bf16_bytes
+
+    _fake_gpu(monkeypatch, free_bytes=bf16_bytes + 2**31)
+    device, dtype, why = merge_device_and_dtype({"quantization": "4bit"}, str(tiny_llama))
+    assert (device, dtype) == ("cuda:0", "bfloat16") and "GB free" in why
+    _fake_gpu(monkeypatch, capability=(7, 5), free_bytes=2**30 + bf16_bytes // 2, total_bytes=16 * 10**9)
+    device, dtype, why = merge_device_and_dtype({"quantization": "4bit"}, str(tiny_llama))
+    assert (device, dtype) == ("cpu", "float16") and "merging in host memory" in why
+
+    _fake_gpu(monkeypatch, free_bytes=2**30, total_bytes=16 * 10**9)
+    merge.main(["--adapter", str(tmp_path / "adapter"), "--base", str(tiny_llama), "--labels", str(labels),
+                "--model-config", json.dumps({"quantization": "4bit"}), "--out", str(tmp_path / "merged")])
+    log = capsys.readouterr().out
+    assert "[merge] on cpu in bfloat16:" in log and "merging in host memory" in log
+    saved = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert saved["dtype"] == "bfloat16" and "quantization_config" not in saved
 
 
 def test_a_gpu_base_streams_onto_the_device_without_a_host_copy(monkeypatch, tiny_llama):

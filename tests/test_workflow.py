@@ -1,6 +1,7 @@
 """A real Snakemake run of the whole classification graph on tiny data, then incremental reruns."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -175,3 +176,58 @@ def test_a_registered_record_becomes_a_kaggle_package_from_the_record_alone(fini
     assert run.returncode == 0, run.stderr[-3000:]
     recorded = yaml.safe_load(frozen)["manifest"]["hashed"]["outputs"]["results/submissions/pair_top3/submission.csv"]
     assert hashlib.sha256((tree["working"] / "submission.csv").read_bytes()).hexdigest() == recorded
+
+
+@pytest.mark.slow
+def test_a_merged_member_package_runs_a_hidden_test_with_a_blank_row_and_a_late_decimal(finished_run, tmp_path):
+    """members: merged: the QLoRA member ships its merged folds alone (no base) and loads them 4-bit, as it was
+    trained; offline, the notebook predicts every row of a hidden test nobody has seen, in its order: a blank row and
+    a numeric column that turns decimal after row 10,000 (which the per-file type inference it used would crash on)."""
+    from kaggle_tree import kaggle_tree, run_notebook
+
+    from workflow_scripts.kaggle.inference import model_test_probabilities, read_test_rows
+    from workflow_scripts.labels import LabelSpec
+
+    config = dict(TINY_CONFIG, kaggle={"pair_top3": {"competition": "movies-demo", "dataset": "me/pair-merged",
+                                                     "kernel": "me/pair-merged-submit", "accelerator": "cpu",
+                                                     "cpu_threads": 1, "members": "merged", "sample_submission": None}})
+    (finished_run / "merged.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(finished_run, "results/kaggle/pair_top3/plan.json", "--configfile",
+                       str(finished_run / "merged.yaml"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = finished_run / "results"
+    package = results / "kaggle" / "pair_top3"
+    shipped = json.loads((package / "dataset" / "oofline_package.json").read_text())
+    qlora = shipped["models"]["qlora"]
+    assert qlora["base"] is None and all(folder.endswith("/merged") for folder in qlora["splits"].values())
+    assert not (package / "dataset" / "bases").exists()
+
+    # what merging cost in probabilities: the merged folds, loaded 4-bit, against base + adapter (the workflow's
+    # test predictions, the folds' mean), on the public test
+    spec = LabelSpec.load(package / "dataset" / "labels.json")
+    public = read_test_rows(results / "demo" / "test.csv", shipped["task"], shipped["columns"])
+    merged, _ = model_test_probabilities(package / "dataset", "qlora", qlora, spec, public["text"].to_list(), print)
+    workflow = public.select("id").join(pl.read_parquet(results / "test" / "qlora.parquet"), on="id", how="left")
+    gap = float(abs(merged - workflow.select(spec.probability_columns).to_numpy()).max())
+    print(f"qlora merged (4-bit) vs base + adapter on {public.height} public rows: max |difference| {gap:.2e}")
+    assert 0 < gap < 0.05
+
+    test = pl.read_csv(results / "demo" / "test.csv", infer_schema=False)
+    texts = test["text"].to_list()
+    filler = pl.DataFrame({"id": [f"x{i}" for i in range(10_030)],
+                           "text": [texts[i % len(texts)] for i in range(10_030)],
+                           "year": [str(1990 + i % 30) if i != 10_010 else "2001.5" for i in range(10_030)]})
+    rows = test.select("id", "text").with_columns(pl.lit("2000").alias("year"))
+    blank = pl.DataFrame({"id": ["blank-row"], "text": [""], "year": [""]})
+    hidden = pl.concat([rows.head(7), blank, rows.tail(-7), filler])
+    hidden_path = tmp_path / "hidden.csv"
+    hidden.write_csv(hidden_path)
+    tree = kaggle_tree(package, tmp_path / "kaggle", {"test.csv": hidden_path})
+    run, wall, cpu = run_notebook(tree, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    print(f"hidden test of {hidden.height} rows: {wall:.0f} s wall, {cpu:.0f} s CPU")
+    written = pl.read_csv(tree["working"] / "submission.csv", infer_schema=False)
+    assert written["id"].to_list() == hidden["id"].to_list()
+    assert written.filter(pl.col("id") == "blank-row")["category"].to_list()[0].count(" ") == 2  # a top 3 for it
+    assert "oofline: 1 test row(s) have every column of the text template blank" in run.stdout
+    assert "qlora fold0: loaded" in run.stdout and "weights 4bit" in run.stdout

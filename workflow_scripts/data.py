@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import string
+from pathlib import Path
 from typing import Any, Sequence
 
 import polars as pl
@@ -93,6 +94,70 @@ def clean_frame(frame: pl.DataFrame, task: dict[str, Any], source: str) -> pl.Da
                            f"{template_columns(template)}, e.g. ids {empty[:5]}")
     others = [c for c in frame.columns if c not in (id_column, "id", "text")]
     return pl.DataFrame({"id": ids, "text": texts}).hstack(frame.select(others))
+
+
+def template_column_types(schema: dict[str, Any], task: dict[str, Any]) -> dict[str, str]:
+    """The dtype names (`Int64`, `Float64`, `String`, ...) that training read the text template's columns in, from
+    the schema of the clean training data: how a Kaggle package renders them on a hidden test."""
+    return {column: str(schema[column]) if column in schema else "String"
+            for column in template_columns(task.get("text_template", "{text}"))}
+
+
+def render_as_trained(values: pl.Series, dtype_name: str) -> pl.Series:
+    """Text values (as read, never type-inferred) rendered as a column of `dtype_name` renders them: an integer
+    column's `007` is `7`, a float column's `1` is `1.0`; a value that type cannot hold keeps its text (a decimal in
+    an integer column stays `1.5`, where a type inferred per file would crash or turn every `1` into `1.0`)."""
+    dtype = getattr(pl, dtype_name, None) if dtype_name.isidentifier() else None
+    values = values.cast(pl.String)
+    if dtype is None or dtype == pl.String:
+        return values
+    if dtype == pl.Boolean:
+        lower = values.str.to_lowercase()
+        return pl.Series(values.name, [low if low in ("true", "false") else raw
+                                       for raw, low in zip(values.to_list(), lower.to_list())], dtype=pl.String)
+    if not (dtype.is_integer() or dtype.is_float()):
+        return values
+    rendered = values.str.strip_chars().cast(dtype, strict=False).cast(pl.String)
+    return rendered.fill_null(values) if values.null_count() < len(values) else values
+
+
+def read_rows_as_trained(path: str | Path, task: dict[str, Any], column_types: dict[str, str]
+                         ) -> tuple[pl.DataFrame, list[str]]:
+    """(`id` and rendered `text` of every row of a hidden test, in file order; the ids of its blank rows).
+
+    Never stops on a row: every column is read as text (no type inferred per file, so a decimal after row 10,000
+    cannot crash the read and an early one cannot turn `1` into `1.0`), the template's columns are rendered as
+    training rendered them (`column_types`, from `template_column_types`), a row whose template columns are all
+    blank is kept (its text is the template's fixed words) and listed, ids are kept verbatim (an empty one as '').
+    Only a missing id or template column, or an unreadable file, is an OoflineError."""
+    from workflow_scripts.io import read_table
+
+    id_column = task.get("id_column", "id")
+    template = task.get("text_template", "{text}")
+    path = Path(path)
+    if path.suffix in {".csv", ".gz", ".bz2"}:
+        if not path.exists():
+            raise OoflineError(f"file not found: {path}")
+        try:
+            frame = pl.read_csv(path, infer_schema=False)
+        except Exception as error:  # polars raises many types; the user needs the file name
+            raise OoflineError(f"cannot read {path}: {' '.join(str(error).split())[:300]}") from error
+    else:
+        frame = read_table(path, ("id", id_column))
+    source = str(path)
+    if id_column not in frame.columns:
+        raise OoflineError(f"{source}: id column {id_column!r} (task.id_column) is missing (have {frame.columns})")
+    columns = template_columns(template)
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise OoflineError(f"{source}: column(s) {missing} used by task.text_template are missing (have {frame.columns})")
+    frame = frame.with_columns(render_as_trained(frame[column], column_types.get(column, "String")).alias(column)
+                               for column in columns)
+    ids = frame[id_column].cast(pl.String).fill_null("")
+    blank = frame.select(pl.all_horizontal(pl.col(c).fill_null("").str.strip_chars().str.len_chars() == 0
+                                           for c in columns)).to_series()
+    texts = render_texts(frame, template, source)
+    return pl.DataFrame({"id": ids, "text": texts}), ids.filter(blank).to_list()
 
 
 def prepare_frames(train: pl.DataFrame, test: pl.DataFrame | None, task: dict[str, Any],

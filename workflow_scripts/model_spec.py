@@ -161,7 +161,7 @@ class TransformerSpec(ModelSpec):
     # steps get the materialised base as --base; the rules resolve `source`
     source: str | None = setting(None)
     trust_remote_code: bool = setting(False, steps=(TRAIN, PREDICT, MERGE, EMBED))
-    # auto: bf16 on a GPU that supports it (fp16 on an older one), fp32 on the CPU
+    # auto: bf16 on a GPU with native bf16 (fp16 on an older one: a T4 only emulates it), fp32 on the CPU
     precision: str = setting("auto", steps=(TRAIN, PREDICT, MERGE, EMBED))
     # None: transformers chooses (sdpa where the family has it, else eager: DeBERTa-v2/v3, Gemma-2); left out of
     # the merged defaults. config_check rejects a kernel the model's family cannot use.

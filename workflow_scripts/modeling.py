@@ -267,6 +267,44 @@ def load_classifier(path: str | Path, num_labels: int, kind: str, quantization: 
     return model
 
 
+SAFETENSORS_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                          "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def weights_bytes(path: str | Path, dtype: Any) -> int | None:
+    """Bytes a model's floating-point weights take in `dtype` (integer tensors as stored), read from its
+    safetensors headers without loading a tensor; None when the folder has no safetensors (or is a hub id)."""
+    import struct
+
+    import torch
+
+    location, revision = resolve_model_path(path)
+    if not Path(location).is_dir():
+        try:  # a hub id: its snapshot in the local cache, when there is one
+            from huggingface_hub import snapshot_download
+
+            location = snapshot_download(location, revision=revision, local_files_only=True)
+        except Exception:  # the hub raises several types for a missing snapshot
+            return None
+    files = sorted(Path(location).glob("*.safetensors"))
+    if not files:
+        return None
+    item_bytes = torch.empty((), dtype=torch_dtype(dtype)).element_size()
+    total = 0
+    for file in files:
+        with open(file, "rb") as handle:
+            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        for name, tensor in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for extent in tensor["shape"]:
+                count *= extent
+            floating = tensor["dtype"].startswith(("F", "BF"))
+            total += count * (item_bytes if floating else SAFETENSORS_ITEM_BYTES.get(tensor["dtype"], 1))
+    return total
+
+
 def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str | Path, num_labels: int,
                   quantization: str = "none", trust_remote_code: bool = False, dtype: Any = "float32",
                   problem_type: str | None = None, device: str = "cpu") -> Path:
@@ -274,8 +312,9 @@ def merge_adapter(base_path: str | Path, adapter_dir: str | Path, out_dir: str |
 
     `quantization` is the one the adapter was trained with: the base is loaded that way and
     dequantised before merging, so merged logits match the adapter model's. The base is loaded
-    directly in `dtype` on `device` (a GPU when the job has one), so a 14B bf16 merge never holds
-    an fp32 copy (56 GB) in host RAM; the merged weights are saved in `dtype`.
+    directly in `dtype` on `device` (the job's GPU when the base fits its free memory in `dtype`, else
+    the CPU: `execution.device.merge_placement`), so a 14B bf16 merge never holds an fp32 copy (56 GB)
+    in host RAM; the merged weights are saved in `dtype`.
     """
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():
@@ -301,7 +340,8 @@ def merge_into_loaded_base(model, adapter_dir: str | Path, quantization: str, dt
 
     if quantization != "none":
         model = model.dequantize()
-    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    # the adapter's weights go where the base is (peft would put them on a visible GPU, even for a host merge)
+    model = PeftModel.from_pretrained(model, adapter_dir, torch_device=str(model.device)).merge_and_unload()
     model = model.to(torch_dtype(dtype))
     for attribute in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(model.config, attribute):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -61,12 +62,15 @@ def predict_probabilities(model, tokenizer, texts: list[str], spec: LabelSpec, m
     return probabilities
 
 
+LORA_KINDS = ("encoder_lora", "decoder_lora")
+
+
 def load_trained(model_dir: str, base: str, model_spec: ModelSpec | dict[str, Any], num_labels: int,
                  device: Any = "cpu", precision: str = "fp32"):
     """A trained fold model and its tokenizer on `device`: base + adapter for LoRA kinds (the frozen base
-    in the precision's dtype, as in training), the saved model otherwise."""
-    from pathlib import Path
-
+    in the precision's dtype and quantized, as in training); a LoRA member's merged model the same way (in the
+    precision's dtype, quantized as the member was trained: a merged QLoRA 7B stays 4-bit); a full fine-tune's
+    saved model otherwise."""
     from workflow_scripts import modeling
     from workflow_scripts.execution.device import torch_dtype_of
 
@@ -82,17 +86,63 @@ def load_trained(model_dir: str, base: str, model_spec: ModelSpec | dict[str, An
         model = PeftModel.from_pretrained(model, model_dir)
         # LoRA layers follow their base layer's device; a head saved in full may load on the CPU
         return (model.to(device) if model_spec.quantization == "none" else model), tokenizer
+    if model_spec.kind in LORA_KINDS:  # a merged model: the base with the adapter in, loaded as the base was
+        model = modeling.load_base_classifier(model_dir, num_labels, model_spec.quantization, trust,
+                                              dtype=torch_dtype_of(precision), device=device,
+                                              attn_implementation=model_spec.attn_implementation)
+        return model, tokenizer
     model = modeling.load_base_classifier(model_dir, num_labels, "none", trust, device=device,
                                           attn_implementation=model_spec.attn_implementation)
     return model, tokenizer
+
+
+def fold_models(model_dirs: dict[str, str], base: str, model_spec: ModelSpec, num_labels: int
+                ) -> Iterator[tuple[str, Any, Any, Any, str, tuple[float, float]]]:
+    """(split, model, tokenizer, device, precision, (load wall seconds, load CPU seconds)) for each fold model,
+    one at a time, as `load_for_prediction` loads them; LoRA adapters share one base: it is loaded (and quantized)
+    once, each fold's adapter is attached in turn and the previous one deleted (a 14B base is read once, not once a
+    fold). The caller drops its reference to a model before asking for the next one."""
+    from workflow_scripts.execution.device import resolve_device, resolve_precision
+
+    splits = list(model_dirs)
+    adapters = bool(base) and all((Path(folder) / "adapter_config.json").exists() for folder in model_dirs.values())
+    if not adapters or len(splits) < 2:
+        for split in splits:
+            yield (split, *load_for_prediction(model_dirs[split], base, model_spec, num_labels))
+        return
+    from peft import PeftModel
+
+    from workflow_scripts import modeling
+    from workflow_scripts.execution.device import torch_dtype_of
+
+    device = resolve_device("auto")
+    precision = resolve_precision(model_spec.precision, device)
+    loading, loading_cpu = time.time(), time.process_time()
+    shared = modeling.load_base_classifier(base, num_labels, model_spec.quantization, model_spec.trust_remote_code,
+                                           dtype=torch_dtype_of(precision), device=device,
+                                           attn_implementation=model_spec.attn_implementation)
+    base_seconds = (time.time() - loading, time.process_time() - loading_cpu)
+    model = None
+    for number, split in enumerate(splits):
+        loading, loading_cpu = time.time(), time.process_time()
+        if model is None:
+            model = PeftModel.from_pretrained(shared, model_dirs[split], adapter_name=split)
+        else:
+            model.load_adapter(model_dirs[split], adapter_name=split)
+            model.set_adapter(split)
+            model.delete_adapter(splits[number - 1])
+        if model_spec.quantization == "none":
+            model = model.to(device)  # a head saved in full may load on the CPU
+        tokenizer = modeling.load_tokenizer(model_dirs[split], trust_remote_code=model_spec.trust_remote_code)
+        seconds = (time.time() - loading + (base_seconds[0] if number == 0 else 0.0),
+                   time.process_time() - loading_cpu + (base_seconds[1] if number == 0 else 0.0))
+        yield split, model, tokenizer, device, precision, seconds
 
 
 def load_for_prediction(model_dir: str, base: str, model_spec: ModelSpec, num_labels: int):
     """(model, tokenizer, device, precision, (load wall seconds, load CPU seconds)): a fold model on this
     process's device in the model's resolved precision, as the predict step and a Kaggle package load it."""
     from workflow_scripts.execution.device import resolve_device, resolve_precision
-
-    from pathlib import Path
 
     # imported before the clock: a notebook pays imports once, the load time is paid per fold model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401

@@ -460,8 +460,8 @@ MODEL_FOLDERS = {"tfidf_linear": "linear", "embedding_head": "head", "encoder_fu
 
 KAGGLE_DEFAULTS = {"title": None, "test": "test.csv", "sample_submission": "sample_submission.csv",
                    "accelerator": "t4x2", "time_limit_hours": 9, "hidden_test_rows": None, "members": "adapter",
-                   "wheels": [], "python_version": "3.11", "platform": "manylinux2014_x86_64", "cpu_threads": 4,
-                   "speed_factor": None}
+                   "wheels": [], "python_version": "3.11", "platform": None, "glibc": "2.31", "cpu_threads": 4,
+                   "speed_factor": None, "read_mb_per_second": None, "license": None}
 
 
 def kaggle_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -501,6 +501,10 @@ def kaggle_package_spec(config: Mapping[str, Any], out_dir: str, name: str, loca
                      if needs_base else None),
             "test_predictions": {split: f"{out_dir}/predictions/{model}/{split}/test.parquet" for split in splits},
             "embeddings": f"{out_dir}/embeddings/{model}.safetensors" if kind == "embedding_head" else None,
+            # the model whose card states the license of the weights shipped for this member (read, not an input: a
+            # merged or fully fine-tuned member ships no base, and its base changes only with its source)
+            "license_from": ((f"{out_dir}/models/{model}/base" if entry.get("source") in local_sources
+                              else entry["source"]) if entry.get("source") else None),
         }
     return {
         "name": name, "submission": name, "source": source, "task": config["task"], "kaggle": kaggle,
@@ -513,16 +517,23 @@ def kaggle_package_spec(config: Mapping[str, Any], out_dir: str, name: str, loca
         "manifest": f"{out_dir}/submissions/{name}/manifest.json",
         "submission_csv": f"{out_dir}/submissions/{name}/submission.csv",
         "public_test": f"{out_dir}/data/test.parquet",
+        "train_data": f"{out_dir}/data/train.parquet",  # its schema: how training read the template's columns
     }
 
 
 def kaggle_package_inputs(spec: Mapping[str, Any], local_sources: Iterable[str]) -> list[str]:
     """The files and folders a package copies (its rule's inputs): it is stale exactly when they are."""
-    paths = [spec["labels"], spec["manifest"], spec["submission_csv"], spec["public_test"], *spec["ensembles"].values()]
+    paths = [spec["labels"], spec["manifest"], spec["submission_csv"], spec["public_test"], spec["train_data"],
+             *spec["ensembles"].values()]
     paths += [spec["thresholds"]] if spec["thresholds"] else []
+    from workflow_scripts.io import inference_speed_path
+
     for member in spec["models"].values():
         paths += list(member["splits"].values()) + list(member["test_predictions"].values())
         paths += [member["embeddings"]] if member["embeddings"] else []
+        # the speed records the runtime plan reads: declared outputs of the steps that predict the test rows
+        predicted = list(member["test_predictions"].values()) + ([member["embeddings"]] if member["embeddings"] else [])
+        paths += [str(inference_speed_path(path)) for path in predicted]
         if member["base"] and member["config"].get("source") in tuple(local_sources):
             paths.append(member["base"])  # a materialised base; hub ids and local folders are no rule's output
     return paths

@@ -2,7 +2,8 @@
 
 A job sees only its own GPUs (CUDA_VISIBLE_DEVICES, set by execution.gpu_devices or Slurm); under a
 multi-process launch each rank takes the GPU of its LOCAL_RANK. Precision is a per-model key:
-`auto` is bf16 on a GPU that supports it (fp16 on an older one) and fp32 on the CPU.
+`auto` is bf16 on a GPU with native bf16 (compute capability 8.0 or newer: A100, L4, H100) and fp16 on
+an older one (T4, P100, V100: torch emulates bf16 there, without tensor cores), fp32 on the CPU.
 """
 from __future__ import annotations
 
@@ -40,11 +41,48 @@ def resolve_precision(precision: str, device) -> str:
     if precision == "auto":
         if not on_gpu:
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if native_bf16(device) else "fp16"
     if precision == "fp16" and not on_gpu:
         raise OoflineError("precision 'fp16' needs a GPU (CPU autocast in fp16 is slow and unstable); "
                            "use bf16 or fp32 on the CPU")
     return precision
+
+
+def native_bf16(device) -> bool:
+    """Whether a CUDA device computes bf16 natively (compute capability >= 8.0; ROCm GPUs do).
+
+    Not torch.cuda.is_bf16_supported(): by default it also answers True where bf16 is only emulated (a T4 or
+    P100), which runs without tensor cores, several times slower than fp16."""
+    import torch
+
+    if torch.version.hip:
+        return True
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
+
+
+# a merge holds the base in the merge dtype plus what dequantising and merging a layer needs at a time, and
+# the CUDA context: the base fits when these times its bytes, plus the fixed part, are free
+MERGE_MEMORY_FACTOR = 1.15
+MERGE_MEMORY_FIXED_BYTES = 1 << 30
+
+
+def merge_placement(device, base_bytes: int | None) -> tuple[str, str]:
+    """(where to merge, why): an adapter merge dequantises the whole base in the merge dtype (`base_bytes` in
+    that dtype), so on a GPU it runs there only when that fits the GPU's free memory, else in host memory."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu", "the job has no GPU"
+    if base_bytes is None:
+        return str(device), "the base's size is unknown (no safetensors to read), so the job's GPU"
+    free, total = torch.cuda.mem_get_info(device)
+    needed = base_bytes * MERGE_MEMORY_FACTOR + MERGE_MEMORY_FIXED_BYTES
+    sizes = f"the base takes {base_bytes / 1e9:.1f} GB in the merge dtype ({needed / 1e9:.1f} GB with headroom)"
+    if needed <= free:
+        return str(device), f"{sizes}, {device} has {free / 1e9:.1f} GB free"
+    return "cpu", (f"{sizes}, more than the {free / 1e9:.1f} GB free of {total / 1e9:.1f} GB on {device}: "
+                   "merging in host memory")
 
 
 def torch_dtype_of(precision: str):

@@ -5,7 +5,7 @@ chat template, `prompt_token_ids`), and the loss covers the solution tokens only
 and at the end; the LoRA weights of the lowest evaluation loss are kept (the AIMO write-up's "best
 checkpoint"). Output: a merged model folder (safetensors + tokenizer) that a `language_models` entry uses
 as its model, with `adapter/` (the LoRA adapter) and `finetune.json` (evaluation history, best step) inside.
-The merge runs after the trained model is released, on the job's device in the model's precision, into the base
+The merge runs after the trained model is released, in the model's precision (on the GPU when the base fits it), into the base
 loaded as it was trained (4-bit bases dequantised: `modeling.merge_into_loaded_base`, as classifier merges do).
 
     python -m workflow_scripts.generated.finetune_lm --base results/lms/smol/base --rows sft.parquet \
@@ -85,15 +85,17 @@ def sft_examples(tokenizer, problems: Sequence[str], solutions: Sequence[str], t
 
 def merge_lm_adapter(base: str | Path, adapter_dir: str | Path, out_dir: str | Path, precision: str,
                      quantization: str) -> None:
-    """Write the base with the adapter merged in to `out_dir` (safetensors): one copy of the base, loaded on the job's
-    device in the model's precision and quantized as it was trained, then dequantised (no fp32 copy in host RAM)."""
-    from workflow_scripts.execution.device import torch_dtype_of
+    """Write the base with the adapter merged in to `out_dir` (safetensors): one copy of the base, loaded in the model's
+    precision and quantized as it was trained, then dequantised (no fp32 copy in host RAM); on the job's GPU when the
+    base fits its free memory in that precision, else in host memory (`execution.device.merge_placement`)."""
+    from workflow_scripts.execution.device import merge_placement, torch_dtype_of
     from workflow_scripts.generated.generate import generation_device_and_precision, load_causal_lm
-    from workflow_scripts.modeling import merge_into_loaded_base
+    from workflow_scripts.modeling import merge_into_loaded_base, weights_bytes
 
     device, resolved = generation_device_and_precision(precision)
-    print(f"finetune: merging the adapter on {device} in {resolved}", flush=True)
-    base_model, _ = load_causal_lm(base, precision, quantization)
+    where, why = merge_placement(device, weights_bytes(base, torch_dtype_of(resolved)) if device != "cpu" else None)
+    print(f"finetune: merging the adapter on {where} in {resolved}: {why}", flush=True)
+    base_model, _ = load_causal_lm(base, resolved, quantization, device=where)
     merged = merge_into_loaded_base(base_model, adapter_dir, quantization, torch_dtype_of(resolved))
     merged.save_pretrained(out_dir, safe_serialization=True)
 

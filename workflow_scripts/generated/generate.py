@@ -54,15 +54,17 @@ def generation_device_and_precision(precision: str = "auto") -> tuple[str, str]:
     return str(device), resolve_precision(precision, device)
 
 
-def load_causal_lm(model_path: str | Path, precision: str = "auto", quantization: str = "none"):
+def load_causal_lm(model_path: str | Path, precision: str = "auto", quantization: str = "none",
+                   device: str | None = None):
     """(model, tokenizer) from a local folder (or a prepare_model pointer) on the job's device in `precision`
-    (4-bit nf4 / 8-bit bitsandbytes weights with `quantization`), eval mode, left padding."""
+    (4-bit nf4 / 8-bit bitsandbytes weights with `quantization`), eval mode, left padding. `device` with a
+    resolved `precision` places it elsewhere (a merge in host memory keeps the dtype its GPU would use)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from workflow_scripts.execution.device import torch_dtype_of
     from workflow_scripts.modeling import _quantization_config, resolve_model_path
 
-    device, resolved = generation_device_and_precision(precision)
+    device, resolved = generation_device_and_precision(precision) if device is None else (device, precision)
     name, revision = resolve_model_path(model_path)
     kwargs = {"device_map": {"": device}} if device != "cpu" else {}  # weights go straight to the GPU
     quantization_config = _quantization_config(quantization, torch_dtype_of(resolved))

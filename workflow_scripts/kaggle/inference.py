@@ -1,7 +1,7 @@
 """What a Kaggle package's notebook runs: the submission rebuilt on a test file, offline, from the dataset alone.
 
 Every step is the workflow's own function, not a copy: the test rows are read and rendered by
-`data.clean_frame`, each member predicts as its step did (`predict.load_for_prediction` +
+`data.read_rows_as_trained` (as training rendered the template's columns; no row stops the run), each member predicts as its step did (`predict.load_for_prediction` +
 `predict_probabilities`, `linear_models.predict_saved`, `embedding_head.load_encoder` + `embed_texts` +
 the fold heads), fold predictions are averaged by `oof.average_test`, ensembles are applied from their
 weights.json by `ensemble.ensemble_test_predictions`, and the CSV is written by `submission.build_submission`
@@ -48,13 +48,23 @@ def load_package(dataset_dir: str | Path) -> dict[str, Any]:
     return package
 
 
-def read_test_rows(path: str | Path, task: dict[str, Any]) -> pl.DataFrame:
-    """The test file as the workflow reads a competition file: ids verbatim, `text` rendered by the template."""
-    from workflow_scripts.data import clean_frame
-    from workflow_scripts.io import read_table
+def read_test_rows(path: str | Path, task: dict[str, Any], column_types: dict[str, str] | None = None,
+                   log: Callable[[str], None] = print) -> pl.DataFrame:
+    """The hidden test's `id` and `text`, every row in file order, never stopping on one (`data.read_rows_as_trained`):
+    the template's columns rendered as training rendered them, blank rows predicted from the template's fixed words
+    and counted in the log."""
+    from workflow_scripts.data import read_rows_as_trained
 
-    id_column = task.get("id_column", "id")
-    return clean_frame(read_table(path, ("id", id_column)), task, str(path))
+    rows, blank = read_rows_as_trained(path, task, column_types or {})
+    if rows.height == 0:
+        raise OoflineError(f"{path}: the file has a header but no rows")
+    if blank:
+        log(f"oofline: {len(blank)} test row(s) have every column of the text template blank; predicted from the "
+            f"template's fixed text (ids {blank[:5]}{', ...' if len(blank) > 5 else ''})")
+    empty_ids = rows.filter(pl.col("id") == "").height
+    if empty_ids:
+        log(f"oofline: {empty_ids} test row(s) have an empty id; kept in place")
+    return rows
 
 
 def model_test_probabilities(dataset_dir: Path, name: str, member: dict[str, Any], spec, texts: list[str],
@@ -92,14 +102,18 @@ def model_test_probabilities(dataset_dir: Path, name: str, member: dict[str, Any
             frames.append(_frame(ids, predict_heads(spec, heads, embeddings), spec))
     else:
         from workflow_scripts.model_spec import ModelSpec
-        from workflow_scripts.predict import load_for_prediction, predict_probabilities
+        from workflow_scripts.predict import fold_models, predict_probabilities
 
         model_spec = ModelSpec.from_config(config)
         base = str(dataset_dir / member["base"]) if member.get("base") else ""
-        for split, folder in member["splits"].items():
-            model, tokenizer, device, precision, load_seconds = load_for_prediction(
-                str(dataset_dir / folder), base, model_spec, len(spec.probability_columns))
+        folders = {split: str(dataset_dir / folder) for split, folder in member["splits"].items()}
+        # adapters share their base: loaded once, each fold's adapter swapped in
+        for split, model, tokenizer, device, precision, load_seconds in fold_models(
+                folders, base, model_spec, len(spec.probability_columns)):
             cost["load_seconds"] += load_seconds[0]
+            log(f"{name} {split}: loaded in {load_seconds[0]:.1f}s on {device} in {precision}"
+                + (f", weights {model_spec.quantization}" if getattr(model_spec, "quantization", "none") != "none"
+                   else ""))
             stats = {}
             probabilities = predict_probabilities(model, tokenizer, texts, spec, model_spec.max_length,
                                                   model_spec.prediction_batch_size, label=f"{name} {split}",
@@ -152,6 +166,7 @@ def source_test_probabilities(dataset_dir: Path, package: dict[str, Any], source
 def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | Path,
                 sample_submission: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write out_dir/submission.csv for the rows of `test_path`; returns timings {total, members: {name: cost}}."""
+    from workflow_scripts.kaggle.environment import check_image
     from workflow_scripts.labels import LabelSpec
     from workflow_scripts.submission import (build_submission, check_test_ids, load_thresholds,
                                              read_sample_submission, write_csv)
@@ -159,8 +174,9 @@ def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | P
     started = time.time()
     dataset_dir = Path(dataset_dir)
     package = load_package(dataset_dir)
+    check_image(dataset_dir, package, log)  # before any model loads: a known-incompatible image is one line
     spec = LabelSpec.load(dataset_dir / package["labels"])
-    test = read_test_rows(test_path, package["task"])
+    test = read_test_rows(test_path, package["task"], package.get("columns"), log)
     ids, texts = test["id"].to_list(), test["text"].to_list()
     log(f"oofline package {package['package']}: {len(ids)} test rows from {test_path}")
     model_probabilities, costs = {}, {}

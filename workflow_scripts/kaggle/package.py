@@ -20,11 +20,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from workflow_scripts.data import template_column_types
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.io import inference_speed_path, read_json, write_json
 from workflow_scripts.kaggle import plan as runtime_plan
+from workflow_scripts.kaggle.environment import built_with, dataset_license, model_card_license
 from workflow_scripts.kaggle.inference import FORMAT_VERSION, PACKAGE_FILE
-from workflow_scripts.kaggle.wheels import ship_wheels
+from workflow_scripts.kaggle.wheels import manylinux_platform_tags, ship_wheels
+from workflow_scripts.predict import LORA_KINDS
 
 SCRIPT_FILE = "oofline_submission.py"
 SCRIPT_TEMPLATE = Path(__file__).with_name("notebook_script.py")
@@ -70,6 +73,19 @@ def resolve_base(base: str, model: str) -> Path:
                            f"Face cache, so the package cannot ship it ({type(error).__name__})") from error
 
 
+def member_license(member: dict[str, Any]) -> str | None:
+    """The license its model card states for the weights a member ships (its base's or its source's card)."""
+    source = member["license_from"]
+    try:
+        folder = resolve_base(source, "") if not Path(source).is_dir() else Path(source)
+    except OoflineError:
+        return None  # a hub id not in the local cache: no card to read
+    from workflow_scripts.modeling import resolve_model_path
+
+    location, _ = resolve_model_path(folder)
+    return model_card_license(location) if Path(location).is_dir() else None
+
+
 def check_member_files(spec: dict[str, Any]) -> None:
     """Every file the package copies exists: a missing member is one line naming it, before anything is written."""
     for name, member in spec["models"].items():
@@ -80,7 +96,7 @@ def check_member_files(spec: dict[str, Any]) -> None:
     for name, path in spec["ensembles"].items():
         if not Path(path).exists():
             raise OoflineError(f"submission {spec['submission']}: ensemble {name!r} has no weights at {path}")
-    for key in ("labels", "manifest", "submission_csv", "public_test"):
+    for key in ("labels", "manifest", "submission_csv", "public_test", "train_data"):
         if not Path(spec[key]).exists():
             raise OoflineError(f"submission {spec['submission']}: {key} not found at {spec[key]}")
     if spec.get("thresholds") and not Path(spec["thresholds"]).exists():
@@ -119,7 +135,8 @@ def notebook_script(package: dict[str, Any]) -> str:
     marker = "PACKAGE = {}"
     if marker not in template:
         raise OoflineError(f"{SCRIPT_TEMPLATE}: the PACKAGE marker is missing")
-    return template.replace(marker, "PACKAGE = " + json.dumps(package, sort_keys=True), 1)
+    # a Python literal (None, not JSON's null: `sample_submission: null` is a setting)
+    return template.replace(marker, "PACKAGE = " + repr(dict(sorted(package.items()))), 1)
 
 
 def folder_size(folder: Path) -> int:
@@ -133,6 +150,8 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     runtime_plan.check_accelerator(kaggle["accelerator"])
     check_member_files(spec)
     speeds = member_speeds(spec)
+    # the notebook's start-up, timed before anything is written (and a step environment without torch stops here)
+    startup = runtime_plan.measure_startup([m["kind"] for m in spec["models"].values()])
     dataset, notebook = Path(dataset_out), Path(notebook_out)
     for folder in (dataset, notebook):
         if folder.exists():
@@ -160,6 +179,10 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
             copy_tree(Path(folder), dataset / relative)
             entry["splits"][split] = relative
         models[model] = entry
+        # what the notebook reads from /kaggle/input for this member, and whether its fold adapters share one base
+        speeds[model]["bytes_read"] = (sum(folder_size(dataset / folder) for folder in entry["splits"].values())
+                                       + (folder_size(dataset / entry["base"]) if entry["base"] else 0))
+        speeds[model]["shared_base"] = bool(entry["base"]) and member["kind"] in LORA_KINDS
     ensembles = {}
     (dataset / "ensembles").mkdir()
     for ensemble, path in spec["ensembles"].items():
@@ -170,13 +193,22 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
         submission["thresholds"] = f"thresholds/{spec['source']}.json"
         (dataset / "thresholds").mkdir()
         shutil.copy2(spec["thresholds"], dataset / submission["thresholds"])
-    requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], kaggle["platform"])
+    platforms = kaggle["platform"] or manylinux_platform_tags(kaggle["glibc"])
+    requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], platforms)
     package = {"format_version": FORMAT_VERSION, "package": name, "submission_name": spec["submission"],
                "source": spec["source"], "task": spec["task"], "labels": "labels.json", "models": models,
+               # how training read the template's columns: the notebook renders the hidden test's the same way
+               "columns": template_column_types(_schema(spec["train_data"]), spec["task"]),
+               # the libraries the members were trained and tested with: the notebook compares the image's
+               "built_with": built_with(models.values()),
                "ensembles": ensembles, "submission": submission, "wheels": requirements}
     write_json(package, dataset / PACKAGE_FILE)
     title = kaggle.get("title") or f"oofline {name}"
-    write_json({"title": title, "id": kaggle["dataset"], "licenses": [{"name": "CC0-1.0"}]},
+    licenses = {model: member_license(member) for model, member in spec["models"].items()
+                if member.get("license_from")}
+    license_name, license_note = dataset_license(licenses, kaggle.get("license"))
+    write_json({"title": title, "id": kaggle["dataset"], "licenses": [{"name": license_name}],
+                "description": f"oofline package {name} (a Kaggle code-competition submission). {license_note}"},
                dataset / "dataset-metadata.json")
     # Kaggle derives a notebook's slug from its title: the title is the slug's words
     write_json(kernel_metadata(kaggle, kaggle["kernel"].split("/")[1].replace("-", " ")),
@@ -193,12 +225,14 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     rows = kaggle.get("hidden_test_rows") or public_rows
     estimate = runtime_plan.estimate(speeds, rows, kaggle["accelerator"], kaggle["cpu_threads"],
                                      kaggle["time_limit_hours"], kaggle.get("speed_factor"),
-                                     runtime_plan.measure_startup([m["kind"] for m in spec["models"].values()]))
+                                     startup,
+                                     kaggle.get("read_mb_per_second") or runtime_plan.INPUT_READ_MB_PER_SECOND)
     commands = [f"kaggle datasets create -p {dataset} --dir-mode zip",
                 f"kaggle kernels push -p {notebook}"]
     plan = {"package": name, "submission": spec["submission"], "dataset_bytes": size,
             "bytes_saved_by_shared_bases": saved,
             "bases": {base["path"]: base["models"] for base in bases.values()},
+            "license": license_name, "model_licenses": licenses,
             "wheels": requirements, "public_test_rows": public_rows, "measured": speeds, "estimate": estimate,
             "commands": commands,
             "update_commands": [f"kaggle datasets version -p {dataset} --dir-mode zip -m \"oofline {name}\"",
@@ -206,9 +240,16 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     write_json(plan, plan_out)
     log(f"kaggle {name}: dataset {size / 1e6:.1f} MB ({len(models)} models, {len(bases)} base(s) shipped once"
         + (f", {saved / 1e6:.1f} MB saved by sharing" if saved else "") + f") -> {dataset}")
+    log(f"kaggle {name}: dataset license {license_name!r} ({'kaggle.license' if kaggle.get('license') else license_note})")
     log(runtime_plan.summary_line(name, estimate))
     log("upload (nothing is pushed by the workflow):\n  " + "\n  ".join(commands))
     return plan
+
+
+def _schema(path: str) -> dict[str, Any]:
+    import polars as pl
+
+    return dict(pl.read_parquet_schema(path))
 
 
 def _public_rows(path: str) -> int:

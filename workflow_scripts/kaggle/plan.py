@@ -15,6 +15,11 @@ user who has timed a model on Kaggle sets `kaggle.speed_factor` instead. TF-IDF 
 regression heads run on the CPU in one thread: they are scaled by rows and not by the accelerator. A
 notebook also pays its start-up: importing torch and transformers, timed in a fresh interpreter when the
 package is built, plus PIP_INSTALL_SECONDS for installing the wheels.
+
+Loading: the steps load their models from a local disk, the notebook from /kaggle/input, a network mount. A
+member's load is its measured load time plus the bytes the notebook reads for it (`bytes_read`: a shared base once,
+each fold's adapter or model) at the input's read rate (`kaggle.read_mb_per_second`, a planning constant by default).
+Fold adapters on one base pay one measured base load (`shared_base`), as the notebook loads that base once.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ KIND_IMPORTS = {"tfidf_linear": ("sklearn.feature_extraction.text",), "embedding
                 "decoder_lora": ("torch", "transformers", "peft")}
 # members that run on the CPU whatever the accelerator (scaled by rows only)
 CPU_KINDS = ("tfidf_linear",)
+# MB/s a notebook reads a dataset from /kaggle/input at (a planning constant: a network mount, not a local disk)
+INPUT_READ_MB_PER_SECOND = 150.0
 
 
 def check_accelerator(name: str, where: str = "kaggle.accelerator") -> dict[str, Any]:
@@ -79,7 +86,7 @@ def uncontended(record: dict[str, Any], wall_key: str, cpu_key: str) -> float:
 
 def scaled_seconds(record: dict[str, Any], rows: int, target_speed: float, speed_factor: float | None,
                    by_tokens: bool) -> float:
-    """One measured pass (a speed record) scaled to `rows` hidden-test rows on the target device; plus load time.
+    """One measured pass (a speed record) scaled to `rows` hidden-test rows on the target device (no load time).
 
     Model passes scale by tokens: the hidden test's tokens over the measured ones, the hidden rows taken to be
     as long as the public test's (the measured rows)."""
@@ -96,13 +103,24 @@ def scaled_seconds(record: dict[str, Any], rows: int, target_speed: float, speed
             measured = device_speed(record.get("device_name", "cpu"), int(record.get("threads", 1)))
             factor = target_speed / measured if measured else 1.0
         seconds /= factor
-    return uncontended(record, "load_seconds", "load_cpu_seconds") + seconds
+    return seconds
 
 
-def member_seconds(member: dict[str, Any], rows: int, target_speed: float, speed_factor: float | None) -> float:
-    """A model's estimated seconds on `rows` hidden-test rows: every fold model (or the embed pass + heads)."""
+def load_seconds(member: dict[str, Any], read_mb_per_second: float = INPUT_READ_MB_PER_SECOND) -> float:
+    """A model's load time in the notebook: the measured loads (one for fold adapters on a shared base, as the
+    notebook loads that base once) plus its `bytes_read` from /kaggle/input at `read_mb_per_second`."""
+    records = list(member["speeds"].values()) + ([member["embed_speed"]] if member.get("embed_speed") else [])
+    measured = [uncontended(record, "load_seconds", "load_cpu_seconds") for record in records]
+    local = max(measured, default=0.0) if member.get("shared_base") else sum(measured)
+    return local + member.get("bytes_read", 0) / (read_mb_per_second * 1e6)
+
+
+def member_seconds(member: dict[str, Any], rows: int, target_speed: float, speed_factor: float | None,
+                   read_mb_per_second: float = INPUT_READ_MB_PER_SECOND) -> float:
+    """A model's estimated seconds on `rows` hidden-test rows: every fold model (or the embed pass + heads), and
+    its load (`load_seconds`)."""
     by_tokens = member["kind"] not in CPU_KINDS
-    total = 0.0
+    total = load_seconds(member, read_mb_per_second)
     if member.get("embed_speed"):
         total += scaled_seconds(member["embed_speed"], rows, target_speed, speed_factor, by_tokens=True)
         by_tokens = False  # the fold heads are logistic regressions on the CPU
@@ -121,23 +139,32 @@ def measure_startup(kinds: list[str]) -> float:
 
     modules = list(dict.fromkeys(STARTUP_IMPORTS + tuple(m for kind in kinds for m in KIND_IMPORTS.get(kind, ()))))
     before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    subprocess.run([sys.executable, "-c", "import " + ", ".join(modules)], check=True, capture_output=True)
+    probe = subprocess.run([sys.executable, "-c", "import " + ", ".join(modules)], capture_output=True, text=True)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        raise OoflineError(f"the package step's environment cannot import what the notebook imports ({last}): run it "
+                           "in the train environment (envs/train.yaml, the train container)")
     after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - started
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return round(min(wall, cpu) + PIP_INSTALL_SECONDS, 3)
 
 
 def estimate(members: dict[str, dict[str, Any]], rows: int, accelerator: str, cpu_threads: int,
-             time_limit_hours: float, speed_factor: float | None = None, startup_seconds: float = 0.0) -> dict[str, Any]:
+             time_limit_hours: float, speed_factor: float | None = None, startup_seconds: float = 0.0,
+             read_mb_per_second: float = INPUT_READ_MB_PER_SECOND) -> dict[str, Any]:
     """plan.json's estimate: seconds per member and in all, against the time limit. `members`: name ->
-    {kind, speeds: {split: speed record}, embed_speed: record | None}; `startup_seconds` from measure_startup."""
+    {kind, speeds: {split: speed record}, embed_speed: record | None, bytes_read, shared_base};
+    `startup_seconds` from measure_startup."""
     target = accelerator_speed(accelerator, cpu_threads)
-    seconds = {name: round(member_seconds(member, rows, target, speed_factor), 3) for name, member in members.items()}
+    seconds = {name: round(member_seconds(member, rows, target, speed_factor, read_mb_per_second), 3)
+               for name, member in members.items()}
+    loads = {name: round(load_seconds(member, read_mb_per_second), 3) for name, member in members.items()}
     total = startup_seconds + sum(seconds.values())
     limit = time_limit_hours * 3600.0
     costliest = sorted(seconds, key=lambda name: -seconds[name])
     return {"rows": rows, "accelerator": accelerator, "cpu_threads": cpu_threads, "speed_factor": speed_factor,
-            "startup_seconds": startup_seconds, "member_seconds": seconds, "estimated_seconds": round(total, 3),
+            "read_mb_per_second": read_mb_per_second, "startup_seconds": startup_seconds, "member_seconds": seconds,
+            "member_load_seconds": loads, "estimated_seconds": round(total, 3),
             "time_limit_seconds": limit, "over_limit": total > limit, "costliest_members": costliest[:3]}
 
 
@@ -167,4 +194,12 @@ def read_speed(path: str | Path, member: str) -> dict[str, Any]:
     if not path.exists():
         raise OoflineError(f"{path}: no measured prediction speed for member {member!r} (the prediction step writes "
                            "it; rerun that step)")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or "rows" not in record or "seconds" not in record:
+        # an empty file is what `snakemake --touch` leaves
+        raise OoflineError(f"{path}: not a prediction speed record of member {member!r} (empty or touched?): rerun "
+                           "the step that predicts its test rows (snakemake --forcerun it)")
+    return record
