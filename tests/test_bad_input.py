@@ -119,7 +119,8 @@ CONFIG_CASES = [
      "config: models.minilm_embed.select_epoch: embedding_head models have no select_epoch (a key of encoder_full,"),
     ("movies", setting(ITER0 + ".embedder.select_checkpoint", "top"),
      "config: retrieval.movie_plots.iterations[0].embedder.select_checkpoint: 'top' is not last, best or a whole epoch number K"),
-    ("movies", lambda c: [setting(RETRIEVAL + ".valid_fold", None)(c), setting(ITER0 + ".reranker.select_checkpoint", "best")(c)],
+    ("movies", lambda c: [setting(RETRIEVAL + ".valid_fold", None)(c), setting(RETRIEVAL + ".submit", "last")(c),
+                          setting(ITER0 + ".reranker.select_checkpoint", "best")(c)],
      "config: retrieval.movie_plots.iterations[0].reranker.select_checkpoint: best chooses an epoch on the valid fold"),
     # a kernel the family has no implementation of: DeBERTa-v2/v3 runs eager only, Gemma-2 eager or flash
     ("movies", setting("models.minilm", {"source": "tiny:deberta-v2", "kind": "encoder_full", "lr": 1e-4,

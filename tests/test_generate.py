@@ -175,7 +175,7 @@ def test_generation_on_a_gpu_loads_onto_the_device_in_its_precision(tiny_llama, 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100: native bf16
     load_causal_lm(tiny_llama)
     assert seen["device_map"] == {"": "cuda:0"} and seen["dtype"] is torch.bfloat16
     load_causal_lm(tiny_llama, "fp16")
@@ -352,7 +352,7 @@ def test_answers_take_the_vllm_path_with_the_prompt_ids_fine_tuning_uses(tiny_ll
     _fake_vllm(tmp_path, monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100: native bf16
     make_problems(3).write_parquet(tmp_path / "problems.parquet")
     args = ["--model", str(tiny_llama), "--problems", str(tmp_path / "problems.parquet"), "--prompt-name", "direct",
             "--samples", "2", "--output", str(tmp_path / "a.parquet")]

@@ -152,7 +152,7 @@ def test_a_final_fit_keeps_a_fixed_epoch_without_a_valid_fold(tmp_path):
     for line in finetunes:
         assert "--select-checkpoint 1" in line and "--validation" not in line and "--epochs 2" in line
         assert "--batch-size 8" in line and "--base-model results/retrieval/plots/base/minilm" in line  # the defaults
-    evaluation = next(line for line in commands if "workflow_scripts.retrieval.eval" in line)
+    evaluation = next(line for line in commands if "workflow_scripts.retrieval.eval" in line and "/iter0/" in line)
     assert "--final-fit" in evaluation and "--valid-folds" not in evaluation and "-checkpoints" not in evaluation
 
 
@@ -195,7 +195,7 @@ def test_best_scores_the_reranker_on_this_iterations_embedder_and_evaluation_rec
         assert line.index("--output-dir") < line.index("--validation")  # the valid fold's flags end the line
     assert "--candidate-embedder results/retrieval/plots/iter0/embedder/merged" in reranker
     assert "--candidate-embedder" not in embedder and "--rerank-max-length" not in embedder
-    evaluation = next(line for line in commands if "workflow_scripts.retrieval.eval" in line)
+    evaluation = next(line for line in commands if "workflow_scripts.retrieval.eval" in line and "/iter0/" in line)
     assert "--embedder-checkpoints results/retrieval/plots/iter0/embedder/checkpoints.json" in evaluation
     assert "--reranker-checkpoints results/retrieval/plots/iter0/reranker/checkpoints.json" in evaluation
 

@@ -22,7 +22,7 @@ def fake_gpu(monkeypatch):
     transformers.TrainingArguments  # noqa: B018 (lazy import, resolved now)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100: native bf16
 
 
 @pytest.fixture
