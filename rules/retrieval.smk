@@ -168,7 +168,8 @@ rule retrieval_submission:
     input:
         test=lambda wildcards: out(f"retrieval/{wildcards.pipeline}/iter{last_iteration(wildcards.pipeline)}/test.parquet"),
         score=lambda wildcards: out(f"retrieval/{wildcards.pipeline}/iter{last_iteration(wildcards.pipeline)}/score.json"),
-        data=lambda wildcards: [out(f"retrieval/{wildcards.pipeline}/data/{n}.parquet") for n in ("queries", "corpus", "test_queries")],
+        data=lambda wildcards: [out(f"retrieval/{wildcards.pipeline}/data/{n}.parquet") for n in ("queries", "corpus", "test_queries")]
+        + list(retrieval_data_inputs(wildcards).values()),  # the user's files too, when the pipeline reads files
         artifacts=retrieval_artifacts,
     output:
         csv=out("submissions/{pipeline}/submission.csv"),
@@ -180,6 +181,7 @@ rule retrieval_submission:
         config_slice=lambda wildcards: json.dumps(rule_params.retrieval_config_slice(config, wildcards.pipeline), sort_keys=True),
         id_column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("id_column", "id"),
         column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("prediction_column", "ranked_ids"),
+        base_models=lambda wildcards: rule_params.retrieval_base_models(RETRIEVAL[wildcards.pipeline]),
     log:
         out("logs/retrieval/{pipeline}/submission.log"),
     conda:
@@ -189,5 +191,5 @@ rule retrieval_submission:
     shell:
         "{PY}.retrieval.submission --name {wildcards.pipeline} --test {input.test:q} --id-column {params.id_column:q}"
         " --prediction-column {params.column:q} --config-slice {params.config_slice:q} --inputs {input.data:q}"
-        " --artifacts {input.artifacts:q} --scores {input.score:q} --out {output.csv:q}"
+        " --artifacts {input.artifacts:q} --scores {input.score:q} {params.base_models} --out {output.csv:q}"
         " --manifest-out {output.manifest:q} > {log:q} 2>&1"

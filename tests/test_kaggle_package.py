@@ -152,6 +152,11 @@ def test_package_contents_metadata_plan_and_shared_base(debates_run):
     shipped = json.loads((package / "dataset" / "oofline_package.json").read_text())
     assert sorted(shipped["models"]) == ["minilm", "minilm_cls", "minilm_embed", "tfidf"]
     assert sorted(shipped["models"]["minilm"]["splits"]) == ["fold0", "fold1"]
+    # the batch sizes the shipped predictions were made with (their speed records; the config's at that time), not
+    # a config value: a later batch-size change rebuilds no package and the notebook still predicts as the workflow did
+    assert shipped["models"]["minilm"]["batch_sizes"] == {"fold0": 32, "fold1": 32}  # twice batch_size 16
+    assert "predict_batch_size" not in shipped["models"]["minilm"]["config"]
+    assert shipped["models"]["minilm_embed"]["config"]["embed_batch_size"] == 64
     assert (package / "dataset" / "wheels" / "oofline-0.1.0-py3-none-any.whl").exists()
     # over the time limit: one warning line naming the costliest members; the two kaggle commands printed
     log = (debates_run / "results" / "logs" / "kaggle" / "cheap_heads.log").read_text()
