@@ -455,7 +455,8 @@ def test_two_competitions_in_one_checkout_never_verify_each_others_records(finis
     alone, saying so in its log."""
     other = finished_run / "movies.yaml"
     other.write_text(yaml.safe_dump(OTHER_COMPETITION))
-    frozen = snakemake_run(finished_run, "--configfile", str(other), "records/movies-lb.yaml")
+    # the target before --configfile, which would read it as a second config file
+    frozen = snakemake_run(finished_run, "records/movies-lb.yaml", "--configfile", str(other))
     assert frozen.returncode == 0, frozen.stderr[-3000:]
     records = finished_run / "records"
     assert yaml.safe_load((records / "movies-lb.yaml").read_text())["competition"] == "movies-reviews"
