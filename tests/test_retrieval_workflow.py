@@ -46,7 +46,7 @@ CONFIG = {
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("retrieval")
     (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    result = snakemake(workdir)
+    result = snakemake(workdir, timeout=2400)  # the pipeline, then its rebuild from the record (verify)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
 
