@@ -18,7 +18,7 @@ RUN_STARTED = __import__("time").time()  # logs written since then belong to thi
 from workflow_scripts.config_check import check_config
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.model_spec import EMBED, FIT, MERGE, PREDICT, TRAIN, ModelSpec
-from workflow_scripts import rule_params
+from workflow_scripts import registry, rule_params
 from workflow_scripts.rule_params import cli_flags
 from workflow_scripts.generated import teacher_labels
 
@@ -273,9 +273,12 @@ def train_inputs(wildcards):
     return inputs
 
 
-def extra_arguments(wildcards, input):
+def extra_arguments(wildcards):
+    """`--extra NAME=FILE` per extra data set: which file each stage's data name reads. Built from the config (not
+    from `input`, which Snakemake does not track), so swapping two names' files retrains."""
     names = MODELS[wildcards.model].get("extra_data", {})
-    return rule_params.extra_data_flags({key: input["extra_" + key] for key in names})
+    files = train_inputs(wildcards)
+    return rule_params.extra_data_flags({key: files["extra_" + key] for key in names})
 
 
 def model_gpu_count(name):
@@ -322,11 +325,28 @@ def verify_threads(wildcards):
         return 4
 
 
+COMPETITION = registry.competition_of(config)
+# records in the registry folder frozen from this competition (verified by `all`), and those of others (left alone)
+OWN_RECORDS, OTHER_RECORDS = registry.records_by_competition(REGISTRY_DIR, COMPETITION)
+if OTHER_RECORDS:
+    logger.info(f"registry {REGISTRY_DIR}: {len(OTHER_RECORDS)} record(s) of other competitions left alone (this "
+                f"config's competition is {COMPETITION!r}): "
+                + ", ".join(f"{name} ({competition})" for name, competition in sorted(OTHER_RECORDS.items())))
+
+
+def frozen_config():
+    """The whole config a record freezes (a Kaggle package's settings do not determine a submission), as JSON."""
+    return json.dumps({key: value for key, value in config.items() if key != "kaggle"}, sort_keys=True, default=str)
+
+
+def records_to_freeze():
+    """The register: records not frozen yet (the register rule makes only these)."""
+    return [name for name in REGISTER if not Path(REGISTRY_DIR, f"{name}.yaml").exists()]
+
+
 def registered_records():
-    """Frozen submission records in the registry folder (each rebuilt and checked by verify)."""
-    folder = Path(REGISTRY_DIR)
-    names = {path.stem for path in folder.glob("*.yaml")} if folder.is_dir() else set()
-    return sorted(names | set(REGISTER))
+    """The records `all` verifies: those this config registers and those frozen from its competition."""
+    return sorted(set(OWN_RECORDS) | set(REGISTER))
 
 
 def ensemble_members(name):
@@ -390,11 +410,23 @@ def submission_inputs(wildcards):
         "labels": out("labels.json"),
         "data": [config["data"][key] for key in ("train", "test", "sample_submission") if config["data"].get(key)],
         "artifacts": [out("folds.parquet"), source_files(source)["oof"]]
-        + [path for model in source_models(source) for path in model_artifacts(model) + [source_files(model)["oof"]]],
+        + [path for model in source_models(source) for path in model_artifacts(model) + [source_files(model)["oof"]]]
+        + made_label_files(source_models(source)),
     }
     if settings.get("thresholds"):
         inputs["thresholds"] = out(f"thresholds/{source}.json")
     return inputs
+
+
+def made_label_files(models):
+    """The training files of `models`' fold models beyond the official rows: corrected labels, soft-labelled and
+    extra data sets (a manifest hashes what the members learnt from; none for a model without them)."""
+    official = {out("data/train.parquet"), out("targets.parquet")}
+    splits = {model: [f"fold{k}" for k in model_folds(model)] + (["full"] if MODELS[model].get("train_full") else [])
+              for model in models}
+    files = [path for model in models for split in splits[model]
+             for path in teacher_labels.training_files(config, model, split).values() if path not in official]
+    return list(dict.fromkeys(files))
 
 
 def submission_config_slice(name):
@@ -526,7 +558,11 @@ FINETUNE_STEP_RESOURCES = step_resources(lambda wildcards: FINETUNED_LMS[wildcar
 
 def language_model_finetune_rows(wildcards):
     """The (problem, solution) rows of a fine-tuned language model: its data file or the built-in set."""
-    return FINETUNED_LMS[wildcards.lm].get("data") or out(f"data/math_solutions/{wildcards.lm}.parquet")
+    return finetune_rows_file(wildcards.lm)
+
+
+def finetune_rows_file(lm):
+    return FINETUNED_LMS[lm].get("data") or out(f"data/math_solutions/{lm}.parquet")
 
 
 def language_model_finetune_options(wildcards):
@@ -544,9 +580,7 @@ def answer_test_problems_file():
 
 def vote_submissions():
     """Votes that write a test-set submission: every vote when test problems are configured, unless `submit: false`."""
-    if answer_test_problems_file() is None:
-        return []
-    return [name for name, entry in VOTES.items() if entry.get("submit", True)]
+    return rule_params.vote_submission_names(config)
 
 
 def answer_options(wildcards, split="dev"):
@@ -555,7 +589,26 @@ def answer_options(wildcards, split="dev"):
 
 
 def vote_submission_options(wildcards):
-    return rule_params.vote_submission_flags(VOTES[wildcards.vote], rule_params.vote_config_slice(config, wildcards.vote))
+    return " ".join(filter(None, [
+        rule_params.vote_submission_flags(VOTES[wildcards.vote], rule_params.vote_config_slice(config, wildcards.vote)),
+        rule_params.vote_base_models(config, wildcards.vote)]))
+
+
+def vote_submission_inputs(wildcards):
+    """What a vote submission reads (test answers, test problems, the dev score that picks the strategy) and what
+    its manifest hashes besides: the dev problems and answers the strategy was chosen on, each fine-tuned language
+    model's weights and the rows it was fine-tuned on."""
+    answer_sets = VOTES[wildcards.vote]["answers"]
+    lms = rule_params.language_model_chain_names(config, [a.partition("/")[0] for a in answer_sets])
+    finetuned = [lm for lm in lms if lm in FINETUNED_LMS]
+    return {
+        "answers": [out(f"test_answers/{a}.parquet") for a in answer_sets],
+        "test_problems": answer_test_problems_file(),
+        "dev_score": out(f"votes/{wildcards.vote}/score.json"),
+        "inputs": [answer_problems_file()] + [finetune_rows_file(lm) for lm in finetuned],
+        "artifacts": [out(f"answers/{a}.parquet") for a in answer_sets] + [out(f"votes/{wildcards.vote}/votes.parquet")]
+        + [out(f"lms/{lm}/base") for lm in finetuned],
+    }
 
 
 def generated_targets():
@@ -719,12 +772,16 @@ def stage_rankings(wildcards):
 
 
 def retrieval_artifacts(wildcards):
-    """What a retrieval submission depends on: the folds and every stage's model folders."""
+    """What a retrieval submission's manifest hashes besides its data: the query folds and, per iteration, the
+    mined negatives and teacher scores each fine-tune trained on and the fine-tunes (adapters, merged models,
+    checkpoints.json: the epoch kept); the zero-shot base when a stage scores it."""
     pipeline = wildcards.pipeline
+    iterations = range(last_iteration(pipeline) + 1)
+    training = [path for i in iterations for path in [out(f"retrieval/{pipeline}/iter{i}/mined.jsonl")]
+                + [training_data(pipeline, i, role) for role in ("embedder", "reranker")]]
     zero_shot = [zero_shot_embedder(wildcards)] if rule_params.builds_zero_shot(RETRIEVAL[pipeline]) else []
-    return [out(f"retrieval/{pipeline}/folds.parquet")] + zero_shot + [
-        out(f"retrieval/{pipeline}/iter{i}/{role}") for i in range(last_iteration(pipeline) + 1)
-        for role in ("embedder", "reranker")]
+    return [out(f"retrieval/{pipeline}/folds.parquet")] + zero_shot + list(dict.fromkeys(training)) + [
+        out(f"retrieval/{pipeline}/iter{i}/{role}") for i in iterations for role in ("embedder", "reranker")]
 
 
 def retrieval_targets():

@@ -520,9 +520,7 @@ rule votes:
 
 rule vote_submission:
     input:
-        answers=lambda wildcards: [out(f"test_answers/{a}.parquet") for a in VOTES[wildcards.vote]["answers"]],
-        test_problems=lambda wildcards: answer_test_problems_file(),
-        dev_score=out("votes/{vote}/score.json"),
+        unpack(vote_submission_inputs),
     output:
         csv=out("submissions/{vote}/submission.csv"),
         manifest=out("submissions/{vote}/manifest.json"),
@@ -538,4 +536,5 @@ rule vote_submission:
     shell:
         "{PY}.generated.vote_submission --name {wildcards.vote} --answers {input.answers:q}"
         " --test-problems {input.test_problems:q} --dev-score {input.dev_score:q} {params.options}"
+        " --inputs {input.inputs:q} --artifacts {input.artifacts:q}"
         " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"

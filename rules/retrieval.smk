@@ -222,7 +222,8 @@ rule retrieval_submission:
         stage=out("retrieval/{pipeline}/submission_stage.json"),
         # every stage's test rankings: the stage is chosen on scores, after the graph is built
         test=stage_rankings,
-        data=lambda wildcards: [out(f"retrieval/{wildcards.pipeline}/data/{n}.parquet") for n in ("queries", "corpus", "test_queries")],
+        data=lambda wildcards: [out(f"retrieval/{wildcards.pipeline}/data/{n}.parquet") for n in ("queries", "corpus", "test_queries")]
+        + list(retrieval_data_inputs(wildcards).values()),  # the user's files too, when the pipeline reads files
         artifacts=retrieval_artifacts,
     output:
         csv=out("submissions/{pipeline}/submission.csv"),
@@ -234,6 +235,7 @@ rule retrieval_submission:
         config_slice=lambda wildcards: json.dumps(rule_params.retrieval_config_slice(config, wildcards.pipeline), sort_keys=True),
         id_column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("id_column", "id"),
         column=lambda wildcards: RETRIEVAL[wildcards.pipeline].get("prediction_column", "ranked_ids"),
+        base_models=lambda wildcards: rule_params.retrieval_base_models(RETRIEVAL[wildcards.pipeline]),
     log:
         out("logs/retrieval/{pipeline}/submission.log"),
     conda:
@@ -242,6 +244,6 @@ rule retrieval_submission:
         CPU_CONTAINER
     shell:
         "{PY}.retrieval.submission --name {wildcards.pipeline} --stage {input.stage:q} --id-column {params.id_column:q}"
-        " --prediction-column {params.column:q} --config-slice {params.config_slice:q}"
-        " --inputs {input.data:q} {input.test:q} {input.stage:q} --artifacts {input.artifacts:q} --scores {input.stage:q}"
+        " --prediction-column {params.column:q} --config-slice {params.config_slice:q} --inputs {input.data:q}"
+        " --artifacts {input.artifacts:q} {input.test:q} --scores {input.stage:q} {params.base_models}"
         " --out {output.csv:q} --manifest-out {output.manifest:q} > {log:q} 2>&1"

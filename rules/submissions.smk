@@ -83,14 +83,14 @@ rule register_submission:
     output:
         f"{REGISTRY_DIR}/{{record}}.yaml",
     wildcard_constraints:
-        # records frozen earlier (or by hand) that config no longer lists are inputs, never rebuilt
-        record=names_pattern(REGISTER),
+        # only records not frozen yet: a record on disk (frozen earlier, by hand, or no longer listed) is an input
+        # that no rule makes, so no later change of config, code or this rule re-freezes it
+        record=names_pattern(records_to_freeze()),
     # no `code` param, unlike every other rule: a frozen record is never rewritten by a code change
     params:
         submission=lambda wildcards: REGISTER[wildcards.record],
-        # a Kaggle package's settings do not determine the submission: adding one never re-freezes a record
-        config=lambda wildcards: json.dumps({key: value for key, value in config.items() if key != "kaggle"},
-                                            sort_keys=True, default=str),
+        shape=lambda wildcards: rule_params.submission_shapes(config)[REGISTER[wildcards.record]],
+        frozen_config=lambda wildcards: frozen_config(),
     log:
         out("logs/register/{record}.log"),
     conda:
@@ -98,8 +98,8 @@ rule register_submission:
     container:
         CPU_CONTAINER
     shell:
-        "{PY}.registry freeze --name {wildcards.record} --submission {params.submission:q}"
-        " --config {params.config:q} --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"
+        "{PY}.registry freeze --name {wildcards.record} --submission {params.submission:q} --shape {params.shape}"
+        " --config {params.frozen_config:q} --manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule verify_submission:

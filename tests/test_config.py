@@ -183,6 +183,7 @@ USER_NAMED_MAPS = {
     "properties/retrieval", "properties/retrieval/additionalProperties/properties/models", "properties/language_models",
     "properties/generators", "properties/soft_labels", "properties/label_correction", "properties/answers/properties/prompts",
     "properties/answers/properties/prompts/additionalProperties/oneOf/2/properties/templates",
+    "properties/answers/properties/prompts/additionalProperties/oneOf/2/properties/keywords",
     "properties/votes",
 }
 

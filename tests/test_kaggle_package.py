@@ -188,6 +188,11 @@ def test_package_contents_metadata_plan_and_shared_base(debates_run):
     assert plan["measured"]["minilm"]["bytes_read"] > 2 * 80e6 and plan["measured"]["minilm"]["shared_base"] is False
     assert plan["estimate"]["member_load_seconds"]["minilm"] >= plan["measured"]["minilm"]["bytes_read"] / 150e6
     assert sorted(shipped["models"]["minilm"]["splits"]) == ["fold0", "fold1"]
+    # the batch sizes the shipped predictions were made with (their speed records; the config's at that time), not
+    # a config value: a later batch-size change rebuilds no package and the notebook still predicts as the workflow did
+    assert shipped["models"]["minilm"]["batch_sizes"] == {"fold0": 32, "fold1": 32}  # twice batch_size 16
+    assert "predict_batch_size" not in shipped["models"]["minilm"]["config"]
+    assert shipped["models"]["minilm_embed"]["config"]["embed_batch_size"] == 64
     assert (package / "dataset" / "wheels" / "oofline-0.1.0-py3-none-any.whl").exists()
     # over the time limit: one warning line naming the costliest members; the two kaggle commands printed
     log = (debates_run / "results" / "logs" / "kaggle" / "cheap_heads.log").read_text()

@@ -144,3 +144,69 @@ def test_epoch_selection_flags_only_for_select_epoch_best():
             == "--metric map@3 --held-out-targets results/targets.parquet")
     assert rule_params.selected_epoch_flags([]) == ""
     assert rule_params.selected_epoch_flags(["m/fold0/adapter", "m/fold1/adapter"]) == "--trained m/fold0/adapter m/fold1/adapter"
+
+
+def generated_demo_config() -> dict:
+    """demo/generated.yaml, validated, plus submissions of its soft-label student and its corrected model."""
+    config = yaml.safe_load((REPO / "demo" / "generated.yaml").read_text())
+    config["submissions"] = {"student_top3": {"source": "student", "format": "top_k"},
+                             "corrected_top3": {"source": "corrected", "format": "top_k"}}
+    return check_config(config, REPO)
+
+
+@pytest.mark.parametrize("submission, edit", [
+    ("student_top3", lambda c: c["soft_labels"]["teacher"].update(temperature=2.0)),  # soft-label setting
+    ("student_top3", lambda c: c["generators"]["smol"].update(temperature=0.5)),  # the generator of its rows
+    ("student_top3", lambda c: c["language_models"]["smol"].update(temperature=0.3)),  # the generator's LM
+    ("student_top3", lambda c: c["models"]["teacher"].update(lr=5e-4)),  # the teacher that labelled them
+    ("corrected_top3", lambda c: c["label_correction"]["teacher"].update(top_percent=10)),  # label correction
+    ("corrected_top3", lambda c: c["models"]["teacher"].update(max_length=48)),
+], ids=["soft_labels", "generator", "generator_lm", "teacher_student", "label_correction", "teacher_corrected"])
+def test_a_setting_that_made_a_members_training_labels_moves_its_manifest_hash(submission, edit):
+    from workflow_scripts.submission import canonical_sha256
+
+    config = generated_demo_config()
+    before = canonical_sha256(rule_params.submission_config_slice(config, submission))
+    edit(config)
+    assert canonical_sha256(rule_params.submission_config_slice(config, submission)) != before
+
+
+def test_what_made_no_members_labels_and_where_jobs_ran_leave_the_manifest_hash():
+    from workflow_scripts.submission import canonical_sha256
+
+    config = generated_demo_config()
+    before = {name: canonical_sha256(rule_params.submission_config_slice(config, name)) for name in config["submissions"]}
+    config["generators"]["smol"]["resources"] = {"threads": 1, "mem_mb": 2000}
+    config["models"]["teacher"]["resources"] = {"threads": 1}
+    config["label_correction"]["teacher"]["top_percent"] = 10  # the student does not train on corrected labels
+    config["language_models"]["smol_sft"]["finetune"]["epochs"] = 3  # answers, not a generator
+    after = {name: canonical_sha256(rule_params.submission_config_slice(config, name)) for name in config["submissions"]}
+    assert after["student_top3"] == before["student_top3"]
+    assert after["corrected_top3"] != before["corrected_top3"]
+    config_slice = rule_params.submission_config_slice(config, "student_top3")
+    assert sorted(config_slice["models"]) == ["student", "teacher"] and list(config_slice["generators"]) == ["smol"]
+    assert "label_correction" not in config_slice and list(config_slice["soft_labels"]) == ["teacher"]
+
+
+def test_a_plain_submissions_manifest_slice_has_no_label_maker_sections(demo_config):
+    """Submissions whose members train on official labels only keep the slice (and the records) they had."""
+    assert set(rule_params.submission_config_slice(demo_config, "blend_top3")) == {
+        "submission", "task", "data", "demo", "folds", "models", "ensembles", "thresholds"}
+
+
+def test_every_submission_shape_is_a_name_register_and_the_manifest_know():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config.update(language_models={"tiny": {"source": "tiny:llama"}},
+                  answers={"n_test_problems": 2, "resources": {"threads": 1}},
+                  votes={"both": {"answers": ["tiny/direct"]}, "dev_only": {"answers": ["tiny/direct"], "submit": False}})
+    shapes = rule_params.submission_shapes(check_config(config, REPO))
+    assert shapes == {"blend_top3": "classification", "stacked_top3": "classification", "qlora_top3": "classification",
+                      "movie_plots": "retrieval", "both": "answers"}
+    assert rule_params.manifest_config_slice(config, "movie_plots")["retrieval"]["k"] == 25
+    assert "resources" not in json.dumps(rule_params.manifest_config_slice(config, "movie_plots"))
+    assert "resources" not in json.dumps(rule_params.manifest_config_slice(config, "both"))
+    for record, submission in (("lb-plots", "movie_plots"), ("lb-votes", "both")):
+        check_config(dict(config, register={record: submission}), REPO)
+    with pytest.raises(OoflineError, match=r"^config: register.lb: no submission is called 'dev_only' \(votes.dev_only "
+                                           r"writes no submission"):
+        check_config(dict(config, register={"lb": "dev_only"}), REPO)

@@ -50,12 +50,20 @@ CONFIG = {
     },
     "thresholds": {"blend": {"method": "hybrid", "weight": 0.5}},
     "submissions": {"blend_labels": {"source": "blend", "format": "labels", "thresholds": True},
-                    "tfidf_labels": {"source": "tfidf", "format": "labels"}},
+                    "tfidf_labels": {"source": "tfidf", "format": "labels"},
+                    "searched_labels": {"source": "searched", "format": "labels"}},
+    # a frozen record (verified in the fixture: its rebuild is the cheap TF-IDF chain) and a Kaggle package whose
+    # members predict with batch sizes (lora) and embed with one (embed)
+    "register": {"frozen-tfidf": "tfidf_labels"},
+    "registry_dir": "records",
+    "kaggle": {"searched_labels": {"competition": "debates-demo", "dataset": "me/searched", "kernel": "me/searched-submit",
+                                   "accelerator": "cpu", "cpu_threads": 1}},
 }
-# the graph above, written out: the ensembles each model is a member of, the submission of each source
+# the graph above, written out: the ensembles each model is a member of, the submission of each source, the packages
 ENSEMBLES_OF = {"tfidf": {"searched", "stacked"}, "embed": {"searched", "stacked"}, "full": {"blend"},
                 "lora": {"searched"}, "qlora": {"blend"}}
-SUBMISSION_OF = {"blend": "blend_labels", "tfidf": "tfidf_labels"}
+SUBMISSION_OF = {"blend": "blend_labels", "tfidf": "tfidf_labels", "searched": "searched_labels"}
+PACKAGED = set(CONFIG["kaggle"])
 TRAIN_RULE = {"encoder_full": "train_all_weights", "encoder_lora": "train_adapter", "decoder_lora": "train_adapter"}
 
 
@@ -76,8 +84,14 @@ def after_source(source: str) -> set:
     if source in CONFIG["thresholds"]:
         jobs |= {job("thresholds", source=source), job("plot_thresholds", source=source)}
     if source in SUBMISSION_OF:
-        jobs.add(job("submission", submission=SUBMISSION_OF[source]))
+        jobs |= submission_jobs(SUBMISSION_OF[source])
     return jobs
+
+
+def submission_jobs(name: str) -> set:
+    """A submission's job and, when it is packaged, its Kaggle package (built from its artifacts). Never the record
+    frozen from it nor that record's verification: a record is written once."""
+    return {job("submission", submission=name)} | ({job("kaggle_package", submission=name)} if name in PACKAGED else set())
 
 
 def after_oof(model: str) -> set:
@@ -130,6 +144,7 @@ MODEL_KEYS = {
     "max_length": (48, lambda m: chain(m, "embed" if m == "embed" else "train")),
     # embedding_head
     "pooling": ("mean", lambda m: chain(m, "embed")),
+    # the Kaggle package of `searched` (embed, lora) included: it ships the batch sizes its predictions were made with
     "embed_batch_size": (4, lambda m: NOTHING),
     # fine-tunes
     "lr": (5e-3, lambda m: chain(m, "train")),
@@ -191,7 +206,8 @@ def model_rows():
         for key, value in (("gpu", 1), ("gres", "gpu:a100:1")):
             rows.append((f"models.{model}.resources.{key}", {"models": {model: {"resources": {key: value}}}},
                          merged(model) | {job("all")} if SPEC_BY_KIND[entry["kind"]].is_lora else NOTHING))
-        # the other resource keys together: a change that plans nothing has no part that plans something
+        # the other resource keys together: a change that plans nothing has no part that plans something (nor
+        # re-freezes the record of tfidf_labels, nor rebuilds it for verify)
         rows.append((f"models.{model}.resources.other", {"models": {model: {"resources": RESOURCES}}}, NOTHING))
     return rows
 
@@ -201,8 +217,8 @@ def chains(*models: str, first: str = "train") -> set:
 
 
 def submitted(name: str) -> set:
-    """A submission's own job, and the leaderboard that reads its manifest."""
-    return {job("submission", submission=name), job("leaderboard"), job("leaderboard_html"), job("plot_cv_lb"), job("all")}
+    """A submission's own job (and package), and the leaderboard that reads its manifest."""
+    return submission_jobs(name) | {job("leaderboard"), job("leaderboard_html"), job("plot_cv_lb"), job("all")}
 
 
 SHARED_ROWS = [
@@ -241,6 +257,13 @@ SHARED_ROWS = [
      {"submissions": {"tfidf_labels": {"prediction_columns": ["a", "b", "c"]}}}, submitted("tfidf_labels")),
     ("submissions.blend_labels.thresholds", {"submissions": {"blend_labels": {"thresholds": False}}},
      submitted("blend_labels")),
+    # a package's settings rebuild the package alone (never the submission nor the record)
+    ("kaggle.searched_labels.accelerator", {"kaggle": {"searched_labels": {"accelerator": "t4x2"}}},
+     {job("kaggle_package", submission="searched_labels"), job("all")}),
+    # the registry: a new record is frozen and verified; the frozen one stays as it is
+    ("register.new", {"register": {"frozen-blend": "blend_labels"}},
+     {job("register_submission", record="frozen-blend"), job("verify_submission", record="frozen-blend"), job("all")}),
+    ("competition", {"competition": "results"}, NOTHING),  # its default (output_dir), written out
 ]
 
 
@@ -381,3 +404,76 @@ def test_the_error_ends_the_dry_run_before_any_job(finished_run):
     assert result.returncode == 1 and "rule " not in result.stdout
     assert result.stderr.strip().splitlines()[-1] == (
         "oofline error: config: models.tfidf.r: tfidf_linear models have no r (a key of encoder_lora, decoder_lora)")
+
+
+# ---- what each stage trains on, and records of two competitions in one checkout ----
+
+
+@pytest.mark.slow
+def test_swapping_the_files_of_two_extra_data_names_retrains_that_model(finished_run):
+    """A stage trains on extra data sets by name: pointing two names at each other's files changes what each stage
+    learns from, so the model retrains, although the set of input files is the same."""
+    second = finished_run / "extra_b.parquet"
+    pl.read_parquet(finished_run / "extra.parquet").head(4).write_parquet(second)
+    stages = [{"epochs": 1, "data": ["a", "official"]}, {"epochs": 1, "data": ["official"]}]
+    trained = merged_config({"models": {"full": {"extra_data": {"a": "extra.parquet", "b": "extra_b.parquet"},
+                                                 "stages": stages}}})
+    swapped = merged_config({"models": {"full": {"extra_data": {"a": "extra_b.parquet", "b": "extra.parquet"},
+                                                 "stages": stages}}})
+    config_path = finished_run / "config.yaml"
+    try:
+        # the state after training with `trained`, recorded without training (--touch keeps params and mtimes)
+        config_path.write_text(yaml.safe_dump(trained))
+        touched = snakemake_run(finished_run, "--touch")
+        assert touched.returncode == 0, touched.stderr[-3000:]
+        assert describe(planned_jobs(finished_run, trained)) == []
+        assert describe(planned_jobs(finished_run, swapped)) == describe(chain("full", "train"))
+    finally:
+        config_path.write_text(yaml.safe_dump(CONFIG))
+        restored = snakemake_run(finished_run, "--touch")
+        assert restored.returncode == 0, restored.stderr[-3000:]
+    assert describe(planned_jobs(finished_run, CONFIG)) == []
+
+
+OTHER_COMPETITION = {
+    "competition": "movies-reviews", "output_dir": "results_movies", "registry_dir": "records",
+    "demo": {"dataset": "movies", "n_train": 60, "n_test": 20, "seed": 0},
+    "data": {"train": "results_movies/demo/train.csv", "test": "results_movies/demo/test.csv",
+             "sample_submission": "results_movies/demo/sample_submission.csv"},
+    "task": {"type": "multiclass", "text_template": "Review: {text}", "label_column": "category", "metric": "map@3"},
+    "folds": {"scheme": "stratified_group", "group_column": "movie_name", "n_folds": 2, "seed": 1},
+    "models": {"tfidf": {"kind": "tfidf_linear", "resources": {"threads": 1}}},
+    "submissions": {"top3": {"source": "tfidf", "format": "top_k", "top_k": 3, "prediction_columns": ["category"]}},
+    "register": {"movies-lb": "top3"},
+}
+
+
+@pytest.mark.slow
+def test_two_competitions_in_one_checkout_never_verify_each_others_records(finished_run):
+    """The fixture's config (competition: its output folder, `results`) and a movies config (competition
+    movies-reviews) share one registry folder: each config's `all` verifies its own records and leaves the other's
+    alone, saying so in its log."""
+    other = finished_run / "movies.yaml"
+    other.write_text(yaml.safe_dump(OTHER_COMPETITION))
+    # the target before --configfile, which would read it as a second config file
+    frozen = snakemake_run(finished_run, "records/movies-lb.yaml", "--configfile", str(other))
+    assert frozen.returncode == 0, frozen.stderr[-3000:]
+    records = finished_run / "records"
+    assert yaml.safe_load((records / "movies-lb.yaml").read_text())["competition"] == "movies-reviews"
+    assert yaml.safe_load((records / "frozen-tfidf.yaml").read_text())["competition"] == "results"
+    assert (finished_run / "results" / "verify" / "frozen-tfidf.ok").exists()  # the fixture verified its own
+
+    # the movies config verifies its record, not the fixture's, and lists that one as left alone
+    plan = snakemake_run(finished_run, "--configfile", str(other), "-n")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    verified = {line.split("record=")[1] for line in plan.stdout.splitlines() if "wildcards: record=" in line}
+    assert verified == {"movies-lb"}, plan.stdout[-3000:]
+    assert ("records: 1 record(s) of other competitions left alone (this config's competition is 'movies-reviews'): "
+            "frozen-tfidf (results)") in plan.stdout + plan.stderr
+    # the fixture's config plans nothing: the movies record is not its competition's
+    assert describe(planned_jobs(finished_run, CONFIG)) == []
+    # and a config that registers a name another competition's record holds is stopped before any job
+    clash = merged_config({"register": {"movies-lb": "tfidf_labels"}})
+    with pytest.raises(OoflineError, match=r"^config: register.movies-lb: records/movies-lb.yaml is a record of "
+                                           r"competition 'movies-reviews', not this config's 'results'"):
+        check_config(clash, finished_run)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -50,12 +51,22 @@ CONFIG = {
 }
 
 
-@pytest.mark.slow
-def test_a_vote_writes_a_submission_for_unlabelled_problems(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    run = snakemake(tmp_path, "results/submissions/both/submission.csv")
+# the vote submission frozen as a record and rebuilt from it (results/verify/both-lb.ok) in the same run
+REGISTERED = dict(CONFIG, register={"both-lb": "both"}, registry_dir="records")
+
+
+@pytest.fixture(scope="module")
+def vote_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("votes")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(REGISTERED))
+    run = snakemake(workdir, "results/submissions/both/submission.csv", "results/verify/both-lb.ok")
     assert run.returncode == 0, run.stderr[-4000:]
-    results = tmp_path / "results"
+    return workdir
+
+
+@pytest.mark.slow
+def test_a_vote_writes_a_submission_for_unlabelled_problems(vote_run):
+    results = vote_run / "results"
     test = pl.read_parquet(results / "data" / "math_test_problems.parquet")
     assert "answer" not in test.columns and test.height == 4  # `limit` trims the dev set only
     submission = pl.read_csv(results / "submissions" / "both" / "submission.csv", infer_schema=False)
@@ -75,6 +86,25 @@ def test_a_vote_writes_a_submission_for_unlabelled_problems(tmp_path):
         expected, _ = vote(samples, strategy)
         assert submitted == (expected if expected is not None else "0")
     assert set(manifest["hashed"]["outputs"]) == {"results/submissions/both/submission.csv"}
+
+
+@pytest.mark.slow
+def test_a_vote_submission_freezes_and_rebuilds_from_its_record(vote_run):
+    """`register:` names a vote's submission like any other: the record holds the answers shape and a manifest of
+    everything upstream (the dev answers that chose the strategy, the test answers, the problems, the prompts and
+    sampling settings, the language model's id), and verify rebuilt it in scratch byte for byte."""
+    record = yaml.safe_load((vote_run / "records" / "both-lb.yaml").read_text())
+    assert (record["submission"], record["shape"], record["competition"]) == ("both", "answers", "results")
+    hashed = record["manifest"]["hashed"]
+    assert hashed == json.loads((vote_run / "results" / "submissions" / "both" / "manifest.json").read_text())["hashed"]
+    assert {"results/answers/tiny/by_kind.parquet", "results/answers/tiny/direct.parquet",
+            "results/test_answers/tiny/by_kind.parquet", "results/votes/both/votes.parquet",
+            "results/votes/both/score.json"} <= set(hashed["artifacts"])
+    assert {"results/data/math_problems.parquet", "results/data/math_test_problems.parquet"} <= set(hashed["inputs"])
+    assert hashed["base_models"] == ["tiny=tiny:llama"]
+    assert hashed["config"]["answers"]["prompts"]["by_kind"]["by"] == "kind" and hashed["config"]["answers"]["samples"] == 2
+    assert "resources" not in json.dumps(hashed["config"])  # where jobs ran is not what they made
+    assert "byte-identical" in (vote_run / "results" / "verify" / "both-lb.ok").read_text()
 
 
 def test_votes_naming_an_unknown_model_or_clashing_with_a_submission_are_config_errors():
@@ -117,3 +147,70 @@ def test_answer_flags_take_category_templates_and_drop_the_dev_limit_for_test_pr
     assert dev == ["--template", "D {problem}", "--category-column", "kind", "--category-templates",
                    '{"multiply": "M {problem}"}', "--samples", "3", "--limit", "2"]
     assert "--limit" not in shlex.split(answer_flags(answers, "by_kind", split="test"))
+
+
+def test_keywords_find_each_problems_category_in_its_text():
+    from workflow_scripts.generated.answers import problem_prompts
+
+    # AIMO's test: id and problem only
+    problems = pl.DataFrame({"id": ["a", "b", "c", "d"], "problem": [
+        "In triangle ABC the angles are ...", "How many ways can 5 people be seated?",
+        "Find the remainder when 2^100 is divided by 7, if the Triangles ...", "Let x be the mystery."]})
+    keywords = [("geometry", ["triangle", "circle"]), ("combinatorics", ["ways"]), ("arithmetic", ["remainder"])]
+    templates = {"geometry": "G {problem}", "combinatorics": "C {problem}", "arithmetic": "A {problem}"}
+    prompts = problem_prompts(problems, "problem", "D {problem}", None, templates, "by_category", keywords)
+    # the first category in config order that matches wins (c names a remainder and Triangles: geometry)
+    assert [prompt.split()[0] for prompt in prompts] == ["G", "C", "G", "D"]
+
+
+def aimo_recipe_checked(tmp_path, **prompt_change):
+    """recipes/aimo.yaml checked against files shaped like the competition's: reference.csv (id, problem, answer) and
+    test.csv (id, problem) (its hub models are not looked up: HF_HUB_OFFLINE is left unset)."""
+    import os
+
+    from workflow_scripts.config_check import check_config
+
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+    folder = tmp_path / "data" / "aimo"
+    folder.mkdir(parents=True)
+    (folder / "reference.csv").write_text("id,problem,answer\nr1,What is 1+1?,2\n")
+    (folder / "test.csv").write_text("id,problem\nt1,What is 2+2?\n")
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "recipes" / "aimo.yaml").read_text())
+    prompt = config["answers"]["prompts"]["by_category"]
+    prompt.update(prompt_change)
+    for key in [key for key, value in prompt_change.items() if value is None]:
+        del prompt[key]
+    return check_config(config, tmp_path)
+
+
+def test_the_aimo_recipe_runs_on_the_competitions_test_columns(tmp_path, monkeypatch):
+    """Its category prompt finds the category in the problem text: the real test (id, problem) needs no column."""
+    from workflow_scripts.generated.answers import problem_prompts
+    from workflow_scripts.rule_params import answer_flags
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    config = aimo_recipe_checked(tmp_path)
+    test = pl.read_csv(tmp_path / "data" / "aimo" / "test.csv")
+    flags = shlex.split(answer_flags(config["answers"], "by_category", split="test"))
+    keywords = [tuple(pair) for pair in json.loads(flags[flags.index("--category-keywords") + 1])]
+    assert [category for category, _ in keywords] == ["geometry", "combinatorics", "algebra", "arithmetic"]
+    templates = json.loads(flags[flags.index("--category-templates") + 1])
+    assert problem_prompts(test, "problem", flags[flags.index("--template") + 1], None, templates, "by_category",
+                           keywords)[0].endswith("Problem: What is 2+2?")
+
+
+def test_a_category_column_the_problems_files_lack_stops_before_any_job(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(OoflineError) as error:
+        aimo_recipe_checked(tmp_path, by="category", keywords=None)
+    assert str(error.value).splitlines() == [
+        "invalid config: 2 problems",
+        "config: answers.prompts.by_category.by: column 'category' is not in answers.problems data/aimo/reference.csv "
+        "(it has id, problem, answer); name a column it has, or find the category from the problem text with "
+        "`keywords: {category: [words]}`",
+        "config: answers.prompts.by_category.by: column 'category' is not in answers.test_problems data/aimo/test.csv "
+        "(it has id, problem); name a column it has, or find the category from the problem text with "
+        "`keywords: {category: [words]}`"]
+    with pytest.raises(OoflineError, match=r"^config: answers.prompts.by_category: set `by` .* not both$"):
+        aimo_recipe_checked(tmp_path / "both", by="category")

@@ -17,10 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = dict(TWO_MODELS_AND_A_SUBMISSION, register={"record-a": "pair_top3"}, registry_dir="records")
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                "--cores", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=900)
+    return subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=timeout)
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> set[tuple[str, str]]:

@@ -209,7 +209,7 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
     problems += resource_problems(config)
     problems += attention_problems(config, base_dir)
     problems += offline_hub_problems(config, base_dir)
-    problems += output_problems(config)
+    problems += output_problems(config, base_dir)
     return problems
 
 
@@ -304,7 +304,7 @@ def resource_problems(config: dict[str, Any]) -> list[str]:
             for where, resources in blocks if resources.get("gres") and (resources.get("gpu") or resources.get("gpu_model"))]
 
 
-def output_problems(config: dict[str, Any]) -> list[str]:
+def output_problems(config: dict[str, Any], base_dir: Path = Path(".")) -> list[str]:
     """Ensembles, thresholds, submissions and records must name things that exist."""
     from workflow_scripts.ensemble import check_ensemble_config
     from workflow_scripts.rule_params import ensemble_cycle_problems
@@ -361,11 +361,34 @@ def output_problems(config: dict[str, Any]) -> list[str]:
     for name in sorted(set(config.get("submissions") or {}) & set(config.get("retrieval") or {})):
         problems.append(f"config: submissions.{name}: retrieval.{name} also writes submissions/{name}/ (rename one)")
     problems += vote_problems(config)
+    problems += answer_prompt_problems(config, base_dir)
     problems += language_model_problems(config)
-    for record, submission in (config.get("register") or {}).items():
-        if submission not in (config.get("submissions") or {}):
-            problems.append(f"config: register.{record}: no submission is called {submission!r}")
+    problems += register_problems(config, base_dir)
     problems += kaggle_problems(config)
+    return problems
+
+
+def register_problems(config: dict[str, Any], base_dir: Path = Path(".")) -> list[str]:
+    """A record names a submission of any shape (a classification submission, a retrieval pipeline, a vote that
+    submits) and is not the name of another competition's record in the registry folder."""
+    from workflow_scripts.registry import competition_of, record_competition
+    from workflow_scripts.rule_params import SUBMISSION_SHAPES, submission_shapes
+
+    shapes = submission_shapes(config)
+    folder = base_dir / config.get("registry_dir", "submissions")
+    problems = []
+    for record, submission in (config.get("register") or {}).items():
+        if submission not in shapes:
+            have = "; ".join(f"{shape.describe}s: {sorted(shape.names(config))}" for shape in SUBMISSION_SHAPES.values())
+            unsubmitted = (f" (votes.{submission} writes no submission: it needs answers.test_problems or "
+                           "answers.n_test_problems, and submit: true)" if submission in (config.get("votes") or {}) else "")
+            problems.append(f"config: register.{record}: no submission is called {submission!r}{unsubmitted} ({have})")
+            continue
+        existing = folder / f"{record}.yaml"
+        if existing.is_file() and record_competition(existing) != competition_of(config):
+            problems.append(f"config: register.{record}: {Path(config.get('registry_dir', 'submissions'), record + '.yaml')} is a record of competition "
+                            f"{record_competition(existing)!r}, not this config's {competition_of(config)!r} "
+                            "(records are written once: name this one differently)")
     return problems
 
 
@@ -402,6 +425,69 @@ def vote_problems(config: dict[str, Any]) -> list[str]:
         if name in others:
             problems.append(f"config: votes.{name}: a submission or retrieval pipeline has the same name; "
                             f"both would write submissions/{name}/")
+    return problems
+
+
+# the columns of the built-in problem sets (generated.math_demo), which exist only once their rule ran
+BUILT_IN_PROBLEM_COLUMNS = {"dev": ("id", "problem", "answer", "kind"), "test": ("id", "problem", "kind")}
+BUILT_IN_FILES = {"dev": "math_problems.parquet", "test": "math_test_problems.parquet"}
+
+
+def table_columns(path: Path) -> list[str] | None:
+    """A csv's or parquet's column names, read without its rows; None when it is not there (yet) or unreadable."""
+    import polars as pl
+
+    try:
+        if path.suffix == ".parquet":
+            return list(pl.read_parquet_schema(path))
+        if path.suffix == ".csv":
+            return pl.read_csv(path, n_rows=0).columns
+    except (OSError, pl.exceptions.PolarsError):
+        return None
+    return None
+
+
+def answer_prompt_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
+    """A prompt that picks templates by category names its category one way (`by` a column, or `keywords`), and the
+    problems files it answers have that column and the problem column: said here, before any job, not by every
+    answers job at run time (AIMO's test has only id and problem)."""
+    answers = config.get("answers") or {}
+    prompts = answers.get("prompts") or {}
+    problems = []
+    for name, prompt in prompts.items():
+        if isinstance(prompt, dict) and bool(prompt.get("by")) == bool(prompt.get("keywords")):
+            problems.append(f"config: answers.prompts.{name}: set `by` (a problems column holding each problem's "
+                            "category) or `keywords` (category -> words found in the problem text), not "
+                            + ("both" if prompt.get("by") else "neither"))
+    if problems or not answers:
+        return problems
+    from workflow_scripts.rule_params import vote_submission_names
+
+    votes = config.get("votes") or {}
+    used = {"dev": {a.partition("/")[2] for entry in votes.values() for a in entry.get("answers", [])},
+            "test": {a.partition("/")[2] for v in vote_submission_names(config) for a in votes[v].get("answers", [])}}
+    out_dir = config.get("output_dir", "results")
+    files = {"dev": ("answers.problems", answers.get("problems") or f"{out_dir}/data/math_problems.parquet"),
+             "test": ("answers.test_problems", answers.get("test_problems") or f"{out_dir}/data/math_test_problems.parquet")}
+    problem_column = answers.get("problem_column", "problem")
+    for split, (key, file) in files.items():
+        if not used[split]:
+            continue
+        path = Path(file) if Path(file).is_absolute() else base_dir / file
+        columns = table_columns(path)
+        if columns is None and Path(file).name == BUILT_IN_FILES[split]:
+            columns = list(BUILT_IN_PROBLEM_COLUMNS[split])  # the built-in set, made by its rule
+        if columns is None:
+            continue  # not there yet: the first job that reads it says so
+        if problem_column not in columns:
+            problems.append(f"config: answers.problem_column: {problem_column!r} is not a column of {key} {file} "
+                            f"(it has {', '.join(columns)})")
+        for prompt_name in sorted(used[split]):
+            prompt = prompts.get(prompt_name)
+            if isinstance(prompt, dict) and prompt.get("by") and prompt["by"] not in columns:
+                problems.append(f"config: answers.prompts.{prompt_name}.by: column {prompt['by']!r} is not in {key} "
+                                f"{file} (it has {', '.join(columns)}); name a column it has, or find the category "
+                                "from the problem text with `keywords: {category: [words]}`")
     return problems
 
 

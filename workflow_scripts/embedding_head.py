@@ -123,6 +123,7 @@ def embed_main(args) -> None:
     model, tokenizer, device = load_encoder(args.base, model_config)
     speed = {"load_seconds": round(time.time() - loading, 4),
              "load_cpu_seconds": round(time.process_time() - loading_cpu, 4), "device": str(device), "threads": torch.get_num_threads(),
+             "batch_size": batch_size,  # what the embeddings were made with: a Kaggle package embeds the same way
              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     tensors = {split: embed_texts(model, tokenizer, frame["text"].to_list(), pooling, max_length, batch_size, device,
                                   label=f"embed {split}", stats=speed if split == "test" else None)

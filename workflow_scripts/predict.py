@@ -216,8 +216,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                       args.valid_out)
     if test is None:
         return
+    # batch_size: the rows a batch these predictions were made with (a run setting: a Kaggle package predicts the
+    # same way, so its notebook writes these numbers, without a rebuild when the setting changes later)
     speed = {"load_seconds": round(load_seconds[0], 4), "load_cpu_seconds": round(load_seconds[1], 4),
-             "device": str(device), "precision": precision,
+             "device": str(device), "precision": precision, "batch_size": batch_size,
              "threads": torch.get_num_threads(),
              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     test_probs = predict_probabilities(model, tokenizer, test["text"].to_list(), spec, max_length, batch_size, label="test",

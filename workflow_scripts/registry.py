@@ -2,7 +2,10 @@
 
 A record (`submissions/{name}.yaml`) holds the complete config that built the submission and its
 manifest (sha256 of every input, artifact and output). `verify` rebuilds the submission from that
-config in a scratch folder with the same relative layout and compares every recorded sha256.
+config in a scratch folder with the same relative layout and compares every recorded sha256. Every
+submission shape freezes the same way (classification, retrieval, answers: `rule_params.SUBMISSION_SHAPES`), and
+a record says which competition it belongs to (`competition`, else the output folder), so a config's `all`
+verifies only its own competition's records.
 """
 from __future__ import annotations
 
@@ -21,21 +24,98 @@ from workflow_scripts.io import atomic_path, read_json
 from workflow_scripts.submission import compare_manifests
 
 
-def freeze(name: str, submission: str, config: dict, manifest: dict, workdir: Path | None = None) -> dict:
-    """A record: what to rebuild (config + submission name) and what it must hash to (manifest).
+# config values that name a user's file or folder (`*`: any key): a record pins the relative ones the workflow does
+# not build (outside output_dir) to absolute paths, so it rebuilds from any scratch folder
+FILE_KEYS = (
+    ("data", "*"),
+    ("models", "*", "source"),
+    ("models", "*", "extra_data", "*"),
+    ("language_models", "*", "source"),
+    ("language_models", "*", "finetune", "data"),
+    ("answers", "problems"),
+    ("answers", "test_problems"),
+    ("retrieval", "*", "files", "*"),
+    ("retrieval", "*", "models", "*"),
+)
+
+
+def competition_of(config: dict) -> str:
+    """The competition a config's records belong to: `competition`, else its output folder (`output_dir`)."""
+    return str(config.get("competition") or config.get("output_dir") or "results")
+
+
+def _file_values(node, pattern: tuple[str, ...], path: tuple = ()):
+    """(key path, value) of every value in `node` at `pattern` (`*` matches any key)."""
+    if not pattern:
+        yield path, node
+        return
+    if not isinstance(node, dict):
+        return
+    keys = list(node) if pattern[0] == "*" else [pattern[0]] if pattern[0] in node else []
+    for key in keys:
+        yield from _file_values(node[key], pattern[1:], path + (key,))
+
+
+def pin_user_files(config: dict, workdir: Path) -> dict:
+    """`config` with every relative path of FILE_KEYS that exists in `workdir` and lies outside its output folder
+    made absolute; paths the workflow builds (under output_dir) stay relative, so the rebuild makes them."""
+    config = json.loads(json.dumps(config))
+    output_dir = (workdir / config.get("output_dir", "results")).resolve()
+    for pattern in FILE_KEYS:
+        for path, value in list(_file_values(config, pattern)):
+            if not isinstance(value, str) or not value or Path(value).is_absolute():
+                continue
+            resolved = (workdir / value).resolve()
+            if not resolved.exists() or resolved == output_dir or output_dir in resolved.parents:
+                continue
+            parent = config
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = str(resolved)
+    return config
+
+
+def freeze(name: str, submission: str, config: dict, manifest: dict, workdir: Path | None = None,
+           shape: str | None = None) -> dict:
+    """A record: what to rebuild (config + submission name), what it must hash to (manifest), the submission's
+    shape (classification, retrieval, answers) and the competition it belongs to.
 
     Competition files the workflow does not build are pinned to absolute paths, so the record
     rebuilds from any scratch folder; files it builds (the demo's) stay relative.
     """
     if "hashed" not in manifest:
         raise OoflineError(f"record {name}: the manifest has no 'hashed' section")
-    workdir = workdir or Path.cwd()
-    config = json.loads(json.dumps(config))
-    if "demo" not in config:
-        for key, path in (config.get("data") or {}).items():
-            if path and not Path(path).is_absolute():
-                config["data"][key] = str((workdir / path).resolve())
-    return {"name": name, "submission": submission, "config": config, "manifest": manifest}
+    config = pin_user_files(config, workdir or Path.cwd())
+    record = {"name": name, "submission": submission, "competition": competition_of(config), "config": config,
+              "manifest": manifest}
+    if shape:
+        record["shape"] = shape
+    return record
+
+
+def record_competition(path: str | Path) -> str:
+    """The competition a record file belongs to: its `competition` line (read without parsing the manifest), or
+    for a record frozen before records said so, the competition of its frozen config."""
+    with open(path) as handle:
+        for line in handle:
+            if line.startswith("competition: "):
+                return str(yaml.safe_load(line)["competition"])
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    record = yaml.load(Path(path).read_text(), Loader=loader) or {}
+    return competition_of(record.get("config") or {})
+
+
+def records_by_competition(folder: str | Path, competition: str) -> tuple[list[str], dict[str, str]]:
+    """(names of the records in `folder` frozen from `competition`, {name: competition} of the others)."""
+    folder = Path(folder)
+    own, others = [], {}
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        theirs = record_competition(path)
+        if theirs == competition:
+            own.append(path.stem)
+        else:
+            others[path.stem] = theirs
+    return own, others
 
 
 def load_record(path: str | Path) -> dict:
@@ -80,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     freeze_parser.add_argument("--name", required=True)
     freeze_parser.add_argument("--submission", required=True)
     freeze_parser.add_argument("--config", required=True, help="the complete config as JSON")
+    freeze_parser.add_argument("--shape", default=None, help="classification, retrieval or answers")
     freeze_parser.add_argument("--manifest", required=True)
     freeze_parser.add_argument("--out", required=True)
     verify_parser = commands.add_parser("verify", help="rebuild a record in a scratch folder and compare hashes")
@@ -91,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     verify_parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.command == "freeze":
-        record = freeze(args.name, args.submission, json.loads(args.config), read_json(args.manifest))
+        record = freeze(args.name, args.submission, json.loads(args.config), read_json(args.manifest),
+                        shape=args.shape)
         with atomic_path(args.out) as tmp:
             tmp.write_text(yaml.safe_dump(record, sort_keys=True))
         print(f"froze {args.submission} as {args.out}", flush=True)

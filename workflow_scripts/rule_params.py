@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from workflow_scripts.errors import OoflineError
@@ -133,10 +134,13 @@ ENSEMBLE_UNREAD_KEYS = ("top_k", "metric")
 
 def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The part of the config that determines submission `name` (hashed into its manifest): the task,
-    data, folds, and the models, ensembles and thresholds its source is built from."""
+    data, folds, and the models, ensembles and thresholds its source is built from; where a member trains on
+    labels a teacher made, also the teachers and the soft-label, label-correction, generator and language-model
+    settings that made them (`label_maker_config`)."""
     settings = config["submissions"][name]
     source = settings["source"]
     models, ensembles = source_dependencies(source, config.get("ensembles") or {})
+    makers = label_maker_config(config, models)
     return {
         "submission": settings,
         "task": config.get("task"),
@@ -144,23 +148,134 @@ def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, A
         "demo": config.get("demo"),
         "folds": config.get("folds"),
         # what their predictions depend on: not resources, logging or export-only keys (merge, train_full)
-        "models": {m: ModelSpec.from_config(config["models"][m]).prediction_config() for m in models},
+        "models": {m: ModelSpec.from_config(config["models"][m]).prediction_config()
+                   for m in sorted(set(models) | set(makers.pop("teachers")))},
         "ensembles": {e: {key: value for key, value in config["ensembles"][e].items() if key not in ENSEMBLE_UNREAD_KEYS}
                       for e in ensembles},
         "thresholds": {source: config["thresholds"][source]} if settings.get("thresholds") else {},
+        # only where a member trains on made labels, so a plain submission's slice (and its records) stay as they were
+        **{section: entries for section, entries in makers.items() if entries},
     }
 
 
+def label_maker_config(config: Mapping[str, Any], models: Iterable[str]) -> dict[str, Any]:
+    """What made the training labels of `models`, through every round of teachers: {teachers: [model names],
+    soft_labels, label_correction, generators, language_models: {name: settings}} (settings without resources)."""
+    from workflow_scripts.generated.teacher_labels import generator_of, label_sources
+
+    found: dict[str, Any] = {"teachers": [], "soft_labels": {}, "label_correction": {}, "generators": {},
+                             "language_models": {}}
+    queue, seen = list(models), set()
+    while queue:
+        model = queue.pop()
+        if model in seen or model not in (config.get("models") or {}):
+            continue
+        seen.add(model)
+        for source in label_sources(config, model):
+            if source.teacher not in found["teachers"]:
+                found["teachers"].append(source.teacher)
+            queue.append(source.teacher)
+            found[source.section][source.teacher] = without_resources((config.get(source.section) or {}).get(source.teacher) or {})
+            generator = (config.get("generators") or {}).get(generator_of(source.dataset)) if not source.official else None
+            if generator is not None:
+                found["generators"][generator_of(source.dataset)] = without_resources(generator)
+                found["language_models"].update(language_model_chain(config, generator["model"]))
+    found["teachers"] = sorted(found["teachers"])
+    return found
+
+
+def language_model_chain(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A language model's settings and those of the models its fine-tune starts from (without resources)."""
+    language_models = config.get("language_models") or {}
+    chain: dict[str, Any] = {}
+    while name in language_models and name not in chain:
+        chain[name] = without_resources(language_models[name])
+        name = (language_models[name].get("finetune") or {}).get("base")
+    return chain
+
+
+def without_resources(settings: Any) -> Any:
+    """`settings` with every `resources` block removed, at any depth: where and how long a job runs is not what
+    it makes, so a manifest does not hash it."""
+    if isinstance(settings, Mapping):
+        return {key: without_resources(value) for key, value in settings.items() if key != "resources"}
+    if isinstance(settings, list):
+        return [without_resources(item) for item in settings]
+    return settings
+
+
+def language_model_chain_names(config: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """The language models `names` and every model their fine-tunes start from, in first-seen order."""
+    chain: dict[str, None] = {}
+    for name in names:
+        chain.update(dict.fromkeys(language_model_chain(config, name)))
+    return list(chain)
+
+
+def vote_base_models(config: Mapping[str, Any], name: str) -> str:
+    """`--base-models lm=source ...`: the sourced language models under a vote's answer sets (a manifest records
+    their ids; a fine-tuned model's weights are hashed as an artifact)."""
+    language_models = config.get("language_models") or {}
+    names = language_model_chain_names(config, [a.partition("/")[0] for a in config["votes"][name]["answers"]])
+    return cli_flags({"base_models": [f"{lm}={language_models[lm]['source']}" for lm in names
+                                      if "source" in language_models.get(lm, {})] or None})
+
+
 def vote_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """What a vote submission depends on: the answers settings, the vote and the language models (fine-tunes
-    name their bases, so all of them)."""
-    return {"answers": config.get("answers") or {}, "votes": {name: config["votes"][name]},
-            "language_models": config.get("language_models") or {}}
+    """What a vote submission depends on: the answers settings (prompts, sampling, extraction, seed), the vote and
+    the language models its answer sets name, with the models their fine-tunes start from (no resources)."""
+    language_models = {lm: without_resources(config["language_models"][lm]) for lm in language_model_chain_names(
+        config, [answer_set.partition("/")[0] for answer_set in config["votes"][name]["answers"]])}
+    return {"answers": without_resources(config.get("answers") or {}), "votes": {name: config["votes"][name]},
+            "language_models": dict(sorted(language_models.items()))}
 
 
 def retrieval_config_slice(config: Mapping[str, Any], pipeline: str) -> dict[str, Any]:
-    """The part of the config that determines a retrieval pipeline's submission."""
-    return {"retrieval": config["retrieval"][pipeline]}
+    """The part of the config that determines a retrieval pipeline's submission (no resources)."""
+    return {"retrieval": without_resources(config["retrieval"][pipeline])}
+
+
+# ---- submission shapes: one table of what the registry and the manifests need of each ----
+
+
+@dataclass(frozen=True)
+class SubmissionShape:
+    """A kind of submission: which config section names it, which of its entries write a submission
+    (`{output_dir}/submissions/{name}/submission.csv` + `manifest.json`, each) and the config slice its manifest
+    hashes. A record (`register:`) freezes any of them; verify rebuilds its manifest in scratch."""
+
+    section: str
+    describe: str  # what one is called in messages
+    names: Callable[[Mapping[str, Any]], list[str]]
+    config_slice: Callable[[Mapping[str, Any], str], dict[str, Any]]
+
+
+def vote_submission_names(config: Mapping[str, Any]) -> list[str]:
+    """Votes that write a test-set submission: every vote when test problems are configured (a file or the
+    built-in set's `n_test_problems`), unless its `submit: false`."""
+    answers = config.get("answers") or {}
+    if not (answers.get("test_problems") or answers.get("n_test_problems")):
+        return []
+    return [name for name, entry in (config.get("votes") or {}).items() if entry.get("submit", True)]
+
+
+SUBMISSION_SHAPES = {
+    "classification": SubmissionShape("submissions", "submission", lambda config: list(config.get("submissions") or {}),
+                                      submission_config_slice),
+    "retrieval": SubmissionShape("retrieval", "retrieval pipeline", lambda config: list(config.get("retrieval") or {}),
+                                 retrieval_config_slice),
+    "answers": SubmissionShape("votes", "vote submission", vote_submission_names, vote_config_slice),
+}
+
+
+def submission_shapes(config: Mapping[str, Any]) -> dict[str, str]:
+    """{submission name: its shape} for every submission the config writes."""
+    return {name: shape for shape, entry in SUBMISSION_SHAPES.items() for name in entry.names(config)}
+
+
+def manifest_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config slice submission `name`'s manifest hashes, whatever its shape."""
+    return SUBMISSION_SHAPES[submission_shapes(config)[name]].config_slice(config, name)
 
 
 # ---- flags per step ----
@@ -252,8 +367,10 @@ def answer_flags(answers: Mapping[str, Any], prompt_name: str, split: str = "dev
     prompt = (answers.get("prompts") or {}).get(prompt_name)
     if isinstance(prompt, Mapping):  # a template per problem category; `default` serves the others
         templates = dict(prompt["templates"])
-        prompt_flags = cli_flags({"template": templates.pop("default", None), "category_column": prompt["by"],
-                                  "category_templates": templates})
+        # keywords keep their config order (the first matching category wins): a JSON list, not a sorted mapping
+        keywords = json.dumps(list(prompt["keywords"].items())) if prompt.get("keywords") else None
+        prompt_flags = cli_flags({"template": templates.pop("default", None), "category_column": prompt.get("by"),
+                                  "category_templates": templates, "category_keywords": keywords})
     else:
         prompt_flags = cli_flags({"template": prompt or None})
     # `limit` trims the labelled dev set on a CPU; a test submission needs every problem answered
@@ -330,6 +447,13 @@ def retrieval_data_flags(pipeline: Mapping[str, Any], input_files: Mapping[str, 
                          + [("columns", pipeline.get("columns") or None)])
     return cli_flags([("source", "demo")] + [(key, value) for key, value in (pipeline.get("demo") or {}).items()
                                              if key in RETRIEVAL_DEMO_KEYS])
+
+
+def retrieval_base_models(pipeline: Mapping[str, Any]) -> str:
+    """`--base-models name=source ...`: the base models a retrieval pipeline's fine-tunes start from (a manifest
+    records their ids, not their weights)."""
+    return cli_flags({"base_models": [f"{name}={source}" for name, source in sorted((pipeline.get("models") or {}).items())]
+                      or None})
 
 
 def model_reference(out_dir: str, pipeline: str, reference: str) -> tuple[str, str]:
@@ -489,11 +613,9 @@ def kaggle_package_spec(config: Mapping[str, Any], out_dir: str, name: str, loca
         lora = kind in LORA_KINDS
         folder = ("merged" if kaggle["members"] == "merged" else "adapter") if lora else MODEL_FOLDERS.get(kind, "model")
         needs_base = (lora and kaggle["members"] != "merged") or kind == "embedding_head"
-        spec = ModelSpec.from_config(entry)
-        # what predictions depend on, and the inference batch sizes the workflow predicted with (float noise
-        # otherwise); no resources or logging keys, so those rerun no package
-        member_config = {**spec.prediction_config(),
-                         **{key: value for key, value in spec.run_settings().items() if key.endswith("batch_size")}}
+        # what predictions depend on; no run settings (resources, logging, inference batch sizes), so those rebuild no
+        # package: the package takes the batch sizes the shipped predictions were made with from their speed records
+        member_config = ModelSpec.from_config(entry).prediction_config()
         members[model] = {
             "kind": kind, "config": member_config, "test_source": test_source,
             "splits": {split: f"{out_dir}/models/{model}/{split}/{folder}" for split in splits},

@@ -90,16 +90,32 @@ def answer_confidence(tokenizer, completion: Completion, span: tuple[int, int]) 
     return float(sum(chosen) / len(chosen)) if chosen else float(sum(probs) / len(probs))
 
 
+def keyword_categories(problems: pl.Series, keywords: Sequence[tuple[str, Sequence[str]]]) -> list[str | None]:
+    """Each problem's category from its own text: the first category (in the given order) with a keyword that
+    starts a word of the problem, case-insensitively (`triangle` matches "Triangles"); None when none does."""
+    patterns = [(category, re.compile(r"\b(?:" + "|".join(re.escape(word) for word in words) + ")", re.IGNORECASE))
+                for category, words in keywords if words]
+    return [next((category for category, pattern in patterns if pattern.search(str(text))), None)
+            for text in problems.to_list()]
+
+
 def problem_prompts(problems: pl.DataFrame, problem_column: str, template: str | None, category_column: str | None = None,
-                    category_templates: dict[str, str] | None = None, prompt_name: str = "prompt") -> list[str]:
+                    category_templates: dict[str, str] | None = None, prompt_name: str = "prompt",
+                    category_keywords: Sequence[tuple[str, Sequence[str]]] | None = None) -> list[str]:
     """One user prompt per problem: the template of its category (the AIMO write-up's templates by category),
-    else `template`; a category with neither is an error naming it."""
+    else `template`; a category with neither is an error naming it. The category is a problems column
+    (`category_column`) or found from keywords in the problem text (`category_keywords`: the competition's test
+    has only id and problem)."""
     category_templates = category_templates or {}
-    if category_templates and (not category_column or category_column not in problems.columns):
-        raise OoflineError(f"answers: prompt {prompt_name!r} picks templates by column {category_column!r}, "
-                           f"which the problems file lacks (has {problems.columns})")
-    categories = (problems[category_column].cast(pl.String).to_list() if category_templates
-                  else [None] * problems.height)
+    if category_keywords:
+        categories = keyword_categories(problems[problem_column], category_keywords)
+    elif category_templates:
+        if not category_column or category_column not in problems.columns:
+            raise OoflineError(f"answers: prompt {prompt_name!r} picks templates by column {category_column!r}, "
+                               f"which the problems file lacks (has {problems.columns})")
+        categories = problems[category_column].cast(pl.String).to_list()
+    else:
+        categories = [None] * problems.height
     prompts = []
     for problem, category in zip(problems[problem_column].to_list(), categories):
         chosen = category_templates.get(category, template) if category is not None else template
@@ -146,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--category-column", default=None, help="problem column that picks a template per problem")
     parser.add_argument("--category-templates", default=None,
                         help="JSON: category -> template with '{problem}'; --template serves unlisted categories")
+    parser.add_argument("--category-keywords", default=None,
+                        help="JSON list of [category, [keyword, ...]]: a problem's category is the first whose keyword "
+                             "starts a word of its text (instead of --category-column)")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.7)
@@ -185,8 +204,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    keywords = [(category, words) for category, words in json.loads(args.category_keywords)] if args.category_keywords else None
     user_prompts = problem_prompts(problems, args.problem_column, template, args.category_column, category_templates,
-                                   args.prompt_name)
+                                   args.prompt_name, keywords)
     settings = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                     seed=args.seed, label=f"answers[{args.prompt_name}]")
     backend, why = generation_backend(args.quantization)

@@ -53,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--id-column", default="id")
     parser.add_argument("--answer-column", default="answer")
     parser.add_argument("--config-slice", default=None)
+    parser.add_argument("--inputs", nargs="*", default=[], help="more input files the manifest hashes (dev problems, "
+                        "fine-tuning rows)")
+    parser.add_argument("--artifacts", nargs="*", default=[], help="upstream artifacts the manifest hashes (dev answers, "
+                        "votes, fine-tuned language models)")
+    parser.add_argument("--base-models", nargs="*", default=[], help="sourced language models (name=source)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--manifest-out", required=True)
     args = parser.parse_args(argv)
@@ -67,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_csv(frame.rename({"id": args.id_column, "answer": args.answer_column}), args.out)
     config_slice = _config_option(args.config_slice)
     config_slice["chosen_strategy"] = strategy  # the dev split's choice, recorded beside the config
-    manifest = build_manifest(config_slice, [args.test_problems, *args.answers], [], [args.out],
-                              score_files=[args.dev_score], name=args.name)
+    manifest = build_manifest(config_slice, sorted({args.test_problems, *args.inputs}),
+                              sorted({*args.answers, *args.artifacts, args.dev_score}), [args.out],
+                              score_files=[args.dev_score], base_models=args.base_models, name=args.name)
     write_json(manifest, args.manifest_out)
     dev_accuracy = dev_score.get("strategies", {}).get(strategy, {}).get("accuracy")
     print(f"vote submission {args.name}: strategy {strategy} (dev accuracy {dev_accuracy}); {frame.height} problems, "

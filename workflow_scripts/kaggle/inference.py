@@ -115,8 +115,10 @@ def model_test_probabilities(dataset_dir: Path, name: str, member: dict[str, Any
                 + (f", weights {model_spec.quantization}" if getattr(model_spec, "quantization", "none") != "none"
                    else ""))
             stats = {}
+            # the batch size this split's workflow predictions were made with (package.applied_batch_sizes)
+            batch_size = (member.get("batch_sizes") or {}).get(split, model_spec.prediction_batch_size)
             probabilities = predict_probabilities(model, tokenizer, texts, spec, model_spec.max_length,
-                                                  model_spec.prediction_batch_size, label=f"{name} {split}",
+                                                  batch_size, label=f"{name} {split}",
                                                   precision=precision, stats=stats)
             cost["tokens"] += stats["tokens"]
             frames.append(_frame(ids, probabilities, spec))

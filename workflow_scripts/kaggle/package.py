@@ -117,6 +117,20 @@ def member_speeds(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return speeds
 
 
+def applied_batch_sizes(member: dict[str, Any], speeds: dict[str, Any]) -> dict[str, Any]:
+    """The inference batch sizes a member's shipped predictions were made with, from their speed records: a fine-tune's
+    `{split: predict_batch_size}` and an embedding head's `embed_batch_size` (a run setting whose later change reruns
+    nothing, so the notebook must predict as the workflow did, not as the config now says). Empty for records written
+    before they held it: the notebook then uses the kind's default."""
+    if member["kind"] == "embedding_head":
+        size = (speeds.get("embed_speed") or {}).get("batch_size")
+        return {"embed_batch_size": int(size)} if size else {}
+    if member["kind"] == "tfidf_linear":
+        return {}
+    sizes = {split: int(record["batch_size"]) for split, record in speeds["speeds"].items() if record.get("batch_size")}
+    return {"predict_batch_sizes": sizes} if sizes else {}
+
+
 def kernel_metadata(kaggle: dict[str, Any], title: str) -> dict[str, Any]:
     accelerator = runtime_plan.check_accelerator(kaggle["accelerator"])
     metadata = {
@@ -163,8 +177,11 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     bases: dict[str, dict[str, Any]] = {}  # digest -> {path, models}
     models = {}
     for model, member in spec["models"].items():
-        entry = {"kind": member["kind"], "config": member["config"], "test_source": member["test_source"],
-                 "splits": {}, "base": None}
+        applied = applied_batch_sizes(member, speeds[model])
+        config = {**member["config"], **({"embed_batch_size": applied["embed_batch_size"]}
+                                         if "embed_batch_size" in applied else {})}
+        entry = {"kind": member["kind"], "config": config, "test_source": member["test_source"],
+                 "splits": {}, "base": None, "batch_sizes": applied.get("predict_batch_sizes", {})}
         if member.get("base"):
             folder = resolve_base(member["base"], model)
             digest = tree_digest(folder)

@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--inputs", nargs="*", default=[])
     parser.add_argument("--artifacts", nargs="*", default=[])
     parser.add_argument("--scores", nargs="*", default=[])
+    parser.add_argument("--base-models", nargs="*", default=[], help="base model ids (name=source)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--manifest-out", required=True)
     args = parser.parse_args(argv)
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         test = read_table(args.test)
     write_csv(submission_frame(test, args.id_column, args.prediction_column), args.out)
     manifest = build_manifest(_config_option(args.config_slice), args.inputs, args.artifacts, [args.out],
-                              score_files=args.scores, name=args.name)
+                              score_files=args.scores, base_models=args.base_models, name=args.name)
     write_json(manifest, args.manifest_out)
     print(f"wrote {args.out} and {args.manifest_out}", flush=True)
 
