@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ ANSWER_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size"
                "problem_column", "system", "seed")
 SFT_SETTING_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "eval_every", "eval_fraction", "max_length", "r",
                     "alpha", "dropout", "quantization", "precision", "seed")
-RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed", "n_distractors")
+RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed", "n_distractors", "format")
 
 
 def cli_flags(settings: Mapping[str, Any] | Iterable[tuple[str, Any]], keys: Iterable[str] | None = None) -> str:
@@ -148,6 +149,8 @@ def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, A
         "ensembles": {e: {key: value for key, value in config["ensembles"][e].items() if key not in ENSEMBLE_UNREAD_KEYS}
                       for e in ensembles},
         "thresholds": {source: config["thresholds"][source]} if settings.get("thresholds") else {},
+        **({"prepare_code": prepare_code(config["data"]["prepare"], "data.prepare")}
+           if (config.get("data") or {}).get("prepare") else {}),
     }
 
 
@@ -160,7 +163,9 @@ def vote_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def retrieval_config_slice(config: Mapping[str, Any], pipeline: str) -> dict[str, Any]:
     """The part of the config that determines a retrieval pipeline's submission."""
-    return {"retrieval": config["retrieval"][pipeline]}
+    settings = config["retrieval"][pipeline]
+    return {"retrieval": settings, **({"prepare_code": prepare_code(settings["prepare"], f"retrieval.{pipeline}.prepare")}
+                                      if settings.get("prepare") else {})}
 
 
 # ---- flags per step ----
@@ -325,10 +330,25 @@ def retrieval_uses_demo(pipeline: Mapping[str, Any]) -> bool:
 
 
 def retrieval_data_flags(pipeline: Mapping[str, Any], input_files: Mapping[str, str]) -> str:
-    if not retrieval_uses_demo(pipeline):
-        return cli_flags([("source", "files")] + [(key, input_files[key]) for key in pipeline["files"]])
+    # a prepare function's rows (from the configured raw files or the demo's) are read as files
+    if pipeline.get("prepare") or not retrieval_uses_demo(pipeline):
+        return cli_flags([("source", "files")] + [(key, input_files[key]) for key in RETRIEVAL_FILE_KEYS])
+    return retrieval_demo_flags(pipeline)
+
+
+RETRIEVAL_FILE_KEYS = ("queries", "corpus", "test_queries")
+
+
+def retrieval_demo_flags(pipeline: Mapping[str, Any]) -> str:
     return cli_flags([("source", "demo")] + [(key, value) for key, value in (pipeline.get("demo") or {}).items()
                                              if key in RETRIEVAL_DEMO_KEYS])
+
+
+def prepare_code(reference: str | None, where: str) -> str | None:
+    """The digest of a prepare function's file (workflow_scripts.prepare): a rule param and a manifest entry."""
+    from workflow_scripts.prepare import reference_digest
+
+    return reference_digest(reference, Path.cwd(), where)
 
 
 def model_reference(out_dir: str, pipeline: str, reference: str) -> tuple[str, str]:
@@ -475,6 +495,9 @@ def kaggle_package_spec(config: Mapping[str, Any], out_dir: str, name: str, loca
         "manifest": f"{out_dir}/submissions/{name}/manifest.json",
         "submission_csv": f"{out_dir}/submissions/{name}/submission.csv",
         "public_test": f"{out_dir}/data/test.parquet",
+        # data.prepare: shipped, and run by the notebook on the raw hidden test
+        "prepare": ({"reference": config["data"]["prepare"], "code": prepare_code(config["data"]["prepare"], "data.prepare")}
+                    if (config.get("data") or {}).get("prepare") else None),
     }
 
 

@@ -48,12 +48,20 @@ def load_package(dataset_dir: str | Path) -> dict[str, Any]:
     return package
 
 
-def read_test_rows(path: str | Path, task: dict[str, Any]) -> pl.DataFrame:
-    """The test file as the workflow reads a competition file: ids verbatim, `text` rendered by the template."""
+def read_test_rows(path: str | Path, task: dict[str, Any], prepare: dict[str, Any] | None = None,
+                   dataset_dir: Path | None = None) -> pl.DataFrame:
+    """The test file as the workflow reads a competition file: ids verbatim, `text` rendered by the template
+    (after the shipped data.prepare function, when the package has one)."""
     from workflow_scripts.data import clean_frame
     from workflow_scripts.io import read_table
 
     id_column = task.get("id_column", "id")
+    if prepare:
+        from workflow_scripts.kaggle.shared import prepared_rows
+        from workflow_scripts.prepare import classification_required
+
+        rows = prepared_rows(dataset_dir, prepare, path, "test", classification_required(task, "test"))
+        return clean_frame(rows, task, str(path))
     return clean_frame(read_table(path, ("id", id_column)), task, str(path))
 
 
@@ -160,7 +168,7 @@ def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | P
     dataset_dir = Path(dataset_dir)
     package = load_package(dataset_dir)
     spec = LabelSpec.load(dataset_dir / package["labels"])
-    test = read_test_rows(test_path, package["task"])
+    test = read_test_rows(test_path, package["task"], package.get("prepare"), dataset_dir)
     ids, texts = test["id"].to_list(), test["text"].to_list()
     log(f"oofline package {package['package']}: {len(ids)} test rows from {test_path}")
     model_probabilities, costs = {}, {}

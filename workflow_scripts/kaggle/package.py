@@ -119,7 +119,8 @@ def notebook_script(package: dict[str, Any]) -> str:
     marker = "PACKAGE = {}"
     if marker not in template:
         raise OoflineError(f"{SCRIPT_TEMPLATE}: the PACKAGE marker is missing")
-    return template.replace(marker, "PACKAGE = " + json.dumps(package, sort_keys=True), 1)
+    # a Python literal (JSON's null/true/false are not Python): sample_submission null, interface None
+    return template.replace(marker, "PACKAGE = " + repr(dict(sorted(package.items()))), 1)
 
 
 def folder_size(folder: Path) -> int:
@@ -171,9 +172,12 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
         (dataset / "thresholds").mkdir()
         shutil.copy2(spec["thresholds"], dataset / submission["thresholds"])
     requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], kaggle["platform"])
+    from workflow_scripts.kaggle.shared import ship_prepare
+
     package = {"format_version": FORMAT_VERSION, "package": name, "submission_name": spec["submission"],
                "source": spec["source"], "task": spec["task"], "labels": "labels.json", "models": models,
-               "ensembles": ensembles, "submission": submission, "wheels": requirements}
+               "ensembles": ensembles, "submission": submission, "wheels": requirements,
+               "prepare": ship_prepare(spec.get("prepare"), dataset)}
     write_json(package, dataset / PACKAGE_FILE)
     title = kaggle.get("title") or f"oofline {name}"
     write_json({"title": title, "id": kaggle["dataset"], "licenses": [{"name": "CC0-1.0"}]},
@@ -266,8 +270,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sub.add_argument("--plan-out", required=True)
     args = parser.parse_args(argv)
     if args.command == "build":
-        build_package(json.loads(args.spec), args.dataset_out, args.notebook_out, args.plan_out,
-                      log=lambda line: print(line, flush=True))
+        from workflow_scripts.kaggle import shapes
+
+        spec = json.loads(args.spec)
+        shapes.function(spec.get("shape", "classification"), "build")(
+            spec, args.dataset_out, args.notebook_out, args.plan_out, log=lambda line: print(line, flush=True))
     else:
         package_record(args.record, json.loads(args.kaggle), args.snakefile, Path(args.scratch), args.cores,
                        args.dataset_out, args.notebook_out, args.plan_out)
