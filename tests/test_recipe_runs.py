@@ -361,6 +361,9 @@ def test_map_package_writes_the_workflow_rows_offline_on_a_shuffled_subset(map_r
     written = pl.read_csv(tree["working"] / "submission.csv", infer_schema=False)
     assert written["id"].to_list() == subset["id"].to_list()  # no sample submission: the test file's order
     assert written.rows() == [workflow[i] for i in subset["id"]]
+    # the plan's memory: each member as loaded (the QLoRA member in 4 bits), the tiny models fit a CPU notebook
+    memory = json.loads((package / "plan.json").read_text())["memory"]
+    assert memory["members"]["deepseek_math_7b"]["quantization"] == "4bit" and memory["fits"]
     # the match fails when a shipped file is removed or altered
     dataset = copied_dataset(package, tmp_path / "removed")
     member = sorted((dataset / "models").iterdir())[0]
@@ -401,6 +404,7 @@ def test_eedi_package_ranks_as_the_workflow_on_the_public_test_and_a_shuffled_su
     subset = questions.sample(n=questions.height - 1, seed=1, shuffle=True)
     subset.write_csv(tmp_path / "test.csv")
     tree, _ = run_package_notebook(package, tmp_path / "run", {"test.csv": tmp_path / "test.csv"})
+    assert (tree["site"] / "FlagEmbedding" / "__init__.py").exists()  # on no Kaggle image: shipped as a wheel
     workflow = rows_by_id(workflow_csv, "QuestionId_Answer")
     written = pl.read_csv(tree["working"] / "submission.csv", infer_schema=False)
     expected = [f"{q}_{letter}" for q, correct in zip(subset["QuestionId"], subset["CorrectAnswer"]) for letter in "ABCD"

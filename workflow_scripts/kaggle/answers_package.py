@@ -253,6 +253,12 @@ class Answerer:
                 self.engines[key] = (backend, *load_causal_lm(args.model, args.precision, args.quantization))
         return self.engines[key]
 
+    def load(self) -> None:
+        """Load every model before the first problem: a model that cannot load stops the notebook here, loudly,
+        instead of answering every problem with the default."""
+        for _, args, *_ in self.sets:
+            self.engine(args)
+
     def check_columns(self, columns: Sequence[str]) -> None:
         """Every column a prompt reads is in the test file: one line before any model loads."""
         for entry, args, template, categories in self.sets:
@@ -392,7 +398,9 @@ def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | P
             problem_id = _scalar(id_)
             return pl.DataFrame({"id": [problem_id], "answer": [served_answer(answer(problem_id, {column: _scalar(problem)}))]})
 
-        server = load_server(package["server"], competition_dir)(predict)
+        server_class = load_server(package["server"], competition_dir)
+        answerer.load()
+        server = server_class(predict)
         if os.environ.get("KAGGLE_IS_COMPETITION_RERUN"):
             log(f"oofline package {package['package']}: serving {package['server']} (competition rerun)")
             server.serve()
@@ -403,6 +411,7 @@ def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | P
         problems = read_problems(test_path)
         answerer.check_columns(problems.columns)
         log(f"oofline package {package['package']}: {problems.height} problems from {test_path}")
+        answerer.load()
         for row in problems.iter_rows(named=True):
             answer(row["id"], row)
     out = write_submission(answered, package["vote"], out_dir)

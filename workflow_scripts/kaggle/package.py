@@ -207,10 +207,13 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
             "commands": commands,
             "update_commands": [f"kaggle datasets version -p {dataset} --dir-mode zip -m \"oofline {name}\"",
                                 f"kaggle kernels push -p {notebook}"]}
+    plan["memory"] = runtime_plan.classification_memory(models, dataset, kaggle["accelerator"])
     write_json(plan, plan_out)
     log(f"kaggle {name}: dataset {size / 1e6:.1f} MB ({len(models)} models, {len(bases)} base(s) shipped once"
         + (f", {saved / 1e6:.1f} MB saved by sharing" if saved else "") + f") -> {dataset}")
     log(runtime_plan.summary_line(name, estimate))
+    for line in runtime_plan.memory_lines(name, plan["memory"]):
+        log(line)
     log("upload (nothing is pushed by the workflow):\n  " + "\n  ".join(commands))
     return plan
 

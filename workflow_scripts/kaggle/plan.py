@@ -356,3 +356,19 @@ def answers_estimate(answer_sets: dict[str, dict[str, Any]], models: dict[str, d
             "seconds_per_problem": round(problem_seconds, 3), "seconds_per_problem_cap": cap,
             "answer_set_seconds_per_problem": {k: round(v, 3) for k, v in per_problem.items()},
             "memory": memory_plan(memory_members, kaggle["accelerator"], together=True)}
+
+
+def classification_memory(models: dict[str, dict[str, Any]], dataset: Path, accelerator: str) -> dict[str, Any]:
+    """A classification package's members (oofline_package.json's `models`, paths under `dataset`) as loaded on
+    `accelerator`: a base's weights plus its adapter, or a fold folder's whole model; one member at a time (the
+    notebook frees each before the next). TF-IDF members hold no transformer."""
+    members = {}
+    for name, entry in models.items():
+        if entry["kind"] in CPU_KINDS:
+            continue
+        split = dataset / next(iter(entry["splits"].values()))
+        parameters = safetensors_parameters(split) + (safetensors_parameters(dataset / entry["base"]) if entry["base"] else 0)
+        # as its prediction step loads it (a merged member too: issue 25 loads it in the member's quantization)
+        members[name] = {"parameters": parameters, "quantization": entry["config"].get("quantization", "none"),
+                         "precision": target_precision(entry["config"].get("precision"), accelerator)}
+    return memory_plan(members, accelerator, together=False)

@@ -168,7 +168,9 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
                "reranker": ({"model": shipped_models["reranker"], "argv": spec["reranker_argv"]}
                             if "reranker" in shipped_models else None),
                "corpus": "corpus.parquet", "corpus_embeddings": "corpus_embeddings.safetensors"}
-    requirements = write_common_files(spec, package, dataset, notebook, runner="workflow_scripts.kaggle.retrieval_package")
+    # FlagEmbedding is on no Kaggle image: its installed version ships as a wheel (its own dependencies are there)
+    requirements = write_common_files(spec, package, dataset, notebook, runner="workflow_scripts.kaggle.retrieval_package",
+                                      installed=("FlagEmbedding",))
     speeds = read_json(spec["build"]["speeds"])
     public_rows = speeds["queries"]["rows"]
     rows = kaggle.get("hidden_test_rows") or public_rows

@@ -13,16 +13,20 @@ PACKAGE_FILE = "oofline_package.json"
 
 
 def write_common_files(spec: Mapping[str, Any], package: dict[str, Any], dataset: Path, notebook: Path, runner: str,
-                       interface: str | None = None) -> list[str]:
-    """Write the shape-independent files of a package; returns the wheel requirements the notebook installs."""
+                       interface: str | None = None, installed: Sequence[str] = ()) -> list[str]:
+    """Write the shape-independent files of a package; returns the wheel requirements the notebook installs.
+    `installed`: pure-Python packages a Kaggle image lacks, shipped as wheels of the versions installed here."""
     from workflow_scripts.io import write_json
     from workflow_scripts.kaggle.package import SCRIPT_FILE, kernel_metadata, notebook_script
-    from workflow_scripts.kaggle.wheels import ship_wheels
+    from workflow_scripts.kaggle.wheels import REQUIREMENTS_FILE, ship_wheels
 
     kaggle, name = spec["kaggle"], spec["name"]
     shutil.copy2(spec["manifest"], dataset / "manifest.json")
     write_json(spec["config_slice"], dataset / "config.json")
     requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], kaggle["platform"])
+    requirements += [installed_wheel(module, dataset / "wheels") for module in installed
+                     if not any(line.lower().startswith(module.lower() + "==") for line in requirements)]
+    (dataset / "wheels" / REQUIREMENTS_FILE).write_text("".join(f"{line}\n" for line in requirements))
     package["wheels"] = requirements
     write_json(package, dataset / PACKAGE_FILE)
     title = kaggle.get("title") or f"oofline {name}"
@@ -70,3 +74,16 @@ def prepared_rows(dataset_dir: Path, prepare: Mapping[str, Any] | None, test_pat
                            f"({prepare['reference']}); rebuild the package")
     function = load_function(path, prepare["function"], prepare["reference"])
     return prepare_file(prepare["reference"], test_path, split, required, function=function)
+
+
+def installed_wheel(module: str, out_dir: Path) -> str:
+    """A wheel of the installed pure-Python package `module` (the version the workflow ran with, built offline);
+    returns its requirement line."""
+    import importlib
+    import importlib.metadata
+
+    from workflow_scripts.kaggle.wheels import build_wheel, requirement_of_wheel
+
+    package_dir = Path(importlib.import_module(module).__file__).parent
+    version = importlib.metadata.version(module)
+    return requirement_of_wheel(build_wheel(package_dir, module, version, out_dir, summary=f"{module}, as installed"))
