@@ -137,3 +137,21 @@ def test_a_csv_reaches_the_function_as_text_whatever_its_rows_hold(tmp_path):
     frame = prepare.read_raw(tmp_path / "test.csv")
     assert frame.schema == {"id": pl.String, "score": pl.String} and frame["score"][-1] == "2.5"
     assert frame["score"][1] == "1"
+
+
+def test_a_retrieval_demo_writes_raw_files_exactly_for_a_prepare_function():
+    from test_recipe_runs import recipe_config
+
+    from workflow_scripts.config_check import check_config
+
+    config = recipe_config("eedi")
+    config["retrieval"]["misconceptions"] = {**config["retrieval"]["misconceptions"],
+                                             "demo": {"n_passages": 30, "n_queries": 6, "n_test_queries": 3}}
+    with pytest.raises(OoflineError, match=r"retrieval.misconceptions.demo.format: the demo writes task rows, but "
+                                           r"retrieval.misconceptions.prepare expects raw files"):
+        check_config(config, REPO)
+    config["retrieval"]["misconceptions"]["prepare"] = None
+    config["retrieval"]["misconceptions_cv"]["prepare"] = None
+    with pytest.raises(OoflineError, match=r"retrieval.misconceptions_cv.demo.format: eedi_wide writes raw files for a "
+                                           r"prepare function, but the pipeline has no `prepare`"):
+        check_config(config, REPO)
