@@ -121,6 +121,18 @@ def template_label_sources(task):
     return template_columns(task["label_template"])
 
 
+def task_rows_file(split):
+    """The train or test rows the data step validates: data.prepare's output when configured, else the file as given."""
+    return out(f"data/prepared/{split}.parquet") if config["data"].get("prepare") else config["data"][split]
+
+
+def classification_required_flags():
+    from workflow_scripts.prepare import classification_required
+
+    return cli_flags([("require", [split, ",".join(classification_required(config["task"], split))])
+                      for split in ("train", "test")])
+
+
 def fold_group_option():
     return rule_params.fold_group_flags(config)
 
@@ -646,10 +658,32 @@ def retrieval_uses_demo(pipeline):
     return rule_params.retrieval_uses_demo(RETRIEVAL[pipeline])
 
 
+# the raw files of a pipeline with a `prepare` function: file key -> (the function's split, the demo's file name)
+RETRIEVAL_RAW = {"queries": ("train", "train.csv"), "corpus": ("corpus", "misconception_mapping.csv"),
+                 "test_queries": ("test", "test.csv")}
+
+
 def retrieval_data_inputs(wildcards):
-    if retrieval_uses_demo(wildcards.pipeline):
+    pipeline = wildcards.pipeline
+    if RETRIEVAL[pipeline].get("prepare"):
+        return {key: out(f"retrieval/{pipeline}/prepared/{key}.parquet") for key in RETRIEVAL_RAW}
+    if retrieval_uses_demo(pipeline):
         return {}
-    return dict(RETRIEVAL[wildcards.pipeline]["files"])
+    return dict(RETRIEVAL[pipeline]["files"])
+
+
+def retrieval_raw_inputs(wildcards):
+    """What a pipeline's prepare function reads: the demo's raw files (demo.format eedi_wide) or the configured ones."""
+    pipeline = wildcards.pipeline
+    if retrieval_uses_demo(pipeline):
+        return {key: out(f"retrieval/{pipeline}/raw/{name}") for key, (_, name) in RETRIEVAL_RAW.items()}
+    return dict(RETRIEVAL[pipeline]["files"])
+
+
+def retrieval_prepare_flags(wildcards):
+    from workflow_scripts.prepare import RETRIEVAL_REQUIRED
+
+    return cli_flags([("require", [split, ",".join(RETRIEVAL_REQUIRED[split])]) for split, _ in RETRIEVAL_RAW.values()])
 
 
 # Params functions take only wildcards: Snakemake tracks no param whose function takes input, output,
@@ -795,9 +829,14 @@ def retrieval_targets():
 
 # ---- Kaggle code-competition packages: a submission's (or a frozen record's) dataset + offline notebook ----
 
+from workflow_scripts.kaggle import shapes as kaggle_shapes
+
 KAGGLE = config.get("kaggle") or {}
-KAGGLE_SUBMISSIONS = [name for name in KAGGLE if name in SUBMISSIONS]
-KAGGLE_RECORDS = [name for name in KAGGLE if name not in SUBMISSIONS]
+# a package of a submission this config builds, by shape (classification, retrieval, answers); else of a record
+KAGGLE_SHAPES = {name: shape for name, shape in kaggle_shapes.submission_names(config).items() if name in KAGGLE}
+KAGGLE_SUBMISSIONS = list(KAGGLE_SHAPES)
+KAGGLE_RECORDS = [name for name in KAGGLE if name not in KAGGLE_SHAPES]
+KAGGLE_RETRIEVAL = [name for name, shape in KAGGLE_SHAPES.items() if shape == "retrieval"]
 
 
 def _oofline_code():
@@ -810,11 +849,32 @@ OOFLINE_CODE = _oofline_code() if KAGGLE else ""
 
 
 def kaggle_spec(wildcards):
-    return rule_params.kaggle_package_spec(config, OUT, wildcards.submission, LOCAL_SOURCES)
+    shape = KAGGLE_SHAPES[wildcards.submission]
+    return kaggle_shapes.function(shape, "spec")(config, OUT, wildcards.submission, LOCAL_SOURCES)
 
 
 def kaggle_inputs(wildcards):
-    return rule_params.kaggle_package_inputs(kaggle_spec(wildcards), LOCAL_SOURCES)
+    shape = KAGGLE_SHAPES[wildcards.submission]
+    return kaggle_shapes.function(shape, "inputs")(kaggle_spec(wildcards), LOCAL_SOURCES)
+
+
+def kaggle_corpus_inputs(wildcards):
+    """A retrieval package's build-time pass reads the evaluation step's data and the submitted stage's models (any
+    stage's: the choice is made on scores, after the graph is built)."""
+    spec = kaggle_spec(wildcards)
+    return [spec["queries"], spec["corpus"], spec["folds"], spec["public_test"], spec["models"]["stage_file"],
+            *spec["models"]["folders"]]
+
+
+def kaggle_corpus_options(wildcards):
+    from workflow_scripts.kaggle.retrieval_package import corpus_pass_flags
+
+    return corpus_pass_flags(kaggle_spec(wildcards))
+
+
+# the build-time pass runs like the pipeline's evaluation step: its resources and threads
+KAGGLE_CORPUS_RESOURCES = step_resources(lambda wildcards: RETRIEVAL[wildcards.submission].get("resources", {}),
+                                         mem_mb=8000, runtime=60)
 
 
 def kaggle_targets():

@@ -29,12 +29,39 @@ if "demo" in config:
             " > {log:q} 2>&1"
 
 
+if "task" in config and config["data"].get("prepare"):
+
+    # data.prepare: the user's function turns the raw files into task rows (shipped in a Kaggle package too)
+    rule prepare_raw_data:
+        input:
+            train=config["data"]["train"],
+            test=config["data"]["test"],
+        output:
+            train=out("data/prepared/train.parquet"),
+            test=out("data/prepared/test.parquet"),
+        params:
+            code=code_digest("prepare"),
+            function=config["data"]["prepare"],
+            # the function's code: an edit reruns everything that reads its rows
+            prepare_code=rule_params.prepare_code(config["data"]["prepare"], "data.prepare"),
+            required=classification_required_flags(),
+        log:
+            out("logs/prepare_raw_data.log"),
+        conda:
+            "../envs/cpu.yaml"
+        container:
+            CPU_CONTAINER
+        shell:
+            "{PY}.prepare --function {params.function:q} --split train {input.train:q} {output.train:q}"
+            " --split test {input.test:q} {output.test:q} {params.required} > {log:q} 2>&1"
+
+
 if "task" in config:
 
     rule prepare_data:
         input:
-            train=config["data"]["train"],
-            test=config["data"]["test"],
+            train=task_rows_file("train"),
+            test=task_rows_file("test"),
         output:
             train=out("data/train.parquet"),
             test=out("data/test.parquet"),

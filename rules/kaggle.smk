@@ -28,6 +28,34 @@ rule kaggle_package:
         " --notebook-out {output.notebook:q} --plan-out {output.plan:q} > {log:q} 2>&1"
 
 
+# a retrieval package's fixed corpus embedded once at build time (the notebook embeds only the queries), the
+# in-context examples as the evaluation step drew them, and the public test timed for the plan
+rule kaggle_corpus_embeddings:
+    input:
+        kaggle_corpus_inputs,
+    output:
+        embeddings=out("kaggle/{submission}/corpus/embeddings.safetensors"),
+        icl_examples=out("kaggle/{submission}/corpus/icl_examples.json"),
+        speeds=out("kaggle/{submission}/corpus/speeds.json"),
+    wildcard_constraints:
+        submission=names_pattern(KAGGLE_RETRIEVAL),
+    params:
+        code=code_digest("kaggle.corpus_embeddings"),
+        options=kaggle_corpus_options,
+    threads: lambda wildcards: (RETRIEVAL[wildcards.submission].get("resources") or {}).get("threads", 2)
+    resources:
+        **KAGGLE_CORPUS_RESOURCES,
+    log:
+        out("logs/kaggle/{submission}.corpus.log"),
+    conda:
+        "../envs/train.yaml"
+    container:
+        TRAIN_CONTAINER
+    shell:
+        ON_GPUS + ".kaggle.corpus_embeddings {params.options} --embeddings-out {output.embeddings:q}"
+        " --icl-out {output.icl_examples:q} --speeds-out {output.speeds:q} > {log:q} 2>&1"
+
+
 rule kaggle_record_package:
     input:
         record=f"{REGISTRY_DIR}/{{record}}.yaml",

@@ -4,6 +4,52 @@
 # and submit the stage `submit` names (best: the highest valid-fold MAP@k).
 
 
+rule retrieval_demo_raw:
+    output:
+        queries=out("retrieval/{pipeline}/raw/train.csv"),
+        corpus=out("retrieval/{pipeline}/raw/misconception_mapping.csv"),
+        test_queries=out("retrieval/{pipeline}/raw/test.csv"),
+    params:
+        code=code_digest("retrieval.data"),
+        options=lambda wildcards: rule_params.retrieval_demo_flags(RETRIEVAL[wildcards.pipeline]),
+    log:
+        out("logs/retrieval/{pipeline}/demo_raw.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.retrieval.data {params.options} --out-queries {output.queries:q} --out-corpus {output.corpus:q}"
+        " --out-test-queries {output.test_queries:q} > {log:q} 2>&1"
+
+
+# `prepare`: the user's function turns the raw competition files into queries, corpus and test queries
+rule retrieval_prepare:
+    input:
+        unpack(retrieval_raw_inputs),
+    output:
+        queries=out("retrieval/{pipeline}/prepared/queries.parquet"),
+        corpus=out("retrieval/{pipeline}/prepared/corpus.parquet"),
+        test_queries=out("retrieval/{pipeline}/prepared/test_queries.parquet"),
+    params:
+        code=code_digest("prepare"),
+        function=lambda wildcards: RETRIEVAL[wildcards.pipeline]["prepare"],
+        # the function's code: an edit reruns everything that reads its rows
+        prepare_code=lambda wildcards: rule_params.prepare_code(RETRIEVAL[wildcards.pipeline]["prepare"],
+                                                                f"retrieval.{wildcards.pipeline}.prepare"),
+        required=retrieval_prepare_flags,
+    log:
+        out("logs/retrieval/{pipeline}/prepare.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.prepare --function {params.function:q} --split train {input.queries:q} {output.queries:q}"
+        " --split corpus {input.corpus:q} {output.corpus:q} --split test {input.test_queries:q}"
+        " {output.test_queries:q} {params.required} > {log:q} 2>&1"
+
+
 rule retrieval_data:
     input:
         unpack(retrieval_data_inputs),

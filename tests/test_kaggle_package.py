@@ -283,6 +283,31 @@ def test_a_missing_member_is_one_line_when_building_and_when_running(debates_run
         load_package(copied)
 
 
+@pytest.mark.slow
+def test_a_package_ships_data_prepare_and_its_notebook_runs_it_on_the_raw_test(debates_run, tmp_path, monkeypatch):
+    """The same members with a data.prepare function (raw `text` -> `statement`, the template's column): the package
+    ships the function and the notebook's rows, prepared from the raw test, are the workflow's byte for byte."""
+    from workflow_scripts import rule_params
+    from workflow_scripts.config_check import check_config
+    from workflow_scripts.kaggle import inference
+    from workflow_scripts.kaggle.package import build_package
+
+    monkeypatch.chdir(debates_run)
+    config = yaml.safe_load((debates_run / "config.yaml").read_text())
+    config["data"]["prepare"] = "tests/fixtures/debates_prepare.py:statements"  # found in the checkout
+    config["task"]["text_template"] = "{statement}"
+    config = check_config(config, debates_run)
+    spec = rule_params.kaggle_package_spec(config, "results", "stacked_heads", ["packaged:minilm"])
+    build_package(spec, tmp_path / "dataset", tmp_path / "notebook", tmp_path / "plan.json")
+    shipped = json.loads((tmp_path / "dataset" / "oofline_package.json").read_text())["prepare"]
+    assert (tmp_path / "dataset" / shipped["file"]).read_text() == (REPO / "tests/fixtures/debates_prepare.py").read_text()
+    demo = debates_run / "results" / "demo"
+    inference.main(["--package", str(tmp_path / "dataset"), "--test", str(demo / "test.csv"), "--sample-submission",
+                    str(demo / "sample_submission.csv"), "--out-dir", str(tmp_path / "out")])
+    assert filecmp.cmp(tmp_path / "out" / "submission.csv",
+                       debates_run / "results" / "submissions" / "stacked_heads" / "submission.csv", shallow=False)
+
+
 def test_unknown_accelerator_and_unknown_package_name_are_config_lines(tmp_path):
     from workflow_scripts.config_check import check_config
 

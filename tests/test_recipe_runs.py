@@ -1,7 +1,13 @@
 """Every write-up recipe runs end to end on the demo data with its demo-models overlay (the recipe's whole
 structure, tiny models), and its outputs are checked: OOF rows cover every training row once and sum or scale
 as the task requires, recorded scores equal a recomputation, submissions answer exactly the test ids with
-what the applied predictions say. Each run prints its wall and CPU seconds (the README's recipe table)."""
+what the applied predictions say. Each run prints its wall and CPU seconds (README: "Recipes in CI").
+
+The three code-competition recipes (MAP, Eedi, AIMO) carry a `kaggle:` block, so the same run builds their
+packages; each package's notebook then runs offline, as Kaggle runs it (tests/kaggle_tree.py: only dataset/ and
+notebook/ in a fresh tree, no project checkout on the path), on a shuffled subset of the test: MAP's and Eedi's
+rows are the workflow's, AIMO's answers are the workflow's vote. Each match is also shown failing when a
+shipped file is removed or altered."""
 from __future__ import annotations
 
 import json
@@ -90,9 +96,14 @@ def hand_map_at_3(probabilities: np.ndarray, classes: list[str], labels: list[st
     return total / len(labels)
 
 
+@pytest.fixture(scope="module")
+def map_run(tmp_path_factory) -> tuple[dict, Path]:
+    return run_recipe("map", tmp_path_factory.mktemp("map"))
+
+
 @pytest.mark.slow
-def test_map_recipe_runs_end_to_end(tmp_path):
-    check_map(*run_recipe("map", tmp_path))
+def test_map_recipe_runs_end_to_end(map_run):
+    check_map(*map_run)
 
 
 def check_map(config: dict, results: Path) -> None:
@@ -179,9 +190,14 @@ def check_cdc(config: dict, results: Path) -> None:
 # ---- Eedi: retrieval ----
 
 
+@pytest.fixture(scope="module")
+def eedi_run(tmp_path_factory) -> tuple[dict, Path]:
+    return run_recipe("eedi", tmp_path_factory.mktemp("eedi"))
+
+
 @pytest.mark.slow
-def test_eedi_recipe_runs_end_to_end(tmp_path):
-    check_eedi(*run_recipe("eedi", tmp_path))
+def test_eedi_recipe_runs_end_to_end(eedi_run):
+    check_eedi(*eedi_run)
 
 
 def check_eedi(config: dict, results: Path) -> None:
@@ -189,6 +205,11 @@ def check_eedi(config: dict, results: Path) -> None:
     for pipeline in ("misconceptions", "misconceptions_cv"):
         root = results / "retrieval" / pipeline
         queries = pl.read_parquet(root / "data" / "queries.parquet")
+        # the recipe's prepare function made them from the demo's Eedi-shaped wide file: one per wrong answer
+        raw = pl.read_csv(root / "raw" / "train.csv", infer_schema=False)
+        assert queries["id"].to_list() == [f"{question}_{letter}" for question, correct in
+                                           zip(raw["QuestionId"], raw["CorrectAnswer"]) for letter in "ABCD"
+                                           if letter != correct]
         corpus_ids = set(pl.read_parquet(root / "data" / "corpus.parquet")["id"].to_list())
         assert len(corpus_ids) == 200
         positives = dict(zip(queries["id"].to_list(), queries["positive_ids"].to_list()))
@@ -252,9 +273,14 @@ def check_eedi(config: dict, results: Path) -> None:
 # ---- AIMO: answers and votes ----
 
 
+@pytest.fixture(scope="module")
+def aimo_run(tmp_path_factory) -> tuple[dict, Path]:
+    return run_recipe("aimo", tmp_path_factory.mktemp("aimo"))
+
+
 @pytest.mark.slow
-def test_aimo_recipe_runs_end_to_end(tmp_path):
-    check_aimo(*run_recipe("aimo", tmp_path))
+def test_aimo_recipe_runs_end_to_end(aimo_run):
+    check_aimo(*aimo_run)
 
 
 def check_aimo(config: dict, results: Path) -> None:
@@ -290,3 +316,245 @@ def check_aimo(config: dict, results: Path) -> None:
         for row_id, submitted in submission.iter_rows():
             voted, _ = vote(test.get(row_id, []), score["best"], fallback)
             assert submitted == (voted if voted is not None else "0"), (name, row_id)
+
+
+# ---- the code-competition packages, run offline as Kaggle runs them ----
+
+
+def run_package_notebook(package: Path, root: Path, files: dict[str, Path], extra: dict[str, str] | None = None):
+    """The package's notebook in a fresh /kaggle tree (dataset/ and notebook/ only, no project on the path);
+    `extra`: more files of the competition's folder (relative path -> text)."""
+    from kaggle_tree import kaggle_tree, run_notebook
+
+    tree = kaggle_tree(package, root, files)
+    for relative, text in (extra or {}).items():
+        (tree["competition"] / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tree["competition"] / relative).write_text(text)
+    result, wall, cpu = run_notebook(tree)
+    print(f"notebook {package.name}: {wall:.0f} s wall, {cpu:.0f} s CPU")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    code_line = next(line for line in result.stdout.splitlines() if line.startswith("oofline code: "))
+    assert Path(code_line.removeprefix("oofline code: ")).resolve() == (tree["site"] / "workflow_scripts").resolve()
+    return tree, result
+
+
+def rows_by_id(path: Path, id_column: str) -> dict[str, tuple]:
+    frame = pl.read_csv(path, infer_schema=False)
+    return {row[0]: row for row in frame.select(id_column, *[c for c in frame.columns if c != id_column]).rows()}
+
+
+def copied_dataset(package: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(package / "dataset", target)
+    return target
+
+
+def one_error_line(main, argv: list[str], capsys) -> str:
+    from workflow_scripts.errors import run_cli
+
+    capsys.readouterr()  # what earlier runs in this test printed
+    code = run_cli(main, argv)
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and error.startswith("oofline error: "), error
+    return error
+
+
+@pytest.mark.slow
+def test_map_package_writes_the_workflow_rows_offline_on_a_shuffled_subset(map_run, tmp_path, capsys):
+    from workflow_scripts.kaggle import inference
+
+    config, results = map_run
+    name = next(iter(config["kaggle"]))
+    package = results / "kaggle" / name
+    subset = pl.read_csv(results / "demo" / "test.csv", infer_schema=False).sample(n=25, seed=3, shuffle=True)
+    subset.write_csv(tmp_path / "test.csv")
+    tree, _ = run_package_notebook(package, tmp_path / "run", {"test.csv": tmp_path / "test.csv"})
+    workflow = rows_by_id(results / "submissions" / name / "submission.csv", "id")
+    written = pl.read_csv(tree["working"] / "submission.csv", infer_schema=False)
+    assert written["id"].to_list() == subset["id"].to_list()  # no sample submission: the test file's order
+    assert written.rows() == [workflow[i] for i in subset["id"]]
+    # the plan's memory: each member as loaded (the QLoRA member in 4 bits), the tiny models fit a CPU notebook
+    memory = json.loads((package / "plan.json").read_text())["memory"]
+    assert memory["members"]["deepseek_math_7b"]["quantization"] == "4bit" and memory["fits"]
+    # the match fails when a shipped file is removed or altered
+    dataset = copied_dataset(package, tmp_path / "removed")
+    member = sorted((dataset / "models").iterdir())[0]
+    import shutil
+
+    shutil.rmtree(member / "fold0")
+    args = ["--test", str(tmp_path / "test.csv"), "--out-dir", str(tmp_path / "out")]
+    assert "the package lacks" in one_error_line(inference.main, ["--package", str(dataset), *args], capsys)
+    dataset = copied_dataset(package, tmp_path / "altered")
+    weights = dataset / "ensembles" / f"{config['submissions'][name]['source']}.json"
+    record = json.loads(weights.read_text())
+    record["weights"] = {member: (1.0 if index == 0 else 0.0) for index, member in enumerate(record["members"])}
+    weights.write_text(json.dumps(record))
+    inference.main(["--package", str(dataset), *args])
+    assert pl.read_csv(tmp_path / "out" / "submission.csv", infer_schema=False).rows() != written.rows()
+
+
+@pytest.mark.slow
+def test_eedi_package_ranks_as_the_workflow_on_the_public_test_and_a_shuffled_subset(eedi_run, tmp_path, capsys):
+    import filecmp
+
+    from workflow_scripts.kaggle import retrieval_package
+
+    config, results = eedi_run
+    name = next(iter(config["kaggle"]))
+    package, raw_test = results / "kaggle" / name, results / "retrieval" / name / "raw" / "test.csv"
+    shipped = json.loads((package / "dataset" / "oofline_package.json").read_text())
+    assert shipped["prepare"]["file"] == "prepare/eedi.py" and shipped["stage"] == "reranked"
+    plan = json.loads((package / "plan.json").read_text())
+    assert plan["estimate"]["corpus_passages"] == 200 and plan["estimate"]["corpus_embedding_seconds_saved"] > 0
+    assert set(plan["estimate"]["memory"]["members"]) == {"embedder", "reranker"}
+    # the public test, in this process: byte-identical to the workflow's submission
+    retrieval_package.main(["--package", str(package / "dataset"), "--test", str(raw_test), "--out-dir", str(tmp_path)])
+    workflow_csv = results / "submissions" / name / "submission.csv"
+    assert filecmp.cmp(tmp_path / "submission.csv", workflow_csv, shallow=False)
+    # three of the raw test's questions, shuffled: the notebook prepares their queries and ranks them as the workflow
+    questions = pl.read_csv(raw_test, infer_schema=False)
+    subset = questions.sample(n=questions.height - 1, seed=1, shuffle=True)
+    subset.write_csv(tmp_path / "test.csv")
+    tree, _ = run_package_notebook(package, tmp_path / "run", {"test.csv": tmp_path / "test.csv"})
+    assert (tree["site"] / "FlagEmbedding" / "__init__.py").exists()  # on no Kaggle image: shipped as a wheel
+    workflow = rows_by_id(workflow_csv, "QuestionId_Answer")
+    written = pl.read_csv(tree["working"] / "submission.csv", infer_schema=False)
+    expected = [f"{q}_{letter}" for q, correct in zip(subset["QuestionId"], subset["CorrectAnswer"]) for letter in "ABCD"
+                if letter != correct]
+    assert written["QuestionId_Answer"].to_list() == expected
+    assert written.rows() == [workflow[i] for i in expected]
+    assert all(len(ranked.split()) == 25 or len(ranked.split()) == 200 for _, ranked in written.rows())
+    # the match fails when a shipped file is removed or altered
+    args = ["--test", str(tmp_path / "test.csv"), "--out-dir", str(tmp_path / "out")]
+    dataset = copied_dataset(package, tmp_path / "removed")
+    (dataset / "corpus_embeddings.safetensors").unlink()
+    assert "lacks ['corpus_embeddings.safetensors']" in one_error_line(
+        retrieval_package.main, ["--package", str(dataset), *args], capsys)
+    dataset = copied_dataset(package, tmp_path / "altered_prepare")
+    (dataset / "prepare" / "eedi.py").write_text((dataset / "prepare" / "eedi.py").read_text().replace(
+        "Student's answer: {wrong}", "{wrong}"))
+    assert "the prepare function's code differs" in one_error_line(
+        retrieval_package.main, ["--package", str(dataset), *args], capsys)
+    dataset = copied_dataset(package, tmp_path / "altered")
+    from safetensors.numpy import load_file, save_file
+
+    vectors = load_file(str(dataset / "corpus_embeddings.safetensors"))["embeddings"]
+    save_file({"embeddings": vectors[::-1].copy()}, str(dataset / "corpus_embeddings.safetensors"))
+    retrieval_package.main(["--package", str(dataset), *args])
+    assert pl.read_csv(tmp_path / "out" / "submission.csv", infer_schema=False).rows() != written.rows()
+
+
+@pytest.mark.slow
+def test_editing_the_prepare_function_reruns_what_reads_its_rows(eedi_run):
+    """Its code's digest is a param: a copy in the working directory (found before the checkout's) with one more
+    query line plans the prepare step and everything after it; a comment plans nothing."""
+    config, results = eedi_run
+    workdir = results.parent.parent
+    source = (REPO / "prepare" / "eedi.py").read_text()
+    (workdir / "prepare").mkdir()
+    try:
+        (workdir / "prepare" / "eedi.py").write_text(source + "\n# a comment\n")
+        assert dry_run_rules(workdir) == set()
+        (workdir / "prepare" / "eedi.py").write_text(source.replace("Subject: ", "Topic: "))
+        planned = dry_run_rules(workdir)
+        assert {"retrieval_prepare", "retrieval_data", "finetune_retriever", "evaluate_retrieval", "retrieval_submission",
+                "kaggle_corpus_embeddings", "kaggle_package"} <= planned
+        assert "retrieval_demo_raw" not in planned and "retrieval_base_model" not in planned
+    finally:
+        import shutil
+
+        shutil.rmtree(workdir / "prepare")
+
+
+def dry_run_rules(workdir: Path) -> set[str]:
+    configs = [REPO / "recipes" / "eedi.yaml", REPO / "recipes" / "demo-models-eedi.yaml"]
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory",
+                             str(workdir), "--cores", "1", "--configfile", *map(str, configs)],
+                            capture_output=True, text=True, cwd=workdir, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return {line.split()[-1].rstrip(":") for line in result.stdout.splitlines()
+            if line.startswith(("rule ", "localrule "))} - {"all"}
+
+
+# a local stand-in of the competition's evaluation API, with its call shape (not Kaggle's code): predict(id_, problem)
+# is called once per problem with one-row series and returns a one-row frame with id and answer
+STAND_IN_SERVER = '''
+import os
+
+import polars as pl
+
+
+class AIMO3InferenceServer:
+    def __init__(self, predict):
+        self.predict = predict
+
+    def _serve_file(self, path, out):
+        served = []
+        for row in pl.read_csv(path, infer_schema=False).iter_rows(named=True):
+            answer = self.predict(pl.Series("id", [row["id"]]), pl.Series("problem", [row["problem"]]))
+            assert isinstance(answer, pl.DataFrame) and answer.columns == ["id", "answer"] and answer.height == 1
+            served.append((str(answer["id"][0]), str(answer["answer"][0])))
+        pl.DataFrame(served, schema=["id", "answer"], orient="row").write_csv(out)
+
+    def serve(self):  # the competition rerun: the stand-in serves the file named by OOFLINE_STAND_IN_PROBLEMS
+        self._serve_file(os.environ["OOFLINE_STAND_IN_PROBLEMS"], "served_rerun.csv")
+
+    def run_local_gateway(self, data_paths):
+        self._serve_file(data_paths[0], "served.csv")
+'''
+STAND_IN = {"kaggle_evaluation/__init__.py": "", "kaggle_evaluation/aimo_3_inference_server.py": STAND_IN_SERVER}
+
+
+@pytest.mark.slow
+def test_aimo_package_serves_the_workflow_vote_offline_on_a_shuffled_subset(aimo_run, tmp_path, capsys, monkeypatch):
+    """Through the evaluation API's local gateway (a stand-in), each problem answered alone: the answers the
+    workflow's own vote gave, sampled with the same per-problem seeds."""
+    from workflow_scripts.kaggle import answers_package
+
+    config, results = aimo_run
+    name = next(iter(config["kaggle"]))
+    package = results / "kaggle" / name
+    workflow = rows_by_id(results / "submissions" / name / "submission.csv", "id")
+    problems = pl.read_parquet(results / "data" / "math_test_problems.parquet").select("id", "problem")
+    subset = problems.sample(n=problems.height - 1, seed=2, shuffle=True)
+    subset.write_csv(tmp_path / "test.csv")
+    tree, result = run_package_notebook(package, tmp_path / "run", {"test.csv": tmp_path / "test.csv"}, STAND_IN)
+    served = pl.read_csv(tree["working"] / "served.csv", infer_schema=False)
+    assert served["id"].to_list() == subset["id"].to_list()
+    assert served.rows() == [workflow[i] for i in subset["id"]]
+    assert pl.read_csv(tree["working"] / "submission.csv", infer_schema=False).rows() == served.rows()
+    assert "transformers backend" in result.stdout  # no vLLM here: logged
+    # a competition rerun serves through serve(); a spent budget still answers every problem, with fewer samples
+    dataset = copied_dataset(package, tmp_path / "budget")
+    shipped = json.loads((dataset / "oofline_package.json").read_text())
+    samples = int(config["answers"]["samples"])
+    for entry in shipped["answer_sets"]:
+        entry["argv"] += ["--batch-size", "1"]  # one sample per batch, so a budget can stop after the first
+    shipped["seconds_per_problem"] = 1e-6
+    (dataset / "oofline_package.json").write_text(json.dumps(shipped))
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.setenv("OOFLINE_STAND_IN_PROBLEMS", str(tmp_path / "test.csv"))
+    monkeypatch.chdir(tmp_path)
+    competition = tree["competition"]
+    timing = answers_package.run_package(dataset, tmp_path / "test.csv", tmp_path / "out", str(competition))
+    assert timing["served"] == subset.height and (tmp_path / "served_rerun.csv").exists()
+    rerun = pl.read_csv(tmp_path / "served_rerun.csv", infer_schema=False)
+    assert rerun["id"].to_list() == subset["id"].to_list() and rerun["answer"].null_count() == 0
+    for drawn in timing["samples"].values():
+        assert set(drawn.values()) == {1} and samples > 1  # the first batch of each answer set, no more
+    # the match fails when a shipped file is removed or altered
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN")
+    args = ["--test", str(tmp_path / "test.csv"), "--out-dir", str(tmp_path / "altered_out"),
+            "--competition-dir", str(competition)]
+    dataset = copied_dataset(package, tmp_path / "removed")
+    first_model = json.loads((dataset / "oofline_package.json").read_text())["answer_sets"][0]["model"]
+    (dataset / first_model / "config.json").unlink()
+    assert "the package lacks" in one_error_line(answers_package.main, ["--package", str(dataset), *args], capsys)
+    dataset = copied_dataset(package, tmp_path / "altered")
+    shipped = json.loads((dataset / "oofline_package.json").read_text())
+    for entry in shipped["answer_sets"]:
+        entry["argv"] += ["--seed", "12345"]
+    (dataset / "oofline_package.json").write_text(json.dumps(shipped))
+    answers_package.main(["--package", str(dataset), *args])
+    assert pl.read_csv(tmp_path / "altered_out" / "submission.csv", infer_schema=False).rows() != served.rows()

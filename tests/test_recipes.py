@@ -49,7 +49,10 @@ COMPETITION = ("output_dir", "data.*", "task.type", "task.id_column", "task.labe
                "submissions.*.id_column", "submissions.*.prediction_columns.*", "submissions.*.thresholds",
                "ensembles.*.members.[0-9]*", "retrieval.*.files.*", "retrieval.*.id_column",
                "retrieval.*.prediction_column", "retrieval.*.k", "answers.problems", "answers.test_problems",
-               "*.select_checkpoint")  # select_checkpoint is checked against the write-up in the Eedi test below
+               "*.select_checkpoint",
+               # a package's competition: its slug, file names and evaluation API
+               "kaggle.*.competition", "kaggle.*.test", "kaggle.*.sample_submission", "kaggle.*.interface",
+               "kaggle.*.server")  # select_checkpoint is checked against the write-up in the Eedi test below
 # What each write-up states (dotted key paths, * for any part): everything else must carry the mark
 STATED = {
     "map.yaml": (  # 000: the model table (QLoRA-4bit r=8 alpha=32 lr 2e-4 bs 16; Ettin full 4e-5 bs 32), NFolds 5,

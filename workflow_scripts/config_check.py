@@ -206,6 +206,7 @@ def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
         from workflow_scripts.generated.teacher_labels import chain_problems
 
         problems += chain_problems(config)
+    problems += prepare_problems(config, base_dir)
     problems += resource_problems(config)
     problems += attention_problems(config, base_dir)
     problems += offline_hub_problems(config, base_dir)
@@ -241,6 +242,31 @@ def retrieval_reference_problems(name: str, pipeline: dict[str, Any]) -> list[st
             elif match is not None and int(match.group(1)) > latest:
                 allowed = "this or an earlier iteration" if key == "reranker.base" else "an earlier iteration"
                 problems.append(f"{where}: {reference} is not built yet ({key} may name {allowed})")
+    return problems
+
+
+def prepare_problems(config: dict[str, Any], base_dir: Path) -> list[str]:
+    """A prepare function's file exists (its function is checked when the step imports it, before any model runs);
+    a retrieval demo writes raw files for a prepare function exactly when the pipeline has one."""
+    from workflow_scripts.prepare import parse_reference, resolve_file
+    from workflow_scripts.rule_params import retrieval_uses_demo
+
+    references = [("data.prepare", (config.get("data") or {}).get("prepare"))]
+    problems = []
+    for name, pipeline in (config.get("retrieval") or {}).items():
+        references.append((f"retrieval.{name}.prepare", pipeline.get("prepare")))
+        wide = (pipeline.get("demo") or {}).get("format", "rows") == "eedi_wide"
+        if retrieval_uses_demo(pipeline) and wide != bool(pipeline.get("prepare")):
+            problems.append(f"config: retrieval.{name}.demo.format: " + (
+                "eedi_wide writes raw files for a prepare function, but the pipeline has no `prepare`" if wide else
+                f"the demo writes task rows, but retrieval.{name}.prepare expects raw files: set demo.format: "
+                "eedi_wide (the demo's raw files in Eedi's wide layout) or prepare: null"))
+    for where, reference in references:
+        if reference:
+            try:
+                resolve_file(parse_reference(reference, where)[0], base_dir, where)
+            except OoflineError as error:
+                problems.append(str(error))
     return problems
 
 
@@ -393,8 +419,10 @@ def register_problems(config: dict[str, Any], base_dir: Path = Path(".")) -> lis
 
 
 def kaggle_problems(config: dict[str, Any]) -> list[str]:
-    """A package names one classification submission or one frozen record."""
-    submissions = config.get("submissions") or {}
+    """A package names one submission (classification, retrieval or a vote's answers) or one frozen record."""
+    from workflow_scripts.kaggle import shapes
+
+    submissions = shapes.submission_names(config)
     folder = Path(config.get("registry_dir", "submissions"))
     records = set(config.get("register") or {}) | ({p.stem for p in folder.glob("*.yaml")} if folder.is_dir() else set())
     problems = []
@@ -404,6 +432,8 @@ def kaggle_problems(config: dict[str, Any]) -> list[str]:
         elif name not in submissions and name not in records:
             problems.append(f"config: kaggle.{name}: no submission or register: record is called {name!r} "
                             f"(submissions: {sorted(submissions)}, records: {sorted(records)})")
+        elif name in submissions:
+            problems += shapes.function(submissions[name], "problems")(config, name)
     return problems
 
 

@@ -144,7 +144,14 @@ def read_rows_as_trained(path: str | Path, task: dict[str, Any], column_types: d
             raise OoflineError(f"cannot read {path}: {' '.join(str(error).split())[:300]}") from error
     else:
         frame = read_table(path, ("id", id_column))
-    source = str(path)
+    return frame_rows_as_trained(frame, str(path), task, column_types)
+
+
+def frame_rows_as_trained(frame: pl.DataFrame, source: str, task: dict[str, Any], column_types: dict[str, str]
+                          ) -> tuple[pl.DataFrame, list[str]]:
+    """read_rows_as_trained on rows already read (a shipped prepare function's output): the same rendering."""
+    id_column = task.get("id_column", "id")
+    template = task.get("text_template", "{text}")
     if id_column not in frame.columns:
         raise OoflineError(f"{source}: id column {id_column!r} (task.id_column) is missing (have {frame.columns})")
     columns = template_columns(template)

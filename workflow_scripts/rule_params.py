@@ -13,6 +13,7 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from workflow_scripts.errors import OoflineError
@@ -26,7 +27,7 @@ ANSWER_KEYS = ("samples", "temperature", "top_p", "max_new_tokens", "batch_size"
                "problem_column", "system", "seed")
 SFT_SETTING_KEYS = ("epochs", "batch_size", "lr", "warmup_steps", "eval_every", "eval_fraction", "max_length", "r",
                     "alpha", "dropout", "quantization", "precision", "seed")
-RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed", "n_distractors")
+RETRIEVAL_DEMO_KEYS = ("n_passages", "n_queries", "n_test_queries", "seed", "n_distractors", "format")
 
 
 def cli_flags(settings: Mapping[str, Any] | Iterable[tuple[str, Any]], keys: Iterable[str] | None = None) -> str:
@@ -155,6 +156,8 @@ def submission_config_slice(config: Mapping[str, Any], name: str) -> dict[str, A
         "thresholds": {source: config["thresholds"][source]} if settings.get("thresholds") else {},
         # only where a member trains on made labels, so a plain submission's slice (and its records) stay as they were
         **{section: entries for section, entries in makers.items() if entries},
+        **({"prepare_code": prepare_code(config["data"]["prepare"], "data.prepare")}
+           if (config.get("data") or {}).get("prepare") else {}),
     }
 
 
@@ -231,8 +234,11 @@ def vote_config_slice(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def retrieval_config_slice(config: Mapping[str, Any], pipeline: str) -> dict[str, Any]:
-    """The part of the config that determines a retrieval pipeline's submission (no resources)."""
-    return {"retrieval": without_resources(config["retrieval"][pipeline])}
+    """The part of the config that determines a retrieval pipeline's submission (no resources): its settings and
+    its prepare function's code."""
+    settings = config["retrieval"][pipeline]
+    return {"retrieval": without_resources(settings), **({"prepare_code": prepare_code(settings["prepare"], f"retrieval.{pipeline}.prepare")}
+                                                          if settings.get("prepare") else {})}
 
 
 # ---- submission shapes: one table of what the registry and the manifests need of each ----
@@ -442,9 +448,19 @@ def retrieval_uses_demo(pipeline: Mapping[str, Any]) -> bool:
 
 
 def retrieval_data_flags(pipeline: Mapping[str, Any], input_files: Mapping[str, str]) -> str:
+    # a prepare function's rows (from the configured raw files or the demo's) are read as files, in oofline's columns
+    if pipeline.get("prepare"):
+        return cli_flags([("source", "files")] + [(key, input_files[key]) for key in RETRIEVAL_FILE_KEYS])
     if not retrieval_uses_demo(pipeline):
         return cli_flags([("source", "files")] + [(key, input_files[key]) for key in pipeline["files"]]
                          + [("columns", pipeline.get("columns") or None)])
+    return retrieval_demo_flags(pipeline)
+
+
+RETRIEVAL_FILE_KEYS = ("queries", "corpus", "test_queries")
+
+
+def retrieval_demo_flags(pipeline: Mapping[str, Any]) -> str:
     return cli_flags([("source", "demo")] + [(key, value) for key, value in (pipeline.get("demo") or {}).items()
                                              if key in RETRIEVAL_DEMO_KEYS])
 
@@ -454,6 +470,13 @@ def retrieval_base_models(pipeline: Mapping[str, Any]) -> str:
     records their ids, not their weights)."""
     return cli_flags({"base_models": [f"{name}={source}" for name, source in sorted((pipeline.get("models") or {}).items())]
                       or None})
+
+
+def prepare_code(reference: str | None, where: str) -> str | None:
+    """The digest of a prepare function's file (workflow_scripts.prepare): a rule param and a manifest entry."""
+    from workflow_scripts.prepare import reference_digest
+
+    return reference_digest(reference, Path.cwd(), where)
 
 
 def model_reference(out_dir: str, pipeline: str, reference: str) -> tuple[str, str]:
@@ -640,6 +663,9 @@ def kaggle_package_spec(config: Mapping[str, Any], out_dir: str, name: str, loca
         "submission_csv": f"{out_dir}/submissions/{name}/submission.csv",
         "public_test": f"{out_dir}/data/test.parquet",
         "train_data": f"{out_dir}/data/train.parquet",  # its schema: how training read the template's columns
+        # data.prepare: shipped, and run by the notebook on the raw hidden test
+        "prepare": ({"reference": config["data"]["prepare"], "code": prepare_code(config["data"]["prepare"], "data.prepare")}
+                    if (config.get("data") or {}).get("prepare") else None),
     }
 
 

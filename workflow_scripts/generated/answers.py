@@ -7,13 +7,19 @@ Output `results/answers/{model}/{prompt}.parquet`: `id`, `sample` (0..samples-1)
   written as plain integers ('1,000' and '1000.0' -> '1000').
 - Confidence: the mean probability the model itself gave (at temperature 1, before top-p) to the tokens that spell
   the answer; null when there is no answer.
-Sampling is seeded per batch with (seed, batch index): the same seed and batch size give the same file.
+Sampling is seeded per problem: a problem's samples are generated in batches of `batch_size` copies of its own
+prompt (no padding, no other problem in the batch), batch j seeded with (seed, problem id, j) (`problem_seed`);
+with vLLM, sample k with (seed, problem id, k). So a problem's answers do not depend on which problems are answered
+with it or in what order: a Kaggle package's notebook answering the hidden test one problem at a time samples what
+this step sampled (same seed, batch size, model, precision and device).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
+import time
 from typing import Sequence
 
 import polars as pl
@@ -131,6 +137,30 @@ def fill_template(template: str, problem) -> str:
     return template.replace("{{}}", "{}").replace("{problem}", str(problem))
 
 
+def problem_seed(seed: int, problem_id: object, batch: int) -> int:
+    """The sampling seed of a problem's batch (or, with vLLM, sample) `batch`: it depends only on the run's seed,
+    the problem's id and the batch's index."""
+    digest = hashlib.sha256(f"{seed}\0{problem_id}\0{batch}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def sample_batches(samples: int, batch_size: int) -> list[int]:
+    """The sizes of a problem's batches of samples: batch_size each, the last one the rest."""
+    return [min(batch_size, samples - start) for start in range(0, samples, batch_size)]
+
+
+def sample_problem(generate, prompt: str, problem_id: object, samples: int, batch_size: int, seed: int,
+                   until: float | None = None) -> list:
+    """A problem's completions: `generate(prompts, seed)` on each batch of copies of its prompt, seeded by
+    `problem_seed`; with `until` (a time.time() deadline) a batch after the first starts only before it."""
+    completions = []
+    for batch, size in enumerate(sample_batches(samples, batch_size)):
+        if batch and until is not None and time.time() >= until:
+            break
+        completions += generate([prompt] * size, problem_seed(seed, problem_id, batch))
+    return completions
+
+
 def answer_rows(problems: pl.DataFrame, completions: Sequence[Completion], samples: int, prompt_name: str,
                 tokenizer, pattern: str | None) -> pl.DataFrame:
     """The answers table for completions ordered sample-major (all problems for sample 0, then sample 1, ...)."""
@@ -151,7 +181,8 @@ def answer_rows(problems: pl.DataFrame, completions: Sequence[Completion], sampl
     return frame.sort(["id", "sample"])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
+    """The step's arguments (a Kaggle package's notebook parses the step's flags with it, so both read them alike)."""
     parser = argparse.ArgumentParser(description="Sample answers from a causal LM: problems x samples for one prompt.")
     parser.add_argument("--model", required=True, help="local model folder")
     parser.add_argument("--problems", required=True, help="problems file (id + --problem-column)")
@@ -178,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="auto: bf16 on a GPU that supports it, fp32 on the CPU")
     parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS, help="bitsandbytes weights")
     parser.add_argument("--output", required=True)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def prompt_settings(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
+    """(template, category templates) of the step's arguments, checked: one line naming a bad prompt or regex."""
     category_templates = json.loads(args.category_templates) if args.category_templates else {}
     template = args.template or PROMPTS.get(args.prompt_name)
     if template is None and not category_templates:
@@ -194,6 +228,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise OoflineError(f"answers: answer_regex {args.answer_regex!r} is not a valid regex: {error}") from error
     if args.samples < 1:
         raise OoflineError(f"answers: samples must be >= 1; got {args.samples}")
+    return template, category_templates
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = argument_parser().parse_args(argv)
+    template, category_templates = prompt_settings(args)
     problems = read_table(args.problems)
     missing = [c for c in ("id", args.problem_column) if c not in problems.columns]
     if missing:
@@ -208,9 +248,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     user_prompts = problem_prompts(problems, args.problem_column, template, args.category_column, category_templates,
                                    args.prompt_name, keywords)
     settings = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                    seed=args.seed, label=f"answers[{args.prompt_name}]")
+                    label=f"answers[{args.prompt_name}]")
     backend, why = generation_backend(args.quantization)
     print(f"answers[{args.prompt_name}]: {backend} backend: {why}", flush=True)
+    ids = problems["id"].to_list()
     if backend == "vllm":
         from transformers import AutoTokenizer
 
@@ -218,12 +259,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model)[0])
         prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
+        seeds = [problem_seed(args.seed, problem_id, k) for k in range(args.samples) for problem_id in ids]
         completions = sample_completions_vllm(load_vllm(args.model, args.precision, args.quantization), tokenizer, prompts,
-                                              **settings)
+                                              seed=args.seed, seeds=seeds, **settings)
     else:
         model, tokenizer = load_causal_lm(args.model, args.precision, args.quantization)
-        prompts = [render_prompt(tokenizer, p, args.system) for p in user_prompts] * args.samples
-        completions = sample_completions(model, tokenizer, prompts, batch_size=args.batch_size, **settings)
+
+        def generate(prompts, seed):
+            return sample_completions(model, tokenizer, prompts, batch_size=len(prompts), seed=seed, **settings)
+
+        per_problem = [sample_problem(generate, render_prompt(tokenizer, prompt, args.system), problem_id, args.samples,
+                                      args.batch_size, args.seed) for problem_id, prompt in zip(ids, user_prompts)]
+        # sample-major, as answer_rows reads them
+        completions = [per_problem[p][k] for k in range(args.samples) for p in range(len(ids))]
     frame = answer_rows(problems, completions, args.samples, args.prompt_name, tokenizer, args.answer_regex)
     write_parquet(frame, args.output)
     answered = frame["answer"].is_not_null().sum()

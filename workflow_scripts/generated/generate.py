@@ -235,15 +235,18 @@ def load_vllm(model_path: str | Path, precision: str = "auto", quantization: str
     return LLM(model=name, revision=revision, dtype=VLLM_DTYPES[resolved], **extra)
 
 
-def sample_completions_vllm(llm, tokenizer, prompts, *, temperature, top_p, max_new_tokens, seed, label="sample"):
-    """The same as `sample_completions`, through vLLM; prompt i is seeded with (seed, i); token probabilities
-    come from vLLM's logprobs of the sampled tokens. vLLM gets token ids (`prompt_token_ids`), not text, so it
-    sees what transformers and fine-tuning see (left to itself it would add a BOS to a chat-templated prompt)."""
+def sample_completions_vllm(llm, tokenizer, prompts, *, temperature, top_p, max_new_tokens, seed, label="sample",
+                            seeds=None):
+    """The same as `sample_completions`, through vLLM; prompt i is seeded with (seed, i), or with seeds[i] when
+    given; token probabilities come from vLLM's logprobs of the sampled tokens. vLLM gets token ids
+    (`prompt_token_ids`), not text, so it sees what transformers and fine-tuning see (left to itself it would add a
+    BOS to a chat-templated prompt)."""
     import math
 
     from vllm import SamplingParams
 
-    params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed * 1_000_003 + i,
+    seeds = list(seeds) if seeds is not None else [seed * 1_000_003 + i for i in range(len(prompts))]
+    params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seeds[i],
                              logprobs=0) for i in range(len(prompts))]
     print(f"{label}: vLLM generating {len(prompts)} completions", flush=True)
     completions = []

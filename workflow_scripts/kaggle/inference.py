@@ -49,13 +49,22 @@ def load_package(dataset_dir: str | Path) -> dict[str, Any]:
 
 
 def read_test_rows(path: str | Path, task: dict[str, Any], column_types: dict[str, str] | None = None,
-                   log: Callable[[str], None] = print) -> pl.DataFrame:
+                   log: Callable[[str], None] = print, prepare: dict[str, Any] | None = None,
+                   dataset_dir: Path | None = None) -> pl.DataFrame:
     """The hidden test's `id` and `text`, every row in file order, never stopping on one (`data.read_rows_as_trained`):
-    the template's columns rendered as training rendered them, blank rows predicted from the template's fixed words
-    and counted in the log."""
-    from workflow_scripts.data import read_rows_as_trained
+    the template's columns rendered as training rendered them (after the shipped data.prepare function, when the
+    package has one), blank rows predicted from the template's fixed words and counted in the log."""
+    from workflow_scripts.data import frame_rows_as_trained, read_rows_as_trained
 
-    rows, blank = read_rows_as_trained(path, task, column_types or {})
+    if prepare:
+        from workflow_scripts.kaggle.shared import prepared_rows
+        from workflow_scripts.prepare import classification_required
+
+        frame = prepared_rows(dataset_dir, prepare, path, "test", classification_required(task, "test"))
+        rows, blank = frame_rows_as_trained(frame.cast({name: pl.String for name in frame.columns}), str(path), task,
+                                            column_types or {})
+    else:
+        rows, blank = read_rows_as_trained(path, task, column_types or {})
     if rows.height == 0:
         raise OoflineError(f"{path}: the file has a header but no rows")
     if blank:
@@ -178,7 +187,7 @@ def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | P
     package = load_package(dataset_dir)
     check_image(dataset_dir, package, log)  # before any model loads: a known-incompatible image is one line
     spec = LabelSpec.load(dataset_dir / package["labels"])
-    test = read_test_rows(test_path, package["task"], package.get("columns"), log)
+    test = read_test_rows(test_path, package["task"], package.get("columns"), log, package.get("prepare"), dataset_dir)
     ids, texts = test["id"].to_list(), test["text"].to_list()
     log(f"oofline package {package['package']}: {len(ids)} test rows from {test_path}")
     model_probabilities, costs = {}, {}

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-PACKAGE = {}  # filled in when the package is built: dataset, competition, test, sample_submission, threads
+PACKAGE = {}  # filled in when the package is built: dataset, competition, test, sample_submission, threads, runner
 
 
 def find_dataset(input_root):
@@ -70,13 +70,16 @@ def main(argv=None):
     install(dataset_dir, args.install_target)
     import workflow_scripts
     from workflow_scripts.errors import run_cli
-    from workflow_scripts.kaggle import inference
 
+    # the submission shape's runner (workflow_scripts.kaggle.shapes): classification, retrieval or answers
+    inference = importlib.import_module(PACKAGE.get("runner") or "workflow_scripts.kaggle.inference")
     print("oofline code: " + os.path.dirname(workflow_scripts.__file__), flush=True)
 
     options = ["--package", dataset_dir, "--test", test, "--out-dir", args.output_dir, "--threads", str(args.threads)]
     options += ["--sample-submission", sample] if sample and sample != "none" else []
     options += ["--timing-out", args.timing_out] if args.timing_out else []
+    if PACKAGE.get("interface") == "inference_server":  # the competition's evaluation API serves the problems
+        options += ["--competition-dir", competition_file(args.input_root, "")]
     return run_cli(inference.main, options)
 
 

@@ -149,7 +149,7 @@ def notebook_script(package: dict[str, Any]) -> str:
     marker = "PACKAGE = {}"
     if marker not in template:
         raise OoflineError(f"{SCRIPT_TEMPLATE}: the PACKAGE marker is missing")
-    # a Python literal (None, not JSON's null: `sample_submission: null` is a setting)
+    # a Python literal (JSON's null/true/false are not Python): sample_submission null, interface None
     return template.replace(marker, "PACKAGE = " + repr(dict(sorted(package.items()))), 1)
 
 
@@ -212,13 +212,16 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
         shutil.copy2(spec["thresholds"], dataset / submission["thresholds"])
     platforms = kaggle["platform"] or manylinux_platform_tags(kaggle["glibc"])
     requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], platforms)
+    from workflow_scripts.kaggle.shared import ship_prepare
+
     package = {"format_version": FORMAT_VERSION, "package": name, "submission_name": spec["submission"],
                "source": spec["source"], "task": spec["task"], "labels": "labels.json", "models": models,
                # how training read the template's columns: the notebook renders the hidden test's the same way
                "columns": template_column_types(_schema(spec["train_data"]), spec["task"]),
                # the libraries the members were trained and tested with: the notebook compares the image's
                "built_with": built_with(models.values()),
-               "ensembles": ensembles, "submission": submission, "wheels": requirements}
+               "ensembles": ensembles, "submission": submission, "wheels": requirements,
+               "prepare": ship_prepare(spec.get("prepare"), dataset)}
     write_json(package, dataset / PACKAGE_FILE)
     title = kaggle.get("title") or f"oofline {name}"
     licenses = {model: member_license(member) for model, member in spec["models"].items()
@@ -254,11 +257,14 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
             "commands": commands,
             "update_commands": [f"kaggle datasets version -p {dataset} --dir-mode zip -m \"oofline {name}\"",
                                 f"kaggle kernels push -p {notebook}"]}
+    plan["memory"] = runtime_plan.classification_memory(models, dataset, kaggle["accelerator"])
     write_json(plan, plan_out)
     log(f"kaggle {name}: dataset {size / 1e6:.1f} MB ({len(models)} models, {len(bases)} base(s) shipped once"
         + (f", {saved / 1e6:.1f} MB saved by sharing" if saved else "") + f") -> {dataset}")
     log(f"kaggle {name}: dataset license {license_name!r} ({'kaggle.license' if kaggle.get('license') else license_note})")
     log(runtime_plan.summary_line(name, estimate))
+    for line in runtime_plan.memory_lines(name, plan["memory"]):
+        log(line)
     log("upload (nothing is pushed by the workflow):\n  " + "\n  ".join(commands))
     return plan
 
@@ -324,8 +330,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sub.add_argument("--plan-out", required=True)
     args = parser.parse_args(argv)
     if args.command == "build":
-        build_package(json.loads(args.spec), args.dataset_out, args.notebook_out, args.plan_out,
-                      log=lambda line: print(line, flush=True))
+        from workflow_scripts.kaggle import shapes
+
+        spec = json.loads(args.spec)
+        shapes.function(spec.get("shape", "classification"), "build")(
+            spec, args.dataset_out, args.notebook_out, args.plan_out, log=lambda line: print(line, flush=True))
     else:
         package_record(args.record, json.loads(args.kaggle), args.snakefile, Path(args.scratch), args.cores,
                        args.dataset_out, args.notebook_out, args.plan_out)

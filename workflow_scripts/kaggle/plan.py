@@ -33,6 +33,8 @@ ACCELERATORS: dict[str, dict[str, Any]] = {
     "cpu": {"enable_gpu": False, "machine_shape": None, "gpu": None},
     "p100": {"enable_gpu": True, "machine_shape": "NvidiaTeslaP100", "gpu": "P100"},
     "t4x2": {"enable_gpu": True, "machine_shape": "NvidiaTeslaT4", "gpu": "T4"},  # the package predicts on one
+    # a competition that scores on H100s (AIMO 3) assigns them itself: no machine shape is asked for
+    "h100": {"enable_gpu": True, "machine_shape": None, "gpu": "H100"},
 }
 # dense fp16 tensor TFLOPS (vendor figures; P100 has no tensor cores): a GPU's speed relative to another
 GPU_TFLOPS = {"P100": 19.0, "T4": 65.0, "V100": 125.0, "A10": 125.0, "L4": 121.0, "A100": 312.0, "L40": 362.0,
@@ -203,3 +205,204 @@ def read_speed(path: str | Path, member: str) -> dict[str, Any]:
         raise OoflineError(f"{path}: not a prediction speed record of member {member!r} (empty or touched?): rerun "
                            "the step that predicts its test rows (snakemake --forcerun it)")
     return record
+
+
+# ---- every shape: memory; the retrieval and answers estimates ----
+#
+# Memory: a model's weights in the precision and quantization it is loaded in on the target accelerator, against
+# that accelerator's memory per GPU (a package predicts on one GPU); answers packages hold every language model
+# at once (a problem is answered by all of them in turn), with the KV cache of a batch of samples. A WARNING names
+# a member that cannot fit. Generation time: token-by-token decoding reads every weight once per step, so a step
+# takes weight bytes / memory bandwidth plus the engine's per-step overhead; a problem's cost is its answer sets'
+# batches x new tokens (the mean the workflow's own test answers generated), capped by seconds_per_problem.
+
+# accelerator memory per GPU, GB (vendor figures; planning constants): t4x2 has two T4s, a package uses one
+GPU_MEMORY_GB = {"T4": 16.0, "P100": 16.0, "H100": 80.0}
+CPU_MEMORY_GB = 30.0  # a Kaggle CPU notebook's RAM (planning constant)
+# memory bandwidth, GB/s (vendor figures; planning constants)
+GPU_BANDWIDTH_GBS = {"T4": 320.0, "P100": 732.0, "H100": 3350.0}
+CPU_BANDWIDTH_GBS = 20.0  # planning constant
+# bytes per weight as loaded: half precision, bitsandbytes 8-bit, nf4 4-bit (+ its block scales)
+BYTES_PER_WEIGHT = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "8bit": 1.0, "4bit": 0.5625}
+# the share of a GPU's memory weights and KV cache may take (the rest: CUDA context, activations, the allocator)
+MEMORY_HEADROOM = 0.9
+# seconds of engine overhead per decoding step (planning constants: vLLM's scheduler, transformers' generate loop)
+DECODE_STEP_OVERHEAD_SECONDS = {"vllm": 0.005, "transformers": 0.03}
+# GPUs with native bf16 (compute capability >= 8.0): `precision: auto` is bf16 there, fp16 on the others
+NATIVE_BF16_GPUS = ("A10", "L4", "A100", "L40", "H100", "H200", "RTX 3090", "RTX 4090")
+
+
+def target_precision(precision: str | None, accelerator: str) -> str:
+    """The precision a model runs in on the accelerator: fp32 on a CPU for auto; auto on a GPU is bf16 where it
+    is native, else fp16; an explicit one as given."""
+    gpu = check_accelerator(accelerator)["gpu"]
+    if precision in (None, "", "auto"):
+        return "fp32" if gpu is None else ("bf16" if gpu in NATIVE_BF16_GPUS else "fp16")
+    return precision
+
+
+def safetensors_parameters(folder: str | Path) -> int:
+    """Weights in a model folder's *.safetensors files (their headers only: nothing is loaded)."""
+    import json
+    import struct
+
+    total = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for size in entry["shape"]:
+                    count *= size
+                total += count
+    return total
+
+
+def model_shape(folder: str | Path) -> dict[str, Any]:
+    """Parameters and bytes of a model folder, and what its KV cache costs per token (decoders, from config.json)."""
+    import json
+
+    folder = Path(folder)
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    shape: dict[str, Any] = {"parameters": safetensors_parameters(folder),
+                             "bytes_on_disk": sum(path.stat().st_size for path in files)}
+    config_path = folder / "config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        text = config.get("text_config") or config
+        layers, heads = text.get("num_hidden_layers"), text.get("num_attention_heads")
+        if layers and heads and text.get("hidden_size"):
+            kv_heads = text.get("num_key_value_heads") or heads
+            head_dim = text.get("head_dim") or text["hidden_size"] // heads
+            shape["kv_values_per_token"] = 2 * layers * kv_heads * head_dim  # keys and values, every layer
+    return shape
+
+
+def weights_gb(parameters: int, precision: str, quantization: str | None) -> float:
+    per_weight = BYTES_PER_WEIGHT[quantization] if quantization in ("4bit", "8bit") else BYTES_PER_WEIGHT[precision]
+    return parameters * per_weight / 1e9
+
+
+def memory_plan(members: dict[str, dict[str, Any]], accelerator: str, together: bool) -> dict[str, Any]:
+    """Each member's weights (+ its KV cache) in GB as loaded on `accelerator`, against its memory. `members`: name ->
+    {parameters, precision (resolved), quantization, kv_cache_gb (optional)}; `together`: all are held at once."""
+    gpu = check_accelerator(accelerator)["gpu"]
+    capacity = CPU_MEMORY_GB if gpu is None else GPU_MEMORY_GB.get(gpu)
+    rows = {}
+    for name, member in members.items():
+        gb = weights_gb(member["parameters"], member["precision"], member.get("quantization"))
+        rows[name] = {"weights_gb": round(gb, 3), "kv_cache_gb": round(member.get("kv_cache_gb", 0.0), 3),
+                      "precision": member["precision"], "quantization": member.get("quantization") or "none"}
+    need = [row["weights_gb"] + row["kv_cache_gb"] for row in rows.values()]
+    peak = sum(need) if together else max(need, default=0.0)
+    usable = capacity * MEMORY_HEADROOM if capacity else None
+    for row in rows.values():
+        row["fits"] = usable is None or row["weights_gb"] + row["kv_cache_gb"] <= usable
+    return {"accelerator": accelerator, "memory_gb": capacity, "usable_gb": usable, "held_together": together,
+            "peak_gb": round(peak, 3), "fits": usable is None or peak <= usable, "members": rows}
+
+
+def memory_lines(name: str, memory: dict[str, Any]) -> list[str]:
+    """One WARNING line per member that cannot fit (and for members that do not fit together)."""
+    lines = []
+    for member, row in memory["members"].items():
+        if not row["fits"]:
+            how = row["quantization"] if row["quantization"] != "none" else row["precision"]
+            lines.append(f"WARNING: kaggle {name}: {member} needs {row['weights_gb'] + row['kv_cache_gb']:.1f} GB "
+                         f"({row['weights_gb']:.1f} GB of weights in {how}"
+                         + (f", {row['kv_cache_gb']:.1f} GB of KV cache" if row["kv_cache_gb"] else "")
+                         + f") on {memory['accelerator']} ({memory['memory_gb']:g} GB): it does not fit")
+    if not memory["fits"] and all(row["fits"] for row in memory["members"].values()):
+        lines.append(f"WARNING: kaggle {name}: its models are held together and need {memory['peak_gb']:.1f} GB on "
+                     f"{memory['accelerator']} ({memory['memory_gb']:g} GB): they do not fit together")
+    return lines
+
+
+def shape_summary_lines(name: str, plan: dict[str, Any]) -> list[str]:
+    """The printed lines of a retrieval or answers plan: the runtime against the limit, then memory warnings."""
+    return [summary_line(name, plan)] + memory_lines(name, plan["memory"])
+
+
+def upload_commands(name: str, dataset: Path, notebook: Path) -> dict[str, list[str]]:
+    return {"commands": [f"kaggle datasets create -p {dataset} --dir-mode zip", f"kaggle kernels push -p {notebook}"],
+            "update_commands": [f"kaggle datasets version -p {dataset} --dir-mode zip -m \"oofline {name}\"",
+                                f"kaggle kernels push -p {notebook}"]}
+
+
+def _limit(kaggle: dict[str, Any], steps: dict[str, float], startup_seconds: float) -> dict[str, Any]:
+    total = startup_seconds + sum(steps.values())
+    limit = float(kaggle["time_limit_hours"]) * 3600.0
+    return {"startup_seconds": startup_seconds, "member_seconds": {k: round(v, 3) for k, v in steps.items()},
+            "estimated_seconds": round(total, 3), "time_limit_seconds": limit, "over_limit": total > limit,
+            "costliest_members": sorted(steps, key=lambda step: -steps[step])[:3]}
+
+
+def retrieval_estimate(speeds: dict[str, dict[str, Any]], rows: int, kaggle: dict[str, Any],
+                       members: dict[str, dict[str, Any]], startup_seconds: float = 0.0) -> dict[str, Any]:
+    """A retrieval notebook's estimate: embedding `rows` hidden queries and reranking their top_n pairs, scaled from
+    the build-time pass's timings of the public test (load times included); and what embedding the corpus at build
+    time saves each notebook run. `members`: role -> {parameters, precision, quantization} for the memory check."""
+    target = accelerator_speed(kaggle["accelerator"], kaggle["cpu_threads"])
+    factor = kaggle.get("speed_factor")
+    steps = {"embed queries": scaled_seconds(speeds["queries"], rows, target, factor, by_tokens=True)}
+    if "rerank" in speeds:
+        steps["rerank top_n pairs"] = scaled_seconds(speeds["rerank"], rows, target, factor, by_tokens=True)
+    corpus = dict(speeds["corpus"], load_seconds=0.0, load_cpu_seconds=0.0)
+    saved = scaled_seconds(corpus, int(corpus["rows"]), target, factor, by_tokens=True)
+    return {"rows": rows, "accelerator": kaggle["accelerator"], "cpu_threads": kaggle["cpu_threads"],
+            "speed_factor": factor, **_limit(kaggle, steps, startup_seconds),
+            "corpus_passages": int(corpus["rows"]), "corpus_embedding_seconds_saved": round(saved, 3),
+            "memory": memory_plan(members, kaggle["accelerator"], together=False)}
+
+
+def answers_estimate(answer_sets: dict[str, dict[str, Any]], models: dict[str, dict[str, Any]], rows: int,
+                     kaggle: dict[str, Any], backend: str, startup_seconds: float = 0.0) -> dict[str, Any]:
+    """An answers notebook's estimate for `rows` hidden problems: per problem, each answer set's batches of samples
+    x new tokens (decode steps, each reading the model's weights once), capped at seconds_per_problem; plus reading
+    every model once. `answer_sets`: name -> {model, samples, batch_size, new_tokens, max_new_tokens};
+    `models`: name -> {parameters, precision, quantization, bytes_on_disk, kv_values_per_token}."""
+    import math
+
+    gpu = check_accelerator(kaggle["accelerator"])["gpu"]
+    bandwidth = CPU_BANDWIDTH_GBS if gpu is None else GPU_BANDWIDTH_GBS.get(gpu, GPU_BANDWIDTH_GBS["T4"])
+    per_problem = {}
+    for name, answer_set in answer_sets.items():
+        model = models[answer_set["model"]]
+        step = weights_gb(model["parameters"], model["precision"], model.get("quantization")) / bandwidth
+        steps = math.ceil(answer_set["samples"] / answer_set["batch_size"]) * answer_set["new_tokens"]
+        per_problem[name] = steps * (step + DECODE_STEP_OVERHEAD_SECONDS[backend])
+    problem_seconds = sum(per_problem.values())
+    cap = kaggle.get("seconds_per_problem")
+    capped = min(problem_seconds, float(cap)) if cap else problem_seconds
+    steps = {"answer problems": rows * capped,
+             "read models": sum(m["bytes_on_disk"] for m in models.values())
+             / (kaggle.get("read_mb_per_second", INPUT_READ_MB_PER_SECOND) * 1e6)}
+    memory_members = {}
+    for name, model in models.items():
+        batch = max(s["batch_size"] for s in answer_sets.values() if s["model"] == name)
+        tokens = max(s["prompt_tokens"] + s["max_new_tokens"] for s in answer_sets.values() if s["model"] == name)
+        kv_gb = batch * tokens * model.get("kv_values_per_token", 0) * BYTES_PER_WEIGHT["fp16"] / 1e9
+        memory_members[name] = {**model, "kv_cache_gb": kv_gb}
+    return {"rows": rows, "accelerator": kaggle["accelerator"], "backend": backend,
+            **_limit(kaggle, steps, startup_seconds),
+            "seconds_per_problem": round(problem_seconds, 3), "seconds_per_problem_cap": cap,
+            "answer_set_seconds_per_problem": {k: round(v, 3) for k, v in per_problem.items()},
+            "memory": memory_plan(memory_members, kaggle["accelerator"], together=True)}
+
+
+def classification_memory(models: dict[str, dict[str, Any]], dataset: Path, accelerator: str) -> dict[str, Any]:
+    """A classification package's members (oofline_package.json's `models`, paths under `dataset`) as loaded on
+    `accelerator`: a base's weights plus its adapter, or a fold folder's whole model; one member at a time (the
+    notebook frees each before the next). TF-IDF members hold no transformer."""
+    members = {}
+    for name, entry in models.items():
+        if entry["kind"] in CPU_KINDS:
+            continue
+        split = dataset / next(iter(entry["splits"].values()))
+        parameters = safetensors_parameters(split) + (safetensors_parameters(dataset / entry["base"]) if entry["base"] else 0)
+        # as its prediction step loads it (a merged member too: issue 25 loads it in the member's quantization)
+        members[name] = {"parameters": parameters, "quantization": entry["config"].get("quantization", "none"),
+                         "precision": target_precision(entry["config"].get("precision"), accelerator)}
+    return memory_plan(members, accelerator, together=False)

@@ -90,6 +90,43 @@ def build_demo_task(
     return queries, corpus, test
 
 
+# the demo's raw files in the Eedi competition's wide layout (demo.format: eedi_wide), for a `prepare` function
+EEDI_WIDE_LETTERS = ("A", "B", "C", "D")
+
+
+def eedi_wide_demo(queries: pl.DataFrame, corpus: pl.DataFrame, test: pl.DataFrame, seed: int = 0
+                   ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(train, test, misconception_mapping) shaped like Eedi's csv files, from the demo task: three reviews make a
+    question's three wrong answers (their movies are the answers' misconceptions, numbered as Eedi numbers
+    them), a fourth answer is the correct one; the correct letter is drawn per question. A prepare function
+    (prepare/eedi.py) turns them back into one query per wrong answer."""
+    numbers = {passage_id: number for number, passage_id in enumerate(corpus["id"].to_list())}
+    mapping = pl.DataFrame({"MisconceptionId": list(numbers.values()), "MisconceptionName": corpus["text"].to_list()})
+    rng = np.random.default_rng([seed, 2])
+
+    def wide(frame: pl.DataFrame, first_id: int, labelled: bool, name: str) -> pl.DataFrame:
+        if frame.height % 3:
+            raise OoflineError(f"demo.format eedi_wide: {name} = {frame.height} is not a multiple of 3 (three wrong "
+                               "answers make a question)")
+        rows = []
+        for number in range(frame.height // 3):
+            part = frame[3 * number:3 * number + 3]
+            correct = EEDI_WIDE_LETTERS[int(rng.integers(4))]
+            wrong = iter(zip(part["query"].to_list(), part["positive_ids"].to_list()))
+            row = {"QuestionId": first_id + number, "ConstructName": "Name the film a review is about",
+                   "SubjectName": "Film reviews", "CorrectAnswer": correct,
+                   "QuestionText": "Which film is this review about?"}
+            for letter in EEDI_WIDE_LETTERS:
+                text, positives = ("None of the other answers", [None]) if letter == correct else next(wrong)
+                row[f"Answer{letter}Text"] = text
+                if labelled:
+                    row[f"Misconception{letter}Id"] = None if letter == correct else float(numbers[positives[0]])
+            rows.append(row)
+        return pl.DataFrame(rows)
+
+    return (wide(queries, 1000, True, "n_queries"), wide(test, 5000, False, "n_test_queries"), mapping)
+
+
 def _normalise_positive_ids(frame: pl.DataFrame, name: str) -> pl.DataFrame:
     dtype = frame.schema["positive_ids"]
     if isinstance(dtype, pl.List):
@@ -208,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-test-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-distractors", type=int, default=0, help="demo: plots no query is about, added to the corpus")
+    parser.add_argument("--format", default="rows", choices=["rows", "eedi_wide"],
+                        help="demo: task rows (parquet), or raw csv files in Eedi's wide layout for a prepare function")
     parser.add_argument("--out-queries", required=True)
     parser.add_argument("--out-corpus", required=True)
     parser.add_argument("--out-test-queries", required=True)
@@ -216,6 +255,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         queries, corpus, test = build_demo_task(
             load_rotten_tomatoes(), args.n_passages, args.n_queries, args.n_test_queries, args.seed, args.n_distractors
         )
+        if args.format == "eedi_wide":
+            from workflow_scripts.submission import write_csv
+
+            train_wide, test_wide, mapping = eedi_wide_demo(queries, corpus, test, args.seed)
+            for frame, path in ((train_wide, args.out_queries), (mapping, args.out_corpus), (test_wide, args.out_test_queries)):
+                write_csv(frame, path)
+            print(f"retrieval demo, Eedi's wide layout: {train_wide.height} train and {test_wide.height} test questions, "
+                  f"{mapping.height} misconceptions", flush=True)
+            return
     else:
         for key in ("queries", "corpus", "test_queries"):
             if getattr(args, key) is None:
