@@ -15,7 +15,8 @@ from workflow_scripts.execution.code_version import code_digest  # rules pass it
 from workflow_scripts.execution.failures import print_user_errors  # the Snakefile's onerror
 
 RUN_STARTED = __import__("time").time()  # logs written since then belong to this run
-from workflow_scripts.config_check import check_config
+from workflow_scripts.config_check import checked_config_and_sweeps
+from workflow_scripts import sweeps
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.model_spec import EMBED, FIT, MERGE, PREDICT, TRAIN, ModelSpec
 from workflow_scripts import rule_params
@@ -23,7 +24,10 @@ from workflow_scripts.rule_params import cli_flags
 from workflow_scripts.generated import teacher_labels
 
 try:
-    config.update(check_config(config, base_dir=Path.cwd()))
+    # sweeps (grids, seeds, ensemble subsets) expand into ordinary models and ensembles here, before any rule
+    # reads the config; SWEEPS keeps each sweep's variants for its table
+    _checked, SWEEPS = checked_config_and_sweeps(config, base_dir=Path.cwd())
+    config.update(_checked)
 except OoflineError as error:
     # the problem lines alone, as the last output: no Snakemake frame around them, and nothing runs
     print(f"oofline error: {error}", file=sys.stderr)
@@ -75,6 +79,7 @@ wildcard_constraints:
     base=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     split=teacher_labels.SPLIT_PATTERN + "|full",  # fold2 (an outer fold model), fold0+2 (an inner teacher)
     fold=r"\d+",
+    sweep=names_pattern(SWEEPS),
 
 
 # ---- config slices handed to scripts (as quoted JSON; config strings never reach a shell bare) ----
@@ -183,7 +188,7 @@ def final_targets():
     for name in MODELS:
         targets += model_targets(name)
     return (targets + submission_targets() + plot_targets() + generated_targets() + retrieval_targets()
-            + kaggle_targets())
+            + kaggle_targets() + sweep_targets())
 
 
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
@@ -399,16 +404,51 @@ def submission_options(wildcards):
     return rule_params.submission_flags(config, wildcards.submission, inputs.get("thresholds"))
 
 
+def lb_scores_file():
+    """The user's lb_scores.yaml when it exists (a missing file means no LB yet), else None."""
+    path = config.get("lb_scores", "lb_scores.yaml")
+    return path if Path(path).exists() else None
+
+
 def leaderboard_inputs(wildcards):
     inputs = {
         "models": [out(f"scores/{m}.json") for m in MODELS],
         "ensembles": [out(f"ensembles/{e}/score.json") for e in ENSEMBLES],
         "manifests": [out(f"submissions/{s}/manifest.json") for s in SUBMISSIONS],
         "prior": out("scores/prior.json"),
+        "sweeps": [out(f"sweeps/{s}.json") for s in SWEEPS],
     }
-    if Path(config.get("lb_scores", "lb_scores.yaml")).exists():
-        inputs["lb"] = config.get("lb_scores", "lb_scores.yaml")
+    if lb_scores_file():
+        inputs["lb"] = lb_scores_file()
     return inputs
+
+
+# ---- sweeps: one table per sweep over its variants (ordinary models and ensembles) ----
+
+
+def sweep_inputs(wildcards):
+    inputs = sweeps.table_inputs(OUT, SWEEPS[wildcards.sweep])
+    if lb_scores_file():
+        inputs["lb"] = lb_scores_file()
+    return inputs
+
+
+def sweep_options(wildcards):
+    """The sweep's spec (variants, swept values, select) and files; of wildcards only, so a change reruns it."""
+    inputs = sweeps.table_inputs(OUT, SWEEPS[wildcards.sweep])
+    return cli_flags({"spec": SWEEPS[wildcards.sweep].to_json(), "scores": inputs["scores"],
+                      "seed_scores": inputs["seed_scores"] or None, "oof": inputs.get("oof"),
+                      "targets": inputs.get("targets"), "labels": inputs.get("labels")})
+
+
+def sweep_targets():
+    return [out(f"sweeps/{s}.csv") for s in SWEEPS] + [out(f"plots/sweeps/{s}.png") for s in SWEEPS]
+
+
+if SWEEPS:
+    # a dry run (and a real run, before its first job) prints each sweep's variants, its planned jobs and GPU
+    # jobs per resource class, after Snakemake's job table
+    sweeps.print_plan_after_job_stats(SWEEPS, lambda: workflow.dag)
 
 
 def submission_targets():

@@ -141,4 +141,4 @@ rule leaderboard:
         CPU_CONTAINER
     shell:
         "{PY}.leaderboard --model-scores {input.models:q} --ensemble-scores {input.ensembles:q}"
-        " --manifests {input.manifests:q} --prior-scores {input.prior:q} {params.lb} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+        " --manifests {input.manifests:q} --prior-scores {input.prior:q} --sweeps {input.sweeps:q} {params.lb} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"

@@ -7,6 +7,7 @@ One subcommand per figure, each reading workflow outputs and writing one file:
                 (+ optional results/thresholds/{e}.json)       thresholds marked;
 - `cv-lb`:      results/leaderboard.csv                     -> CV vs public/private LB per submission, or a figure
                                                                saying there are no LB scores yet;
+- `sweep`:      results/sweeps/{name}.json                 -> the metric against each swept key, one panel each;
 - `leaderboard-html`: results/leaderboard.csv               -> the table as HTML (the report shows HTML inline,
                                                                a CSV only as a download).
 Figures use the object API on the Agg canvas (no pyplot state) with matplotlib's default style and no
@@ -378,6 +379,72 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
     return fig
 
 
+def _sweep_panels(summary: dict) -> list[tuple[str, list[str], list[int]]]:
+    """(swept key, category labels in order, each variant's category index) per panel of a sweep figure: its
+    swept keys (a variant label only when nothing else varies) and, for an ensemble sweep, each pool member
+    (`out`, or `in` / its weight)."""
+    rows = summary["rows"]
+    keys = [c for c in summary["columns"] if c != "variant"] or [c for c in summary["columns"]]
+    weights = {row.get(c) for c in summary["member_columns"] for row in rows} - {None}
+    equal = weights <= {1.0}  # a subset sweep: members are in or out
+    panels = []
+    for key in keys + list(summary["member_columns"]):
+        member = key in summary["member_columns"]
+        raw = [row.get(key) for row in rows]
+        if member:
+            labels = ["out" if value is None else ("in" if equal else f"{value:g}") for value in raw]
+        else:
+            labels = ["" if value is None else (f"{value:g}" if isinstance(value, float) else str(value)) for value in raw]
+        numeric = {label: float(value) for label, value in zip(labels, raw)
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        order = sorted(set(labels), key=lambda label: (label != "out", label not in numeric, numeric.get(label, 0.0),
+                                                     _natural_key(label)))
+        panels.append((key, order, [order.index(label) for label in labels]))
+    return panels
+
+
+def sweep_figure(summary: dict) -> Figure:
+    """The sweep's metric against each swept key: one panel per key, a dot per variant (its CV), the best
+    variant ringed, LB scores as diamonds, the nested pick's score as a dashed line."""
+    rows = [row for row in summary["rows"] if row.get("cv") is not None]
+    if not rows:
+        return _message_figure(f"sweep {summary['name']}: no scores", ["none of its variants has a CV yet"])
+    summary = {**summary, "rows": rows}
+    panels = _sweep_panels(summary)[:12]
+    columns = min(3, len(panels))
+    n_rows = math.ceil(len(panels) / columns)
+    fig = Figure(figsize=(4.2 * columns, 3.4 * n_rows + 0.6), layout="constrained")
+    cv = np.array([row["cv"] for row in rows], dtype=float)
+    lb = np.array([row.get("lb_public") if row.get("lb_public") is not None else np.nan for row in rows], dtype=float)
+    best = [i for i, row in enumerate(rows) if row.get("selected")]
+    nested = (summary.get("nested") or {}).get("score")
+    limits = _zoomed_limits(np.concatenate([cv, lb[~np.isnan(lb)], [nested] if nested is not None else []]),
+                            floor_at_zero=False)
+    jitter = (np.arange(len(rows)) % 7 - 3) * 0.035
+    for index, (key, order, positions) in enumerate(panels):
+        ax = fig.add_subplot(n_rows, columns, index + 1)
+        x = np.asarray(positions, dtype=float) + jitter
+        ax.scatter(x, cv, s=26, color="tab:blue", alpha=0.8, label="CV", zorder=3)
+        if (~np.isnan(lb)).any():
+            ax.scatter(x[~np.isnan(lb)], lb[~np.isnan(lb)], marker="D", s=22, color="tab:orange", label="public LB",
+                       zorder=3)
+        for i in best:
+            ax.scatter([x[i]], [cv[i]], s=120, facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                       label=f"best of {summary['variants']} (optimistic)", zorder=4)
+        if nested is not None:
+            ax.axhline(nested, color="tab:red", linestyle="--", linewidth=1, label="nested pick")
+        _tick_labels(ax, order)
+        ax.set_xlim(-0.6, len(order) - 0.4)
+        ax.set_ylim(*limits)
+        ax.set_title(f"member {key}" if key in summary["member_columns"] else key)
+        if index % columns == 0:
+            ax.set_ylabel(summary["metric"])
+        if index == 0:
+            ax.legend(loc="lower right", frameon=False, fontsize=8)
+    fig.suptitle(f"sweep {summary['name']}: {summary['metric']} vs each swept key ({summary['variants']} variants)")
+    return fig
+
+
 def leaderboard_html(board: pl.DataFrame) -> str:
     """The leaderboard as a self-contained HTML page (one table per kind), for the report to show inline."""
     titles = {"prior": "Prior baseline", "model": "Models", "fold": "Folds", "ensemble": "Ensembles",
@@ -447,10 +514,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     thresholds.add_argument("--max-panels", type=int, default=36, help="plot at most this many classes")
     cv_lb = commands.add_parser("cv-lb", help="CV vs LB per submission")
     cv_lb.add_argument("--leaderboard", required=True, help="results/leaderboard.csv")
+    sweep = commands.add_parser("sweep", help="a sweep's metric against each swept key")
+    sweep.add_argument("--sweep", required=True, help="results/sweeps/{name}.json")
     table = commands.add_parser("leaderboard-html", help="the leaderboard as an HTML table for the report")
     table.add_argument("--leaderboard", required=True, help="results/leaderboard.csv")
     table.add_argument("--out", required=True, help="HTML file to write")
-    for command in (cv_folds, ensembles, thresholds, cv_lb):
+    for command in (cv_folds, ensembles, thresholds, cv_lb, sweep):
         command.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args(argv)
 
@@ -477,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             fig = thresholds_figure(curves, read_json(args.thresholds) if args.thresholds else None,
                                     args.max_panels)
             what = f"{curves['column'].n_unique()} class(es)"
+        elif args.command == "sweep":
+            summary = read_json(args.sweep)
+            fig = sweep_figure(summary)
+            what = f"{summary['variants']} variant(s)"
         else:
             board = load_leaderboard(args.leaderboard)
             fig = cv_lb_figure(board)
