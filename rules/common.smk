@@ -1,6 +1,7 @@
 # Shared by every rule file: config validation, wildcard constraints, input, params and resource functions.
 # What params hold (flags, the ensemble graph, manifest slices) is built in workflow_scripts/rule_params.py;
 # the functions here only pick the config section for a job's wildcards.
+import functools
 import json
 import os
 import re
@@ -89,16 +90,32 @@ def task_json():
     return json.dumps(config["task"], sort_keys=True)
 
 
+@functools.cache
+def model_spec(name):
+    """The model's spec, built once per model (every job of a model reads it; a sweep makes many models)."""
+    return ModelSpec.from_config(MODELS[name])
+
+
+@functools.cache
+def _step_config_json(name, step):
+    return json.dumps(model_spec(name).step_config(step), sort_keys=True)
+
+
 def model_step_config(step):
     """A params function: the model settings `step` reads (model_spec: what its output depends on), as JSON."""
-    return lambda wildcards: json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).step_config(step), sort_keys=True)
+    return lambda wildcards: _step_config_json(wildcards.model, step)
 
 
 def model_run_settings(wildcards):
     """How a model's jobs run, not what they make (log and checkpoint frequency, inference batch sizes):
     a `resources:` string, which Snakemake does not track, so changing one reruns nothing. Compact, so that
     Snakemake's `resources: a=1, b=2` job line stays one item per resource."""
-    return json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).run_settings(), sort_keys=True, separators=(",", ":"))
+    return _run_settings_json(wildcards.model)
+
+
+@functools.cache
+def _run_settings_json(name):
+    return json.dumps(model_spec(name).run_settings(), sort_keys=True, separators=(",", ":"))
 
 
 def demo_submission_columns():
@@ -167,7 +184,7 @@ def fold_predictions(wildcards):
 def model_targets(name):
     model = MODELS[name]
     targets = [out(f"oof/{name}.parquet"), out(f"test/{name}.parquet"), out(f"scores/{name}.json")]
-    if name in LORA_MODELS and ModelSpec.from_config(model).builds_merged:
+    if name in LORA_MODELS and model_spec(name).builds_merged:
         targets += [out(f"models/{name}/fold{k}/merged") for k in model_folds(name)]
     if model.get("train_full") and name in LORA_MODELS + FULL_MODELS:
         targets.append(out(f"models/{name}/full/{'adapter' if name in LORA_MODELS else 'model'}"))
@@ -194,10 +211,12 @@ def final_targets():
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
 
 
-def step_resources(settings_of, mem_mb=None, runtime=None):
+def step_resources(settings_of, mem_mb=None, runtime=None, entries=None):
     """Resources of a step that may use GPUs, from its `resources:` config (settings_of(wildcards)):
     gpu (default 0), mem_mb (grown per retry attempt), runtime and the Slurm plugin's keys, so every
-    GPU step lands on the configured partition with its GPU request, not only training."""
+    GPU step lands on the configured partition with its GPU request, not only training. `entries`: every
+    `resources:` block the step may read; a Slurm key none of them sets is left out (Snakemake evaluates each
+    resource function of each job it plans, and a sweep plans thousands)."""
 
     def lookup(key, default):
         def resource(wildcards, attempt=1):
@@ -212,10 +231,14 @@ def step_resources(settings_of, mem_mb=None, runtime=None):
 
     defaults = {"gpu": 0, "mem_mb": mem_mb, "runtime": runtime, "gpu_model": None, "gres": None,
                 "slurm_partition": None, "slurm_account": None, "cpus_per_gpu": None}
+    if entries is not None:
+        used = {key for entry in entries for key in (entry or {})}
+        defaults = {key: default for key, default in defaults.items() if default is not None or key in used}
     return {key: lookup(key, default) for key, default in defaults.items()}
 
 
-MODEL_STEP_RESOURCES = {**step_resources(lambda wildcards: MODELS[wildcards.model]["resources"]),
+MODEL_STEP_RESOURCES = {**step_resources(lambda wildcards: MODELS[wildcards.model]["resources"],
+                                         entries=[model["resources"] for model in MODELS.values()]),
                         "run_settings": model_run_settings}
 
 
@@ -275,7 +298,7 @@ def extra_arguments(wildcards, input):
 
 
 def model_gpu_count(name):
-    return ModelSpec.from_config(MODELS[name]).gpu_count
+    return model_spec(name).gpu_count
 
 
 train_params = dict(

@@ -218,15 +218,6 @@ def not_beating_prior(board: pl.DataFrame) -> list[str]:
 SWEEP_REASON = "best of {n} variants of sweep {sweep}, picked on the OOF it is scored on"
 
 
-def _swept_value(value: Any) -> str | None:
-    """A swept key's value as a leaderboard cell (1e-4, 16, 4bit)."""
-    if value is None:
-        return None
-    from workflow_scripts.sweeps import value_part
-
-    return value_part(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-
-
 def apply_sweeps(rows: list[dict], sweeps: Sequence[dict]) -> list[str]:
     """Mark each sweep's variant rows (and per-seed model rows) with the sweep, its swept values, the seeds'
     spread and, on the best of several variants, selected_of and cv_optimistic; returns the swept keys'
@@ -248,7 +239,7 @@ def apply_sweeps(rows: list[dict], sweeps: Sequence[dict]) -> list[str]:
                 continue
             row["sweep"] = sweep["name"]
             for key, value in (sweep.get("values") or {}).get(record["variant"], {}).items():
-                row[key if key not in SCHEMA else f"sweep.{key}"] = _swept_value(value)
+                row[key if key not in SCHEMA else f"sweep.{key}"] = value
             if record.get("seeds"):
                 seeds = [r["seed"] for r in sweep.get("seed_rows") or [] if r["variant"] == record["variant"]]
                 row.update(seeds=" ".join(map(str, seeds)), cv_seed_mean=_number(record.get("cv_seed_mean")),
@@ -265,7 +256,7 @@ def apply_sweeps(rows: list[dict], sweeps: Sequence[dict]) -> list[str]:
             if row is not None:
                 row["sweep"], row["seeds"] = sweep["name"], str(record["seed"])
                 for key, value in (sweep.get("values") or {}).get(record["variant"], {}).items():
-                    row[key if key not in SCHEMA else f"sweep.{key}"] = _swept_value(value)
+                    row[key if key not in SCHEMA else f"sweep.{key}"] = value
     return columns
 
 

@@ -162,9 +162,20 @@ def build_table(spec: dict, scores: Sequence[dict], seed_scores: dict[str, dict]
             seed_rows.append({"name": model, "variant": variant["name"], "seed": int(seed),
                               "cv": _number(seed_scores[model].get("score"))})
     summary["seed_rows"] = seed_rows
-    summary["values"] = {variant["name"]: {names[key]: value for key, value in variant["values"].items()
+    # the swept values as leaderboard cells (1e-4, 16, 4bit): the leaderboard's columns are text
+    summary["values"] = {variant["name"]: {names[key]: cell_text(value) for key, value in variant["values"].items()
                                            if not key.startswith("member:")} for variant in variants}
     return frame, summary
+
+
+def cell_text(value: Any) -> str | None:
+    """A swept value as text: numbers and words as in variant names (1e-4, 0.05, 16, 4bit), lists and
+    mappings as JSON."""
+    from workflow_scripts.sweeps import value_part
+
+    if value is None or isinstance(value, str):
+        return value
+    return value_part(value) if isinstance(value, (bool, int, float)) else json.dumps(value, sort_keys=True)
 
 
 def _dtype(values: list) -> Any:

@@ -121,8 +121,8 @@ def value_part(value: Any) -> str | None:
 
 
 def weights_part(weights: Mapping[str, float]) -> str:
-    """A weight map as part of a name: member and weight per member, members in alphabetical order."""
-    return "-".join(f"{member}{value_part(float(weights[member]))}" for member in sorted(weights))
+    """A weight map as part of a name: `member_wWEIGHT` per member, members in alphabetical order, joined by -."""
+    return "-".join(f"{member}_w{value_part(float(weights[member]))}" for member in sorted(weights))
 
 
 def members_part(members: Any) -> str:
@@ -504,7 +504,8 @@ def plan_lines(sweeps: Mapping[str, Sweep], jobs: Iterable[tuple[str, Mapping[st
         seeds = sorted({seed for v in sweep.variants for seed in v.seeds})
         shown = ", ".join(v.name for v in sweep.variants[:8]) + (", ..." if len(sweep.variants) > 8 else "")
         lines.append(f"sweep {sweep.section}.{name}: {len(sweep.variants)} variant(s)"
-                     + (f" x {len(seeds)} seeds" if seeds else "") + f" (select: {sweep.select}): {shown}")
+                     + (f" x {len(seeds)} seeds" if seeds else "")
+                     + (f" (select: {sweep.select})" if len(sweep.variants) > 1 else "") + f": {shown}")
         jobs_of = planned[name]
         lines.append(f"  new jobs: {sum(jobs_of.values())}"
                      + (" (" + ", ".join(f"{rule} {count}" for rule, count in sorted(jobs_of.items())) + ")" if jobs_of else ""))
