@@ -186,8 +186,9 @@ def test_on_noise_only_variants_the_in_sample_best_of_n_beats_the_nested_pick():
 
 
 def test_each_fold_s_pick_is_the_best_variant_on_the_other_folds_and_is_scored_on_that_fold():
-    variants, targets, folds = noise_sweep(7, n_variants=4, n_rows=120, n_folds=3)
+    variants, targets, folds = noise_sweep(12, n_variants=4, n_rows=120, n_folds=3)
     nested = nested_selection(SPEC, variants, targets, folds, "map@3")
+    assert len(set(nested["picks"].values())) == 3  # this sample picks a different variant in each fold
     picked = np.zeros_like(variants[0])
     for fold in range(3):
         held = folds == fold
@@ -305,3 +306,25 @@ def test_the_plan_lists_each_sweep_s_variants_new_jobs_and_gpu_jobs_per_resource
         "  GPU jobs: 5 x gpu=1 gpu_model=h100 mem_mb=64000 runtime=720",
         "sweep ensembles.sub: 2 variant(s) (select: in_sample): sub.qwen.lr1e-4-x, sub.x-y",
         "  new jobs: 2 (ensemble 1, sweep_table 1)"]
+
+
+def test_the_sweep_figure_plots_each_variant_s_cv_against_each_swept_key_and_rings_the_best():
+    from workflow_scripts import plots
+
+    expansion = expand_sweeps({"ensembles": {"sub": {"grid": {"members": {"pool": ["a", "b", "c"], "size": 2},
+                                                             "member_top_k": [1, 3]}}}})
+    spec = expansion.sweeps["sub"].to_json()
+    cvs = [0.61, 0.64, 0.60, 0.66, 0.62, 0.63]
+    _, summary = build_table(spec, [{"score": cv} for cv in cvs], {}, {}, "map@3")
+    fig = plots.sweep_figure(summary)
+    assert [ax.get_title() for ax in fig.axes] == ["member_top_k", "member a", "member b", "member c"]
+    for ax in fig.axes:
+        points = next(c for c in ax.get_children() if (c.get_gid() or "").startswith("cv:"))
+        labels = [tick.get_text() for tick in ax.get_xticklabels()]
+        assert points.get_offsets()[:, 1].tolist() == cvs
+        column = ax.get_title().removeprefix("member ")
+        # each dot sits over its variant's value: in/out for a member, the k for member_top_k
+        expected = [("in" if row[column] else "out") if column in "abc" else str(row[column]) for row in summary["rows"]]
+        assert [labels[int(round(x))] for x in points.get_offsets()[:, 0]] == expected
+        ring = next(c for c in ax.get_children() if (c.get_gid() or "").startswith("best:"))
+        assert ring.get_offsets()[0, 1] == max(cvs)
