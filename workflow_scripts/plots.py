@@ -424,13 +424,13 @@ def sweep_figure(summary: dict) -> Figure:
     for index, (key, order, positions) in enumerate(panels):
         ax = fig.add_subplot(n_rows, columns, index + 1)
         x = np.asarray(positions, dtype=float) + jitter
-        ax.scatter(x, cv, s=26, color="tab:blue", alpha=0.8, label="CV", zorder=3)
+        ax.scatter(x, cv, s=26, color="tab:blue", alpha=0.8, label="CV", zorder=3, gid=f"cv:{key}")
         if (~np.isnan(lb)).any():
             ax.scatter(x[~np.isnan(lb)], lb[~np.isnan(lb)], marker="D", s=22, color="tab:orange", label="public LB",
                        zorder=3)
         for i in best:
             ax.scatter([x[i]], [cv[i]], s=120, facecolors="none", edgecolors="tab:red", linewidths=1.5,
-                       label=f"best of {summary['variants']} (optimistic)", zorder=4)
+                       label=f"best of {summary['variants']} (optimistic)", zorder=4, gid=f"best:{key}")
         if nested is not None:
             ax.axhline(nested, color="tab:red", linestyle="--", linewidth=1, label="nested pick")
         _tick_labels(ax, order)

@@ -257,7 +257,7 @@ def _combine(axes: list[list[Choice]]) -> list[Choice]:
 
 
 def _weighted_members(base_members: Any, weights: Mapping[str, float], where: str, problems: list[str]) -> Any:
-    """Members with the grid's weights laid over them; a weight of 0 leaves the member out."""
+    """Members with the grid's weights laid over them (a weight of 0 leaves the member out, later)."""
     current = dict(base_members) if isinstance(base_members, Mapping) else {m: 1.0 for m in base_members or []}
     absent = sorted(set(weights) - set(current))
     if absent:
@@ -265,7 +265,7 @@ def _weighted_members(base_members: Any, weights: Mapping[str, float], where: st
                         f"(members: {sorted(current)})")
         return base_members
     current.update(weights)
-    return {member: weight for member, weight in current.items() if weight != 0}
+    return current
 
 
 def _member_weights(members: Any) -> dict[str, float]:
