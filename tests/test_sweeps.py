@@ -134,6 +134,10 @@ def test_a_config_without_sweeps_comes_back_equal():
      "invalid config: 2 problems\nconfig: models.m.grid.word_ngrams: [1, 2] cannot be part of a name; give the "
      "values labels (a mapping label -> value)\nconfig: models.m.grid.word_ngrams: [1, 3] cannot be part of a name; "
      "give the values labels (a mapping label -> value)"),
+    ({"m": {"kind": "tfidf_linear", "variants": {"a": {"C": 1.0}}, "grid": {"C": [2.0]}}}, {},
+     "config: models.m.grid.C: also set by variants; sweep a key in one of the two"),
+    ({"m": {**QWEN, "variants": {"q": {"quantization": "4bit"}, "l": {"quantization": "nope"}}}}, {},
+     "config: models.m.variants.l.quantization: 'nope' is not one of ['none', '4bit', '8bit']"),
     ({}, {"e": {"grid": {"members": {"pool": ["tfidf", "minilm"], "size": 3}}}},
      "config: ensembles.e.grid.members.size: 3 is larger than the pool (2 members)"),
     ({}, {"e": {"variants": {"r1": {"members": ["tfidf", "nope"]}}}},

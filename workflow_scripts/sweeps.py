@@ -184,9 +184,9 @@ def model_axes(name: str, entry: Mapping[str, Any], problems: list[str]) -> list
             choices.append(Choice(part if labelled else f"{key}{part}", {key: value}, {key: f"{where}.grid.{key}"},
                                   {key: part if labelled else value}))
         axes.append(choices)
-    for key in {key for choice in (axes[0] if entry.get("variants") else []) for key in choice.settings}:
-        if key in (entry.get("grid") or {}):
-            problems.append(f"config: {where}.grid.{key}: also set by variants; sweep a key in one of the two")
+    set_by_variants = {key for settings in (entry.get("variants") or {}).values() for key in settings}
+    problems += [f"config: {where}.grid.{key}: also set by variants; sweep a key in one of the two"
+                 for key in sorted(set_by_variants & set(entry.get("grid") or {}))]
     return axes
 
 
