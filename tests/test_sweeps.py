@@ -332,3 +332,16 @@ def test_the_sweep_figure_plots_each_variant_s_cv_against_each_swept_key_and_rin
         assert [labels[int(round(x))] for x in points.get_offsets()[:, 0]] == expected
         ring = next(c for c in ax.get_children() if (c.get_gid() or "").startswith("best:"))
         assert ring.get_offsets()[0, 1] == max(cvs)
+
+
+def test_a_seeds_only_sweep_plots_each_seed_s_cv_and_their_mean():
+    from workflow_scripts import plots
+
+    spec = expand_sweeps({"models": {"m": {**QWEN, "seeds": [0, 1]}}}).sweeps["m"].to_json()
+    _, summary = build_table(spec, [{"score": 0.70}], {"m.seed0": {"score": 0.68}, "m.seed1": {"score": 0.69}}, {},
+                             "map@3")
+    fig = plots.sweep_figure(summary)
+    [ax] = fig.axes
+    points = next(c for c in ax.get_children() if c.get_gid() == "seeds:m")
+    assert ax.get_title() == "seed" and [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "mean"]
+    assert points.get_offsets().tolist() == [[0, 0.68], [1, 0.69], [2, 0.70]]

@@ -405,21 +405,24 @@ def _sweep_panels(summary: dict) -> list[tuple[str, list[str], list[int]]]:
 
 def sweep_figure(summary: dict) -> Figure:
     """The sweep's metric against each swept key: one panel per key, a dot per variant (its CV), the best
-    variant ringed, LB scores as diamonds, the nested pick's score as a dashed line."""
+    variant ringed, LB scores as diamonds, the nested pick's score as a dashed line; with seeds, a last panel of
+    each seed's CV beside the seeds' mean."""
     rows = [row for row in summary["rows"] if row.get("cv") is not None]
+    seed_rows = [row for row in summary.get("seed_rows") or [] if row.get("cv") is not None]
     if not rows:
         return _message_figure(f"sweep {summary['name']}: no scores", ["none of its variants has a CV yet"])
     summary = {**summary, "rows": rows}
-    panels = _sweep_panels(summary)[:12]
-    columns = min(3, len(panels))
-    n_rows = math.ceil(len(panels) / columns)
+    panels = _sweep_panels(summary)[:11]
+    n_panels = len(panels) + bool(seed_rows)
+    columns = min(3, n_panels)
+    n_rows = math.ceil(n_panels / columns)
     fig = Figure(figsize=(4.2 * columns, 3.4 * n_rows + 0.6), layout="constrained")
     cv = np.array([row["cv"] for row in rows], dtype=float)
     lb = np.array([row.get("lb_public") if row.get("lb_public") is not None else np.nan for row in rows], dtype=float)
     best = [i for i, row in enumerate(rows) if row.get("selected")]
     nested = (summary.get("nested") or {}).get("score")
-    limits = _zoomed_limits(np.concatenate([cv, lb[~np.isnan(lb)], [nested] if nested is not None else []]),
-                            floor_at_zero=False)
+    limits = _zoomed_limits(np.concatenate([cv, lb[~np.isnan(lb)], [r["cv"] for r in seed_rows],
+                                            [nested] if nested is not None else []]), floor_at_zero=False)
     jitter = (np.arange(len(rows)) % 7 - 3) * 0.035
     for index, (key, order, positions) in enumerate(panels):
         ax = fig.add_subplot(n_rows, columns, index + 1)
@@ -441,7 +444,27 @@ def sweep_figure(summary: dict) -> Figure:
             ax.set_ylabel(summary["metric"])
         if index == 0:
             ax.legend(loc="lower right", frameon=False, fontsize=8)
-    fig.suptitle(f"sweep {summary['name']}: {summary['metric']} vs each swept key ({summary['variants']} variants)")
+    if seed_rows:  # each seed's CV, per variant, and the variant's mean (what the ensembles use)
+        ax = fig.add_subplot(n_rows, columns, len(panels) + 1)
+        order = [str(seed) for seed in sorted({r["seed"] for r in seed_rows})] + ["mean"]
+        variants = list(dict.fromkeys(r["variant"] for r in seed_rows))
+        for number, variant in enumerate(variants):
+            offset = (number - (len(variants) - 1) / 2) * 0.08
+            own = [r for r in seed_rows if r["variant"] == variant]
+            mean = next(row["cv"] for row in rows if row["variant"] == variant)
+            ax.scatter([order.index(str(r["seed"])) + offset for r in own] + [len(order) - 1 + offset],
+                       [r["cv"] for r in own] + [mean], s=26, alpha=0.8, label=variant if len(variants) > 1 else None,
+                       zorder=3, gid=f"seeds:{variant}")
+        _tick_labels(ax, order)
+        ax.set_xlim(-0.6, len(order) - 0.4)
+        ax.set_ylim(*limits)
+        ax.set_title("seed")
+        if len(panels) % columns == 0:
+            ax.set_ylabel(summary["metric"])
+        if 1 < len(variants) <= 8:
+            ax.legend(loc="lower right", frameon=False, fontsize=7)
+    fig.suptitle(f"sweep {summary['name']}: {summary['metric']} vs each swept key ({summary['variants']} variant"
+                 f"{'s' if summary['variants'] != 1 else ''})")
     return fig
 
 
