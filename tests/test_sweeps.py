@@ -107,8 +107,8 @@ def test_labelled_rows_of_a_hand_kept_table_keep_their_labels():
     assert expansion.config["ensembles"] == {"table.row01": {"members": ["a", "b"], "member_top_k": 3},
                                              "table.row02": {"members": {"a": 1.0, "c": 1.2}}}
     assert [v.values for v in expansion.sweeps["table"].variants] == [
-        {"variant": "row01", "member_top_k": 3, "member:a": 1.0, "member:b": 1.0, "member:c": None},
-        {"variant": "row02", "member_top_k": None, "member:a": 1.0, "member:b": None, "member:c": 1.2}]
+        {"label": "row01", "member_top_k": 3, "member:a": 1.0, "member:b": 1.0, "member:c": None},
+        {"label": "row02", "member_top_k": None, "member:a": 1.0, "member:b": None, "member:c": 1.2}]
 
 
 def test_a_config_without_sweeps_comes_back_equal():

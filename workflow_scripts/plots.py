@@ -381,10 +381,10 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
 
 def _sweep_panels(summary: dict) -> list[tuple[str, list[str], list[int]]]:
     """(swept key, category labels in order, each variant's category index) per panel of a sweep figure: its
-    swept keys (a variant label only when nothing else varies) and, for an ensemble sweep, each pool member
+    swept keys (a variant's label only when nothing else varies) and, for an ensemble sweep, each pool member
     (`out`, or `in` / its weight)."""
     rows = summary["rows"]
-    keys = [c for c in summary["columns"] if c != "variant"] or [c for c in summary["columns"]]
+    keys = [c for c in summary["columns"] if c != "label"] or [c for c in summary["columns"]]
     weights = {row.get(c) for c in summary["member_columns"] for row in rows} - {None}
     equal = weights <= {1.0}  # a subset sweep: members are in or out
     panels = []

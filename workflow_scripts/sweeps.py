@@ -165,7 +165,7 @@ def model_axes(name: str, entry: Mapping[str, Any], problems: list[str]) -> list
     axes = []
     if entry.get("variants"):
         axes.append([Choice(str(label), dict(settings), {key: f"{where}.variants.{label}.{key}" for key in settings},
-                            {"variant": str(label), **settings})
+                            {"label": str(label), **settings})
                      for label, settings in entry["variants"].items()])
     from workflow_scripts.model_spec import SPEC_BY_KIND
 
@@ -201,7 +201,7 @@ def ensemble_axes(name: str, entry: Mapping[str, Any], problems: list[str]) -> l
     axes = []
     if entry.get("variants"):
         axes.append([Choice(str(label), dict(settings), {key: f"{where}.variants.{label}.{key}" for key in settings},
-                            {"variant": str(label)})
+                            {"label": str(label)})
                      for label, settings in entry["variants"].items()])
         overlap = sorted({key for settings in entry["variants"].values() for key in settings} & set(grid))
         problems += [f"config: {where}.grid.{key}: also set by variants; sweep a key in one of the two" for key in overlap]
@@ -328,7 +328,7 @@ def expand_ensembles(ensembles: Mapping[str, Any], problems: list[str], sweeps: 
             problems.append(f"config: {where}.select: picks one of several variants; the ensemble has no grid or variants")
         swept = {key for key in ENSEMBLE_GRID_KEYS if key in (entry.get("grid") or {})}
         swept |= {key for settings in (entry.get("variants") or {}).values() for key in settings}
-        columns = (["variant"] if entry.get("variants") else []) + [
+        columns = (["label"] if entry.get("variants") else []) + [
             key for key in ("method", "blend", "C", "member_top_k") if key in swept]
         variants, pool = [], {}
         for choice in _combine(ensemble_axes(name, entry, problems)):
@@ -344,7 +344,7 @@ def expand_ensembles(ensembles: Mapping[str, Any], problems: list[str], sweeps: 
             origins[f"ensembles.{variant_name}"] = (where, {**{key: f"{where}.{key}" for key in base}, **choice.origins})
             member_weights = _member_weights(ensemble.get("members"))
             pool.update(dict.fromkeys(member_weights))
-            values = {key: choice.values.get("variant") if key == "variant" else ensemble.get(key) for key in columns}
+            values = {key: choice.values.get("label") if key == "label" else ensemble.get(key) for key in columns}
             variants.append(Variant(variant_name, "ensemble", {**values, **{f"member:{m}": w for m, w in
                                                                             member_weights.items()}}))
         for variant in variants:  # a column per pool member (its weight; None: not a member), so the table is rectangular
