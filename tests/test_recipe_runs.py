@@ -132,7 +132,7 @@ def check_map_sweeps(expansion, results: Path, labels: dict, classes: list[str])
     """Each sweep's table equals its variants' own score files, LB column and seed spread; its best row is the
     highest CV, marked selected of N; each nested pick is the variant best on the other folds (MAP@3 by hand)."""
     lb = yaml.safe_load((REPO / "recipes" / "lb" / "map.yaml").read_text())
-    assert set(expansion.sweeps) == {"submission_table", "ratio_table", "oof_table", "ettin_encoder_1b", "tfidf_grid"}
+    assert set(expansion.sweeps) == {"submission_table", "ratio_table", "oof_table", "qwen3_14b", "tfidf_grid"}
     for name, sweep in expansion.sweeps.items():
         table = json.loads((results / "sweeps" / f"{name}.json").read_text())
         csv = pl.read_csv(results / "sweeps" / f"{name}.csv")

@@ -311,7 +311,7 @@ def test_map_recipe_plans_every_table_row_as_an_ensemble_over_models_trained_onc
             f"{sweep}.row{i:02d}" for i in range(1, count + 1)}
         assert f"sweep ensembles.{sweep}: {count} variant(s) (select: nested)" in result.stderr
     trainings = [tuple(sorted(job["wildcards"])) for job in jobs if job["rule"].startswith("train_")]
-    assert len(trainings) == len(set(trainings)) == 2 * (len(MAP_DECODERS) + 1 + 2 + 1)  # ettin under 2 seeds
+    assert len(trainings) == len(set(trainings)) == 2 * (len(MAP_DECODERS) + 1 + 1 + 2 + 1)  # Qwen3-14B under 2 seeds
 
 
 def test_unlp_recipe_keeps_the_write_up_settings():

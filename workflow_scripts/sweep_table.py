@@ -218,6 +218,11 @@ def to_markdown(frame: pl.DataFrame, summary: dict) -> str:
         lines.append(f"Best of {count}: `{summary['best']}`, CV {summary['best_cv']:.5f}. **Optimistic**: it was picked "
                      f"as the best of {count} on the same OOF that scores it (selected_of: {count}, cv_optimistic); "
                      "a fresh sample would most likely score it lower.")
+    seeded = frame.filter(pl.col("seeds").is_not_null())
+    if seeded.height and not summary["best"]:
+        row = seeded.row(0, named=True)
+        lines.append(f"`{row['variant']}` is the mean of {row['seeds']} seeds: CV {row['cv']:.5f}; the seeds score "
+                     f"{row['cv_seeds']} (std {row['cv_seed_std']:.5f}): a difference smaller than that is noise.")
     nested = summary.get("nested")
     if nested:
         picks = ", ".join(f"fold {fold}: `{name}`" for fold, name in nested["picks"].items())
@@ -231,7 +236,8 @@ def to_markdown(frame: pl.DataFrame, summary: dict) -> str:
     member_columns = set(summary["member_columns"])
     weights = [value for column in member_columns for value in frame[column].to_list() if value is not None]
     all_ones = bool(weights) and all(value == 1.0 for value in weights)
-    columns = [c for c in frame.columns if c == "variant" or c in member_columns or frame[c].null_count() < frame.height]
+    shown = lambda c: frame[c].null_count() < frame.height and not (frame[c].dtype == pl.Boolean and not frame[c].any())  # noqa: E731
+    columns = [c for c in frame.columns if c == "variant" or c in member_columns or shown(c)]
     lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for record in frame.select(columns).iter_rows():
         lines.append("| " + " | ".join(_cell(v, c, member_columns, all_ones) for v, c in zip(record, columns)) + " |")
