@@ -345,3 +345,15 @@ def test_a_seeds_only_sweep_plots_each_seed_s_cv_and_their_mean():
     points = next(c for c in ax.get_children() if c.get_gid() == "seeds:m")
     assert ax.get_title() == "seed" and [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "mean"]
     assert points.get_offsets().tolist() == [[0, 0.68], [1, 0.69], [2, 0.70]]
+
+
+def test_the_cv_lb_figure_shows_ensembles_that_lb_scores_yaml_scores():
+    """A write-up's table rows are ensembles with LB scores: the CV-vs-LB figure plots them, not 'no LB yet'."""
+    from workflow_scripts import plots
+
+    board = pl.DataFrame({"kind": ["ensemble", "ensemble", "submission"], "name": ["t.row01", "t.row02", "sub"],
+                          "metric": ["map@3"] * 3, "cv": [0.70, 0.72, 0.71], "lb_public": [0.946, 0.947, None],
+                          "lb_private": [None, None, None]})
+    fig = plots.cv_lb_figure(board)
+    public = next(c for c in fig.axes[0].get_children() if c.get_gid() == "lb_public").get_offsets()
+    assert public.tolist() == [[0.70, 0.946], [0.72, 0.947]]

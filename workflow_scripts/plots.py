@@ -322,8 +322,11 @@ def _message_figure(title: str, lines: Sequence[str]) -> Figure:
 
 
 def cv_lb_figure(board: pl.DataFrame) -> Figure:
-    """CV (x) vs public and private LB (y) per submission; a message figure when no LB score exists yet."""
-    submissions = board.filter(pl.col("kind") == "submission")
+    """CV (x) vs public and private LB (y) per submission, and per model or ensemble lb_scores.yaml scores (a
+    write-up's table rows); a message figure when no LB score exists yet."""
+    submissions = board.filter(pl.col("kind").is_in(["submission", "model", "ensemble"])
+                               & ((pl.col("kind") == "submission") | pl.col("lb_public").is_not_null()
+                                  | pl.col("lb_private").is_not_null()))
     with_lb = submissions.filter(pl.col("lb_public").is_not_null() | pl.col("lb_private").is_not_null())
     if with_lb.height == 0:
         return _message_figure("no LB scores yet", [
@@ -351,6 +354,8 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
             ax.scatter(cv[rows], values[rows], marker=marker, s=44, color=colour, label=label, zorder=3,
                        gid="lb_" + label.split()[0])
     for name, x, y_pub, y_priv in zip(plotted["name"].to_list(), cv, public, private):
+        if plotted.height > 20:  # a sweep's rows: too many names to read; the sweep's own figure has them
+            break
         y = y_pub if not np.isnan(y_pub) else y_priv
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     lb_values = np.concatenate([public[~np.isnan(public)], private[~np.isnan(private)]])
@@ -365,7 +370,8 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
     metric = _metric_label(plotted["metric"].to_list())
     ax.set_xlabel(f"CV ({metric}, out-of-fold)")
     ax.set_ylabel("LB score")
-    ax.set_title(f"CV vs LB ({plotted.height} submission{'s' if plotted.height != 1 else ''})")
+    scored = "submission" if set(plotted["kind"].to_list()) == {"submission"} else "scored row"
+    ax.set_title(f"CV vs LB ({plotted.height} {scored}{'s' if plotted.height != 1 else ''})")
     if plotted.height >= 3 and (~np.isnan(public)).sum() >= 3:
         rows = ~np.isnan(public)
         ranks = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable")  # noqa: E731
