@@ -2,10 +2,11 @@
 8 models x 5 folds, and a no-op rerun (`snakemake --cores 1`) after a finished tiny real run.
 
     PYTHONPATH=. .venv/bin/python bench/dag.py [--models 8] [--folds 5] [--repeats 3] [--min-jobs 600]
+    PYTHONPATH=. .venv/bin/python bench/dag.py --sweep [--repeats 3]   # a sweep of ~500, ~1,000, ~2,000 jobs
 
 Every timing is the wall time of a fresh `python -m snakemake` process, as a user would type it (startup
 included); the medians are compared with the targets (dry run <= 3 s for >= 600 jobs, no-op
-rerun <= 5 s). When the 8 x 5 graph has fewer than --min-jobs jobs, the dry run is also timed on a config
+rerun <= 5 s; a sweep of 2,000 jobs <= 10 s CPU, growing linearly). When the 8 x 5 graph has fewer than --min-jobs jobs, the dry run is also timed on a config
 with enough models to reach that many jobs. `python -m snakemake --version` is timed as the floor.
 """
 from __future__ import annotations
@@ -144,6 +145,54 @@ def _run(n_models, n_folds, repeats, min_jobs, noop, root: Path, log) -> dict:
     return out
 
 
+# ---- a sweep: planning cost against its size ----
+
+SWEEP_TARGET_JOBS = 2000
+SWEEP_TARGET_CPU_S = 10.0
+
+
+def sweep_config(n_lr: int, n_folds: int = 5, pool: int = 8) -> dict:
+    """The demo config with one sweep: a tiny:llama LoRA model (merged, like a GPU model) over `n_lr`
+    learning rates x 2 ranks, and an ensemble sweep over every pair of its first `pool` variants at two Top@k
+    values, picked nested. About 17 jobs per model variant (prepare, 5 x train, merge, predict, oof)."""
+    config = generated_config(0, n_folds)
+    lrs = [round(1e-4 * (1 + i / 10), 8) for i in range(n_lr)]
+    config["models"] = {"qwen": {"source": "tiny:llama", "kind": "decoder_lora", "quantization": "none", "alpha": 8,
+                                 "merge": True, "grid": {"lr": lrs, "r": [4, 8]}, "select": "nested",
+                                 "resources": {"gpu": 1, "gpu_model": "h100", "mem_mb": 64000, "runtime": 720}}}
+    from workflow_scripts.sweeps import expand_sweeps
+
+    variants = [v.name for v in expand_sweeps(config).sweeps["qwen"].variants]
+    config["ensembles"] = {"pairs": {"grid": {"members": {"pool": variants[:pool], "size": 2}, "member_top_k": [1, 3]},
+                                     "select": "nested"}}
+    return config
+
+
+def run_sweep(targets: tuple[int, ...] = (500, 1000, SWEEP_TARGET_JOBS), repeats: int = 1, n_folds: int = 5,
+              root: Path | None = None, log=print) -> dict:
+    """Dry runs of sweeps of about each target's number of jobs: (jobs, median CPU s, median wall s) each, so
+    the cost can be read against the size (the goal: linear, <= 10 s CPU for 2,000 jobs)."""
+    with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
+        root = Path(root or tmp)
+        probes = {}
+        for n_lr in (4, 6):  # jobs grow linearly with the grid (the pool is full from 4 on): two points
+            probes[n_lr] = time_dry_run(write_config(root / f"probe{n_lr}", sweep_config(n_lr, n_folds)), 1)[2]
+        per_lr = (probes[6] - probes[4]) / 2
+        points = []
+        for target in targets:
+            n_lr = max(4, round(4 + (target - probes[4]) / per_lr))
+            wall, cpu, jobs, _ = time_dry_run(write_config(root / f"sweep{n_lr}", sweep_config(n_lr, n_folds)), repeats)
+            points.append({"jobs": jobs, "variants": 2 * n_lr, "cpu_s": cpu, "wall_s": wall})
+            log(f"sweep dry run: {2 * n_lr} model variants + 56 ensemble variants x {n_folds} folds = {jobs} jobs: "
+                f"{cpu:.2f} s CPU ({1000 * cpu / jobs:.2f} ms/job), {wall:.2f} s wall")
+    first, last = points[0], points[-1]
+    slope = (last["cpu_s"] - first["cpu_s"]) / max(1, last["jobs"] - first["jobs"])
+    log(f"  CPU per extra job between {first['jobs']} and {last['jobs']} jobs: {1000 * slope:.2f} ms; "
+        f"{last['jobs']} jobs plan in {last['cpu_s']:.2f} s CPU = {last['cpu_s'] / SWEEP_TARGET_CPU_S:.2f} x the "
+        f"{SWEEP_TARGET_CPU_S:g} s goal")
+    return {"points": points, "cpu_s_per_job": slope}
+
+
 def fmt(times: list[float]) -> str:
     return "(" + ", ".join(f"{t:.2f}" for t in times) + ")"
 
@@ -155,7 +204,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-jobs", type=int, default=600, help="also time a graph with at least this many jobs")
     parser.add_argument("--no-noop", action="store_true", help="skip the tiny real run and the no-op rerun")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only time dry runs of a sweep of about 500, 1,000 and 2,000 jobs (linear? <= 10 s CPU?)")
     args = parser.parse_args(argv)
+    if args.sweep:
+        run_sweep(repeats=args.repeats, n_folds=args.folds, log=lambda line: print(line, flush=True))
+        return 0
     result = run(args.models, args.folds, args.repeats, args.min_jobs, not args.no_noop,
                  log=lambda line: print(line, flush=True))
     def report(name, wall, cpu, target):

@@ -1,6 +1,7 @@
 # Shared by every rule file: config validation, wildcard constraints, input, params and resource functions.
 # What params hold (flags, the ensemble graph, manifest slices) is built in workflow_scripts/rule_params.py;
 # the functions here only pick the config section for a job's wildcards.
+import functools
 import json
 import os
 import re
@@ -15,7 +16,8 @@ from workflow_scripts.execution.code_version import code_digest  # rules pass it
 from workflow_scripts.execution.failures import print_user_errors  # the Snakefile's onerror
 
 RUN_STARTED = __import__("time").time()  # logs written since then belong to this run
-from workflow_scripts.config_check import check_config
+from workflow_scripts.config_check import checked_config_and_sweeps
+from workflow_scripts import sweeps
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.model_spec import EMBED, FIT, MERGE, PREDICT, TRAIN, ModelSpec
 from workflow_scripts import registry, rule_params
@@ -23,7 +25,10 @@ from workflow_scripts.rule_params import cli_flags
 from workflow_scripts.generated import teacher_labels
 
 try:
-    config.update(check_config(config, base_dir=Path.cwd()))
+    # sweeps (grids, seeds, ensemble subsets) expand into ordinary models and ensembles here, before any rule
+    # reads the config; SWEEPS keeps each sweep's variants for its table
+    _checked, SWEEPS = checked_config_and_sweeps(config, base_dir=Path.cwd())
+    config.update(_checked)
 except OoflineError as error:
     # the problem lines alone, as the last output: no Snakemake frame around them, and nothing runs
     print(f"oofline error: {error}", file=sys.stderr)
@@ -84,6 +89,7 @@ wildcard_constraints:
     base=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     split=teacher_labels.SPLIT_PATTERN + "|full",  # fold2 (an outer fold model), fold0+2 (an inner teacher)
     fold=r"\d+",
+    sweep=names_pattern(SWEEPS),
 
 
 # ---- config slices handed to scripts (as quoted JSON; config strings never reach a shell bare) ----
@@ -93,16 +99,32 @@ def task_json():
     return json.dumps(config["task"], sort_keys=True)
 
 
+@functools.cache
+def model_spec(name):
+    """The model's spec, built once per model (every job of a model reads it; a sweep makes many models)."""
+    return ModelSpec.from_config(MODELS[name])
+
+
+@functools.cache
+def _step_config_json(name, step):
+    return json.dumps(model_spec(name).step_config(step), sort_keys=True)
+
+
 def model_step_config(step):
     """A params function: the model settings `step` reads (model_spec: what its output depends on), as JSON."""
-    return lambda wildcards: json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).step_config(step), sort_keys=True)
+    return lambda wildcards: _step_config_json(wildcards.model, step)
 
 
 def model_run_settings(wildcards):
     """How a model's jobs run, not what they make (log and checkpoint frequency, inference batch sizes):
     a `resources:` string, which Snakemake does not track, so changing one reruns nothing. Compact, so that
     Snakemake's `resources: a=1, b=2` job line stays one item per resource."""
-    return json.dumps(ModelSpec.from_config(MODELS[wildcards.model]).run_settings(), sort_keys=True, separators=(",", ":"))
+    return _run_settings_json(wildcards.model)
+
+
+@functools.cache
+def _run_settings_json(name):
+    return json.dumps(model_spec(name).run_settings(), sort_keys=True, separators=(",", ":"))
 
 
 def demo_submission_columns():
@@ -183,7 +205,7 @@ def fold_predictions(wildcards):
 def model_targets(name):
     model = MODELS[name]
     targets = [out(f"oof/{name}.parquet"), out(f"test/{name}.parquet"), out(f"scores/{name}.json")]
-    if name in LORA_MODELS and ModelSpec.from_config(model).builds_merged:
+    if name in LORA_MODELS and model_spec(name).builds_merged:
         targets += [out(f"models/{name}/fold{k}/merged") for k in model_folds(name)]
     if model.get("train_full") and name in LORA_MODELS + FULL_MODELS:
         targets.append(out(f"models/{name}/full/{'adapter' if name in LORA_MODELS else 'model'}"))
@@ -204,16 +226,18 @@ def final_targets():
     for name in MODELS:
         targets += model_targets(name)
     return (targets + submission_targets() + plot_targets() + generated_targets() + retrieval_targets()
-            + kaggle_targets())
+            + kaggle_targets() + sweep_targets())
 
 
 # ---- resources: GPU steps take them from the model's config; `attempt` grows memory on retries ----
 
 
-def step_resources(settings_of, mem_mb=None, runtime=None):
+def step_resources(settings_of, mem_mb=None, runtime=None, entries=None):
     """Resources of a step that may use GPUs, from its `resources:` config (settings_of(wildcards)):
     gpu (default 0), mem_mb (grown per retry attempt), runtime and the Slurm plugin's keys, so every
-    GPU step lands on the configured partition with its GPU request, not only training."""
+    GPU step lands on the configured partition with its GPU request, not only training. `entries`: every
+    `resources:` block the step may read; a Slurm key none of them sets is left out (Snakemake evaluates each
+    resource function of each job it plans, and a sweep plans thousands)."""
 
     def lookup(key, default):
         def resource(wildcards, attempt=1):
@@ -228,10 +252,14 @@ def step_resources(settings_of, mem_mb=None, runtime=None):
 
     defaults = {"gpu": 0, "mem_mb": mem_mb, "runtime": runtime, "gpu_model": None, "gres": None,
                 "slurm_partition": None, "slurm_account": None, "cpus_per_gpu": None}
+    if entries is not None:
+        used = {key for entry in entries for key in (entry or {})}
+        defaults = {key: default for key, default in defaults.items() if default is not None or key in used}
     return {key: lookup(key, default) for key, default in defaults.items()}
 
 
-MODEL_STEP_RESOURCES = {**step_resources(lambda wildcards: MODELS[wildcards.model]["resources"]),
+MODEL_STEP_RESOURCES = {**step_resources(lambda wildcards: MODELS[wildcards.model]["resources"],
+                                         entries=[model["resources"] for model in MODELS.values()]),
                         "run_settings": model_run_settings}
 
 
@@ -294,7 +322,7 @@ def extra_arguments(wildcards):
 
 
 def model_gpu_count(name):
-    return ModelSpec.from_config(MODELS[name]).gpu_count
+    return model_spec(name).gpu_count
 
 
 train_params = dict(
@@ -452,6 +480,12 @@ def submission_options(wildcards):
     return rule_params.submission_flags(config, wildcards.submission, inputs.get("thresholds"))
 
 
+def lb_scores_file():
+    """The user's lb_scores.yaml when it exists (a missing file means no LB yet), else None."""
+    path = config.get("lb_scores", "lb_scores.yaml")
+    return path if Path(path).exists() else None
+
+
 def leaderboard_inputs(wildcards):
     inputs = {
         "models": [out(f"scores/{m}.json") for m in MODELS],
@@ -459,12 +493,41 @@ def leaderboard_inputs(wildcards):
         "manifests": [out(f"submissions/{s}/manifest.json") for s in SUBMISSIONS],
         # a row per retrieval stage (zero-shot, each iteration's embedder and reranked), lift over zero-shot
         "retrieval": [out(f"retrieval/{p}/stages.json") for p in (config.get("retrieval") or {})],
+        "sweeps": [out(f"sweeps/{s}.json") for s in SWEEPS],
     }
     if MODELS:  # the prior baseline of the classification task (a retrieval-only config has none)
         inputs["prior"] = out("scores/prior.json")
-    if Path(config.get("lb_scores", "lb_scores.yaml")).exists():
-        inputs["lb"] = config.get("lb_scores", "lb_scores.yaml")
+    if lb_scores_file():
+        inputs["lb"] = lb_scores_file()
     return inputs
+
+
+# ---- sweeps: one table per sweep over its variants (ordinary models and ensembles) ----
+
+
+def sweep_inputs(wildcards):
+    inputs = sweeps.table_inputs(OUT, SWEEPS[wildcards.sweep])
+    if lb_scores_file():
+        inputs["lb"] = lb_scores_file()
+    return inputs
+
+
+def sweep_options(wildcards):
+    """The sweep's spec (variants, swept values, select) and files; of wildcards only, so a change reruns it."""
+    inputs = sweeps.table_inputs(OUT, SWEEPS[wildcards.sweep])
+    return cli_flags({"spec": SWEEPS[wildcards.sweep].to_json(), "scores": inputs["scores"],
+                      "seed_scores": inputs["seed_scores"] or None, "oof": inputs.get("oof"),
+                      "targets": inputs.get("targets"), "labels": inputs.get("labels")})
+
+
+def sweep_targets():
+    return [out(f"sweeps/{s}.csv") for s in SWEEPS] + [out(f"plots/sweeps/{s}.png") for s in SWEEPS]
+
+
+if SWEEPS:
+    # a dry run (and a real run, before its first job) prints each sweep's variants, its planned jobs and GPU
+    # jobs per resource class, after Snakemake's job table
+    sweeps.print_plan_after_job_stats(SWEEPS, lambda: workflow.dag)
 
 
 def submission_targets():

@@ -91,3 +91,21 @@ rule leaderboard_html:
         CPU_CONTAINER
     shell:
         "{PY}.plots leaderboard-html --leaderboard {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_sweep:
+    input:
+        out("sweeps/{sweep}.json"),
+    output:
+        report(out("plots/sweeps/{sweep}.png"), caption="../report/sweep.rst", category="5. Sweeps",
+               labels={"sweep": "{sweep}", "figure": "metric vs each swept key"}),
+    params:
+        code=code_digest("plots"),
+    log:
+        out("logs/plots/sweeps/{sweep}.log"),
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        CPU_CONTAINER
+    shell:
+        "{PY}.plots sweep --sweep {input:q} --out {output:q} > {log:q} 2>&1"

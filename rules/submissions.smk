@@ -142,5 +142,5 @@ rule leaderboard:
         CPU_CONTAINER
     shell:
         "{PY}.leaderboard --model-scores {input.models:q} --ensemble-scores {input.ensembles:q}"
-        " --manifests {input.manifests:q} --retrieval-stages {input.retrieval:q} {params.prior} {params.lb}"
-        " --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+        " --manifests {input.manifests:q} --retrieval-stages {input.retrieval:q} --sweeps {input.sweeps:q} {params.prior}"
+        " {params.lb} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"

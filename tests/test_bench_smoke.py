@@ -86,3 +86,14 @@ def test_cpu_baseline_tasks_are_what_a_user_brings_and_the_plain_baseline_is_out
                                .otherwise(pl.col("fold")).alias("fold"))
     # swapping fold labels 0 and 1 leaves every row's training set the same: identical OOF
     np.testing.assert_allclose(bench.plain_tfidf_oof(train, moved, spec, targets, "{text}"), oof)
+
+
+def test_dag_sweep_config_is_a_valid_sweep_of_the_size_it_says(tmp_path):
+    """bench/dag.py --sweep times dry runs of this config: 2 ranks x n learning rates of a GPU LoRA model, and
+    every pair of the first 8 variants at two Top@k values (56 ensembles), both picked nested."""
+    from workflow_scripts.config_check import checked_config_and_sweeps
+
+    (tmp_path / "results" / "demo").mkdir(parents=True)
+    config, sweeps = checked_config_and_sweeps(load_bench("dag").sweep_config(6), tmp_path)
+    assert len(sweeps["qwen"].variants) == 12 and len(sweeps["pairs"].variants) == 56
+    assert all(model["resources"]["gpu"] == 1 for model in config["models"].values())

@@ -185,6 +185,14 @@ USER_NAMED_MAPS = {
     "properties/answers/properties/prompts/additionalProperties/oneOf/2/properties/templates",
     "properties/answers/properties/prompts/additionalProperties/oneOf/2/properties/keywords",
     "properties/votes",
+    # sweeps: a grid maps keys to values (or labels to values), variants map labels to entry keys, which are
+    # checked on each expanded model or ensemble
+    "definitions/model_sweep/properties/grid", "definitions/model_sweep/properties/grid/additionalProperties/oneOf/1",
+    "definitions/model_sweep/properties/variants", "definitions/model_sweep/properties/variants/additionalProperties",
+    "definitions/ensemble_sweep/properties/grid/properties/members/oneOf/0/items/oneOf/1",
+    "definitions/ensemble_sweep/properties/grid/properties/members/oneOf/2",
+    "definitions/ensemble_sweep/properties/grid/properties/weights", "definitions/ensemble_sweep/properties/variants",
+    "definitions/ensemble_sweep/properties/variants/additionalProperties",
 }
 
 

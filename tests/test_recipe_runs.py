@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ def run_recipe(name: str, workdir: Path) -> tuple[dict, Path]:
     configs = [REPO / "recipes" / f"{name}.yaml", REPO / "recipes" / f"demo-models-{name}.yaml"]
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
                "--cores", "2", "--configfile", *map(str, configs)]
+    if (REPO / "recipes" / "lb").is_dir():  # a recipe's lb_scores file (the write-up's LB), at the path it names
+        shutil.copytree(REPO / "recipes" / "lb", workdir / "recipes" / "lb", dirs_exist_ok=True)
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, cwd=workdir, timeout=1500)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -107,6 +110,10 @@ def test_map_recipe_runs_end_to_end(map_run):
 
 
 def check_map(config: dict, results: Path) -> None:
+    from workflow_scripts.sweeps import expand_sweeps
+
+    expansion = expand_sweeps(config)  # the sweeps' variants are the models and ensembles the run built
+    config = expansion.config
     spec = label_spec(results)
     train = pl.read_parquet(results / "data" / "train.parquet")
     labels = dict(zip(train["id"].to_list(), train["target"].to_list()))
@@ -129,6 +136,45 @@ def check_map(config: dict, results: Path) -> None:
         for row_id, predicted in submission.iter_rows():
             top3 = [classes[i] for i in np.argsort(-applied[row_id], kind="stable")][:3]
             assert predicted.split() == top3, (name, row_id)
+    check_map_sweeps(expansion, results, labels, classes)
+
+
+def check_map_sweeps(expansion, results: Path, labels: dict, classes: list[str]) -> None:
+    """Each sweep's table equals its variants' own score files, LB column and seed spread; its best row is the
+    highest CV, marked selected of N; each nested pick is the variant best on the other folds (MAP@3 by hand)."""
+    lb = yaml.safe_load((REPO / "recipes" / "lb" / "map.yaml").read_text())
+    assert set(expansion.sweeps) == {"submission_table", "ratio_table", "oof_table", "qwen3_14b", "tfidf_grid"}
+    for name, sweep in expansion.sweeps.items():
+        table = json.loads((results / "sweeps" / f"{name}.json").read_text())
+        csv = pl.read_csv(results / "sweeps" / f"{name}.csv")
+        assert csv["variant"].to_list() == [v.name for v in sweep.variants] == [r["variant"] for r in table["rows"]]
+        oof = {}
+        for variant, row in zip(sweep.variants, table["rows"]):
+            folder = results / ("scores" if variant.source == "model" else f"ensembles/{variant.name}")
+            score = json.loads((folder / (f"{variant.name}.json" if variant.source == "model" else "score.json")).read_text())
+            assert row["cv"] == score["score"] and row["cv_fold_std"] == score["fold_std"], variant.name
+            assert row["lb_public"] == lb.get(variant.name), variant.name
+            oof[variant.name] = check_oof(results, variant.name, label_spec(results), list(labels), 2).sort("id")
+            if variant.seeds:  # the seeds' mean: its OOF is theirs averaged, its spread theirs
+                seeds = [check_oof(results, model, label_spec(results), list(labels), 2).sort("id")
+                         for model in variant.seeds.values()]
+                np.testing.assert_allclose(oof[variant.name].select(classes).to_numpy(),
+                                           np.mean([s.select(classes).to_numpy() for s in seeds], axis=0), atol=1e-6)
+                seed_cvs = [json.loads((results / "scores" / f"{m}.json").read_text())["score"]
+                            for m in variant.seeds.values()]
+                assert row["cv_seed_std"] == pytest.approx(float(np.std(seed_cvs)), abs=1e-12)
+        cvs = [row["cv"] for row in table["rows"]]
+        if len(cvs) > 1:
+            best = table["rows"][int(np.argmax(cvs))]
+            assert (best["selected"], best["selected_of"], best["cv_optimistic"]) == (True, len(cvs), True), name
+        if sweep.select != "nested":
+            continue
+        for fold, picked in table["nested"]["picks"].items():
+            def other_folds(frame: pl.DataFrame) -> float:
+                rows = frame.filter(pl.col("fold") != int(fold))
+                return hand_map_at_3(rows.select(classes).to_numpy(), classes, [labels[i] for i in rows["id"]])
+            scores = {variant: other_folds(frame) for variant, frame in oof.items()}
+            assert scores[picked] == pytest.approx(max(scores.values()), abs=1e-12), (name, fold)
 
 
 @pytest.mark.slow

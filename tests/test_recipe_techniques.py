@@ -20,9 +20,9 @@ def test_map_has_the_plain_lora_embedding_model_the_small_full_fine_tune_and_the
         "Qwen/Qwen3-Embedding-4B", "none", 8, 8, 32, 2e-4)
     full = {**defaults, **models["qwen3_1_7b_full"]}
     assert (full["source"], full["kind"], full["lr"], full["batch_size"]) == ("Qwen/Qwen3-1.7B", "encoder_full", 4e-5, 16)
-    assert map_recipe["ensembles"]["oof_best"]["members"] == {
+    assert map_recipe["ensembles"]["oof_table"]["variants"]["row03"]["members"] == {
         "deepseek_math_7b": 1.0, "qwen3_embedding_4b_lora": 1.2, "ettin_encoder_1b": 0.8}
-    assert map_recipe["submissions"]["oof_best_top3"]["source"] == "oof_best"
+    assert map_recipe["submissions"]["oof_best_top3"]["source"] == "oof_table.row03"
 
 
 def test_keys_the_map_write_up_never_states_are_marked_as_oofline_choices():

@@ -59,8 +59,8 @@ STATED = {
                    # the ensemble tables and OOF Training table
         "folds.n_folds", "model_defaults.kind", "model_defaults.quantization", "model_defaults.r", "model_defaults.alpha",
         "model_defaults.lr", "model_defaults.batch_size", "models.*.source", "models.ettin_encoder_1b.*",
-        "models.qwen3_embedding_4b_lora.*", "models.qwen3_1_7b_full.*", "ensembles.five_top3.*",
-        "ensembles.six_top10.*", "ensembles.ratios.*", "ensembles.oof_best.*", "submissions.*.top_k"),
+        "models.qwen3_embedding_4b_lora.*", "models.qwen3_1_7b_full.*", "ensembles.submission_table.variants.*",
+        "ensembles.ratio_table.variants.*", "ensembles.oof_table.variants.*", "submissions.*.top_k"),
     "unlp.yaml": (  # 001: MultilabelStratifiedKFold(5, shuffle, 42), the lora_config / train_args block, the hybrid
         "folds.*", "models.gemma2_27b.source", "models.gemma2_27b.kind", "models.gemma2_27b.r", "models.gemma2_27b.alpha",
         "models.gemma2_27b.dropout", "models.gemma2_27b.target_modules.*", "models.gemma2_27b.lr",
@@ -178,15 +178,11 @@ def test_the_mark_check_finds_an_unmarked_value(tmp_path, monkeypatch):
 
 def test_map_recipe_keeps_the_write_up_settings():
     """000: seven QLoRA-4bit decoders (r=8, alpha=32, lr 2e-4, batch 16) and Ettin-Encoder-1b fine-tuned
-    (lr 4e-5, batch 32), 5 folds, MAP@3 over Category:Misconception; the top@k ensembles and ratio row 1."""
+    (lr 4e-5, batch 32), 5 folds, MAP@3 over Category:Misconception; the submission is ratio row 1, top 3."""
     config = recipe("map.yaml")
     assert (config["task"]["metric"], config["task"]["label_template"], config["folds"]["n_folds"]) == (
         "map@3", "{Category}:{Misconception}", 5)
-    decoders = {"qwen3_14b": "Qwen/Qwen3-14B", "gemma2_9b": "google/gemma-2-9b-it",
-                "deepseek_r1_qwen3_8b": "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B",
-                "deepseek_math_7b": "deepseek-ai/deepseek-math-7b-instruct", "qwen3_embedding_4b": "Qwen/Qwen3-Embedding-4B",
-                "acereason_7b": "nvidia/AceReason-Nemotron-1.1-7B", "llama31_8b": "meta-llama/Llama-3.1-8B-Instruct"}
-    for name, source in decoders.items():
+    for name, source in MAP_DECODERS.items():
         model = model_settings(config, name)
         assert (model["source"], model["kind"], model["quantization"], model["r"], model["alpha"], model["lr"],
                 model["batch_size"]) == (source, "decoder_lora", "4bit", 8, 32, 2e-4, 16), name
@@ -195,16 +191,130 @@ def test_map_recipe_keeps_the_write_up_settings():
         "jhu-clsp/ettin-encoder-1b", "encoder_full", 4e-5, 32)
     assert "quantization" not in ettin  # a full fine-tune: model_defaults' 4-bit LoRA keys do not reach it
     # the "OOF Training" table adds a plain-LoRA Qwen3-Embedding-4B (batch 8) and a full Qwen3-1.7B (lr 4e-5, batch 16)
-    assert set(config["models"]) == set(decoders) | {"ettin_encoder_1b", "qwen3_embedding_4b_lora", "qwen3_1_7b_full"}
-    five = ["qwen3_14b", "deepseek_r1_qwen3_8b", "deepseek_math_7b", "gemma2_9b", "qwen3_embedding_4b"]
-    ensembles = config["ensembles"]
-    assert (sorted(ensembles["five_top3"]["members"]), ensembles["five_top3"]["member_top_k"]) == (sorted(five), 3)
-    assert (sorted(ensembles["six_top10"]["members"]), ensembles["six_top10"]["member_top_k"]) == (
-        sorted(five + ["ettin_encoder_1b"]), 10)
-    assert ensembles["ratios"]["members"] == {"qwen3_14b": 1.0, "deepseek_math_7b": 1.0, "gemma2_9b": 1.2,
-                                              "qwen3_embedding_4b": 0.8, "ettin_encoder_1b": 0.8}
+    assert set(config["models"]) == set(MAP_DECODERS) | {"ettin_encoder_1b", "qwen3_embedding_4b_lora", "qwen3_1_7b_full"}
     submission = config["submissions"]["ratios_top3"]
-    assert (submission["source"], submission["format"], submission["top_k"]) == ("ratios", "top_k", 3)
+    assert (submission["source"], submission["format"], submission["top_k"]) == ("ratio_table.row01", "top_k", 3)
+    assert config["submissions"]["oof_best_top3"]["source"] == "oof_table.row03"  # their best: LB 0.948
+
+
+MAP_DECODERS = {"qwen3_14b": "Qwen/Qwen3-14B", "gemma2_9b": "google/gemma-2-9b-it",
+                "deepseek_r1_qwen3_8b": "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B",
+                "deepseek_math_7b": "deepseek-ai/deepseek-math-7b-instruct", "qwen3_embedding_4b": "Qwen/Qwen3-Embedding-4B",
+                "acereason_7b": "nvidia/AceReason-Nemotron-1.1-7B", "llama31_8b": "meta-llama/Llama-3.1-8B-Instruct"}
+# The write-up's three ensemble tables, pasted as it prints them (000, "Ensemble Submission", "Ensemble Ratio",
+# "OOF Ensemble Submission"); the columns name models by the write-up's names.
+MAP_SUBMISSION_TABLE = """
+| Qwen3-14B | DeepSeek-R1-0528-Qwen3-8B | deepseek-math-7b-instruct | gemma-2-9b-it | Qwen3-Embedding-4B | Ettin-Encoder-1b | Top@k | LB Score |
+| ✅         | ✅                         | ✅                         | ✅             | ✅                  | ❌                | 3     | 0.946    |
+| ✅         | ✅                         | ✅                         | ✅             | ✅                  | ❌                | 10    | 0.946    |
+| ✅         | ✅                         | ✅                         | ✅             | ❌                  | ❌                | 3     | 0.944    |
+| ✅         | ❌                         | ✅                         | ✅             | ✅                  | ❌                | 3     | 0.945    |
+| ✅         | ✅                         | ❌                         | ✅             | ✅                  | ❌                | 3     | 0.945    |
+| ✅         | ✅                         | ✅                         | ❌             | ✅                  | ❌                | 3     | 0.945    |
+| ✅         | ✅                         | ✅                         | ✅             | ✅                  | ✅                | 10    | 0.947    |
+| ✅         | ❌                         | ✅                         | ✅             | ✅                  | ✅                | 10    | 0.947    |
+| ✅         | ✅                         | ❌                         | ✅             | ✅                  | ✅                | 10    | 0.946    |
+| ✅         | ✅                         | ❌                         | ✅             | ❌                  | ❌                | 10    | 0.944    |
+| ✅         | ❌                         | ✅                         | ✅             | ❌                  | ❌                | 10    | 0.945    |
+| ✅         | ❌                         | ❌                         | ✅             | ✅                  | ❌                | 10    | 0.946    |
+| ✅         | ❌                         | ❌                         | ✅             | ✅                  | ✅                | 10    | 0.945    |
+| ❌         | ❌                         | ✅                         | ✅             | ✅                  | ❌                | 10    | 0.946    |
+| ❌         | ✅                         | ✅                         | ✅             | ✅                  | ❌                | 10    | 0.945    |
+| ❌         | ❌                         | ✅                         | ✅             | ✅                  | ✅                | 10    | 0.947    |
+"""
+MAP_RATIO_TABLE = """
+| Models | Qwen3-14B | DeepSeek-R1-0528-Qwen3-8B | deepseek-math-7b-instruct | gemma-2-9b-it | Qwen3-Embedding-4B | Ettin-Encoder-1b | LB Score       |
+| Ratios | 1.0       | 0                         | 1.0                       | 1.2           | 0.8                | 0.8              | 0.947          |
+| Ratios | 1.2       | 0                         | 1.2                       | 1.0           | 0.8                | 0.8              | 0.947          |
+| Ratios | 1.2       | 0                         | 0.8                       | 1.0           | 0.8                | 0.8              | 0.947          |
+| Ratios | 1.0       | 0                         | 0.8                       | 1.2           | 0.8                | 0.8              | 0.947          |
+| Ratios | 1.2       | 0                         | 1.0                       | 1.2           | 0.8                | 0.8              | 0.947          |
+| Ratios | 0.8       | 0                         | 1.0                       | 1.2           | 0.8                | 0.8              | 0.947          |
+| Ratios | 1.2       | 0                         | 1.0                       | 1.2           | 1.0                | 0.8              | 0.947          |
+| Ratios | 0         | 0                         | 1.0                       | 1.0           | 1.2                | 0.8              | 0.946          |
+| Ratios | 0         | 0                         | 1.2                       | 1.2           | 1.0                | 0.8              | 0.946          |
+| Ratios | 0         | 0                         | 1.0                       | 1.0           | 1.0                | 1.0              | 0.947 (higher) |
+"""
+MAP_OOF_TABLE = """
+| DeepSeek-R1-0528-Qwen3-8B | deepseek-math-7b-instruct | gemma-2-9b-it | Qwen3-Embedding-4B | Ettin-Encoder-1b | LB Score |
+| ❌                         | ✅                         | ❌             | ❌                  | ✅                | 0.944    |
+| ❌                         | ✅                         | ❌             | ✅                  | ✅                | 0.947    |
+| ❌                         | ✅ (1.0)                   | ❌             | ✅ (1.2)            | ✅ (0.8)          | 0.948    |
+| ✅ (1.0)                   | ❌                         | ❌             | ✅ (1.2)            | ✅ (0.8)          | -        |
+| ✅ (1.2)                   | ❌                         | ❌             | ✅ (1.0)            | ✅ (0.8)          | -        |
+| ✅ (1.2)                   | ✅ (1.0)                   | ❌             | ❌                  | ✅ (0.8)          | -        |
+| ❌                         | ✅                         | ❌             | ✅                  | ❌                | 0.945    |
+| ❌                         | ✅                         | ✅             | ❌                  | ❌                | 0.945    |
+| ❌                         | ✅                         | ✅             | ✅                  | ❌                | 0.947    |
+| ✅                         | ❌                         | ❌             | ✅                  | ❌                | 0.947    |
+"""
+# the write-up's model names -> the recipe's; in the OOF table Qwen3-Embedding-4B is the plain LoRA run (oofline's choice)
+MAP_NAMES = {"Qwen3-14B": "qwen3_14b", "DeepSeek-R1-0528-Qwen3-8B": "deepseek_r1_qwen3_8b",
+             "deepseek-math-7b-instruct": "deepseek_math_7b", "gemma-2-9b-it": "gemma2_9b",
+             "Qwen3-Embedding-4B": "qwen3_embedding_4b", "Ettin-Encoder-1b": "ettin_encoder_1b"}
+
+
+def write_up_rows(table: str, names: dict) -> list[tuple[dict, int | None, float | None]]:
+    """(member -> weight, Top@k, LB) per row of a pasted table: a tick is weight 1 (or its bracket), a cross
+    or 0 is no member."""
+    header, *lines = [[cell.strip() for cell in line.strip("| ").split("|")] for line in table.strip().splitlines()]
+    rows = []
+    for cells in lines:
+        row = dict(zip(header, cells))
+        members = {}
+        for column, name in names.items():
+            cell = row.get(column, "❌")
+            weight = (float(cell.split("(")[1].rstrip(")")) if "(" in cell else 1.0) if "✅" in cell else (
+                0.0 if cell == "❌" else float(cell))
+            if weight:
+                members[name] = weight
+        lb = row["LB Score"].split()[0]
+        rows.append((members, int(row["Top@k"]) if "Top@k" in row else None, None if lb == "-" else float(lb)))
+    return rows
+
+
+def test_map_recipe_has_every_row_of_the_write_up_s_three_tables_as_a_named_variant_with_its_lb():
+    """Each table is a sweep whose variants are its rows in order (members, weights, Top@k), and the recipe's
+    lb_scores file holds each row's LB; nothing more."""
+    import yaml
+
+    from workflow_scripts.sweeps import expand_sweeps
+
+    config = recipe("map.yaml")
+    expansion = expand_sweeps(config)
+    lb = yaml.safe_load((REPO / config["lb_scores"]).read_text())
+    oof_names = {**MAP_NAMES, "Qwen3-Embedding-4B": "qwen3_embedding_4b_lora"}
+    for sweep, table, names in (("submission_table", MAP_SUBMISSION_TABLE, MAP_NAMES),
+                                ("ratio_table", MAP_RATIO_TABLE, MAP_NAMES), ("oof_table", MAP_OOF_TABLE, oof_names)):
+        variants = expansion.sweeps[sweep].variants
+        rows = write_up_rows(table, names)
+        assert [v.name for v in variants] == [f"{sweep}.row{i:02d}" for i in range(1, len(rows) + 1)]
+        for variant, (members, top_k, score) in zip(variants, rows):
+            entry = expansion.config["ensembles"][variant.name]
+            weights = entry["members"] if isinstance(entry["members"], dict) else dict.fromkeys(entry["members"], 1.0)
+            assert weights == members and entry.get("member_top_k") == top_k, variant.name
+            assert lb.get(variant.name) == score, variant.name
+    assert len([name for name in lb if "_table." in name]) == 16 + 10 + 7  # the OOF table's rows 4-6 were not submitted
+
+
+def test_map_recipe_plans_every_table_row_as_an_ensemble_over_models_trained_once(tmp_path):
+    """The dry run (recipe + demo overlay): the 36 table rows are 36 ensemble jobs named as the rows, and each
+    model's fold is trained by exactly one job however many rows use it; the sweep lines list each table."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from dry_run_plans import parse_jobs
+
+    command = [sys.executable, "-m", "snakemake", "-n", "--printshellcmds", "--cores", "1", "--directory", str(tmp_path),
+               "--configfile", "recipes/map.yaml", "recipes/demo-models-map.yaml"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = parse_jobs(result.stdout)
+    ensembles = {w.split("=", 1)[1] for job in jobs if job["rule"] == "ensemble" for w in job["wildcards"]}
+    for sweep, count in (("submission_table", 16), ("ratio_table", 10), ("oof_table", 10)):
+        assert {name for name in ensembles if name.startswith(sweep + ".")} == {
+            f"{sweep}.row{i:02d}" for i in range(1, count + 1)}
+        assert f"sweep ensembles.{sweep}: {count} variant(s) (select: nested)" in result.stderr
+    trainings = [tuple(sorted(job["wildcards"])) for job in jobs if job["rule"].startswith("train_")]
+    assert len(trainings) == len(set(trainings)) == 2 * (len(MAP_DECODERS) + 1 + 1 + 2 + 1)  # Qwen3-14B under 2 seeds
 
 
 def test_unlp_recipe_keeps_the_write_up_settings():

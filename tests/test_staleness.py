@@ -42,11 +42,15 @@ CONFIG = {
         "full": {"kind": "encoder_full", "source": "tiny:llama", "lr": 1e-3},
         "lora": {"kind": "encoder_lora", "source": "tiny:llama", "lr": 2e-3, "r": 4, "alpha": 8},
         "qlora": {"kind": "decoder_lora", "source": "tiny:llama", "lr": 2e-3, "r": 4, "alpha": 8, "quantization": "4bit"},
+        # a sweep (docs/sweeps.md): sweep_tfidf.C0.5.seed1 ... and the seeds' means sweep_tfidf.C0.5, sweep_tfidf.C4
+        "sweep_tfidf": {"kind": "tfidf_linear", "grid": {"C": [0.5, 4.0]}, "seeds": [1, 2]},
     },
     "ensembles": {
         "blend": {"members": {"full": 1.0, "qlora": 0.5}, "method": "mean"},
         "searched": {"members": ["tfidf", "embed", "lora"], "method": "search"},
         "stacked": {"members": ["tfidf", "embed"], "method": "stack"},
+        # a weight-ratio sweep over the model sweep's variants: ratio_sweep.sweep_tfidf.C4_w1, ..._w2
+        "ratio_sweep": {"members": ["sweep_tfidf.C0.5", "sweep_tfidf.C4"], "grid": {"weights": {"sweep_tfidf.C4": [1, 2]}}},
     },
     "thresholds": {"blend": {"method": "hybrid", "weight": 0.5}},
     "submissions": {"blend_labels": {"source": "blend", "format": "labels", "thresholds": True},
@@ -190,9 +194,12 @@ RESOURCES = {"mem_mb": 9000, "runtime": 240, "threads": 2, "gpu_model": "h100", 
 
 
 def model_rows():
-    """(row id, config edit, expected jobs): every key of every model's kind, every resource key."""
+    """(row id, config edit, expected jobs): every key of every model's kind, every resource key (a sweep's
+    models have SWEEP_ROWS)."""
     rows = []
     for model, entry in CONFIG["models"].items():
+        if model in SWEEPS:
+            continue
         for key in kind_keys(entry["kind"]):
             if key in ("kind", "resources"):
                 continue
@@ -267,6 +274,46 @@ SHARED_ROWS = [
 ]
 
 
+# ---- sweeps: a grid value, a seed or a weight ratio added plans only the new variant's jobs ----
+
+SWEEPS = {"sweep_tfidf", "ratio_sweep"}
+SWEEP_C, SWEEP_SEEDS = (0.5, 4.0), (1, 2)
+
+
+def sweep_reports(*sweeps: str) -> set:
+    """A sweep's table changed: its figure and the leaderboard that reads the table."""
+    return REPORTS | {job(rule, sweep=name) for name in sweeps for rule in ("sweep_table", "plot_sweep")}
+
+
+def seed_models(c: str, seeds=SWEEP_SEEDS) -> set:
+    """The per-seed models of variant sweep_tfidf.C<c>: their fold fits and OOF."""
+    jobs = set()
+    for seed in seeds:
+        model = f"sweep_tfidf.C{c}.seed{seed}"
+        jobs |= {job("tfidf_linear_fold", model=model, split=f"fold{k}") for k in FOLDS} | {job("oof", model=model)}
+    return jobs
+
+
+RATIO_VARIANTS = {job("ensemble", ensemble=f"ratio_sweep.sweep_tfidf.C4_w{w}") for w in (1, 2)}
+SWEEP_ROWS = [
+    # a third C: only the new variant's seeds, their mean, the sweep's table; the ratio sweep names other variants
+    ("models.sweep_tfidf.grid.C (a value added)", {"models": {"sweep_tfidf": {"grid": {"C": [0.5, 4.0, 1.0]}}}},
+     seed_models("1") | {job("ensemble", ensemble="sweep_tfidf.C1"), job("plot_cv_folds"), job("plot_ensembles")}
+     | sweep_reports("sweep_tfidf")),
+    # a third seed: each variant's new seed model, each variant's mean, and the ensembles over those means
+    ("models.sweep_tfidf.seeds (a seed added)", {"models": {"sweep_tfidf": {"seeds": [1, 2, 3]}}},
+     seed_models("0.5", [3]) | seed_models("4", [3]) | RATIO_VARIANTS
+     | {job("ensemble", ensemble=f"sweep_tfidf.C{c}") for c in ("0.5", "4")}
+     | {job("plot_cv_folds"), job("plot_ensembles")} | sweep_reports("sweep_tfidf", "ratio_sweep")),
+    # how the best variant is picked changes the table only
+    ("models.sweep_tfidf.select", {"models": {"sweep_tfidf": {"select": "nested"}}}, sweep_reports("sweep_tfidf")),
+    # a third weight ratio: one more ensemble
+    ("ensembles.ratio_sweep.grid.weights (a value added)",
+     {"ensembles": {"ratio_sweep": {"grid": {"weights": {"sweep_tfidf.C4": [1, 2, 3]}}}}},
+     {job("ensemble", ensemble="ratio_sweep.sweep_tfidf.C4_w3"), job("plot_ensembles")} | sweep_reports("ratio_sweep")),
+]
+
+
 def merged_config(edit: dict) -> dict:
     def merge(base, override):
         for key, value in override.items():
@@ -286,9 +333,14 @@ def describe(jobs: set) -> list[str]:
 def test_the_table_has_a_row_for_every_key_of_every_kind():
     rows = {row for row, _, _ in model_rows()}
     for model, entry in CONFIG["models"].items():
-        assert {f"models.{model}.{key}" for key in kind_keys(entry["kind"]) if key not in ("kind", "resources")} <= rows
+        if model not in SWEEPS:
+            assert {f"models.{model}.{key}" for key in kind_keys(entry["kind"]) if key not in ("kind", "resources")} <= rows
     every_key = {key for spec in SPEC_BY_KIND.values() for key in spec.keys()} - {"kind", "resources"}
     assert set(MODEL_KEYS) | set(JOINT_CHANGES) == every_key
+    # a model sweep's grid, seeds and select, an ensemble sweep's grid (variants are grid rows with labels)
+    assert {row.split(" (")[0] for row, _, _ in SWEEP_ROWS} == {
+        "models.sweep_tfidf.grid.C", "models.sweep_tfidf.seeds", "models.sweep_tfidf.select",
+        "ensembles.ratio_sweep.grid.weights"}
 
 
 # ---- the finished run and dry runs in this process ----
@@ -361,7 +413,7 @@ def test_a_finished_run_plans_nothing(finished_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("edit, expected", [pytest.param(edit, expected, id=row)
-                                            for row, edit, expected in model_rows() + SHARED_ROWS])
+                                            for row, edit, expected in model_rows() + SHARED_ROWS + SWEEP_ROWS])
 def test_a_change_plans_exactly_its_jobs(finished_run, edit, expected):
     assert describe(planned_jobs(finished_run, merged_config(edit))) == describe(expected)
 

@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 from workflow_scripts.errors import OoflineError
 from workflow_scripts.model_spec import SPEC_BY_KIND, config_defaults, kind_keys, unknown_key_problem
 from workflow_scripts.prepare_model import LOCAL_SOURCES
+from workflow_scripts.sweeps import ENSEMBLE_SWEEP_KEYS, MODEL_SWEEP_KEYS, expand_sweeps
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 PACKAGED_SOURCES = LOCAL_SOURCES
@@ -88,10 +89,22 @@ def with_model_defaults(entry: Any, model_defaults: dict[str, Any]) -> Any:
 
 
 def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str, Any]:
-    """Return the normalised config (defaults filled, model defaults merged) or raise one OoflineError
-    listing every problem, one per line."""
+    """Return the normalised config (sweeps expanded, defaults filled, model defaults merged) or raise one
+    OoflineError listing every problem, one per line."""
+    return checked_config_and_sweeps(config, base_dir)[0]
+
+
+def checked_config_and_sweeps(config: dict[str, Any], base_dir: str | Path = ".") -> tuple[dict[str, Any], dict]:
+    """check_config's config and the sweeps it expanded ({name: workflow_scripts.sweeps.Sweep})."""
     config = copy.deepcopy(config)
     schema = load_schema()
+    # sweeps (grids, variants, seeds) expand into ordinary models and ensembles first; every check below sees
+    # those, and a problem of an expanded entry is phrased on the key the user wrote
+    problems = sweep_key_problems(config, schema)
+    if problems:
+        raise OoflineError(_problems_message(problems))
+    expansion = expand_sweeps(config)
+    config = expansion.config
     validator = Draft202012Validator(schema)
     models = config.get("models") or {}
     model_defaults = config.get("model_defaults") or {}
@@ -106,12 +119,37 @@ def check_config(config: dict[str, Any], base_dir: str | Path = ".") -> dict[str
     errors = [e for e in errors if not (e.validator == "required" and tuple(e.absolute_path) in unknown_at)]
     problems = [line for error in errors for line in _problem_lines(error)]
     if problems:
-        raise OoflineError(_problems_message(problems))
+        raise OoflineError(_problems_message(_user_problems(problems, expansion)))
     _fill_defaults(schema, config)
     problems = semantic_problems(config, Path(base_dir))
     if problems:
-        raise OoflineError(_problems_message(problems))
-    return config
+        raise OoflineError(_problems_message(_user_problems(problems, expansion)))
+    return config, expansion.sweeps
+
+
+def _user_problems(problems: list[str], expansion) -> list[str]:
+    """Problems of expanded sweep entries on the keys the user wrote, each once (a grid's variants share them)."""
+    return list(dict.fromkeys(expansion.user_problem(line) for line in problems))
+
+
+def sweep_key_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """The sweep keys of models and ensembles (grid, variants, seeds, select) against the schema's
+    model_sweep / ensemble_sweep definitions, before they expand."""
+    problems = []
+    for section, definition, keys in (("models", "model_sweep", MODEL_SWEEP_KEYS),
+                                      ("ensembles", "ensemble_sweep", ENSEMBLE_SWEEP_KEYS)):
+        entries = config.get(section)
+        if not isinstance(entries, dict):
+            continue
+        instance = {name: {key: entry[key] for key in keys if key in entry}
+                    for name, entry in entries.items() if isinstance(entry, dict) and any(key in entry for key in keys)}
+        if not instance:
+            continue
+        validator = Draft202012Validator({"definitions": schema["definitions"], "type": "object",
+                                          "additionalProperties": {"$ref": f"#/definitions/{definition}"}})
+        for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
+            problems.append(f"config: {key_path([section, *error.absolute_path])}: {_describe(error)}")
+    return problems
 
 
 def semantic_problems(config: dict[str, Any], base_dir: Path) -> list[str]:

@@ -35,9 +35,20 @@ SCHEMA["cv_optimistic_reason"] = pl.String
 OPTIMISTIC_NOTE = ("**Optimistic CV** (select_epoch: best: each fold's epoch was picked on that fold's labels, "
                    "compare cv_plain, the last epoch's CV, with other rows (a model's lift over the prior is taken "
                    "from it); teacher labels: a fold model learnt from labels made by teachers that saw its "
-                   "held-out fold, see cv_optimistic_reason; read ensembles and submissions over these models as "
-                   "optimistic too): ")
+                   "held-out fold, see cv_optimistic_reason; a sweep's best variant: picked as the best of "
+                   "selected_of variants on the OOF it is scored on, cv_nested is the nested pick's score; read "
+                   "ensembles and submissions over these models as optimistic too): ")
 SELECT_EPOCH_REASON = "select_epoch: best (each fold's epoch picked on that fold's labels)"
+# sweeps (results/sweeps/NAME.json): the sweep a row is a variant (or a per-seed model) of, on the best variant
+# the number of variants it was picked from (its CV is then optimistic) and, with select: nested, the out-of-fold
+# score of picking per fold; on a seeded variant (the seeds' mean) the seeds and the spread of their CVs. Each
+# swept key is one more column after these (named as the key; sweep.KEY where a column has that name already).
+SCHEMA["sweep"] = pl.String
+SCHEMA["selected_of"] = pl.Int64
+SCHEMA["cv_nested"] = pl.Float64
+SCHEMA["seeds"] = pl.String
+SCHEMA["cv_seed_mean"] = pl.Float64
+SCHEMA["cv_seed_std"] = pl.Float64
 
 
 # Retrieval pipelines (stages.json): a `retrieval` row per stage (zero-shot, each iteration's embedder alone and
@@ -58,7 +69,8 @@ BELOW_ZERO_SHOT_NOTE = ("**Below the zero-shot embedder** (retrieval stages that
 
 
 def load_lb_scores(path: str | Path | None) -> dict[str, dict[str, float | None]]:
-    """lb_scores.yaml: {submission name: {public: float, private: float}}; a missing file means no LB yet."""
+    """lb_scores.yaml: {submission, model or ensemble name: {public: float, private: float}} (or name: public
+    score); a missing file means no LB yet."""
     if not path or not Path(path).exists():
         return {}
     import yaml
@@ -140,7 +152,7 @@ def ensemble_members_of(path: str | Path) -> tuple[str, list[str]]:
 
 def flag_optimistic_sources(rows: list[dict], members: dict[str, list[str]]) -> None:
     """Mark ensembles with an optimistic member (a model or ensemble, at any depth) cv_optimistic."""
-    optimistic = {row["name"] for row in rows if row["kind"] == "model" and row["cv_optimistic"]}
+    optimistic = {row["name"] for row in rows if row["kind"] in ("model", "ensemble") and row["cv_optimistic"]}
     changed = True
     while changed:  # members may be ensembles listed later
         changed = False
@@ -149,10 +161,12 @@ def flag_optimistic_sources(rows: list[dict], members: dict[str, list[str]]) -> 
                 optimistic.add(name)
                 changed = True
     for row in rows:
-        if row["kind"] == "ensemble" and row["name"] in optimistic:
+        below = sorted(optimistic & set(members.get(row["name"], [])))
+        if row["kind"] == "ensemble" and row["name"] in optimistic and below:
             row["cv_optimistic"] = True
-            row["cv_optimistic_reason"] = "over optimistic members: " + ", ".join(
-                sorted(optimistic & set(members.get(row["name"], []))))
+            # a sweep's pick over optimistic members keeps both reasons
+            row["cv_optimistic_reason"] = "; ".join(filter(None, [
+                row["cv_optimistic_reason"], "over optimistic members: " + ", ".join(below)]))
 
 
 def submission_row(path: str | Path, optimistic_models: set[str] = frozenset()) -> dict:
@@ -173,6 +187,9 @@ def submission_row(path: str | Path, optimistic_models: set[str] = frozenset()) 
     models = (hashed.get("config") or {}).get("models") or {}
     flagged = sorted(name for name, m in models.items()
                      if name in optimistic_models or (isinstance(m, dict) and m.get("select_epoch") == "best"))
+    source = (hashed.get("config") or {}).get("submission", {}).get("source")
+    if source in optimistic_models and source not in flagged:  # e.g. the best of a sweep's variants
+        flagged.append(source)
     return _row(kind="submission", name=name, metric=metric, cv=cv, cv_in_sample=in_sample,
                 cv_thresholded=thresholded, cv_thresholded_nested=thresholded_nested, cv_optimistic=bool(flagged) or None,
                 cv_optimistic_reason=("from optimistic models: " + ", ".join(flagged)) if flagged else None,
@@ -270,33 +287,84 @@ def below_zero_shot(board: pl.DataFrame) -> list[str]:
     return [f"{name} ({lift:+.4f})" for name, lift in flagged.select("name", "lift_over_zero_shot").iter_rows()]
 
 
+SWEEP_REASON = "best of {n} variants of sweep {sweep}, picked on the OOF it is scored on"
+
+
+def apply_sweeps(rows: list[dict], sweeps: Sequence[dict]) -> list[str]:
+    """Mark each sweep's variant rows (and per-seed model rows) with the sweep, its swept values, the seeds'
+    spread and, on the best of several variants, selected_of and cv_optimistic; returns the swept keys'
+    column names, in order. sweeps: results/sweeps/NAME.json payloads (workflow_scripts.sweep_table)."""
+    by_name = {}
+    for row in rows:
+        if row["kind"] in ("model", "ensemble"):
+            by_name[row["name"]] = row
+    columns: list[str] = []
+    for sweep in sweeps:
+        for name, values in (sweep.get("values") or {}).items():
+            for key in values:
+                column = key if key not in SCHEMA else f"sweep.{key}"
+                if column not in columns:
+                    columns.append(column)
+        for record in sweep.get("rows") or []:
+            row = by_name.get(record["variant"])
+            if row is None:
+                continue
+            row["sweep"] = sweep["name"]
+            for key, value in (sweep.get("values") or {}).get(record["variant"], {}).items():
+                row[key if key not in SCHEMA else f"sweep.{key}"] = value
+            if record.get("seeds"):
+                seeds = [r["seed"] for r in sweep.get("seed_rows") or [] if r["variant"] == record["variant"]]
+                row.update(seeds=" ".join(map(str, seeds)), cv_seed_mean=_number(record.get("cv_seed_mean")),
+                           cv_seed_std=_number(record.get("cv_seed_std")))
+            if record.get("selected"):
+                nested = sweep.get("nested") or {}
+                reason = SWEEP_REASON.format(n=record["selected_of"], sweep=sweep["name"])
+                if nested.get("score") is not None:
+                    reason += f" (nested selection: {nested['score']:.5f})"
+                row.update(selected_of=record["selected_of"], cv_optimistic=True, cv_nested=_number(nested.get("score")),
+                           cv_optimistic_reason="; ".join(filter(None, [row.get("cv_optimistic_reason"), reason])))
+        for record in sweep.get("seed_rows") or []:
+            row = by_name.get(record["name"])
+            if row is not None:
+                row["sweep"], row["seeds"] = sweep["name"], str(record["seed"])
+                for key, value in (sweep.get("values") or {}).get(record["variant"], {}).items():
+                    row[key if key not in SCHEMA else f"sweep.{key}"] = value
+    return columns
+
+
 def build_leaderboard(model_scores: Sequence[str | Path] = (), ensemble_scores: Sequence[str | Path] = (),
                       manifests: Sequence[str | Path] = (), lb_scores: dict | None = None,
-                      prior_scores: str | Path | None = None, retrieval_stages: Sequence[str | Path] = ()
-                      ) -> pl.DataFrame:
-    """The leaderboard frame (columns as SCHEMA), rows ordered by kind then name then fold."""
+                      prior_scores: str | Path | None = None, retrieval_stages: Sequence[str | Path] = (),
+                      sweeps: Sequence[dict] = ()) -> pl.DataFrame:
+    """The leaderboard frame (columns as SCHEMA, then each sweep's swept keys), rows ordered by kind then name
+    then fold."""
     rows = [prior_row(prior_scores)] if prior_scores else []
     rows += [row for path in model_scores for row in model_rows(path)]
     rows += [row for path in ensemble_scores for row in ensemble_rows(path)]
     flag_optimistic_sources(rows, dict(ensemble_members_of(path) for path in ensemble_scores))
-    optimistic_models = {row["name"] for row in rows if row["kind"] == "model" and row["cv_optimistic"]}
+    # after: a sweep's pick flags its own row and its submissions, not every ensemble a sweep builds over it
+    swept = apply_sweeps(rows, sweeps)
+    optimistic_models = {row["name"] for row in rows if row["kind"] in ("model", "ensemble") and row["cv_optimistic"]}
     rows += [submission_row(path, optimistic_models) for path in manifests]
     # another task's rows: measured against the zero-shot embedder, never the classification prior
     retrieval = [row for path in retrieval_stages for row in retrieval_rows(path)]
     lb_scores = lb_scores or {}
     submitted = {row["name"] for row in rows + retrieval if row["kind"] == "submission"}
+    # an LB score may name a model or an ensemble (a write-up's table scores blends), else a submission
+    scored = {row["name"] for row in rows if row["kind"] in ("model", "ensemble")}
     for name in lb_scores:
-        if name not in submitted:  # an LB score for a submission built elsewhere still belongs in the table
+        if name not in submitted and name not in scored:  # a submission built elsewhere still belongs in the table
             rows.append(_row(kind="submission", name=name, source="lb_scores"))
     for row in rows + retrieval:
-        if row["kind"] == "submission" and row["name"] in lb_scores:
+        if row["kind"] in ("submission", "model", "ensemble") and row["name"] in lb_scores:
             row["lb_public"] = _number(lb_scores[row["name"]].get("public"))
             row["lb_private"] = _number(lb_scores[row["name"]].get("private"))
     if prior_scores:
         add_lift(rows, rows[0])
     rows += retrieval
     rows.sort(key=lambda r: (KINDS.index(r["kind"]), r.get(SORT_NAME) or r["name"], int(r["fold"]) if r["fold"] else -1))
-    return pl.DataFrame([{key: row[key] for key in SCHEMA} for row in rows], schema=SCHEMA, orient="row")
+    schema = {**SCHEMA, **{column: pl.String for column in swept}}
+    return pl.DataFrame([{key: row.get(key) for key in schema} for row in rows], schema=schema, orient="row")
 
 
 def _cell(value: Any) -> str:
@@ -348,11 +416,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prior-scores", default=None, help="results/scores/prior.json: a prior row and every row's lift")
     parser.add_argument("--retrieval-stages", nargs="*", default=[],
                         help="results/retrieval/{pipeline}/stages.json files: a row per retrieval stage")
+    parser.add_argument("--sweeps", nargs="*", default=[], help="results/sweeps/{name}.json files (sweep_table)")
     parser.add_argument("--out-csv", required=True)
     parser.add_argument("--out-md", required=True)
     args = parser.parse_args(argv)
     board = build_leaderboard(args.model_scores, args.ensemble_scores, args.manifests, load_lb_scores(args.lb_scores),
-                              args.prior_scores, args.retrieval_stages)
+                              args.prior_scores, args.retrieval_stages, [read_json(path) for path in args.sweeps])
     warnings = retrieval_warnings(args.retrieval_stages)
     with atomic_path(args.out_csv) as tmp:
         board.write_csv(tmp, line_terminator="\n", float_precision=6)

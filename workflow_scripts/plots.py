@@ -7,6 +7,7 @@ One subcommand per figure, each reading workflow outputs and writing one file:
                 (+ optional results/thresholds/{e}.json)       thresholds marked;
 - `cv-lb`:      results/leaderboard.csv                     -> CV vs public/private LB per submission, or a figure
                                                                saying there are no LB scores yet;
+- `sweep`:      results/sweeps/{name}.json                 -> the metric against each swept key, one panel each;
 - `leaderboard-html`: results/leaderboard.csv               -> the table as HTML (the report shows HTML inline,
                                                                a CSV only as a download).
 Figures use the object API on the Agg canvas (no pyplot state) with matplotlib's default style and no
@@ -321,8 +322,11 @@ def _message_figure(title: str, lines: Sequence[str]) -> Figure:
 
 
 def cv_lb_figure(board: pl.DataFrame) -> Figure:
-    """CV (x) vs public and private LB (y) per submission; a message figure when no LB score exists yet."""
-    submissions = board.filter(pl.col("kind") == "submission")
+    """CV (x) vs public and private LB (y) per submission, and per model or ensemble lb_scores.yaml scores (a
+    write-up's table rows); a message figure when no LB score exists yet."""
+    submissions = board.filter(pl.col("kind").is_in(["submission", "model", "ensemble"])
+                               & ((pl.col("kind") == "submission") | pl.col("lb_public").is_not_null()
+                                  | pl.col("lb_private").is_not_null()))
     with_lb = submissions.filter(pl.col("lb_public").is_not_null() | pl.col("lb_private").is_not_null())
     if with_lb.height == 0:
         return _message_figure("no LB scores yet", [
@@ -350,6 +354,8 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
             ax.scatter(cv[rows], values[rows], marker=marker, s=44, color=colour, label=label, zorder=3,
                        gid="lb_" + label.split()[0])
     for name, x, y_pub, y_priv in zip(plotted["name"].to_list(), cv, public, private):
+        if plotted.height > 20:  # a sweep's rows: too many names to read; the sweep's own figure has them
+            break
         y = y_pub if not np.isnan(y_pub) else y_priv
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     lb_values = np.concatenate([public[~np.isnan(public)], private[~np.isnan(private)]])
@@ -364,7 +370,8 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
     metric = _metric_label(plotted["metric"].to_list())
     ax.set_xlabel(f"CV ({metric}, out-of-fold)")
     ax.set_ylabel("LB score")
-    ax.set_title(f"CV vs LB ({plotted.height} submission{'s' if plotted.height != 1 else ''})")
+    scored = "submission" if set(plotted["kind"].to_list()) == {"submission"} else "scored row"
+    ax.set_title(f"CV vs LB ({plotted.height} {scored}{'s' if plotted.height != 1 else ''})")
     if plotted.height >= 3 and (~np.isnan(public)).sum() >= 3:
         rows = ~np.isnan(public)
         ranks = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable")  # noqa: E731
@@ -375,6 +382,95 @@ def cv_lb_figure(board: pl.DataFrame) -> Figure:
         ax.text(0.02, 0.02, "LB but no CV: " + ", ".join(no_cv[:6]), transform=ax.transAxes, fontsize=8,
                 color="0.3")
     ax.legend(loc="lower right", frameon=False)
+    return fig
+
+
+def _sweep_panels(summary: dict) -> list[tuple[str, list[str], list[int]]]:
+    """(swept key, category labels in order, each variant's category index) per panel of a sweep figure: its
+    swept keys (a variant's label only when nothing else varies) and, for an ensemble sweep, each pool member
+    (`out`, or `in` / its weight)."""
+    rows = summary["rows"]
+    keys = [c for c in summary["columns"] if c != "label"] or [c for c in summary["columns"]]
+    weights = {row.get(c) for c in summary["member_columns"] for row in rows} - {None}
+    equal = weights <= {1.0}  # a subset sweep: members are in or out
+    panels = []
+    for key in keys + list(summary["member_columns"]):
+        member = key in summary["member_columns"]
+        raw = [row.get(key) for row in rows]
+        if member:
+            labels = ["out" if value is None else ("in" if equal else f"{value:g}") for value in raw]
+        else:
+            labels = ["" if value is None else (f"{value:g}" if isinstance(value, float) else str(value)) for value in raw]
+        numeric = {label: float(value) for label, value in zip(labels, raw)
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        order = sorted(set(labels), key=lambda label: (label != "out", label not in numeric, numeric.get(label, 0.0),
+                                                     _natural_key(label)))
+        panels.append((key, order, [order.index(label) for label in labels]))
+    return panels
+
+
+def sweep_figure(summary: dict) -> Figure:
+    """The sweep's metric against each swept key: one panel per key, a dot per variant (its CV), the best
+    variant ringed, LB scores as diamonds, the nested pick's score as a dashed line; with seeds, a last panel of
+    each seed's CV beside the seeds' mean."""
+    rows = [row for row in summary["rows"] if row.get("cv") is not None]
+    seed_rows = [row for row in summary.get("seed_rows") or [] if row.get("cv") is not None]
+    if not rows:
+        return _message_figure(f"sweep {summary['name']}: no scores", ["none of its variants has a CV yet"])
+    summary = {**summary, "rows": rows}
+    panels = _sweep_panels(summary)[:11]
+    n_panels = len(panels) + bool(seed_rows)
+    columns = min(3, n_panels)
+    n_rows = math.ceil(n_panels / columns)
+    fig = Figure(figsize=(4.2 * columns, 3.4 * n_rows + 0.6), layout="constrained")
+    cv = np.array([row["cv"] for row in rows], dtype=float)
+    lb = np.array([row.get("lb_public") if row.get("lb_public") is not None else np.nan for row in rows], dtype=float)
+    best = [i for i, row in enumerate(rows) if row.get("selected")]
+    nested = (summary.get("nested") or {}).get("score")
+    limits = _zoomed_limits(np.concatenate([cv, lb[~np.isnan(lb)], [r["cv"] for r in seed_rows],
+                                            [nested] if nested is not None else []]), floor_at_zero=False)
+    jitter = (np.arange(len(rows)) % 7 - 3) * 0.035
+    for index, (key, order, positions) in enumerate(panels):
+        ax = fig.add_subplot(n_rows, columns, index + 1)
+        x = np.asarray(positions, dtype=float) + jitter
+        ax.scatter(x, cv, s=26, color="tab:blue", alpha=0.8, label="CV", zorder=3, gid=f"cv:{key}")
+        if (~np.isnan(lb)).any():
+            ax.scatter(x[~np.isnan(lb)], lb[~np.isnan(lb)], marker="D", s=22, color="tab:orange", label="public LB",
+                       zorder=3)
+        for i in best:
+            ax.scatter([x[i]], [cv[i]], s=120, facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                       label=f"best of {summary['variants']} (optimistic)", zorder=4, gid=f"best:{key}")
+        if nested is not None:
+            ax.axhline(nested, color="tab:red", linestyle="--", linewidth=1, label="nested pick")
+        _tick_labels(ax, order)
+        ax.set_xlim(-0.6, len(order) - 0.4)
+        ax.set_ylim(*limits)
+        ax.set_title(f"member {key}" if key in summary["member_columns"] else key)
+        if index % columns == 0:
+            ax.set_ylabel(summary["metric"])
+        if index == 0:
+            ax.legend(loc="lower right", frameon=False, fontsize=8)
+    if seed_rows:  # each seed's CV, per variant, and the variant's mean (what the ensembles use)
+        ax = fig.add_subplot(n_rows, columns, len(panels) + 1)
+        order = [str(seed) for seed in sorted({r["seed"] for r in seed_rows})] + ["mean"]
+        variants = list(dict.fromkeys(r["variant"] for r in seed_rows))
+        for number, variant in enumerate(variants):
+            offset = (number - (len(variants) - 1) / 2) * 0.08
+            own = [r for r in seed_rows if r["variant"] == variant]
+            mean = next(row["cv"] for row in rows if row["variant"] == variant)
+            ax.scatter([order.index(str(r["seed"])) + offset for r in own] + [len(order) - 1 + offset],
+                       [r["cv"] for r in own] + [mean], s=26, alpha=0.8, label=variant if len(variants) > 1 else None,
+                       zorder=3, gid=f"seeds:{variant}")
+        _tick_labels(ax, order)
+        ax.set_xlim(-0.6, len(order) - 0.4)
+        ax.set_ylim(*limits)
+        ax.set_title("seed")
+        if len(panels) % columns == 0:
+            ax.set_ylabel(summary["metric"])
+        if 1 < len(variants) <= 8:
+            ax.legend(loc="lower right", frameon=False, fontsize=7)
+    fig.suptitle(f"sweep {summary['name']}: {summary['metric']} vs each swept key ({summary['variants']} variant"
+                 f"{'s' if summary['variants'] != 1 else ''})")
     return fig
 
 
@@ -461,10 +557,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     thresholds.add_argument("--max-panels", type=int, default=36, help="plot at most this many classes")
     cv_lb = commands.add_parser("cv-lb", help="CV vs LB per submission")
     cv_lb.add_argument("--leaderboard", required=True, help="results/leaderboard.csv")
+    sweep = commands.add_parser("sweep", help="a sweep's metric against each swept key")
+    sweep.add_argument("--sweep", required=True, help="results/sweeps/{name}.json")
     table = commands.add_parser("leaderboard-html", help="the leaderboard as an HTML table for the report")
     table.add_argument("--leaderboard", required=True, help="results/leaderboard.csv")
     table.add_argument("--out", required=True, help="HTML file to write")
-    for command in (cv_folds, ensembles, thresholds, cv_lb):
+    for command in (cv_folds, ensembles, thresholds, cv_lb, sweep):
         command.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args(argv)
 
@@ -491,6 +589,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             fig = thresholds_figure(curves, read_json(args.thresholds) if args.thresholds else None,
                                     args.max_panels)
             what = f"{curves['column'].n_unique()} class(es)"
+        elif args.command == "sweep":
+            summary = read_json(args.sweep)
+            fig = sweep_figure(summary)
+            what = f"{summary['variants']} variant(s)"
         else:
             board = load_leaderboard(args.leaderboard)
             fig = cv_lb_figure(board)
