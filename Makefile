@@ -52,7 +52,7 @@ docs: setup
 # fixture is built once) keep both cores busy
 TEST_WORKERS ?= 2
 test: setup
-	$(RUN) python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(RUN) python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=40
 
 test-fast: setup
 	$(RUN) python -m pytest -q -m "not slow"

@@ -292,6 +292,12 @@ class Reference:
             if node.get("description"):
                 out += [escape(node["description"]), ""]
             out += self.keys("", node) + [""]
+        # the sweep keys: expanded into ordinary models and ensembles before validation (docs/sweeps.md)
+        for name, section in (("model_sweep", "models"), ("ensemble_sweep", "ensembles")):
+            node = self.definitions.get(name)
+            if node:
+                out += [f"### Sweep keys of `{section}.NAME`", "", escape(node.get("description", "")), "",
+                        *self.keys(f"{section}.NAME.", node), ""]
         return "\n".join(line for i, line in enumerate(out) if line or (i and out[i - 1])).rstrip("\n") + "\n"
 
 

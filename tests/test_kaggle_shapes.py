@@ -3,6 +3,7 @@ refuses as one config line, the plan's memory and generation estimates, and per-
 The packages themselves are built and run offline in tests/test_recipe_runs.py (MAP, Eedi, AIMO)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,11 @@ def test_what_an_answers_package_cannot_do_is_a_config_line():
                                "server class") for line in config_lines(aimo))
     aimo = recipe("aimo.yaml", "demo-models-aimo.yaml")
     aimo["kaggle"]["gemma_prompts"] = dict(aimo["kaggle"].pop("all_models"))
+    from workflow_scripts.config_check import check_config
+    check_config(copy.deepcopy(aimo), REPO)  # keywords: the category is found in the problem text, which predict has
+    by_column = aimo["answers"]["prompts"]["by_category"]
+    del by_column["keywords"]
+    by_column["by"] = "kind"  # a column the served problem does not have
     lines = config_lines(aimo)
     assert any("kaggle.gemma_prompts.interface: inference_server hands predict only a problem's id and text, but "
                "gemma3_12b/by_category picks its template by column 'kind'" in line for line in lines)

@@ -70,7 +70,8 @@ def config_problems(config: Mapping[str, Any], name: str) -> list[str]:
                                                else "a server class is read only with interface: inference_server"))
     prompts = (config.get("answers") or {}).get("prompts") or {}
     for answer_set, model, prompt in answer_sets_of(config, name):
-        if interface == "inference_server" and isinstance(prompts.get(prompt), Mapping):
+        # a category found by keywords in the problem text is what a served problem has; a column is not
+        if interface == "inference_server" and isinstance(prompts.get(prompt), Mapping) and prompts[prompt].get("by"):
             problems.append(f"{where}.interface: inference_server hands predict only a problem's id and text, but "
                             f"{answer_set} picks its template by column {prompts[prompt].get('by')!r}")
         used = ((config.get("language_models") or {}).get(model) or {}).get("quantization", "none")
@@ -192,10 +193,18 @@ def prompt_tokens(model_dir: Path, entry: Mapping[str, Any], args: argparse.Name
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     template, categories = prompt_settings(args)
-    if categories and args.category_column not in public.columns:
+    keywords = category_keywords(args)
+    if categories and not keywords and args.category_column not in public.columns:
         return 0
-    prompts = problem_prompts(public, args.problem_column, template, args.category_column, categories, entry["prompt"])
+    prompts = problem_prompts(public, args.problem_column, template, args.category_column, categories, entry["prompt"],
+                              keywords)
     return max((len(prompt_token_ids(tokenizer, render_prompt(tokenizer, p, args.system))) for p in prompts), default=0)
+
+
+def category_keywords(args: argparse.Namespace) -> list | None:
+    """The answers step's `--category-keywords` (a prompt that finds its category in the problem text), parsed."""
+    raw = getattr(args, "category_keywords", None)
+    return [(category, words) for category, words in json.loads(raw)] if raw else None
 
 
 def step_arguments(entry: Mapping[str, Any], dataset_dir: Path) -> argparse.Namespace:
@@ -262,7 +271,7 @@ class Answerer:
     def check_columns(self, columns: Sequence[str]) -> None:
         """Every column a prompt reads is in the test file: one line before any model loads."""
         for entry, args, template, categories in self.sets:
-            needed = [args.problem_column] + ([args.category_column] if categories else [])
+            needed = [args.problem_column] + ([args.category_column] if categories and not category_keywords(args) else [])
             missing = [column for column in needed if column not in columns]
             if missing:
                 raise OoflineError(f"the test file lacks column {missing[0]!r}, which {entry['name']} reads "
@@ -286,7 +295,8 @@ class Answerer:
                 backend, model, tokenizer = self.engine(args)
                 frame = pl.DataFrame({key: [value] for key, value in row.items()})
                 prompt = render_prompt(tokenizer, problem_prompts(frame, args.problem_column, template,
-                                                                  args.category_column, categories, entry["prompt"])[0],
+                                                                  args.category_column, categories, entry["prompt"],
+                                                                  category_keywords(args))[0],
                                        args.system)
                 plans.append((entry, args, backend, model, tokenizer, prompt, sample_batches(args.samples, args.batch_size)))
             # round by round, every answer set's batch b: the first round always runs (an answer for every problem)
