@@ -13,6 +13,11 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 from workflow_scripts.execution.code_version import code_digest  # rules pass it as a param: editing a step reruns it
+from workflow_scripts.execution.planning import cache_function_signatures
+
+# Snakemake reads the signature of every input, param and resource function once per job: a large sweep's plan
+# spent a quarter of its time there (bench/dag.py --sweep)
+cache_function_signatures()
 from workflow_scripts.execution.failures import print_user_errors  # the Snakefile's onerror
 
 RUN_STARTED = __import__("time").time()  # logs written since then belong to this run
