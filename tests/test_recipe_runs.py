@@ -450,7 +450,9 @@ def test_eedi_package_ranks_as_the_workflow_on_the_public_test_and_a_shuffled_su
     name = next(iter(config["kaggle"]))
     package, raw_test = results / "kaggle" / name, results / "retrieval" / name / "raw" / "test.csv"
     shipped = json.loads((package / "dataset" / "oofline_package.json").read_text())
-    assert shipped["prepare"]["file"] == "prepare/eedi.py" and shipped["stage"] == "reranked"
+    # the final fit (valid_fold: null) submits the last iteration reranked (submit: last, its default)
+    stage = json.loads((results / "retrieval" / name / "submission_stage.json").read_text())
+    assert shipped["prepare"]["file"] == "prepare/eedi.py" and shipped["stage"] == stage["stage"] == "iter1/reranked"
     plan = json.loads((package / "plan.json").read_text())
     assert plan["estimate"]["corpus_passages"] == 200 and plan["estimate"]["corpus_embedding_seconds_saved"] > 0
     assert set(plan["estimate"]["memory"]["members"]) == {"embedder", "reranker"}

@@ -378,7 +378,7 @@ def answers_estimate(answer_sets: dict[str, dict[str, Any]], models: dict[str, d
     capped = min(problem_seconds, float(cap)) if cap else problem_seconds
     steps = {"answer problems": rows * capped,
              "read models": sum(m["bytes_on_disk"] for m in models.values())
-             / (kaggle.get("read_mb_per_second", INPUT_READ_MB_PER_SECOND) * 1e6)}
+             / ((kaggle.get("read_mb_per_second") or INPUT_READ_MB_PER_SECOND) * 1e6)}
     memory_members = {}
     for name, model in models.items():
         batch = max(s["batch_size"] for s in answer_sets.values() if s["model"] == name)

@@ -18,20 +18,29 @@ def write_common_files(spec: Mapping[str, Any], package: dict[str, Any], dataset
     `installed`: pure-Python packages a Kaggle image lacks, shipped as wheels of the versions installed here."""
     from workflow_scripts.io import write_json
     from workflow_scripts.kaggle.package import SCRIPT_FILE, kernel_metadata, notebook_script
-    from workflow_scripts.kaggle.wheels import REQUIREMENTS_FILE, ship_wheels
+    from workflow_scripts.kaggle.environment import dataset_license, model_card_license
+    from workflow_scripts.kaggle.wheels import REQUIREMENTS_FILE, manylinux_platform_tags, ship_wheels
 
     kaggle, name = spec["kaggle"], spec["name"]
     shutil.copy2(spec["manifest"], dataset / "manifest.json")
     write_json(spec["config_slice"], dataset / "config.json")
-    requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], kaggle["platform"])
+    # every platform tag the image's glibc runs, as the classification package ships (kaggle.glibc)
+    platforms = kaggle.get("platform") or manylinux_platform_tags(kaggle["glibc"])
+    requirements = ship_wheels(kaggle["wheels"], dataset / "wheels", kaggle["python_version"], platforms)
     requirements += [installed_wheel(module, dataset / "wheels") for module in installed
                      if not any(line.lower().startswith(module.lower() + "==") for line in requirements)]
     (dataset / "wheels" / REQUIREMENTS_FILE).write_text("".join(f"{line}\n" for line in requirements))
     package["wheels"] = requirements
-    write_json(package, dataset / PACKAGE_FILE)
     title = kaggle.get("title") or f"oofline {name}"
-    # as the classification package writes it (workflow_scripts/kaggle/package.py)
-    write_json({"title": title, "id": kaggle["dataset"], "licenses": [{"name": "CC0-1.0"}]},
+    # the license the shipped models' cards state (kaggle.license wins), as for a classification package
+    models = dataset / "models"
+    licenses = {folder.name: model_card_license(folder) for folder in sorted(models.iterdir()) if folder.is_dir()} \
+        if models.is_dir() else {}
+    license_name, license_note = dataset_license(licenses, kaggle.get("license"))
+    package["license"] = license_name
+    write_json(package, dataset / PACKAGE_FILE)
+    write_json({"title": title, "id": kaggle["dataset"], "licenses": [{"name": license_name}],
+                "description": f"oofline package {name} (a Kaggle code-competition submission). {license_note}"},
                dataset / "dataset-metadata.json")
     write_json(kernel_metadata(kaggle, kaggle["kernel"].split("/")[1].replace("-", " ")), notebook / "kernel-metadata.json")
     threads = kaggle["cpu_threads"] if kaggle["accelerator"] == "cpu" else 0
