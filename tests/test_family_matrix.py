@@ -19,7 +19,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_metrics import apk  # noqa: E402
 from family_matrix import (  # noqa: E402
-    ENCODER_POOLING, cell_name, classification_models, language_model_sections, matrix_config,
+    EIGHT_BIT_FAMILIES, ENCODER_POOLING, cell_name, classification_models, language_model_sections, matrix_config,
+    quantizations,
 )
 
 from workflow_scripts.tiny_models import DECODER_FAMILIES, ENCODER_FAMILIES, MODEL_TYPES, TINY_FAMILIES  # noqa: E402
@@ -64,7 +65,7 @@ def test_every_classification_cell_trains_predicts_and_scores(matrix_run):
     fold0 = sorted(folds.filter(pl.col("fold") == 0)["id"].cast(pl.String).to_list())
     n_test = pl.read_parquet(results / "data" / "test.parquet").height
     models = classification_models({family: "" for family in TINY_FAMILIES})
-    assert len(models) == 3 * len(ENCODER_FAMILIES) + 4 * len(DECODER_FAMILIES)
+    assert len(models) == 3 * len(ENCODER_FAMILIES) + 3 * len(DECODER_FAMILIES) + len(EIGHT_BIT_FAMILIES)
     for name, entry in models.items():
         oof = pl.read_parquet(results / "oof" / f"{name}.parquet")
         assert oof.columns == ["id", "fold", *CLASSES], name
@@ -90,14 +91,15 @@ def test_every_classification_cell_trains_predicts_and_scores(matrix_run):
 
 @pytest.mark.slow
 def test_merged_decoders_give_the_adapter_models_logits(matrix_run, movies_demo):
-    """merge: the saved merged/ folder predicts what base + adapter predicts, for every family, 4-bit and 8-bit."""
+    """merge: the saved merged/ folder predicts what base + adapter predicts, for every family's 4-bit cell and
+    each 8-bit cell."""
     from workflow_scripts import modeling
     from workflow_scripts.predict import load_trained
 
     results = matrix_run / "results"
     texts = ["Review: " + text for text in movies_demo[0]["text"].to_list()[:4]]
     for family in DECODER_FAMILIES:
-        for quantization in ("4bit", "8bit"):
+        for quantization in quantizations(family)[1:]:
             name = cell_name(family, f"lora_{quantization}")
             entry = classification_models({f: str(matrix_run / "tiny" / f) for f in TINY_FAMILIES})[name]
             base = results / "models" / name / "base" if entry["source"].startswith("tiny:") else entry["source"]
@@ -174,6 +176,7 @@ def test_eight_bit_cells_hold_int8_weights_on_the_cpu(matrix_run):
         model = modeling.load_base_classifier(matrix_run / "tiny" / family, 3, quantization="8bit", device="cpu")
         layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
         assert layers and all(layer.weight.dtype == torch.int8 for layer in layers), family
+    for family in EIGHT_BIT_FAMILIES:
         config = _training(matrix_run / "results", cell_name(family, "lora_8bit"))["model_config"]
         assert config["quantization"] == "8bit"
 
@@ -187,6 +190,8 @@ def test_language_models_answer_generate_and_fine_tune(matrix_run):
         sft = results / "lms" / cell_name(family, "sft") / "base"
         assert (sft / "config.json").exists() and any(sft.glob("*.safetensors")), family
         assert json.loads((sft / "config.json").read_text())["model_type"] == MODEL_TYPES[family]
+        modules = json.loads((sft / "adapter" / "adapter_config.json").read_text())["target_modules"]
+        assert len(modules) > 1 and modules == sorted(modules), family  # a fixed order: rebuilds are byte-identical
         answers = pl.read_parquet(results / "answers" / cell_name(family, "sft") / "direct.parquet")
         assert answers.height == n_problems * sections["answers"]["samples"], family
         raw = json.loads((results / "generated" / cell_name(family, "gen") / "raw" / "seed0.json").read_text())
@@ -202,7 +207,10 @@ def test_retrieval_fine_tunes_a_mistral_icl_embedder_and_a_qwen2_reranker(matrix
     for role, model_type in (("embedder", "mistral"), ("reranker", "qwen2")):
         merged = root / "iter0" / role / "merged"
         assert json.loads((merged / "config.json").read_text())["model_type"] == model_type
-        assert (root / "iter0" / role / "adapter" / "adapter_config.json").exists()
+        adapter_config = json.loads((root / "iter0" / role / "adapter" / "adapter_config.json").read_text())
+        # written in a fixed order (peft's comes from a set): a rebuild from a record is byte-identical
+        assert len(adapter_config["target_modules"]) > 1
+        assert adapter_config["target_modules"] == sorted(adapter_config["target_modules"]), role
     # the scores are MAP@5 of the OOF rankings the two fine-tuned models made (ml_metrics' apk)
     score = json.loads((root / "iter0" / "score.json").read_text())
     queries = pl.read_parquet(root / "data" / "queries.parquet")
