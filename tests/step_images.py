@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-from test_containers import dockerfile_packages, normalise
+from test_containers import APPTAINER_ARGUMENTS, dockerfile_packages, normalise
 
 REPO = Path(__file__).resolve().parent.parent
 GROUPS = ("cpu", "train")
@@ -105,13 +105,7 @@ def image_environment(group: str, root: Path) -> Path:
     return target / "bin"
 
 
-APPTAINER_STAND_IN = """#!/bin/bash
-case "$1" in --version|version) echo "apptainer version 1.3.4"; exit 0 ;; esac
-shift
-image=""
-while [ $# -gt 0 ]; do case "$1" in *.sif) image="$(basename "$1" .sif)"; shift; break ;; *) shift ;; esac; done
-echo "$image $*" >> "$STAND_IN_LOG"
-export PATH="$IMAGE_ENVIRONMENTS/$image/bin:$PATH"
+APPTAINER_STAND_IN = APPTAINER_ARGUMENTS + """export PATH="$IMAGE_ENVIRONMENTS/$image/bin:$PATH"
 exec "$@"
 """
 

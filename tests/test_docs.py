@@ -233,11 +233,16 @@ def test_no_relative_link_is_dead_and_every_anchor_names_a_heading():
     assert not problems, "\n".join(problems)
 
 
-def test_the_link_check_sees_a_dead_file_and_a_missing_section(tmp_path, monkeypatch):
+def page_beside(tmp_path: Path, monkeypatch, target: str, target_text: str) -> Path:
+    """A README.md in tmp_path, made the checks' repository, beside one file (`target`) it links to."""
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "a.md").write_text("# A\n\n## The `make demo` run (2026-12-04)\n")
-    page = tmp_path / "README.md"
+    (tmp_path / target).parent.mkdir(parents=True)
+    (tmp_path / target).write_text(target_text)
+    return tmp_path / "README.md"
+
+
+def test_the_link_check_sees_a_dead_file_and_a_missing_section(tmp_path, monkeypatch):
+    page = page_beside(tmp_path, monkeypatch, "docs/a.md", "# A\n\n## The `make demo` run (2026-12-04)\n")
     page.write_text("[ok](docs/a.md#the-make-demo-run-2026-12-04) [dead](docs/b.md) [gone](docs/a.md#the-demo)\n"
                     "`[not a link](nowhere.md)`\n```\n[in code](nowhere.md)\n```\n")
     assert link_problems(page) == ["README.md: [dead](docs/b.md): no such file",
@@ -291,10 +296,8 @@ def test_a_figure_linked_to_bench_results_is_in_the_section_it_links_to():
 
 
 def test_a_figure_that_is_not_in_its_section_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
-    (tmp_path / "bench").mkdir()
-    (tmp_path / "bench" / "RESULTS.md").write_text("# R\n\n## Demo (2026-12-04)\n\n501 s wall\n\n## Tests\n\n2,037 s\n")
-    page = tmp_path / "README.md"
+    page = page_beside(tmp_path, monkeypatch, "bench/RESULTS.md",
+                       "# R\n\n## Demo (2026-12-04)\n\n501 s wall\n\n## Tests\n\n2,037 s\n")
     page.write_text("[501 s](bench/RESULTS.md#demo-2026-12-04) [2,037 s](bench/RESULTS.md#tests) "
                     "[499 s](bench/RESULTS.md#demo-2026-12-04) [2,037 s](bench/RESULTS.md#demo-2026-12-04)\n")
     assert figure_problems(page) == [

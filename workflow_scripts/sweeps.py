@@ -274,19 +274,26 @@ def _member_weights(members: Any) -> dict[str, float]:
     return {member: 1.0 for member in members or []}
 
 
-def expand_models(models: Mapping[str, Any], problems: list[str], sweeps: dict, origins: dict) -> dict[str, Any]:
-    expanded = {}
-    for name, entry in models.items():
-        if not is_sweep(entry, "models"):
+def _sweep_entries(entries: Mapping[str, Any], section: str, sweep_keys, expanded: dict, problems: list[str]):
+    """Each sweep of a section as (name, entry, where, its keys but the sweep's); a plain entry goes to `expanded`
+    as it is. A `select` with nothing to pick from is a problem."""
+    noun = section[:-1]
+    for name, entry in entries.items():
+        if not is_sweep(entry, section):
             expanded[name] = entry
             continue
-        where = f"models.{name}"
-        base = {key: value for key, value in entry.items() if key not in MODEL_SWEEP_KEYS}
+        where = f"{section}.{name}"
+        if "select" in entry and not (entry.get("grid") or entry.get("variants")):
+            problems.append(f"config: {where}.select: picks one of several variants; the {noun} has no grid or variants")
+        yield name, entry, where, {key: value for key, value in entry.items() if key not in sweep_keys}
+
+
+def expand_models(models: Mapping[str, Any], problems: list[str], sweeps: dict, origins: dict) -> dict[str, Any]:
+    expanded = {}
+    for name, entry, where, base in _sweep_entries(models, "models", MODEL_SWEEP_KEYS, expanded, problems):
         seeds = list(entry.get("seeds") or [])
         if seeds and "seed" in base:
             problems.append(f"config: {where}.seed: the model has seeds ({seeds}); leave seed out")
-        if "select" in entry and not (entry.get("grid") or entry.get("variants")):
-            problems.append(f"config: {where}.select: picks one of several variants; the model has no grid or variants")
         variants = []
         for choice in _combine(model_axes(name, entry, problems)):
             variant_name = f"{name}.{choice.part}" if choice.part else name
@@ -318,14 +325,7 @@ def seed_average_ensembles(sweeps: Mapping[str, Sweep]) -> dict[str, Any]:
 
 def expand_ensembles(ensembles: Mapping[str, Any], problems: list[str], sweeps: dict, origins: dict) -> dict[str, Any]:
     expanded = {}
-    for name, entry in ensembles.items():
-        if not is_sweep(entry, "ensembles"):
-            expanded[name] = entry
-            continue
-        where = f"ensembles.{name}"
-        base = {key: value for key, value in entry.items() if key not in ENSEMBLE_SWEEP_KEYS}
-        if "select" in entry and not (entry.get("grid") or entry.get("variants")):
-            problems.append(f"config: {where}.select: picks one of several variants; the ensemble has no grid or variants")
+    for name, entry, where, base in _sweep_entries(ensembles, "ensembles", ENSEMBLE_SWEEP_KEYS, expanded, problems):
         swept = {key for key in ENSEMBLE_GRID_KEYS if key in (entry.get("grid") or {})}
         swept |= {key for settings in (entry.get("variants") or {}).values() for key in settings}
         columns = (["label"] if entry.get("variants") else []) + [
