@@ -173,3 +173,20 @@ def test_label_smoothing_launcher_smooths_the_reranker_loss(tmp_path):
     expected = float(-(targets * log_p).sum(axis=1).mean())
     assert json.loads((tmp_path / "loss.json").read_text()) == pytest.approx(expected, rel=1e-6)
     assert expected > float(-log_p[:, 0].mean()) + 0.05  # far from the unsmoothed loss
+
+
+def test_a_lora_adapters_config_is_written_in_a_fixed_order(tmp_path):
+    """peft writes target_modules from a set (its order follows the process's hash seed): the adapter folder keeps
+    them sorted, so a pipeline rebuilt from its record is byte-identical."""
+    from workflow_scripts.retrieval.finetune import _move_adapter
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    modules = ["v_proj", "q_proj", "o_proj", "k_proj"]
+    (run_dir / "adapter_config.json").write_text(json.dumps({"target_modules": modules, "r": 4, "peft_type": "LORA"}))
+    (run_dir / "adapter_model.safetensors").write_bytes(b"weights")
+    _move_adapter(run_dir, tmp_path / "adapter")
+    written = (tmp_path / "adapter" / "adapter_config.json").read_text()
+    assert json.loads(written) == {"peft_type": "LORA", "r": 4, "target_modules": sorted(modules)}
+    assert written == json.dumps(json.loads(written), indent=2, sort_keys=True) + "\n"
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == b"weights"

@@ -349,6 +349,18 @@ def merge_into_loaded_base(model, adapter_dir: str | Path, quantization: str, dt
     return model
 
 
+def normalise_adapter_config(path: Path) -> None:
+    """peft writes `target_modules` from a set, so its order changes with the process's hash seed;
+    sort it (and the keys) so a rebuilt adapter is byte-identical."""
+    if not path.exists():
+        return
+    adapter_config = json.loads(path.read_text())
+    for key, value in adapter_config.items():
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            adapter_config[key] = sorted(value)
+    path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Merge a LoRA adapter into its base model (safetensors).")
     parser.add_argument("--base", required=True, help="base model folder (prepare_model output) or hub id")

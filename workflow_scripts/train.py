@@ -585,6 +585,8 @@ def save_trained(trainer: Trainer, out_dir: str | Path, model_spec: ModelSpec, s
                  summary: dict[str, Any], speed: dict[str, Any], held_out: HeldOut | None) -> None:
     """Rank 0 writes the output folder at once (weights, tokenizer, training.json; the last epoch's
     held-out predictions with select_epoch: best) and drops the work folder; every rank then finishes."""
+    from workflow_scripts.modeling import normalise_adapter_config
+
     if trainer.is_writer:
         with atomic_path(out_dir, durable=True) as tmp:
             trainer.unwrapped.save_pretrained(tmp, safe_serialization=True)
@@ -695,18 +697,6 @@ def train_model(train: pl.DataFrame, targets: np.ndarray, spec: LabelSpec, row_i
                                       getattr(unwrapped.config, "_attn_implementation", None))
     save_trained(trainer, out_dir, model_spec, spec, summary, speed, held_out)
     return summary
-
-
-def normalise_adapter_config(path: Path) -> None:
-    """peft writes `target_modules` from a set, so its order changes with the process's hash seed;
-    sort it (and the keys) so a rebuilt adapter is byte-identical."""
-    if not path.exists():
-        return
-    adapter_config = json.loads(path.read_text())
-    for key, value in adapter_config.items():
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            adapter_config[key] = sorted(value)
-    path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -160,7 +160,8 @@ def train_adapter(base: str | Path, tokenizer, examples: list[tuple[list[int], l
     from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
     from workflow_scripts.execution.device import process_accelerator, resolve_device, resolve_precision, torch_dtype_of
-    from workflow_scripts.modeling import _disable_cpu_packed_4bit, _quantization_config, resolve_model_path
+    from workflow_scripts.modeling import (_disable_cpu_packed_4bit, _quantization_config, normalise_adapter_config,
+                                           resolve_model_path)
 
     torch.manual_seed(settings.seed)
     device = resolve_device("auto")
@@ -228,6 +229,7 @@ def train_adapter(base: str | Path, tokenizer, examples: list[tuple[list[int], l
     trained = accelerator.unwrap_model(model)
     set_peft_model_state_dict(trained, best_weights)
     trained.save_pretrained(adapter_dir, safe_serialization=True)
+    normalise_adapter_config(Path(adapter_dir) / "adapter_config.json")  # a rebuild is byte-identical
     accelerator.free_memory()  # the accelerator's own references to the model and optimizer
     return {"settings": asdict(settings), "train_rows": int(len(train_index)), "eval_rows": int(len(eval_index)),
             "steps": step, "best_step": best["step"], "best_eval_loss": best["eval_loss"], "history": history,

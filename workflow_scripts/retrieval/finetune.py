@@ -321,7 +321,7 @@ def finetune(settings: FinetuneSettings, train_data: str | Path, output_dir: str
             if not (run_dir / "merged_model").exists():
                 raise OoflineError(f"LoRA fine-tune finished without {run_dir / 'merged_model'}")
             _move_model_files(run_dir / "merged_model", tmp / "merged")
-            _move_model_files(run_dir, tmp / "adapter")
+            _move_adapter(run_dir, tmp / "adapter")
         else:
             _move_model_files(run_dir, tmp / "merged")
         if not list((tmp / "merged").glob("*.safetensors")):
@@ -369,10 +369,19 @@ def lay_out_epoch_checkpoint(settings: FinetuneSettings, run_dir: Path, target: 
               f"{record['chosen_learning_rate']})", flush=True)
     if settings.lora:
         _move_model_files(chosen.path / "merged_model", target / "merged")
-        _move_model_files(chosen.path, target / "adapter")
+        _move_adapter(chosen.path, target / "adapter")
     else:
         _move_model_files(chosen.path, target / "merged")
     return record
+
+
+def _move_adapter(run_dir: Path, target: Path) -> None:
+    """The LoRA adapter's files into target, its adapter_config.json written in a fixed order (peft writes
+    target_modules from a set: a rebuild in another process would differ byte-wise)."""
+    from workflow_scripts.modeling import normalise_adapter_config
+
+    _move_model_files(run_dir, target)
+    normalise_adapter_config(target / "adapter_config.json")
 
 
 def patch_label_smoothing(smoothing: float) -> None:
