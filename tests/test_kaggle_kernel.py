@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from workflow_scripts.errors import OoflineError
 
@@ -316,6 +317,25 @@ def test_the_notebook_script_holds_its_settings_as_python_even_without_a_sample_
     (tmp_path / "notebook.py").write_text(script)
     run = subprocess.run([sys.executable, str(tmp_path / "notebook.py"), "--help"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_retrieval_and_answers_packages_record_their_libraries_and_check_them_the_same_way(tmp_path):
+    """A retrieval or answers package has no classification members: it records its shape's libraries, and its
+    notebook's check names what needs a missing one."""
+    from workflow_scripts.kaggle.environment import SHAPE_LIBRARIES, built_with_libraries, check_image
+
+    recorded = built_with_libraries(SHAPE_LIBRARIES["retrieval"])
+    assert {"torch", "transformers", "FlagEmbedding", "polars"} <= set(recorded)
+    assert recorded["transformers"] == transformers.__version__
+    lines: list[str] = []
+    needed_by = {library: ["the embedder and reranker"] for library in recorded}
+    check_image(tmp_path, {"built_with": dict(recorded, transformers="4.0.0")}, lines.append, needed_by)
+    assert lines[1].startswith(f"WARNING: oofline: transformers {transformers.__version__} on this image, the package "
+                               "was built and tested with 4.0.0")
+    with pytest.raises(OoflineError, match=r"not-on-kaggle is not installed on this image \(needed by the embedder "
+                                           r"and reranker; the package was built with not-on-kaggle==1.0\)"):
+        check_image(tmp_path, {"built_with": {**recorded, "not-on-kaggle": "1.0"}}, lines.append,
+                    {**needed_by, "not-on-kaggle": ["the embedder and reranker"]})
 
 
 def test_the_notebooks_image_check_logs_warnings_and_stops_before_loading_on_an_error(tmp_path):

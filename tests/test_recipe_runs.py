@@ -246,6 +246,43 @@ def test_eedi_recipe_runs_end_to_end(eedi_run):
     check_eedi(*eedi_run)
 
 
+def check_record(results: Path, record_name: str, submission: str, shape: str) -> dict:
+    """The overlay's `register:` froze `submission` as a record (registry_dir's default, submissions/, beside the
+    results) and `all` rebuilt everything it hashes in scratch from the record alone: every file byte-identical.
+    The record's manifest `hashed` part, for the caller's checks."""
+    record = yaml.safe_load((results.parents[1] / "submissions" / f"{record_name}.yaml").read_text())
+    assert (record["submission"], record["shape"]) == (submission, shape)
+    hashed = record["manifest"]["hashed"]
+    manifest = json.loads((results / "submissions" / submission / "manifest.json").read_text())
+    assert hashed == manifest["hashed"]
+    files = len(hashed["inputs"]) + len(hashed["artifacts"]) + len(hashed["outputs"])
+    assert (results / "verify" / f"{record_name}.ok").read_text() == (
+        f"{record_name}: {files} files byte-identical after a rebuild from the frozen config\n")
+    assert not (results / "verify" / f"{record_name}.scratch").exists()
+    return hashed
+
+
+@pytest.mark.slow
+def test_the_submitted_pipeline_freezes_and_rebuilds_from_its_record(eedi_run):
+    """`register:` names a retrieval pipeline like any submission: its record's manifest hashes everything upstream
+    (the mined negatives and teacher scores each fine-tune trained on, every fine-tune's merged model, settings and
+    kept checkpoint, the prepare function's rows), and verify rebuilt all of it in scratch from the record alone."""
+    config, results = eedi_run
+    hashed = check_record(results, "eedi-demo-lb", "misconceptions", "retrieval")
+    root = f"{config['output_dir']}/retrieval/misconceptions"
+    assert {f"{root}/iter0/mined.jsonl", f"{root}/iter0/reranker_mined.jsonl", f"{root}/iter1/mined.jsonl",
+            f"{root}/iter1/scored.jsonl"} <= set(hashed["artifacts"])
+    for iteration in (0, 1):
+        for role in ("embedder", "reranker"):
+            assert {f"{root}/iter{iteration}/{role}/settings.json",
+                    f"{root}/iter{iteration}/{role}/merged/model.safetensors"} <= set(hashed["artifacts"])
+    # the checkpoints kept (epoch 3 of 4, chosen beforehand in the final fit) are part of what it hashes
+    assert {f"{root}/iter0/reranker/checkpoints.json", f"{root}/iter1/embedder/checkpoints.json",
+            f"{root}/iter1/reranker/checkpoints.json"} <= set(hashed["artifacts"])
+    assert set(hashed["inputs"]) >= {f"{root}/data/{name}.parquet" for name in ("queries", "corpus", "test_queries")}
+    assert sorted(hashed["base_models"]) == ["bge_icl=tiny:mistral", "qwen14b=tiny:qwen2"]
+
+
 def check_eedi(config: dict, results: Path) -> None:
     k = config["retrieval"]["misconceptions"]["k"]
     for pipeline in ("misconceptions", "misconceptions_cv"):
@@ -329,6 +366,23 @@ def test_aimo_recipe_runs_end_to_end(aimo_run):
     check_aimo(*aimo_run)
 
 
+@pytest.mark.slow
+def test_the_submitted_vote_freezes_and_rebuilds_from_its_record(aimo_run):
+    """`register:` names a vote's submission like any other: the record holds the answers shape and a manifest of
+    everything upstream (the dev answers that chose the strategy, the test answers, the problems, the prompts and
+    sampling settings, the language models' ids), and verify rebuilt it in scratch byte for byte."""
+    config, results = aimo_run
+    hashed = check_record(results, "aimo-demo-lb", "all_models", "answers")
+    out = config["output_dir"]
+    answer_sets = config["votes"]["all_models"]["answers"]
+    assert {f"{out}/{folder}/{answers}.parquet" for folder in ("answers", "test_answers") for answers in answer_sets} | {
+        f"{out}/votes/all_models/votes.parquet", f"{out}/votes/all_models/score.json"} <= set(hashed["artifacts"])
+    assert {f"{out}/data/math_problems.parquet", f"{out}/data/math_test_problems.parquet"} <= set(hashed["inputs"])
+    assert sorted(hashed["base_models"]) == ["gemma3_12b=tiny:gemma3", "qwen3_32b=tiny:qwen3"]
+    assert hashed["config"]["answers"]["samples"] == config["answers"]["samples"]
+    assert "resources" not in json.dumps(hashed["config"])  # where jobs ran is not what they made
+
+
 def check_aimo(config: dict, results: Path) -> None:
     """Each vote's recorded dev accuracy per strategy equals a recount from the sampled answers, and each
     submission answers exactly the test problems with the dev-chosen strategy's vote of the test answers."""
@@ -380,6 +434,8 @@ def run_package_notebook(package: Path, root: Path, files: dict[str, Path], extr
     print(f"notebook {package.name}: {wall:.0f} s wall, {cpu:.0f} s CPU")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     code_line = next(line for line in result.stdout.splitlines() if line.startswith("oofline code: "))
+    # every shape's notebook first compares the image's libraries with those the package was built with
+    assert any(line.startswith("oofline: built with ") for line in result.stdout.splitlines()), result.stdout[-2000:]
     assert Path(code_line.removeprefix("oofline code: ")).resolve() == (tree["site"] / "workflow_scripts").resolve()
     return tree, result
 

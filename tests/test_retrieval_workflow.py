@@ -43,9 +43,6 @@ CONFIG = {
              "reranker": {**RERANK, "base": "iter0", "knowledge_distillation": True}},
         ],
     }},
-    # the pipeline's submission frozen as a record, and rebuilt from it in scratch by the fixture's run (verify)
-    "register": {"plots-lb": "plots"},
-    "registry_dir": "records",
 }
 
 
@@ -53,7 +50,7 @@ CONFIG = {
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("retrieval")
     (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    result = snakemake(workdir, timeout=2400)  # the pipeline, then its rebuild from the record (verify)
+    result = snakemake(workdir, timeout=2400)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
 
@@ -85,6 +82,26 @@ def test_two_iterations_build_scores_and_a_submission(finished_run):
         assert (root / f"iter{iteration}" / "embedder" / "merged").is_dir()
     submission = pl.read_csv(finished_run / "results" / "submissions" / "plots" / "submission.csv")
     assert submission.height == 4 and all(len(row.split()) == 5 for row in submission["ranked_ids"])
+
+
+@pytest.mark.slow  # before the tests below edit the config and rebuild the submission
+def test_the_pipelines_submission_manifest_hashes_everything_upstream(finished_run):
+    """A retrieval submission's manifest (what `register:` freezes; the Eedi recipe's test rebuilds one from its
+    record) hashes everything upstream: the mined negatives and teacher scores each fine-tune trained on, every
+    fine-tune's merged model, settings and kept checkpoint, the folds and data, and the pipeline's config."""
+    manifest = json.loads((finished_run / "results" / "submissions" / "plots" / "manifest.json").read_text())
+    hashed = manifest["hashed"]
+    root = "results/retrieval/plots"
+    assert {f"{root}/iter0/mined.jsonl", f"{root}/iter0/reranker_mined.jsonl", f"{root}/iter1/mined.jsonl",
+            f"{root}/iter1/scored.jsonl", f"{root}/folds.parquet"} <= set(hashed["artifacts"])
+    for iteration in (0, 1):
+        for role in ("embedder", "reranker"):
+            assert {f"{root}/iter{iteration}/{role}/settings.json",
+                    f"{root}/iter{iteration}/{role}/merged/model.safetensors"} <= set(hashed["artifacts"])
+    assert set(hashed["inputs"]) == {f"{root}/data/{name}.parquet" for name in ("queries", "corpus", "test_queries")}
+    assert hashed["base_models"] == ["minilm=packaged:minilm"]
+    assert hashed["config"] == {"retrieval": CONFIG["retrieval"]["plots"]}
+    assert set(hashed["outputs"]) == {"results/submissions/plots/submission.csv"}
 
 
 @pytest.mark.slow
@@ -181,27 +198,3 @@ def test_submitting_a_stage_below_zero_shot_reruns_only_the_choice_and_warns(fin
     assert f"**WARNING**: {warning}" in (results / "leaderboard.md").read_text()
     row = pl.read_csv(results / "leaderboard.csv").filter((pl.col("kind") == "submission") & (pl.col("name") == "plots"))
     assert row["retrieval_stage"].to_list() == ["iter1/reranked"] and row["below_zero_shot"].to_list() == [True]
-
-
-@pytest.mark.slow
-def test_the_pipelines_submission_freezes_and_rebuilds_from_its_record(finished_run):
-    """`register:` names a retrieval pipeline like any submission: its record's manifest hashes everything upstream
-    (the mined negatives and teacher scores each fine-tune trained on, every fine-tune's merged model, settings and
-    kept checkpoint, the folds and data), and verify rebuilt all of it in scratch from the record alone."""
-    record = yaml.safe_load((finished_run / "records" / "plots-lb.yaml").read_text())
-    assert (record["submission"], record["shape"], record["competition"]) == ("plots", "retrieval", "results")
-    hashed = record["manifest"]["hashed"]
-    root = "results/retrieval/plots"
-    assert {f"{root}/iter0/mined.jsonl", f"{root}/iter0/reranker_mined.jsonl", f"{root}/iter1/mined.jsonl",
-            f"{root}/iter1/scored.jsonl", f"{root}/folds.parquet"} <= set(hashed["artifacts"])
-    for iteration in (0, 1):
-        for role in ("embedder", "reranker"):
-            assert {f"{root}/iter{iteration}/{role}/settings.json",
-                    f"{root}/iter{iteration}/{role}/merged/model.safetensors"} <= set(hashed["artifacts"])
-    assert set(hashed["inputs"]) == {f"{root}/data/{name}.parquet" for name in ("queries", "corpus", "test_queries")}
-    assert hashed["base_models"] == ["minilm=packaged:minilm"]
-    assert hashed["config"] == {"retrieval": CONFIG["retrieval"]["plots"]}
-    files = len(hashed["inputs"]) + len(hashed["artifacts"]) + len(hashed["outputs"])
-    assert (finished_run / "results" / "verify" / "plots-lb.ok").read_text() == (
-        f"plots-lb: {files} files byte-identical after a rebuild from the frozen config\n")
-    assert not (finished_run / "results" / "verify" / "plots-lb.scratch").exists()

@@ -129,6 +129,7 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     from workflow_scripts.io import read_json, read_table, write_json
     from workflow_scripts.kaggle import plan as runtime_plan
     from workflow_scripts.kaggle.package import copy_tree, folder_size, resolve_base
+    from workflow_scripts.kaggle.environment import QUANTIZED_LIBRARIES, SHAPE_LIBRARIES, built_with_libraries
     from workflow_scripts.kaggle.shared import write_common_files
 
     name, kaggle = spec["name"], spec["kaggle"]
@@ -147,10 +148,12 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
         shipped[model] = f"models/{model}"
     strategy = chosen_strategy(spec["vote"]["strategy"], read_json(spec["dev_score"]))
     sets = [dict(entry, model=shipped[entry["model"]], model_name=entry["model"]) for entry in spec["answer_sets"]]
+    quantized = any(step_arguments(entry, dataset).quantization != "none" for entry in sets)
     package = {"format_version": FORMAT_VERSION, "shape": SHAPE, "package": name, "submission_name": spec["submission"],
                "answer_sets": sets, "vote": dict(spec["vote"], strategy=strategy),
                "problem_column": spec["problem_column"], "interface": kaggle["interface"], "server": kaggle["server"],
-               "seconds_per_problem": kaggle["seconds_per_problem"]}
+               "seconds_per_problem": kaggle["seconds_per_problem"],
+               "built_with": built_with_libraries(SHAPE_LIBRARIES[SHAPE] + (QUANTIZED_LIBRARIES if quantized else ()))}
     requirements = write_common_files(spec, package, dataset, notebook, runner="workflow_scripts.kaggle.answers_package",
                                       interface=kaggle["interface"])
     public = read_table(spec["public_test"])
@@ -381,9 +384,14 @@ def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | P
     """Answer the test problems (from the file, or served one at a time); returns timings and samples drawn."""
     import polars as pl
 
+    from workflow_scripts.kaggle.environment import check_image
+
     started = time.time()
     dataset_dir = Path(dataset_dir)
     package = load_package(dataset_dir)
+    models = sorted({entry["model_name"] for entry in package["answer_sets"]})
+    # before any model loads: a known-incompatible image is one line
+    check_image(dataset_dir, package, log, {library: models for library in package.get("built_with", {})})
     answerer = Answerer(dataset_dir, package, log)
     budget = package.get("seconds_per_problem")
     answered: list[tuple[str, str]] = []

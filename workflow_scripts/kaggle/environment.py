@@ -31,6 +31,9 @@ KIND_LIBRARIES = {"tfidf_linear": ("scikit-learn", "scipy"),
                   "encoder_lora": ("torch", "transformers", "tokenizers", "peft"),
                   "decoder_lora": ("torch", "transformers", "tokenizers", "peft")}
 QUANTIZED_LIBRARIES = ("bitsandbytes",)
+# what the retrieval and answers notebooks import besides ALWAYS (FlagEmbedding ships as a wheel: on no image)
+SHAPE_LIBRARIES = {"retrieval": ("torch", "transformers", "tokenizers", "FlagEmbedding"),
+                   "answers": ("torch", "transformers", "tokenizers")}
 # adapter_config.json keys that describe the file, not the adapter's forward
 ADAPTER_METADATA_KEYS = {"base_model_name_or_path", "revision", "task_type", "peft_type", "auto_mapping",
                          "inference_mode", "peft_version"}
@@ -78,9 +81,14 @@ def installed_versions(names: Iterable[str]) -> dict[str, str | None]:
 def built_with(members: Iterable[dict[str, Any]]) -> dict[str, str | None]:
     """What the package records: the Python and the versions of the libraries its members import, as installed where
     it was built (and its members were trained and tested)."""
+    return built_with_libraries(libraries_for(members))
+
+
+def built_with_libraries(names: Iterable[str]) -> dict[str, str | None]:
+    """The Python and the versions installed here of ALWAYS and `names` (a retrieval or answers package's)."""
     import platform
 
-    return {"python": platform.python_version(), **installed_versions(libraries_for(members))}
+    return {"python": platform.python_version(), **installed_versions(sorted(set(ALWAYS) | set(names)))}
 
 
 def _major(version: str) -> str:
@@ -130,21 +138,26 @@ def lora_settings_here() -> set[str]:
     return {field.name for field in dataclasses.fields(LoraConfig)}
 
 
-def check_image(dataset_dir: Path, package: dict[str, Any], log: Callable[[str], None]) -> None:
+def check_image(dataset_dir: Path, package: dict[str, Any], log: Callable[[str], None],
+                needed_by: dict[str, list[str]] | None = None) -> None:
     """The notebook's first step: the image's versions against the package's, and its adapters against the image's
-    peft. Warnings are logged; errors stop the run with one line before any model loads."""
+    peft. Warnings are logged; errors stop the run with one line before any model loads. `needed_by` ({library:
+    what imports it}) where the package has no classification `models` (a retrieval or answers package, which ship
+    merged models: no adapters)."""
     recorded = package.get("built_with") or {}
     if not recorded:
         return
     import platform
 
     image = {"python": platform.python_version(), **installed_versions(name for name in recorded if name != "python")}
-    needed_by: dict[str, list[str]] = {}
-    for name, member in package["models"].items():
-        for library in libraries_for([member]):
-            needed_by.setdefault(library, []).append(name)
+    members = package.get("models") or {}
+    if needed_by is None:
+        needed_by = {}
+        for name, member in members.items():
+            for library in libraries_for([member]):
+                needed_by.setdefault(library, []).append(name)
     errors, warnings = version_problems(recorded, image, needed_by)
-    adapters = [(name, dataset_dir / folder / "adapter_config.json") for name, member in package["models"].items()
+    adapters = [(name, dataset_dir / folder / "adapter_config.json") for name, member in members.items()
                 for folder in member["splits"].values()]
     adapters = [(name, path) for name, path in adapters if path.exists()]
     if adapters and image.get("peft"):

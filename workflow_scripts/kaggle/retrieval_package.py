@@ -141,6 +141,7 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
     """Write dataset/, notebook/ and plan.json for a retrieval submission; returns the plan."""
     from workflow_scripts.io import read_json, read_table, write_json
     from workflow_scripts.kaggle import plan as runtime_plan
+    from workflow_scripts.kaggle.environment import SHAPE_LIBRARIES, built_with_libraries
     from workflow_scripts.kaggle.package import copy_tree, folder_size
     from workflow_scripts.kaggle.shared import ship_prepare, write_common_files
 
@@ -176,7 +177,8 @@ def build_package(spec: dict[str, Any], dataset_out: str | Path, notebook_out: s
                             "icl_examples": "icl_examples.json"},
                "reranker": ({"model": shipped_models["reranker"], "argv": spec["reranker_argv"]}
                             if "reranker" in shipped_models else None),
-               "corpus": "corpus.parquet", "corpus_embeddings": "corpus_embeddings.safetensors"}
+               "corpus": "corpus.parquet", "corpus_embeddings": "corpus_embeddings.safetensors",
+               "built_with": built_with_libraries(SHAPE_LIBRARIES[SHAPE])}
     # FlagEmbedding is on no Kaggle image: its installed version ships as a wheel (its own dependencies are there)
     requirements = write_common_files(spec, package, dataset, notebook, runner="workflow_scripts.kaggle.retrieval_package",
                                       installed=("FlagEmbedding",))
@@ -243,6 +245,7 @@ def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | P
     import polars as pl
     from safetensors.numpy import load_file
 
+    from workflow_scripts.kaggle.environment import check_image
     from workflow_scripts.kaggle.inference import _free_memory
     from workflow_scripts.kaggle.shared import prepared_rows
     from workflow_scripts.prepare import RETRIEVAL_REQUIRED
@@ -256,6 +259,9 @@ def run_package(dataset_dir: str | Path, test_path: str | Path, out_dir: str | P
     started = time.time()
     dataset_dir = Path(dataset_dir)
     package = load_package(dataset_dir)
+    # before any model loads: a known-incompatible image is one line
+    check_image(dataset_dir, package, log,
+                {library: ["the embedder and reranker"] for library in package.get("built_with", {})})
     corpus = validate_corpus(pl.read_parquet(dataset_dir / package["corpus"]), package["corpus"])
     test = validate_queries(prepared_rows(dataset_dir, package["prepare"], test_path, "test", RETRIEVAL_REQUIRED["test"]),
                             corpus["id"].to_list(), str(test_path), need_positives=False)
