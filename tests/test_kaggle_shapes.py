@@ -36,7 +36,7 @@ def test_a_package_may_name_a_retrieval_pipeline_or_a_submitting_vote(tmp_path):
     assert submission_names(aimo) == {"gemma_prompts": "answers", "sft_prompts": "answers", "all_models": "answers"}
     # a vote that does not submit is no package's submission
     aimo["votes"]["all_models"]["submit"] = False
-    del aimo["register"]  # the overlay's record of it (its own error: tests/test_registry.py)
+    del aimo["register"]  # the overlay's record of it (its own error: tests/test_rule_params.py)
     with pytest.raises(OoflineError, match=r"^config: kaggle.all_models: no submission or register: record is called"):
         check_config(aimo, tmp_path)
 
