@@ -15,6 +15,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 # Snakemake jobs run `python -m workflow_scripts...`: the interpreter running the tests must come first.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+COLD_PATH = os.environ["PATH"]
+# Warm start (workflow_scripts/execution/warm_start.py): the suite's Snakemake runs start hundreds of tiny model jobs,
+# each ~7 s of CPU importing torch + transformers + peft before ~1 s of work; forked from a server that imported
+# them once, they skip that. One folder per pytest process, removed at its end (its servers then stop).
+# OOFLINE_WARM_START=0 runs every job cold; modules in COLD_MODULES always do (see there).
+WARM_FOLDER = None
+if os.environ.get("OOFLINE_WARM_START") != "0":
+    import tempfile
+
+    from workflow_scripts.execution.warm_start import shim_environment
+
+    WARM_FOLDER = tempfile.mkdtemp(prefix="oofline-warm-")
+    os.environ.update(shim_environment(WARM_FOLDER))
+WARM_ENVIRONMENT = {name: os.environ[name] for name in ("PATH", "OOFLINE_WARM_START") if name in os.environ}
+# tests whose jobs must be children of Snakemake's process (kill -9 of its group, the trainer's pid in a file name)
+# or must run in a restricted interpreter (an image's packages only): a warm job is neither
+COLD_MODULES = {"test_kill_resume", "test_kaggle_package", "test_environments", "test_containers"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cold_start_where_process_identity_matters(request):
+    if request.module.__name__.rpartition(".")[2] not in COLD_MODULES or not WARM_FOLDER:
+        yield
+        return
+    os.environ.pop("OOFLINE_WARM_START", None)
+    os.environ["PATH"] = COLD_PATH
+    yield
+    os.environ.update(WARM_ENVIRONMENT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if WARM_FOLDER:
+        import shutil
+
+        shutil.rmtree(WARM_FOLDER, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
