@@ -10,7 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 # jobs run `python -m workflow_scripts...` from the working directory, which may be elsewhere (-d)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+# (once: a nested run, such as a record's rebuild, keeps the same PYTHONPATH, so its jobs share a warm-start server)
+if workflow.basedir not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 from workflow_scripts.execution.code_version import code_digest  # rules pass it as a param: editing a step reruns it
 from workflow_scripts.execution.planning import cache_function_signatures

@@ -15,7 +15,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import COLD_PATH  # noqa: E402
 
-from workflow_scripts.execution.warm_start import ENV_DIR, server_key, shell_lines, shim_environment  # noqa: E402
+from workflow_scripts.execution.warm_start import (  # noqa: E402
+    ENV_DIR, interpreter, server_key, shell_lines, shim_environment,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,4 +142,17 @@ def test_a_server_serves_one_environment_and_the_shell_lines_turn_it_on(tmp_path
     assert server_key("/opt/python", env) != key
     lines = shell_lines(str(tmp_path / "w"))
     assert f"export {ENV_DIR}={tmp_path / 'w'}\n" in lines and f"export PATH={tmp_path / 'w' / 'bin'}:" in lines
-    assert os.access(tmp_path / "w" / "bin" / "python", os.X_OK)
+    assert os.access(tmp_path / "w" / "bin" / "python", os.X_OK) and os.access(tmp_path / "w" / "bin" / "python3", os.X_OK)
+
+
+def test_a_step_starts_its_python_subprocesses_through_the_client_when_warm(monkeypatch, tmp_path):
+    """retrieval.finetune runs FlagEmbedding's entry point as `interpreter() -m ...`: warm where warm start is on."""
+    from workflow_scripts.retrieval.finetune import FinetuneSettings, command_line
+
+    settings = FinetuneSettings("embedder", "encoder-only-base", "base")
+    monkeypatch.delenv(ENV_DIR, raising=False)
+    assert interpreter() == sys.executable == command_line(settings, "d", "o")[0]
+    env = shim_environment(str(tmp_path / "w"), env={})
+    monkeypatch.setenv(ENV_DIR, env[ENV_DIR])
+    assert interpreter() == str(tmp_path / "w" / "bin" / "python") == command_line(settings, "d", "o")[0]
+    assert command_line(settings, "d", "o", processes=2)[0] == sys.executable  # torchrun's workers start cold

@@ -4,10 +4,11 @@ transformers and peft (docs/performance.md, "Warm start").
 A tiny job on the CPU spends ~7 s of CPU importing torch + transformers + peft and ~1 s working; a workflow of
 hundreds of such jobs (the demo, the test suite) spends most of its time importing. With `OOFLINE_WARM_START=DIR`
 and DIR/bin first on PATH (`shim_environment`), the `python` that a rule's shell command starts is DIR/bin/python,
-a stdlib-only client: for `python -m workflow_scripts.<step> ...` it asks a server (one per interpreter and
-environment, started on first use, gone after `IDLE_S` idle) to fork a child that runs the step with the job's
-argv, working directory, environment and stdin / stdout / stderr (passed as file descriptors); anything else,
-or any trouble before the step starts, execs the real interpreter, so a warm run can only be as slow as a cold one.
+a stdlib-only client: for `python -m workflow_scripts.<step> ...` (and the FlagEmbedding fine-tune a retrieval step
+starts through `interpreter()`) it asks a server (one per interpreter and environment, started on first use,
+gone after `IDLE_S` idle) to fork a child that runs the step with the job's argv, working directory, environment
+and stdin / stdout / stderr (passed as file descriptors); anything else, or any trouble before the step starts,
+execs the real interpreter: warm start never fails a step that would have run cold.
 
 What stays the same as a cold start: the step's code is imported fresh in every child (the server imports no
 workflow_scripts module, so an edited step runs as edited), the exit status (a signal death is re-raised by the
@@ -32,6 +33,9 @@ import sys
 import time
 
 ENV_DIR = "OOFLINE_WARM_START"
+# `python -m <module>` runs warm when the module's top-level package is one of these: the workflow's steps, and the
+# FlagEmbedding fine-tunes that retrieval.finetune starts as a subprocess (through `interpreter()`)
+WARM_PACKAGES = ("workflow_scripts", "FlagEmbedding")
 # imported once by the server, in this order; a missing one is skipped (FlagEmbedding is retrieval-only)
 PRELOAD = ("numpy", "torch", "transformers", "transformers.modeling_utils", "safetensors.torch", "peft",
            "accelerate", "FlagEmbedding")
@@ -56,20 +60,29 @@ def shim_environment(folder: str, python: str | None = None, env: dict[str, str]
     os.makedirs(bin_dir, exist_ok=True)
     python = python or sys.executable
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    shim = os.path.join(bin_dir, "python")
     text = (f"#!{python} -S\n"
             "# warm start client (workflow_scripts/execution/warm_start.py): stdlib only, no site-packages\n"
             f"import sys\nsys.path.insert(0, {here!r})\n"
             "from workflow_scripts.execution.warm_start import client_main\n"
             f"client_main({python!r})\n")
-    temporary = f"{shim}.{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.chmod(temporary, 0o755)
-    os.replace(temporary, shim)
+    for name in ("python", "python3"):  # python3 too: a script that compares `python` with `python3` sees one
+        shim = os.path.join(bin_dir, name)
+        temporary = f"{shim}.{os.getpid()}"
+        with open(temporary, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, shim)
     env[ENV_DIR] = folder
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     return env
+
+
+def interpreter() -> str:
+    """The interpreter a step starts a Python subprocess with: the warm-start client when warm start is on (so a
+    FlagEmbedding fine-tune is forked warm too), else this one."""
+    folder = os.environ.get(ENV_DIR)
+    shim = os.path.join(folder, "bin", "python") if folder else ""
+    return shim if shim and os.access(shim, os.X_OK) else sys.executable
 
 
 # --- client -------------------------------------------------------------------------------------------------------
@@ -78,7 +91,7 @@ def client_main(python: str) -> None:
     """The shim's entry: run the step warm where it can, else exec `python` with the same arguments."""
     argv = sys.argv[1:]
     folder = os.environ.get(ENV_DIR)
-    if (folder and len(argv) >= 2 and argv[0] == "-m" and argv[1].startswith("workflow_scripts.")
+    if (folder and len(argv) >= 2 and argv[0] == "-m" and argv[1].partition(".")[0] in WARM_PACKAGES
             and "SLURM_JOB_ID" not in os.environ):
         status = run_warm(python, folder, argv[1], argv[2:])
         if status is not None:

@@ -26,6 +26,7 @@ from typing import Sequence
 
 from workflow_scripts.errors import OoflineError, run_cli
 from workflow_scripts.execution.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
+from workflow_scripts.execution.warm_start import interpreter
 from workflow_scripts.io import atomic_path
 from workflow_scripts.retrieval.checkpoints import (
     EpochCheckpoint, ValidationScorer, checkpoint_problem, choose_checkpoint, epoch_checkpoints, fixed_epoch,
@@ -199,7 +200,8 @@ def command_line(settings: FinetuneSettings, train_data: str | Path, output_dir:
     process per GPU of the job (the per-device batch is `batch_size`, so the total is batch_size x processes)."""
     module = ENTRY_POINTS[(settings.kind, settings.model_class)]
     arguments = flagembedding_arguments(settings, train_data, output_dir)
-    launcher = [sys.executable, "-m"]
+    # one process: the warm-start client where warm start is on (execution/warm_start.py), else this interpreter
+    launcher = [interpreter(), "-m"]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                     "-m"]
