@@ -103,3 +103,18 @@ def tiny_bert(tmp_path_factory):
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+# The longest test files first (their wall time in the CI run of 2026-12-07, bench/RESULTS.md): `--dist loadfile`
+# hands files to the two workers in collection order, and alphabetical order left the recipes, Slurm and retrieval
+# files for last, so one worker ran on alone at the end. Within a file the order is unchanged.
+LONGEST_FILES_FIRST = ("test_recipe_runs", "test_slurm", "test_family_matrix", "test_retrieval_workflow",
+                       "test_workflow", "test_containers", "test_staleness", "test_retrieval_checkpoints",
+                       "test_kaggle_package", "test_gpu_check", "test_kill_resume", "test_nested_teachers_workflow",
+                       "test_generated_workflow", "test_docs_examples", "test_finetune_lm", "test_vote_submission")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
+    order = {id(item): index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(Path(str(item.fspath)).stem, len(rank)), order[id(item)]))
