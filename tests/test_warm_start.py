@@ -138,6 +138,7 @@ def test_a_server_serves_one_environment_and_the_shell_lines_turn_it_on(tmp_path
     env = {"HOME": "/home/a", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     key = server_key("/usr/bin/python3", env)
     assert server_key("/usr/bin/python3", {**env, "CUDA_VISIBLE_DEVICES": "0", "PWD": "/x"}) == key  # per job
+    assert server_key("/usr/bin/python3", {**env, "PYTEST_CURRENT_TEST": "tests/t.py::b (call)"}) == key  # per test
     assert server_key("/usr/bin/python3", {**env, "HF_HUB_OFFLINE": "0"}) != key  # read when a library imports
     assert server_key("/opt/python", env) != key
     lines = shell_lines(str(tmp_path / "w"))

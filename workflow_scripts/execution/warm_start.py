@@ -40,8 +40,9 @@ WARM_PACKAGES = ("workflow_scripts", "FlagEmbedding")
 PRELOAD = ("numpy", "torch", "transformers", "transformers.modeling_utils", "safetensors.torch", "peft",
            "accelerate", "FlagEmbedding")
 IDLE_S = 300.0
-# variables that differ between jobs of one run without changing what an import does
-PER_JOB_VARIABLES = frozenset({"CUDA_VISIBLE_DEVICES", "PWD", "OLDPWD", "SHLVL", "_"})
+# variables that differ between jobs of one run without changing what an import does (pytest names the running
+# test in PYTEST_CURRENT_TEST: keyed on it, every test of a suite would start, and wait for, a server of its own)
+PER_JOB_VARIABLES = frozenset({"CUDA_VISIBLE_DEVICES", "PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST"})
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 POLL_S = 0.05
 
