@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dag import REPO, generated_config, write_config  # noqa: E402
 
 sys.path.insert(0, str(REPO))
-from workflow_scripts.execution.warm_start import shim_environment  # noqa: E402
+from workflow_scripts.execution.warm_start import shim_environment, stop_servers  # noqa: E402
 
 
 def run(workdir: Path, env: dict[str, str], cores: int) -> float:
@@ -70,8 +70,7 @@ def main() -> None:
         log = "".join(path.read_text() for path in (root / "server").glob("*.log"))
         warm_jobs = log.count(" as pid ")
         cold_files, warm_files = digests(root / "cold" / "results"), digests(root / "warm" / "results")
-        for socket_file in (root / "server").glob("*.sock"):
-            socket_file.unlink()
+        stop_servers(str(root / "server"))
     same = cold_files == warm_files
     print(f"graph: {args.models} tiny-Llama LoRA models x {args.folds} folds, --cores {args.cores}")
     print(f"cold run: {cold_s:.1f} s wall")

@@ -30,8 +30,9 @@ if os.environ.get("OOFLINE_WARM_START") != "0":
     os.environ.update(shim_environment(WARM_FOLDER))
 WARM_ENVIRONMENT = {name: os.environ[name] for name in ("PATH", "OOFLINE_WARM_START") if name in os.environ}
 # tests whose jobs must be children of Snakemake's process (kill -9 of its group, the trainer's pid in a file name)
-# or must run in a restricted interpreter (an image's packages only): a warm job is neither
-COLD_MODULES = {"test_kill_resume", "test_kaggle_package", "test_environments", "test_containers"}
+# or must run in a restricted interpreter (an image's packages only): a warm job is neither. (test_containers runs
+# warm: its image steps run in Docker, where the client is not on PATH, and its host steps are host steps.)
+COLD_MODULES = {"test_kill_resume", "test_kaggle_package", "test_environments"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -109,8 +110,8 @@ def tiny_bert(tmp_path_factory):
 # hands files to the two workers in collection order, and alphabetical order left the recipes, Slurm and retrieval
 # files for last, so one worker ran on alone at the end. Within a file the order is unchanged.
 LONGEST_FILES_FIRST = ("test_recipe_runs", "test_slurm", "test_family_matrix", "test_retrieval_workflow",
-                       "test_workflow", "test_containers", "test_staleness", "test_retrieval_checkpoints",
-                       "test_kaggle_package", "test_gpu_check", "test_kill_resume", "test_nested_teachers_workflow",
+                       "test_workflow", "test_staleness", "test_retrieval_checkpoints", "test_kaggle_package",
+                       "test_kill_resume", "test_containers", "test_gpu_check", "test_nested_teachers_workflow",
                        "test_generated_workflow", "test_docs_examples", "test_finetune_lm", "test_vote_submission")
 
 

@@ -181,7 +181,7 @@ def test_cpu_steps_run_in_the_cpu_image_through_snakemake_and_write_the_hosts_by
     (tmp_path / "train.sif").touch()
     log = tmp_path / "stand_in.log"
     env = {**cpu_image, "STAND_IN_LOG": str(log), "OOFLINE_REPO": str(REPO), "OMP_NUM_THREADS": "1",
-           "PATH": os.pathsep.join([str(stand_in.parent), str(Path(sys.executable).parent), cpu_image["PATH"]])}
+           "PATH": os.pathsep.join([str(stand_in.parent), cpu_image["PATH"]])}  # conftest's: this Python's, warm or not
 
     host = run_demo_subset(tmp_path / "host", None, env)
     assert host.returncode == 0, host.stderr[-3000:]

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import COLD_PATH  # noqa: E402
 
 from workflow_scripts.execution.warm_start import (  # noqa: E402
-    ENV_DIR, interpreter, server_key, shell_lines, shim_environment,
+    ENV_DIR, interpreter, server_key, shell_lines, shim_environment, stop_servers,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,8 +49,11 @@ def warm(tmp_path_factory):
     assert "ready in" in server_log(folder), server_log(folder)
     assert not jobs_run_warm(folder)  # the first one ran cold while the server imported
     yield env, folder
-    for socket_file in folder.glob("*.sock"):
-        socket_file.unlink()  # the server sees its socket gone and stops
+    assert stop_servers(str(folder)) == 1
+    deadline = time.time() + 30
+    while "stopped" not in server_log(folder) and time.time() < deadline:
+        time.sleep(0.5)
+    assert " stopped" in server_log(folder)  # its socket gone, the server exits
 
 
 def test_a_step_run_warm_writes_the_bytes_a_cold_start_writes(warm, tmp_path, movies_demo):

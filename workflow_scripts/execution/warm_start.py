@@ -331,6 +331,19 @@ def run_step(request: dict, descriptors: list[int]) -> None:
     os._exit(code & 0xFF)
 
 
+def stop_servers(folder: str) -> int:
+    """Stop every server of FOLDER: each sees its socket gone and exits within seconds (a running step finishes)."""
+    stopped = 0
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.endswith(".sock"):
+            try:
+                os.unlink(os.path.join(folder, name))
+                stopped += 1
+            except FileNotFoundError:
+                pass
+    return stopped
+
+
 def shell_lines(folder: str) -> str:
     """What `eval "$(python workflow_scripts/execution/warm_start.py env FOLDER)"` runs: warm start in this shell."""
     env = shim_environment(os.path.abspath(folder))
@@ -343,7 +356,10 @@ if __name__ == "__main__":
         serve(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == "env":
         print(shell_lines(sys.argv[2]), end="")
+    elif len(sys.argv) == 3 and sys.argv[1] == "stop":
+        print(f"warm start: stopped {stop_servers(sys.argv[2])} server(s)")
     else:
         print("usage: python workflow_scripts/execution/warm_start.py env FOLDER  (prints the exports that turn warm "
-              "start on; see docs/performance.md)", file=sys.stderr)
+              "start on)\n       python workflow_scripts/execution/warm_start.py stop FOLDER  (stops its servers); "
+              "see docs/performance.md", file=sys.stderr)
         sys.exit(2)
