@@ -160,3 +160,24 @@ def test_a_step_starts_its_python_subprocesses_through_the_client_when_warm(monk
     monkeypatch.setenv(ENV_DIR, env[ENV_DIR])
     assert interpreter() == str(tmp_path / "w" / "bin" / "python") == command_line(settings, "d", "o")[0]
     assert command_line(settings, "d", "o", processes=2)[0] == sys.executable  # torchrun's workers start cold
+
+
+def test_a_folder_too_long_for_a_socket_path_is_refused_by_name_and_its_jobs_start_cold(warm, tmp_path):
+    """A server could not bind its socket there, and every job would start another server importing torch for
+    nothing: `env` refuses the folder by name, and a client pointed at one by hand runs its job cold."""
+    long_folder = tmp_path / ("w" * (120 - len(str(tmp_path))))
+    with pytest.raises(ValueError, match="too long for its servers' socket paths"):
+        shim_environment(str(long_folder))
+    refused = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "execution" / "warm_start.py"), "env",
+                              str(long_folder)], capture_output=True, text=True, timeout=60)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert str(long_folder) in refused.stderr and "such as /tmp/oofline-warm" in refused.stderr
+    env, folder = warm
+    before = len(jobs_run_warm(folder))
+    long_folder.mkdir()
+    job = subprocess.run(["python", "-m", "workflow_scripts.execution.gpu_devices", "--gpus", "0", "--", "true"],
+                         env={**env, ENV_DIR: str(long_folder)}, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert job.returncode == 0, job.stderr
+    # cold: no server asked (the warm one ran nothing) and none started there (no lock, no log)
+    assert not list(long_folder.iterdir()) and len(jobs_run_warm(folder)) == before

@@ -43,6 +43,9 @@ IDLE_S = 300.0
 # variables that differ between jobs of one run without changing what an import does (pytest names the running
 # test in PYTEST_CURRENT_TEST: keyed on it, every test of a suite would start, and wait for, a server of its own)
 PER_JOB_VARIABLES = frozenset({"CUDA_VISIBLE_DEVICES", "PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST"})
+# a Unix socket's path is at most 107 bytes on Linux (108 with its NUL); the server binds FOLDER/KEY.sock.PID first
+SOCKET_PATH_MAX = 107
+LONGEST_SOCKET_NAME = "0" * 16 + ".sock.4194304"  # a 16-hex key, the largest pid Linux hands out
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 POLL_S = 0.05
 
@@ -54,8 +57,21 @@ def server_key(python: str, env: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps([python, items]).encode()).hexdigest()[:16]
 
 
+def folder_problem(folder: str) -> str | None:
+    """Why FOLDER cannot hold the servers' sockets (too long a path), or None. Without this check a server could not
+    bind and every job would start another one, importing torch in the background for nothing."""
+    longest = len(os.fsencode(os.path.join(os.path.abspath(folder), LONGEST_SOCKET_NAME)))
+    if longest <= SOCKET_PATH_MAX:
+        return None
+    return (f"warm start: the folder {folder} is too long for its servers' socket paths ({longest} > "
+            f"{SOCKET_PATH_MAX} bytes): choose a shorter one, such as /tmp/oofline-warm")
+
+
 def shim_environment(folder: str, python: str | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
     """`env` (default: this process's) with warm start on: DIR/bin/python (written here) first on PATH."""
+    problem = folder_problem(folder)
+    if problem:
+        raise ValueError(problem)
     env = dict(os.environ if env is None else env)
     bin_dir = os.path.join(folder, "bin")
     os.makedirs(bin_dir, exist_ok=True)
@@ -93,7 +109,7 @@ def client_main(python: str) -> None:
     argv = sys.argv[1:]
     folder = os.environ.get(ENV_DIR)
     if (folder and len(argv) >= 2 and argv[0] == "-m" and argv[1].partition(".")[0] in WARM_PACKAGES
-            and "SLURM_JOB_ID" not in os.environ):
+            and "SLURM_JOB_ID" not in os.environ and not folder_problem(folder)):
         status = run_warm(python, folder, argv[1], argv[2:])
         if status is not None:
             exit_like(status)
@@ -355,7 +371,11 @@ if __name__ == "__main__":
         sys.path.pop(0)  # this file's folder, which `python path/to/warm_start.py` put first
         serve(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == "env":
-        print(shell_lines(sys.argv[2]), end="")
+        try:
+            print(shell_lines(sys.argv[2]), end="")
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            sys.exit(2)
     elif len(sys.argv) == 3 and sys.argv[1] == "stop":
         print(f"warm start: stopped {stop_servers(sys.argv[2])} server(s)")
     else:
